@@ -1,0 +1,153 @@
+"""The library reproduces every vector in protocol/vectors/ byte for byte.
+
+Each test recomputes outputs from the inputs stored in the vector file; nothing here writes
+the vectors (protocol/generate_vectors.py does, on purpose, once).
+"""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from commonsync import encoding, padding, paths
+from commonsync.chunking import iter_chunks
+from commonsync.chunks import CHUNK_PAD_FLOOR, chunk_id, open_chunk, seal_chunk
+from commonsync.device_id import DeviceId
+from commonsync.errors import CommonsyncError, InvalidPathError
+from commonsync.identity import DeviceIdentity, verify_signature
+from commonsync.keys import FolderKey, FolderKeyring, Purpose
+from commonsync.records import (
+    RECORD_PAD_FLOOR,
+    ChunkEntry,
+    Kind,
+    Record,
+    open_and_verify,
+    seal_record,
+    sign_record,
+    verify_record,
+)
+from commonsync.versionvector import VersionVector
+
+from .vectors import load, seed
+
+
+def test_identity_vectors() -> None:
+    for case in load("identity.json")["cases"]:
+        ident = DeviceIdentity.from_seed(bytes.fromhex(case["seed"]))
+        assert ident.public_key.hex() == case["public_key"]
+        assert ident.device_id.digest.hex() == case["device_id_digest"]
+        assert str(ident.device_id) == case["device_id"]
+        assert DeviceId.parse(case["device_id"]) == ident.device_id
+        assert ident.device_id.short == case["short_id"]
+        message = bytes.fromhex(case["message"])
+        assert ident.sign(message).hex() == case["signature"]
+        verify_signature(ident.public_key, message, bytes.fromhex(case["signature"]))
+
+
+def test_folder_key_vectors() -> None:
+    for case in load("folder-keys.json")["cases"]:
+        key = FolderKey(
+            bytes.fromhex(case["folder_id"]), case["epoch"], bytes.fromhex(case["secret"])
+        )
+        assert key.to_bytes().hex() == case["encoded"]
+        assert FolderKey.from_bytes(bytes.fromhex(case["encoded"])) == key
+        assert {p.name.lower(): p.value.decode() for p in Purpose} == case["contexts"]
+        for purpose in Purpose:
+            assert key.subkey(purpose).hex() == case["subkeys"][purpose.name.lower()]
+
+
+def test_chunking_vectors() -> None:
+    vectors = load("chunking.json")
+    data = seed(vectors["data_label"], vectors["data_size"])
+    key = bytes.fromhex(vectors["chunk_id_key"])
+    got = [
+        {"offset": off, "size": len(d), "id": chunk_id(key, d).hex()}
+        for off, d in iter_chunks(io.BytesIO(data))
+    ]
+    assert got == vectors["chunks"]
+    for case in vectors["small_inputs"]:
+        assert chunk_id(key, bytes.fromhex(case["data"])).hex() == case["id"]
+
+
+def test_padding_vectors() -> None:
+    for case in load("padding.json")["cases"]:
+        assert padding.padme(case["length"]) == case["padme"]
+        assert padding.padded_size(case["length"], CHUNK_PAD_FLOOR) == case["padded_chunk"]
+        assert padding.padded_size(case["length"], RECORD_PAD_FLOOR) == case["padded_record"]
+
+
+def test_sealed_chunk_vectors() -> None:
+    vectors = load("sealed-chunks.json")
+    key = FolderKey.from_bytes(bytes.fromhex(vectors["folder_key"]))
+    for case in vectors["cases"]:
+        plaintext = bytes.fromhex(case["plaintext"])
+        cid, sealed = seal_chunk(key, plaintext)
+        assert cid.hex() == case["id"]
+        assert sealed.hex() == case["sealed"]
+        assert open_chunk(FolderKeyring([key]), cid, sealed) == plaintext
+
+
+def test_version_vector_vectors() -> None:
+    vectors = load("version-vectors.json")
+    for case in vectors["compare"]:
+        a, b = VersionVector.from_wire(case["a"]), VersionVector.from_wire(case["b"])
+        assert a.compare(b).value == case["order"]
+        assert a.merge(b).to_wire() == case["merge"]
+        assert encoding.pack(a.to_wire()).hex() == case["encoded_a"]
+    for case in vectors["bump"]:
+        vector = VersionVector.from_wire(case["vector"])
+        assert vector.bump(case["device"], case["now"]).to_wire() == case["result"]
+
+
+def _record_from_fields(fields: dict[str, object]) -> Record:
+    f = fields
+    return Record(
+        f["path"],
+        Kind(f["kind"]),
+        f["size"],
+        f["mtime_ns"],
+        f["mode"],
+        f["deleted"],  # type: ignore[arg-type]
+        VersionVector.from_wire(f["version"]),
+        tuple(ChunkEntry(bytes.fromhex(i), s) for i, s in f["chunks"]),  # type: ignore[attr-defined]
+        f["symlink_target"],
+        bytes.fromhex(f["author"]),
+        f["sequence"],  # type: ignore[arg-type]
+        bytes.fromhex(f["previous"]),  # type: ignore[arg-type]
+    )
+
+
+def test_record_vectors() -> None:
+    vectors = load("records.json")
+    author = DeviceIdentity.from_seed(bytes.fromhex(vectors["author_seed"]))
+    key = FolderKey.from_bytes(bytes.fromhex(vectors["folder_key"]))
+    keyring = FolderKeyring([key])
+    for case in vectors["cases"]:
+        record = _record_from_fields(case["fields"])
+        assert record.encode().hex() == case["encoded"]
+        assert Record.decode(bytes.fromhex(case["encoded"])) == record
+        assert record.content_digest().hex() == case["content_digest"]
+        signed = sign_record(author, key.folder_id, record)
+        assert signed.hex() == case["signed"]
+        assert verify_record(key.folder_id, signed) == record
+        sealed = seal_record(key, signed, nonce=bytes.fromhex(case["nonce"]))
+        assert sealed.hex() == case["sealed"]
+        assert open_and_verify(keyring, sealed) == record
+
+
+@pytest.mark.parametrize(
+    "case", load("records.json")["invalid_encodings"], ids=lambda c: c["reason"]
+)
+def test_invalid_record_vectors_are_refused(case: dict[str, str]) -> None:
+    with pytest.raises(CommonsyncError):
+        Record.decode(bytes.fromhex(case["encoded"]))
+
+
+def test_path_vectors() -> None:
+    vectors = load("paths.json")
+    for path in vectors["valid"]:
+        assert paths.validate(path) == path
+    for path in vectors["invalid"]:
+        with pytest.raises(InvalidPathError):
+            paths.validate(path)
