@@ -51,18 +51,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
+    errors = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         if args.command == "demo":
             if args.folder is not None and not args.folder.is_dir():
-                console.print(f"{args.folder} is not a folder. Give the path of a directory.")
+                errors.print(f"{args.folder} is not a folder. Give the path of a directory.")
                 return EXIT_USAGE
             return trio.run(run_demo, args.folder, args.home, console)
     except CommonsyncError as exc:
-        console.print(f"commonsync: {exc}")
+        errors.print(f"commonsync: {exc}")
         return EXIT_USAGE
     except KeyboardInterrupt:
-        console.print("interrupted")
+        errors.print("interrupted")
         return 130
     return EXIT_USAGE
 
