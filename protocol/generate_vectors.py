@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Generate the test vectors in protocol/vectors/ from fixed seeds.
 
-Run once when a format is introduced or changed on purpose (``python protocol/generate_vectors.py``),
+Run once when a format is introduced or changed on purpose
+(``.venv/bin/python protocol/generate_vectors.py``),
 review the diff, and commit it. Tests never run this script: they recompute every output from
 the inputs stored in the vector files and compare byte for byte, so the files pin the formats.
 
@@ -13,20 +14,17 @@ BLAKE2b-512(label || u64le(1)) || ...`` (unkeyed BLAKE2b, 64-byte output).
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from commonsync import encoding, padding, paths  # noqa: E402
-from commonsync.chunking import iter_chunks  # noqa: E402
-from commonsync.chunks import CHUNK_PAD_FLOOR, chunk_id, seal_chunk  # noqa: E402
-from commonsync.errors import CommonsyncError  # noqa: E402
-from commonsync.hashing import blake2b  # noqa: E402
-from commonsync.identity import DeviceIdentity  # noqa: E402
-from commonsync.keys import FolderKey, Purpose  # noqa: E402
-from commonsync.records import (  # noqa: E402
+from commonsync import encoding, padding, paths
+from commonsync.chunking import iter_chunks
+from commonsync.chunks import CHUNK_PAD_FLOOR, chunk_id, seal_chunk
+from commonsync.errors import CommonsyncError
+from commonsync.hashing import blake2b
+from commonsync.identity import DeviceIdentity
+from commonsync.keys import FolderKey, Purpose
+from commonsync.records import (
     RECORD_PAD_FLOOR,
     ChunkEntry,
     Kind,
@@ -34,7 +32,7 @@ from commonsync.records import (  # noqa: E402
     seal_record,
     sign_record,
 )
-from commonsync.versionvector import VersionVector  # noqa: E402
+from commonsync.versionvector import VersionVector
 
 OUT = Path(__file__).resolve().parent / "vectors"
 
@@ -55,31 +53,34 @@ def identities() -> dict[str, Any]:
         s = seed(f"identity {i}", 32)
         ident = DeviceIdentity.from_seed(s)
         message = seed(f"identity message {i}", 16 + i)
-        cases.append({
-            "seed": s.hex(),
-            "public_key": ident.public_key.hex(),
-            "device_id_digest": ident.device_id.digest.hex(),
-            "device_id": str(ident.device_id),
-            "short_id": ident.device_id.short,
-            "message": message.hex(),
-            "signature": ident.sign(message).hex(),
-        })
-    return {"description": "Ed25519 identities from seeds, device IDs, signatures",
-            "cases": cases}
+        cases.append(
+            {
+                "seed": s.hex(),
+                "public_key": ident.public_key.hex(),
+                "device_id_digest": ident.device_id.digest.hex(),
+                "device_id": str(ident.device_id),
+                "short_id": ident.device_id.short,
+                "message": message.hex(),
+                "signature": ident.sign(message).hex(),
+            }
+        )
+    return {"description": "Ed25519 identities from seeds, device IDs, signatures", "cases": cases}
 
 
 def folder_keys() -> dict[str, Any]:
     cases = []
     for i, epoch in enumerate((0, 1, 4294967295)):
         key = FolderKey(seed(f"folder id {i}", 32), epoch, seed(f"folder secret {i}", 32))
-        cases.append({
-            "folder_id": key.folder_id.hex(),
-            "epoch": epoch,
-            "secret": key.secret.hex(),
-            "encoded": key.to_bytes().hex(),
-            "subkeys": {p.name.lower(): key.subkey(p).hex() for p in Purpose},
-            "contexts": {p.name.lower(): p.value.decode() for p in Purpose},
-        })
+        cases.append(
+            {
+                "folder_id": key.folder_id.hex(),
+                "epoch": epoch,
+                "secret": key.secret.hex(),
+                "encoded": key.to_bytes().hex(),
+                "subkeys": {p.name.lower(): key.subkey(p).hex() for p in Purpose},
+                "contexts": {p.name.lower(): p.value.decode() for p in Purpose},
+            }
+        )
     return {"description": "folder key encodings and derived subkeys", "cases": cases}
 
 
@@ -100,22 +101,47 @@ def chunking() -> dict[str, Any]:
         "chunk_id_key": key.hex(),
         "chunks": chunks,
         "small_inputs": [
-            {"data": seed(f"small {n}", n).hex(), "chunk_id_key": key.hex(),
-             "id": chunk_id(key, seed(f"small {n}", n)).hex()}
+            {
+                "data": seed(f"small {n}", n).hex(),
+                "chunk_id_key": key.hex(),
+                "id": chunk_id(key, seed(f"small {n}", n)).hex(),
+            }
             for n in (0, 1, 64, 1000)
         ],
     }
 
 
 def paddings() -> dict[str, Any]:
-    lengths = [0, 1, 2, 3, 7, 9, 100, 255, 256, 1000, 1023, 1024, 1025, 4096, 65537,
-               1048576, 1048577, 3000000, 4194304]
+    lengths = [
+        0,
+        1,
+        2,
+        3,
+        7,
+        9,
+        100,
+        255,
+        256,
+        1000,
+        1023,
+        1024,
+        1025,
+        4096,
+        65537,
+        1048576,
+        1048577,
+        3000000,
+        4194304,
+    ]
     return {
         "description": "Padme bucket sizes and padded sizes for each floor",
         "cases": [
-            {"length": n, "padme": padding.padme(n),
-             "padded_chunk": padding.padded_size(n, CHUNK_PAD_FLOOR),
-             "padded_record": padding.padded_size(n, RECORD_PAD_FLOOR)}
+            {
+                "length": n,
+                "padme": padding.padme(n),
+                "padded_chunk": padding.padded_size(n, CHUNK_PAD_FLOOR),
+                "padded_record": padding.padded_size(n, RECORD_PAD_FLOOR),
+            }
             for n in lengths
         ],
     }
@@ -140,24 +166,46 @@ def version_vectors() -> dict[str, Any]:
         return VersionVector.from_mapping(d)
 
     pairs = [
-        ({}, {}), ({1: 1}, {}), ({}, {1: 1}), ({1: 1}, {1: 1}), ({1: 2}, {1: 1, 2: 1}),
-        ({1: 2, 2: 1}, {1: 1, 2: 1}), ({1: 1, 3: 5}, {1: 1, 3: 5, 9: 1}),
-        ({2**64 - 1: 3}, {2**64 - 1: 4}), ({5: 1, 6: 2}, {5: 2, 6: 1}),
+        ({}, {}),
+        ({1: 1}, {}),
+        ({}, {1: 1}),
+        ({1: 1}, {1: 1}),
+        ({1: 2}, {1: 1, 2: 1}),
+        ({1: 2, 2: 1}, {1: 1, 2: 1}),
+        ({1: 1, 3: 5}, {1: 1, 3: 5, 9: 1}),
+        ({2**64 - 1: 3}, {2**64 - 1: 4}),
+        ({5: 1, 6: 2}, {5: 2, 6: 1}),
     ]
     compare = [
-        {"a": vv(a).to_wire(), "b": vv(b).to_wire(), "order": vv(a).compare(vv(b)).value,
-         "merge": vv(a).merge(vv(b)).to_wire(),
-         "encoded_a": encoding.pack(vv(a).to_wire()).hex()}
+        {
+            "a": vv(a).to_wire(),
+            "b": vv(b).to_wire(),
+            "order": vv(a).compare(vv(b)).value,
+            "merge": vv(a).merge(vv(b)).to_wire(),
+            "encoded_a": encoding.pack(vv(a).to_wire()).hex(),
+        }
         for a, b in pairs
     ]
     bumps = [
-        {"vector": vv(v).to_wire(), "device": dev, "now": now,
-         "result": vv(v).bump(dev, now).to_wire()}
-        for v, dev, now in [({}, 7, 0), ({7: 3}, 7, 0), ({7: 3}, 7, 1700000000),
-                            ({7: 1800000000}, 7, 1700000000), ({1: 4}, 7, 2)]
+        {
+            "vector": vv(v).to_wire(),
+            "device": dev,
+            "now": now,
+            "result": vv(v).bump(dev, now).to_wire(),
+        }
+        for v, dev, now in [
+            ({}, 7, 0),
+            ({7: 3}, 7, 0),
+            ({7: 3}, 7, 1700000000),
+            ({7: 1800000000}, 7, 1700000000),
+            ({1: 4}, 7, 2),
+        ]
     ]
-    return {"description": "version vector order, merge and bump", "compare": compare,
-            "bump": bumps}
+    return {
+        "description": "version vector order, merge and bump",
+        "compare": compare,
+        "bump": bumps,
+    }
 
 
 def records() -> dict[str, Any]:
@@ -166,38 +214,100 @@ def records() -> dict[str, Any]:
     short = author.device_id.short
     chunk_ids = [seed(f"record chunk {i}", 32) for i in range(3)]
     samples = [
-        Record("notes/todo.txt", Kind.FILE, 300000, 1700000000123456789, 0o644, False,
-               VersionVector.from_mapping({short: 1700000000, 42: 3}),
-               (ChunkEntry(chunk_ids[0], 262144), ChunkEntry(chunk_ids[1], 37856)), "",
-               author.public_key, 17, seed("previous digest", 32)),
-        Record("Überordner/日本語 ñ.md", Kind.FILE, 0, -5, 0o755, False,
-               VersionVector.from_mapping({short: 1}), (), "", author.public_key, 1),
-        Record("photos", Kind.DIRECTORY, 0, 0, 0o700, False,
-               VersionVector.from_mapping({short: 2}), (), "", author.public_key, 2),
-        Record("link", Kind.SYMLINK, 0, 1, 0o777, False,
-               VersionVector.from_mapping({short: 3}), (), "photos/../x", author.public_key, 3),
-        Record("gone.bin", Kind.FILE, 0, 1, 0o644, True,
-               VersionVector.from_mapping({short: 9, 1: 1}), (), "", author.public_key, 9),
+        Record(
+            "notes/todo.txt",
+            Kind.FILE,
+            300000,
+            1700000000123456789,
+            0o644,
+            False,
+            VersionVector.from_mapping({short: 1700000000, 42: 3}),
+            (ChunkEntry(chunk_ids[0], 262144), ChunkEntry(chunk_ids[1], 37856)),
+            "",
+            author.public_key,
+            17,
+            seed("previous digest", 32),
+        ),
+        Record(
+            "Überordner/日本語 ñ.md",
+            Kind.FILE,
+            0,
+            -5,
+            0o755,
+            False,
+            VersionVector.from_mapping({short: 1}),
+            (),
+            "",
+            author.public_key,
+            1,
+        ),
+        Record(
+            "photos",
+            Kind.DIRECTORY,
+            0,
+            0,
+            0o700,
+            False,
+            VersionVector.from_mapping({short: 2}),
+            (),
+            "",
+            author.public_key,
+            2,
+        ),
+        Record(
+            "link",
+            Kind.SYMLINK,
+            0,
+            1,
+            0o777,
+            False,
+            VersionVector.from_mapping({short: 3}),
+            (),
+            "photos/../x",
+            author.public_key,
+            3,
+        ),
+        Record(
+            "gone.bin",
+            Kind.FILE,
+            0,
+            1,
+            0o644,
+            True,
+            VersionVector.from_mapping({short: 9, 1: 1}),
+            (),
+            "",
+            author.public_key,
+            9,
+        ),
     ]
     cases = []
     for i, record in enumerate(samples):
         signed = sign_record(author, key.folder_id, record)
         nonce = seed(f"record nonce {i}", 24)
-        cases.append({
-            "fields": {
-                "path": record.path, "kind": int(record.kind), "size": record.size,
-                "mtime_ns": record.mtime_ns, "mode": record.mode, "deleted": record.deleted,
-                "version": record.version.to_wire(),
-                "chunks": [[c.id.hex(), c.size] for c in record.chunks],
-                "symlink_target": record.symlink_target, "author": record.author.hex(),
-                "sequence": record.sequence, "previous": record.previous.hex(),
-            },
-            "encoded": record.encode().hex(),
-            "content_digest": record.content_digest().hex(),
-            "signed": signed.hex(),
-            "nonce": nonce.hex(),
-            "sealed": seal_record(key, signed, nonce=nonce).hex(),
-        })
+        cases.append(
+            {
+                "fields": {
+                    "path": record.path,
+                    "kind": int(record.kind),
+                    "size": record.size,
+                    "mtime_ns": record.mtime_ns,
+                    "mode": record.mode,
+                    "deleted": record.deleted,
+                    "version": record.version.to_wire(),
+                    "chunks": [[c.id.hex(), c.size] for c in record.chunks],
+                    "symlink_target": record.symlink_target,
+                    "author": record.author.hex(),
+                    "sequence": record.sequence,
+                    "previous": record.previous.hex(),
+                },
+                "encoded": record.encode().hex(),
+                "content_digest": record.content_digest().hex(),
+                "signed": signed.hex(),
+                "nonce": nonce.hex(),
+                "sealed": seal_record(key, signed, nonce=nonce).hex(),
+            }
+        )
     return {
         "description": "records: canonical encoding, signature, sealing (fixed nonces)",
         "author_seed": author.seed.hex(),
@@ -213,8 +323,21 @@ def invalid_records(author: DeviceIdentity) -> list[dict[str, str]]:
 
     def variant(reason: str, **changes: Any) -> dict[str, str]:
         fields = list(good)
-        names = ["format", "path", "kind", "size", "mtime_ns", "mode", "deleted", "version",
-                 "chunks", "symlink_target", "author", "sequence", "previous"]
+        names = [
+            "format",
+            "path",
+            "kind",
+            "size",
+            "mtime_ns",
+            "mode",
+            "deleted",
+            "version",
+            "chunks",
+            "symlink_target",
+            "author",
+            "sequence",
+            "previous",
+        ]
         for name, value in changes.items():
             fields[names.index(name)] = value
         return {"reason": reason, "encoded": encoding.pack(fields).hex()}
@@ -238,8 +361,10 @@ def invalid_records(author: DeviceIdentity) -> list[dict[str, str]]:
         variant("short chunk id", size=1, chunks=[[b"\x01" * 31, 1]]),
         variant("zero sequence", sequence=0),
         variant("short author key", author=b"\x01" * 31),
-        {"reason": "non-canonical integer",
-         "encoded": encoding.pack(good).hex().replace("a5612e747874" + "00", "a5612e747874d000")},
+        {
+            "reason": "non-canonical integer",
+            "encoded": encoding.pack(good).hex().replace("a5612e747874" + "00", "a5612e747874d000"),
+        },
         {"reason": "map instead of array", "encoded": encoding.pack({"path": "a"}).hex()},
         {"reason": "trailing bytes", "encoded": encoding.pack(good).hex() + "c0"},
     ]
@@ -254,12 +379,27 @@ def invalid_records(author: DeviceIdentity) -> list[dict[str, str]]:
 
 def path_cases() -> dict[str, Any]:
     valid = ["a", "a/b/c", "日本語/ñ", "name with spaces", ".hidden", "a..b", "...", "x" * 255]
-    invalid = ["", "/a", "a/", "a//b", ".", "..", "a/./b", "a/../b", "a\x00b",
-               "cafe\u0301", "x" * 256, "/".join(["y" * 200] * 21)]
+    invalid = [
+        "",
+        "/a",
+        "a/",
+        "a//b",
+        ".",
+        "..",
+        "a/./b",
+        "a/../b",
+        "a\x00b",
+        "cafe\u0301",
+        "x" * 256,
+        "/".join(["y" * 200] * 21),
+    ]
     for p in valid:
         paths.validate(p)
-    return {"description": "paths every implementation accepts or refuses",
-            "valid": valid, "invalid": invalid}
+    return {
+        "description": "paths every implementation accepts or refuses",
+        "valid": valid,
+        "invalid": invalid,
+    }
 
 
 def main() -> None:
