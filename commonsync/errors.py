@@ -74,3 +74,19 @@ class HandshakeError(CommonsyncError):
 
 class DecryptError(CommonsyncError):
     """An AEAD ciphertext failed authentication."""
+
+
+class ChannelError(CommonsyncError):
+    """The secure channel broke: the peer sent something it must not, or vanished."""
+
+
+class FrameTooLargeError(ChannelError):
+    """A frame announced a size above the protocol's limit."""
+
+
+class TamperedFrameError(ChannelError):
+    """A frame failed authentication: modified, reordered, replayed or from another stream."""
+
+
+class TruncatedStreamError(ChannelError):
+    """The stream ended without the peer's authenticated end-of-stream frame."""
