@@ -90,3 +90,7 @@ class TamperedFrameError(ChannelError):
 
 class TruncatedStreamError(ChannelError):
     """The stream ended without the peer's authenticated end-of-stream frame."""
+
+
+class ProtocolError(ChannelError):
+    """A peer sent a message that breaks the wire protocol (unknown type, bad field, ...)."""

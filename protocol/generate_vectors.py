@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from commonsync import encoding, padding, paths
+from commonsync import encoding, messages, padding, paths
 from commonsync.chunking import iter_chunks
 from commonsync.chunks import CHUNK_PAD_FLOOR, chunk_id, seal_chunk
 from commonsync.errors import CommonsyncError
@@ -402,8 +402,50 @@ def path_cases() -> dict[str, Any]:
     }
 
 
+def wire_messages() -> dict[str, Any]:
+    examples = [
+        messages.Hello(1, ["index-v1", "relay-v1"], "Anne's laptop", "commonsync 0.1.0"),
+        messages.Folders([[seed("proof", 32), seed("index id", 16), 1234]]),
+        messages.IndexRequest(seed("folder", 32), seed("index id", 16), 0),
+        messages.Index(
+            seed("folder", 32),
+            seed("index id", 16),
+            [[1, seed("sealed 1", 600)], [2, seed("sealed 2", 1100)]],
+            2,
+        ),
+        messages.ChunkRequest(7, seed("folder", 32), seed("chunk", 32), 1048576),
+        messages.ChunkResponse(7, 0, seed("chunk data", 100)),
+        messages.ChunkResponse(8, 1, b""),
+        messages.Ping(99),
+        messages.Pong(99),
+        messages.Close(int(messages.CloseReason.UNKNOWN_DEVICE), "device not accepted"),
+    ]
+    return {
+        "description": "encoded wire messages (see protocol/messages.json for the schema)",
+        "cases": [
+            {
+                "name": type(m).__name__,
+                "fields": {f.name: _jsonable(getattr(m, f.name)) for f in m.FIELDS},
+                "encoded": messages.encode(m).hex(),
+            }
+            for m in examples
+        ],
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"hex": value.hex()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
 def main() -> None:
     OUT.mkdir(exist_ok=True)
+    schema = OUT.parent / "messages.json"
+    schema.write_text(json.dumps(messages.schema_as_json(), indent=1) + "\n")
+    print(f"wrote {schema}")
     files = {
         "identity.json": identities(),
         "folder-keys.json": folder_keys(),
@@ -413,6 +455,7 @@ def main() -> None:
         "version-vectors.json": version_vectors(),
         "records.json": records(),
         "paths.json": path_cases(),
+        "messages.json": wire_messages(),
     }
     for name, content in files.items():
         (OUT / name).write_text(json.dumps(content, indent=1, ensure_ascii=False) + "\n")
