@@ -26,12 +26,12 @@ _CONTEXT = b"commonsync device id v1\x00"
 
 def _luhn32(chars: str) -> str:
     """Luhn mod N check character (N = 32) over base32 characters."""
-    factor = 1
+    factor = 2
     total = 0
     for c in reversed(chars):
         addend = factor * _INDEX[c]
         total += addend // 32 + addend % 32
-        factor = 3 - factor  # alternate 2, 1 starting with 2 from the right
+        factor = 3 - factor  # weights 2, 1, 2, ... from the right, as in Luhn
     return _ALPHABET[(32 - total % 32) % 32]
 
 

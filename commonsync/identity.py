@@ -73,15 +73,16 @@ class DeviceIdentity:
         """Read a key file written by :meth:`save`, refusing one that others can access."""
         path = Path(path)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            # O_NONBLOCK: a FIFO planted at the key path must be refused, not block us forever.
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError as exc:
             raise IdentityError(
                 f"no device key at {path}; create one with `commonsync init`"
             ) from exc
         except OSError as exc:
             raise IdentityError(f"cannot open the key file {path}: {exc.strerror}") from exc
-        with os.fdopen(fd, "rb") as f:
-            info = os.fstat(f.fileno())
+        try:
+            info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 raise IdentityError(f"the key file {path} is not a regular file")
             if info.st_mode & 0o077:
@@ -90,7 +91,11 @@ class DeviceIdentity:
                     f"(mode {stat.S_IMODE(info.st_mode):04o}); its key may have leaked. "
                     f"If you trust this machine's other users, run `chmod 600 {path}`"
                 )
-            data = f.read(_FILE_SIZE + 1)
+            data = os.read(fd, _FILE_SIZE + 1)
+        except OSError as exc:
+            raise IdentityError(f"cannot read the key file {path}: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
         if len(data) != _FILE_SIZE or not data.startswith(_MAGIC):
             raise IdentityError(f"the key file {path} is not a commonsync device key")
         return cls.from_seed(data[len(_MAGIC) :])

@@ -43,13 +43,13 @@ SCHEMA_VERSION = 1
 MAX_BATCH = 10_000
 
 _SCHEMA = """
-CREATE TABLE folders (
+CREATE TABLE IF NOT EXISTS folders (
     folder_id BLOB PRIMARY KEY,
     label     TEXT NOT NULL,
     index_id  BLOB NOT NULL,
     sequence  INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
-CREATE TABLE records (
+CREATE TABLE IF NOT EXISTS records (
     folder_id  BLOB NOT NULL REFERENCES folders(folder_id) ON DELETE CASCADE,
     path       TEXT NOT NULL,
     local_seq  INTEGER NOT NULL,
@@ -62,15 +62,15 @@ CREATE TABLE records (
     signed     BLOB NOT NULL,
     PRIMARY KEY (folder_id, path)
 ) WITHOUT ROWID;
-CREATE UNIQUE INDEX records_by_sequence ON records (folder_id, local_seq);
-CREATE TABLE peer_progress (
+CREATE UNIQUE INDEX IF NOT EXISTS records_by_sequence ON records (folder_id, local_seq);
+CREATE TABLE IF NOT EXISTS peer_progress (
     folder_id BLOB NOT NULL REFERENCES folders(folder_id) ON DELETE CASCADE,
     device_id BLOB NOT NULL,
     index_id  BLOB NOT NULL,
     sequence  INTEGER NOT NULL,
     PRIMARY KEY (folder_id, device_id)
 ) WITHOUT ROWID;
-CREATE TABLE chunk_locations (
+CREATE TABLE IF NOT EXISTS chunk_locations (
     folder_id BLOB NOT NULL REFERENCES folders(folder_id) ON DELETE CASCADE,
     chunk_id  BLOB NOT NULL,
     path      TEXT NOT NULL,
@@ -78,7 +78,7 @@ CREATE TABLE chunk_locations (
     size      INTEGER NOT NULL,
     PRIMARY KEY (folder_id, chunk_id, path, offset)
 ) WITHOUT ROWID;
-CREATE INDEX chunk_locations_by_path ON chunk_locations (folder_id, path);
+CREATE INDEX IF NOT EXISTS chunk_locations_by_path ON chunk_locations (folder_id, path);
 """
 
 
@@ -121,7 +121,7 @@ class ChunkLocation:
 
 
 class _Abandoned(Exception):
-    """An operation whose caller was cancelled before it started."""
+    """An operation whose caller was cancelled before it could commit; it is rolled back."""
 
 
 class IndexStore:
@@ -167,6 +167,11 @@ class IndexStore:
                 self._conn.execute("BEGIN IMMEDIATE")
                 try:
                     result = operation(self._conn)
+                    # interrupt() only stops a running statement: a cancellation that came
+                    # between two statements is caught here. One that comes during COMMIT
+                    # cannot be undone; the caller sees a cancellation of committed work.
+                    if abandoned.is_set():
+                        raise _Abandoned
                     self._conn.execute("COMMIT")
                 except BaseException:
                     if self._conn.in_transaction:
@@ -345,12 +350,18 @@ def _connect(path: Path) -> IndexStore:
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open the index database {path}: {exc}") from exc
     try:
-        conn.execute("PRAGMA journal_mode = WAL")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise StoreError(
+                f"the index database {path} cannot use write-ahead logging (journal mode "
+                f"stays {mode!r}); put it on a local file system"
+            )
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA busy_timeout = 5000")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version == 0:
+            # IF NOT EXISTS: two processes opening a new database at once both get here.
             conn.executescript(
                 f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
             )
