@@ -7,6 +7,11 @@ for the person who will read them: they say what was wrong and, where possible, 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .device_id import DeviceId
+
 
 class CommonsyncError(Exception):
     """Base class of every error raised by commonsync on purpose."""
@@ -70,6 +75,26 @@ class StoreError(CommonsyncError):
 
 class HandshakeError(CommonsyncError):
     """A Noise handshake failed: bad message, wrong key, or protocol misuse."""
+
+
+class PeerRefusedError(HandshakeError):
+    """We refused the peer: its device ID is not one we accept."""
+
+    def __init__(self, message: str, device_id: DeviceId) -> None:
+        super().__init__(message)
+        self.device_id = device_id
+
+
+class RefusedByPeerError(HandshakeError):
+    """The peer refused us: it does not accept our device ID (or refused the channel)."""
+
+
+class UnsupportedVersionError(HandshakeError):
+    """The two sides share no channel protocol version."""
+
+
+class HandshakeTimeoutError(HandshakeError):
+    """The peer did not complete the handshake in time."""
 
 
 class DecryptError(CommonsyncError):

@@ -277,8 +277,10 @@ class HandshakeState:
         self.initiator = initiator
         self._symmetric = SymmetricState(protocol_name.encode("ascii"))
         self._symmetric.mix_hash(prologue)
-        self._s = static
-        self._s_pub = public_key(static) if static is not None else None
+        self._s: bytes | None = None
+        self._s_pub: bytes | None = None
+        if static is not None:
+            self.set_static(static)
         self._e: bytes | None = None
         self._e_pub: bytes | None = None
         self._fixed_e = ephemeral
@@ -303,6 +305,13 @@ class HandshakeState:
                     whose = "our" if own else "the peer's"
                     raise HandshakeError(f"{protocol_name} needs {whose} static key in advance")
                 self._symmetric.mix_hash(key)
+
+    def set_static(self, private: bytes) -> None:
+        """Choose our static key; allowed until the pattern has used it (e.g. XX's initiator
+        may pick its key only once it knows whom it is talking to)."""
+        if len(private) != DHLEN:
+            raise HandshakeError("an X25519 private key is 32 bytes")
+        self._s, self._s_pub = private, public_key(private)
 
     # -- progress ----------------------------------------------------------------------------
 
