@@ -206,4 +206,3 @@ async def accept_channel(
     return await open_channel(
         stream, identity, initiator=False, accept=accept, features=features, timeout=timeout
     )
-

@@ -119,3 +119,7 @@ class TruncatedStreamError(ChannelError):
 
 class ProtocolError(ChannelError):
     """A peer sent a message that breaks the wire protocol (unknown type, bad field, ...)."""
+
+
+class PeerOverloadError(ProtocolError):
+    """The peer requested more chunk data than the flow-control budget allows."""

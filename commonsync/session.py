@@ -1,0 +1,171 @@
+"""A protocol session: typed wire messages over a channel, with flow control.
+
+:class:`Session` sends and receives :mod:`commonsync.messages` values over a
+:class:`~commonsync.channel.Channel`, and enforces what the codec alone cannot:
+
+- **Flow control.** At most :data:`MAX_OUTSTANDING_BYTES` of requested chunk data may be
+  outstanding each way. :meth:`Session.send` of a :class:`ChunkRequest` waits until the budget
+  allows it; a peer that asks for more than the budget is overloading us, and the session ends
+  with ``Close(OVERLOADED)``.
+- **Request matching.** A response must answer a request that is outstanding.
+- **Containment.** A malformed or unknown message ends this session only: the peer is told why
+  with a ``Close`` message, the channel is closed, and :class:`ProtocolError` is raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import anyio
+
+from . import messages
+from .channel import Channel
+from .errors import ChannelError, PeerOverloadError, ProtocolError
+from .hashing import blake2b
+from .keys import FolderKey, Purpose
+from .messages import ChunkRequest, ChunkResponse, Close, CloseReason, Message
+
+#: The requested chunk bytes that may be outstanding in each direction (SPEC.md, §11).
+MAX_OUTSTANDING_BYTES = 64 * 1024 * 1024
+
+
+class SessionClosedError(ChannelError):
+    """The peer ended the session with a reason other than a normal close."""
+
+    def __init__(self, reason: int, detail: str) -> None:
+        try:
+            name = CloseReason(reason).name.lower().replace("_", " ")
+        except ValueError:
+            name = f"reason {reason}"
+        super().__init__(f"the peer closed the session ({name}): {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class Session:
+    """One protocol session with one peer. Iterate it (or call :meth:`receive`) for the peer's
+    messages; iteration ends when the peer closes normally."""
+
+    def __init__(self, channel: Channel, *, max_outstanding: int = MAX_OUTSTANDING_BYTES) -> None:
+        self.channel = channel
+        self.max_outstanding = max_outstanding
+        self._next_request_id = 0
+        self._requested: dict[int, int] = {}  # our requests in flight: id → size
+        self._requested_bytes = 0
+        self._budget_changed = anyio.Event()
+        self._asked: dict[int, int] = {}  # the peer's requests we have not answered
+        self._asked_bytes = 0
+        self._closed = False
+
+    @property
+    def outstanding_bytes(self) -> int:
+        """Chunk bytes we requested and have not received yet."""
+        return self._requested_bytes
+
+    def new_request_id(self) -> int:
+        self._next_request_id = (self._next_request_id + 1) % 2**32
+        return self._next_request_id
+
+    # -- sending -----------------------------------------------------------------------------
+
+    async def send(self, message: Message) -> None:
+        """Send one message; a chunk request first waits for room in the budget."""
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if isinstance(message, ChunkRequest):
+            await self._reserve(message)
+        elif isinstance(message, ChunkResponse):
+            size = self._asked.pop(message.request_id, None)
+            if size is None:
+                raise ProtocolError(f"no request {message.request_id} to answer")
+            self._asked_bytes -= size
+        await self.channel.send(messages.encode(message))
+
+    async def _reserve(self, request: ChunkRequest) -> None:
+        if request.request_id in self._requested:
+            raise ProtocolError(f"request {request.request_id} is already in flight")
+        while self._requested_bytes + request.size > self.max_outstanding:
+            self._budget_changed = anyio.Event()
+            await self._budget_changed.wait()
+        self._requested[request.request_id] = request.size
+        self._requested_bytes += request.size
+
+    async def close(self, reason: CloseReason = CloseReason.NORMAL, detail: str = "") -> None:
+        """Tell the peer we are done (and why), and close the channel."""
+        if not self._closed:
+            self._closed = True
+            close = messages.encode(Close(int(reason), _truncate(detail, 256)))
+            # If the channel is already broken, closing it is all that is left to do.
+            with (
+                anyio.move_on_after(1, shield=True),
+                contextlib.suppress(ChannelError, anyio.ClosedResourceError),
+            ):
+                await self.channel.send(close)
+        await self.channel.aclose()
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    async def receive(self) -> Message:
+        """The peer's next message. Raises :class:`anyio.EndOfStream` after a normal close,
+        :class:`SessionClosedError` after any other, :class:`ProtocolError` (having closed
+        the session) if the peer broke the protocol."""
+        if self._closed:
+            raise anyio.EndOfStream
+        data = await self.channel.receive()
+        try:
+            message = messages.decode(data)
+            self._account(message)
+        except ProtocolError as exc:
+            overload = isinstance(exc, PeerOverloadError)
+            reason = CloseReason.OVERLOADED if overload else CloseReason.PROTOCOL_ERROR
+            await self.close(reason, str(exc))
+            raise
+        if isinstance(message, Close):
+            self._closed = True
+            await self.channel.aclose()
+            if message.reason == CloseReason.NORMAL:
+                raise anyio.EndOfStream
+            raise SessionClosedError(message.reason, message.detail)
+        return message
+
+    def _account(self, message: Message) -> None:
+        if isinstance(message, ChunkResponse):
+            size = self._requested.pop(message.request_id, None)
+            if size is None:
+                raise ProtocolError(f"response to request {message.request_id}, never sent")
+            if message.status == 0 and len(message.data) != size:
+                raise ProtocolError(
+                    f"response to request {message.request_id} has {len(message.data)} bytes, "
+                    f"{size} were asked for"
+                )
+            self._requested_bytes -= size
+            self._budget_changed.set()
+        elif isinstance(message, ChunkRequest):
+            if message.request_id in self._asked:
+                raise ProtocolError(f"request {message.request_id} is already in flight")
+            if self._asked_bytes + message.size > self.max_outstanding:
+                raise PeerOverloadError(
+                    f"the peer requested over the budget of {self.max_outstanding} bytes "
+                    "outstanding"
+                )
+            self._asked[message.request_id] = message.size
+            self._asked_bytes += message.size
+
+    def __aiter__(self) -> Session:
+        return self
+
+    async def __anext__(self) -> Message:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+
+def folder_proof(key: FolderKey, handshake_hash: bytes, *, sender_is_initiator: bool) -> bytes:
+    """The proof that the sender holds ``key``, bound to this channel (SPEC.md, §11)."""
+    role = b"I" if sender_is_initiator else b"R"
+    return blake2b(role + handshake_hash, key=key.subkey(Purpose.MEMBERSHIP_PROOF), size=32)
+
+
+def _truncate(text: str, max_bytes: int) -> str:
+    return text.encode()[:max_bytes].decode(errors="ignore")
