@@ -105,14 +105,18 @@ class ChannelHandshake:
         accept: AcceptPolicy,
         features: Sequence[str] = (),
         versions: Sequence[int] = VERSIONS,
+        ephemeral: bytes | None = None,
     ) -> None:
+        """``ephemeral`` fixes the Noise ephemeral key: for test vectors only."""
         _check_features(list(features), HandshakeError)
         self.identity = identity
         self.initiator = initiator
         self._accept = accept
         self._features = list(features)
         self._versions = list(versions)
-        self._noise = HandshakeState(NOISE_PROTOCOL, initiator=initiator, prologue=PROLOGUE)
+        self._noise = HandshakeState(
+            NOISE_PROTOCOL, initiator=initiator, prologue=PROLOGUE, ephemeral=ephemeral
+        )
         if not initiator:
             self._noise.set_static(noise_static_key(identity))
         self._inbox = bytearray()

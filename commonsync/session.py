@@ -25,7 +25,7 @@ from .hashing import blake2b
 from .keys import FolderKey, Purpose
 from .messages import ChunkRequest, ChunkResponse, Close, CloseReason, Message
 
-#: The requested chunk bytes that may be outstanding in each direction (SPEC.md, §11).
+#: The requested chunk bytes that may be outstanding in each direction (SPEC.md, §12).
 MAX_OUTSTANDING_BYTES = 64 * 1024 * 1024
 
 
@@ -162,7 +162,7 @@ class Session:
 
 
 def folder_proof(key: FolderKey, handshake_hash: bytes, *, sender_is_initiator: bool) -> bytes:
-    """The proof that the sender holds ``key``, bound to this channel (SPEC.md, §11)."""
+    """The proof that the sender holds ``key``, bound to this channel (SPEC.md, §12)."""
     role = b"I" if sender_is_initiator else b"R"
     return blake2b(role + handshake_hash, key=key.subkey(Purpose.MEMBERSHIP_PROOF), size=32)
 

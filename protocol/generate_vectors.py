@@ -21,6 +21,7 @@ from commonsync import encoding, messages, padding, paths
 from commonsync.chunking import iter_chunks
 from commonsync.chunks import CHUNK_PAD_FLOOR, chunk_id, seal_chunk
 from commonsync.errors import CommonsyncError
+from commonsync.handshake import ChannelHandshake, noise_static_key
 from commonsync.hashing import blake2b
 from commonsync.identity import DeviceIdentity
 from commonsync.keys import FolderKey, Purpose
@@ -433,6 +434,53 @@ def wire_messages() -> dict[str, Any]:
     }
 
 
+def channel_handshake() -> dict[str, Any]:
+    """One whole channel handshake with fixed keys: Noise messages are deterministic given the
+    ephemerals, and Ed25519 signatures are deterministic."""
+    initiator_seed, responder_seed = seed("initiator", 32), seed("responder", 32)
+    initiator_e, responder_e = seed("initiator ephemeral", 32), seed("responder ephemeral", 32)
+    alice = DeviceIdentity.from_seed(initiator_seed)
+    bob = DeviceIdentity.from_seed(responder_seed)
+    initiator = ChannelHandshake(
+        alice,
+        initiator=True,
+        accept=lambda d: d == bob.device_id,
+        features=["index-v1"],
+        ephemeral=initiator_e,
+    )
+    responder = ChannelHandshake(
+        bob, initiator=False, accept=lambda d: d == alice.device_id, ephemeral=responder_e
+    )
+    wire = []
+    turns = [(initiator, responder), (responder, initiator), (initiator, responder)]
+    for sender, receiver in turns:
+        data = sender.data_to_send()
+        wire.append(data.hex())
+        receiver.receive_data(data)
+    result = responder.result()
+    # The split keys live inside the transport; read them from the Noise state for the record.
+    to_responder, to_initiator = responder._noise.split()
+    return {
+        "description": (
+            "a channel handshake (SPEC.md, Channel handshake): the three Noise messages as "
+            "framed on the wire (u16be length || message), then the handshake hash and the "
+            "Split() keys; the verdict frame that follows is not fixed (secretstream headers "
+            "are random)"
+        ),
+        "initiator_seed": initiator_seed.hex(),
+        "initiator_noise_static": noise_static_key(alice).hex(),
+        "initiator_ephemeral": initiator_e.hex(),
+        "initiator_features": ["index-v1"],
+        "responder_seed": responder_seed.hex(),
+        "responder_noise_static": noise_static_key(bob).hex(),
+        "responder_ephemeral": responder_e.hex(),
+        "wire": wire,
+        "handshake_hash": result.handshake_hash.hex(),
+        "initiator_to_responder_key": to_responder.key.hex() if to_responder.key else "",
+        "responder_to_initiator_key": to_initiator.key.hex() if to_initiator.key else "",
+    }
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, bytes):
         return {"hex": value.hex()}
@@ -456,6 +504,7 @@ def main() -> None:
         "records.json": records(),
         "paths.json": path_cases(),
         "messages.json": wire_messages(),
+        "channel-handshake.json": channel_handshake(),
     }
     for name, content in files.items():
         (OUT / name).write_text(json.dumps(content, indent=1, ensure_ascii=False) + "\n")

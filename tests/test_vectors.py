@@ -15,6 +15,7 @@ from commonsync.chunking import iter_chunks
 from commonsync.chunks import CHUNK_PAD_FLOOR, chunk_id, open_chunk, seal_chunk
 from commonsync.device_id import DeviceId
 from commonsync.errors import CommonsyncError, InvalidPathError
+from commonsync.handshake import ChannelHandshake, noise_static_key
 from commonsync.identity import DeviceIdentity, verify_signature
 from commonsync.keys import FolderKey, FolderKeyring, Purpose
 from commonsync.records import (
@@ -151,3 +152,40 @@ def test_path_vectors() -> None:
     for path in vectors["invalid"]:
         with pytest.raises(InvalidPathError):
             paths.validate(path)
+
+
+def test_channel_handshake_vector() -> None:
+    case = load("channel-handshake.json")
+    alice = DeviceIdentity.from_seed(bytes.fromhex(case["initiator_seed"]))
+    bob = DeviceIdentity.from_seed(bytes.fromhex(case["responder_seed"]))
+    assert noise_static_key(alice).hex() == case["initiator_noise_static"]
+    assert noise_static_key(bob).hex() == case["responder_noise_static"]
+    initiator = ChannelHandshake(
+        alice,
+        initiator=True,
+        accept=lambda d: d == bob.device_id,
+        features=case["initiator_features"],
+        ephemeral=bytes.fromhex(case["initiator_ephemeral"]),
+    )
+    responder = ChannelHandshake(
+        bob,
+        initiator=False,
+        accept=lambda d: d == alice.device_id,
+        ephemeral=bytes.fromhex(case["responder_ephemeral"]),
+    )
+    turns = [(initiator, responder), (responder, initiator), (initiator, responder)]
+    for (sender, receiver), expected in zip(turns, case["wire"], strict=True):
+        data = sender.data_to_send()
+        assert data.hex() == expected
+        receiver.receive_data(data)
+    result = responder.result()
+    assert result.handshake_hash.hex() == case["handshake_hash"]
+    assert result.peer == alice.device_id
+    to_responder, to_initiator = responder._noise.split()
+    assert to_responder.key is not None
+    assert to_initiator.key is not None
+    assert to_responder.key.hex() == case["initiator_to_responder_key"]
+    assert to_initiator.key.hex() == case["responder_to_initiator_key"]
+    # And the initiator, fed the responder's verdict, agrees.
+    initiator.receive_data(responder.data_to_send())
+    assert initiator.result().handshake_hash == result.handshake_hash
