@@ -7,11 +7,15 @@ The library's building blocks, importable from here:
 - :class:`ChunkHasher`, :func:`seal_chunk`, :func:`open_chunk`: content-defined chunks;
 - :class:`Record`, :func:`seal`, :func:`open_and_verify`: signed, sealed file versions;
 - :class:`VersionVector`: which version descends from which;
-- :class:`IndexStore`: the SQLite index, with an async API.
+- :class:`IndexStore`: the SQLite index, with an async API;
+- :func:`connect_channel`, :func:`accept_channel`, :func:`open_channel` and :class:`Channel`:
+  the authenticated, encrypted channel between two devices, over any anyio byte stream;
+- :class:`Session`: the wire protocol's messages over a channel, with flow control.
 
 Every error raised on purpose derives from :class:`CommonsyncError`.
 """
 
+from .channel import Channel, accept_channel, connect_channel, open_channel
 from .chunking import ChunkHasher, ChunkRef
 from .chunks import chunk_id, open_chunk, seal_chunk, verify_chunk
 from .device_id import DeviceId
@@ -19,11 +23,14 @@ from .errors import CommonsyncError
 from .identity import DeviceIdentity
 from .keys import FolderKey, FolderKeyring
 from .records import ChunkEntry, Kind, Record, open_and_verify, seal
+from .session import Session, folder_proof
+from .store import IndexStore, open_store
 from .versionvector import Ordering, VersionVector
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Channel",
     "ChunkEntry",
     "ChunkHasher",
     "ChunkRef",
@@ -32,13 +39,20 @@ __all__ = [
     "DeviceIdentity",
     "FolderKey",
     "FolderKeyring",
+    "IndexStore",
     "Kind",
     "Ordering",
     "Record",
+    "Session",
     "VersionVector",
+    "accept_channel",
     "chunk_id",
+    "connect_channel",
+    "folder_proof",
     "open_and_verify",
+    "open_channel",
     "open_chunk",
+    "open_store",
     "seal",
     "seal_chunk",
     "verify_chunk",
