@@ -116,3 +116,40 @@ def test_nothing_may_be_sent_after_close() -> None:
     a.close()
     with pytest.raises(ChannelError):
         a.seal(b"late")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=300), min_size=1, max_size=5), st.data())
+def test_a_mutated_stream_never_yields_a_forged_message(
+    messages: list[bytes], data: st.DataObject
+) -> None:
+    """Flip, cut, duplicate or insert bytes anywhere in an honest stream: the receiver yields
+    an honest prefix of the messages, then a ChannelError; never a forged message, and never a
+clean end."""
+    a, b = pair()
+    stream = bytearray(b"".join(a.seal(m) for m in messages) + a.close())
+    honest = bytes(stream)
+    at = data.draw(st.integers(0, len(stream) - 1))
+    action = data.draw(st.sampled_from(["flip", "cut", "duplicate", "insert"]))
+    if action == "flip":
+        stream[at] ^= 1 << data.draw(st.integers(0, 7))
+    elif action == "cut":
+        del stream[at:]
+    elif action == "duplicate":
+        end = data.draw(st.integers(at + 1, len(stream)))
+        stream[end:end] = stream[at:end]
+    else:
+        stream[at:at] = data.draw(st.binary(min_size=1, max_size=20))
+    b.receive_data(bytes(stream))
+    b.receive_data(b"")  # and the connection ends
+    received: list[object] = []
+    try:
+        while (message := b.next_message()) is not None:
+            received.append(message)
+            if message is END_OF_STREAM:
+                break
+    except ChannelError:
+        pass
+    assert bytes(stream) != honest
+    assert END_OF_STREAM not in received  # a changed stream never ends cleanly
+    assert received == messages[: len(received)]
