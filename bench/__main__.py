@@ -19,11 +19,11 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from . import scan
+from . import channel, scan
 from .report import Benchmark, BenchmarkError, Options, Result, default_json_path, utc_now
 from .report import write_json as write_results
 
-BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (scan.BENCHMARK,)}
+BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (scan.BENCHMARK, channel.BENCHMARK)}
 
 
 def _repeat(text: str) -> int:
@@ -114,7 +114,10 @@ def main(argv: list[str] | None = None) -> int:
             results.append(result)
             print(f"\n{result.table()}\n", flush=True)
     except KeyboardInterrupt:
-        print("\ninterrupted: temporary files removed, no results written", file=sys.stderr)
+        print(
+            "\ninterrupted: temporary files and processes cleaned up, no results written",
+            file=sys.stderr,
+        )
         return 130
 
     if results:

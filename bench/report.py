@@ -70,10 +70,19 @@ class Budget:
         return self.seconds - self.elapsed()
 
 
+@dataclass(frozen=True)
+class Timed:
+    """What an action returns when it times itself, leaving out its set-up (starting
+    processes, a handshake): these seconds are recorded instead of the whole call's."""
+
+    seconds: float
+
+
 @dataclass
 class Contender:
     """One thing being timed. ``action`` gets the seconds it may take at most (for the
-    subprocesses' timeouts) and raises :class:`Skipped` when it cannot run."""
+    subprocesses' timeouts) and raises :class:`Skipped` when it cannot run. The whole call is
+    timed, unless it returns :class:`Timed`."""
 
     name: str
     nbytes: int
@@ -154,12 +163,13 @@ def alternate(contenders: Sequence[Contender], repeat: int, budget: Budget) -> i
         for contender in active[shift:] + active[:shift]:
             begin = time.perf_counter()
             try:
-                contender.action(max(budget.remaining(), 30.0))
+                outcome = contender.action(max(budget.remaining(), 30.0))
             except Skipped as exc:
                 contender.skipped = str(exc)
                 print(f"  {contender.name.strip()}: skipped, {exc}", flush=True)
                 continue
-            contender.seconds.append(time.perf_counter() - begin)
+            elapsed = time.perf_counter() - begin
+            contender.seconds.append(outcome.seconds if isinstance(outcome, Timed) else elapsed)
         longest = max(longest, time.monotonic() - started)
         print(
             f"  round {round_ + 1}/{repeat} done in {time.monotonic() - started:.1f} s", flush=True

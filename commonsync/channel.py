@@ -32,6 +32,9 @@ from .transport import END_OF_STREAM
 HANDSHAKE_TIMEOUT = 10.0
 _MIN_READ = 64 * 1024
 _MAX_READ = 4 * 1024 * 1024
+#: Below this, a frame's length and ciphertext go out in one write; above, copying the
+#: ciphertext to join them costs more than a second write.
+_COALESCE = 64 * 1024
 _CONNECTION_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 
 
@@ -56,17 +59,29 @@ class Channel(anyio.abc.ObjectStream[bytes]):
         self._send_lock = anyio.Lock()
         self._receive_lock = anyio.Lock()
         self._eof_sent = False
+        self._send_broken = False
         self._closed = False
 
     async def send(self, item: bytes) -> None:
+        """Send one message. Cancelling it may leave part of a frame on the wire, after which
+        the peer cannot read on, so the channel then refuses to send (like trio's
+        ``SSLStream``): close it and open a new one."""
         async with self._send_lock:
             if self._eof_sent or self._closed:
                 raise anyio.ClosedResourceError
-            data = self._core.seal(item)
+            if self._send_broken:
+                raise ChannelError("an earlier send was interrupted; this channel cannot send")
+            head, sealed = self._core.seal_parts(item)
+            self._send_broken = True
             try:
-                await self._stream.send(data)
+                if len(sealed) < _COALESCE:
+                    await self._stream.send(head + sealed)
+                else:
+                    await self._stream.send(head)
+                    await self._stream.send(sealed)
             except _CONNECTION_ERRORS as exc:
                 raise ChannelError(f"the connection to {self.peer} broke: {exc}") from exc
+            self._send_broken = False
 
     async def receive(self) -> bytes:
         async with self._receive_lock:
@@ -96,7 +111,7 @@ class Channel(anyio.abc.ObjectStream[bytes]):
     async def send_eof(self) -> None:
         """End our direction with the authenticated final frame; the peer can still send."""
         async with self._send_lock:
-            if self._eof_sent or self._closed:
+            if self._eof_sent or self._closed or self._send_broken:
                 return
             self._eof_sent = True
             data = self._core.close()

@@ -80,6 +80,12 @@ class TransportCore:
 
     def seal(self, message: bytes, *, final: bool = False) -> bytes:
         """The bytes that carry ``message``; ``final`` ends this direction of the stream."""
+        head, sealed = self.seal_parts(message, final=final)
+        return head + sealed
+
+    def seal_parts(self, message: bytes, *, final: bool = False) -> tuple[bytes, bytes]:
+        """:meth:`seal` in two pieces to write one after the other (stream header and frame
+        length, then the ciphertext): for a large message this spares a copy of it."""
         if self._sent_final:
             raise ChannelError("cannot send after the end of the stream")
         if len(message) > self._max_frame - _ABYTES:
@@ -92,7 +98,7 @@ class TransportCore:
         prefix = b""
         if self._header_out is not None:
             prefix, self._header_out = self._header_out, None
-        return prefix + len(sealed).to_bytes(_LENGTH_SIZE, "big") + sealed
+        return prefix + len(sealed).to_bytes(_LENGTH_SIZE, "big"), sealed
 
     def close(self) -> bytes:
         """The authenticated end-of-stream frame."""
@@ -145,7 +151,8 @@ class TransportCore:
         if len(self._buffer) < _LENGTH_SIZE + length:
             self._check_not_truncated()
             return None
-        sealed = bytes(self._buffer[_LENGTH_SIZE : _LENGTH_SIZE + length])
+        with memoryview(self._buffer) as view:  # one copy of the frame, not two
+            sealed = bytes(view[_LENGTH_SIZE : _LENGTH_SIZE + length])
         del self._buffer[: _LENGTH_SIZE + length]
         try:
             message, tag = crypto_secretstream_xchacha20poly1305_pull(self._pull, sealed)

@@ -23,6 +23,7 @@ import pytest
 from commonsync import DeviceIdentity, FolderKey, encoding, messages
 from commonsync.channel import Channel, connect_channel
 from commonsync.errors import (
+    ChannelError,
     FrameTooLargeError,
     HandshakeTimeoutError,
     PeerRefusedError,
@@ -337,6 +338,9 @@ async def test_a_peer_that_stops_reading_stalls_the_sender(
             # What left this process sits in socket buffers: a few MiB, never the 1.5 s of data
             # an unbounded queue would hold.
             assert sent < 64 * 1024 * 1024
+            # The cancelled send may have left half a frame on the wire: no more sending.
+            with pytest.raises(ChannelError, match="interrupted"):
+                await channel.send(b"more")
 
 
 async def test_session_requests_wait_for_budget(me: DeviceIdentity) -> None:
