@@ -1,0 +1,83 @@
+"""Where the engine keeps its own files inside a synced folder, and how it names them.
+
+Everything the engine writes besides the user's files lives under :data:`METADATA_DIR` at the
+folder's root, or is a temporary file beside its target (so that the final rename stays on one
+file system and is atomic). The scanner skips both; :func:`is_internal` is the one test.
+
+- ``.commonsync/``            the folder's metadata directory (never synced)
+- ``.commonsync/versions/``   replaced and deleted files, as ``<path>~YYYYMMDD-HHMMSS<.ext>``
+- ``<dir>/.<name>.cs-tmp-<hex>``   a file being assembled, renamed over ``<dir>/<name>`` when
+  whole; ``<hex>`` comes from the target version's content digest, so that an interrupted
+  transfer finds its partial file again and fetches only what is missing
+- ``<stem>.sync-conflict-YYYYMMDD-HHMMSS-<device>.<ext>``   the losing side of a conflict
+  (an ordinary file, synced like any other)
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+
+METADATA_DIR = ".commonsync"
+VERSIONS_DIR = f"{METADATA_DIR}/versions"
+TEMP_MARK = ".cs-tmp-"
+CONFLICT_MARK = ".sync-conflict-"
+#: The marker file whose presence says the folder root is really there (not an empty mount
+#: point): without it, a scan must stop rather than read every file as deleted.
+FOLDER_MARKER = f"{METADATA_DIR}/folder"
+
+_TEMP = re.compile(r"\..+\.cs-tmp-[0-9a-f]{16}")
+_CONFLICT = re.compile(r"\.sync-conflict-\d{8}-\d{6}-[A-Z2-7]{7}")
+
+
+def is_internal(path: str) -> bool:
+    """Whether a folder-relative ``/``-separated path is the engine's own, never synced."""
+    first, _, _ = path.partition("/")
+    if first == METADATA_DIR:
+        return True
+    return _TEMP.fullmatch(PurePosixPath(path).name) is not None
+
+
+def temp_name(name: str, content_digest: bytes | None = None) -> str:
+    """The temporary name for assembling the file ``name`` in the same directory: derived
+    from the target version's content digest when given (stable across restarts, for
+    resuming), random otherwise."""
+    token = content_digest[:8].hex() if content_digest else secrets.token_hex(8)
+    return f".{name}{TEMP_MARK}{token}"
+
+
+def _stamp(mtime_ns: int) -> str:
+    return datetime.fromtimestamp(mtime_ns / 1e9, tz=UTC).strftime("%Y%m%d-%H%M%S")
+
+
+def _split_extension(name: str) -> tuple[str, str]:
+    """``("report", ".pdf")`` for ``report.pdf``; a leading dot is not an extension."""
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem:
+        return name, ""
+    return stem, f".{ext}"
+
+
+def conflict_name(path: str, mtime_ns: int, device_short: str) -> str:
+    """The path of the conflict copy of ``path`` for the losing version (its mtime and its
+    author's short device ID), the same on every device. A conflict of a conflict copy does not
+    nest: the earlier mark is replaced."""
+    parent, _, name = path.rpartition("/")
+    stem, ext = _split_extension(name)
+    stem = _CONFLICT.sub("", stem)
+    copy = f"{stem}{CONFLICT_MARK}{_stamp(mtime_ns)}-{device_short}{ext}"
+    return f"{parent}/{copy}" if parent else copy
+
+
+def is_conflict_copy(path: str) -> bool:
+    return _CONFLICT.search(PurePosixPath(path).name) is not None
+
+
+def version_name(path: str, replaced_at_ns: int) -> str:
+    """Where the versions folder keeps ``path`` as it was when replaced at ``replaced_at_ns``."""
+    parent, _, name = path.rpartition("/")
+    stem, ext = _split_extension(name)
+    kept = f"{stem}~{_stamp(replaced_at_ns)}{ext}"
+    return f"{VERSIONS_DIR}/{parent}/{kept}" if parent else f"{VERSIONS_DIR}/{kept}"
