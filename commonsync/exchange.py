@@ -1,0 +1,280 @@
+"""The sync protocol with one peer: shared folders, index exchange, chunk requests.
+
+A :class:`PeerExchange` runs one :class:`~commonsync.session.Session` for as long as it
+lasts. It proves which folders we hold, learns which the peer holds (SPEC.md §12), asks for
+the records it has not seen yet, pushes ours as they change, answers chunk requests from the
+folder's local files, and lets the folder's puller request chunks from this peer.
+
+What a record *means* is not decided here: records go to the :class:`FolderEndpoint` (in
+practice :class:`commonsync.folder.Folder`), which decides and applies them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectSendStream
+
+from .device_id import DeviceId
+from .errors import ChannelError, CommonsyncError, ProtocolError, RecordError
+from .keys import FolderKey, FolderKeyring
+from .messages import (
+    PROTOCOL_VERSION,
+    ChunkRequest,
+    ChunkResponse,
+    Close,
+    CloseReason,
+    Folders,
+    Hello,
+    Index,
+    IndexRequest,
+    Message,
+    Ping,
+    Pong,
+)
+from .records import ChunkEntry, Record, open_record, seal_record, verify_record
+from .session import Session, folder_proof
+
+log = logging.getLogger(__name__)
+
+CLIENT = "commonsync 0.1.0"
+#: Records per Index message, and the sealed bytes one message may carry.
+INDEX_BATCH = 500
+INDEX_BATCH_BYTES = 8 * 1024 * 1024
+#: Chunk requests from the peer that we serve at once.
+SERVING_CONCURRENCY = 8
+#: How long a chunk request may take before we give up on this peer for that chunk.
+CHUNK_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class RemoteRecord:
+    """A verified record from a peer, with its signed bytes (kept and forwarded as they are)."""
+
+    record: Record
+    signed: bytes
+
+
+class FolderEndpoint(Protocol):
+    """What the exchange needs from a folder (see :class:`commonsync.folder.Folder`)."""
+
+    @property
+    def key(self) -> FolderKey: ...
+
+    @property
+    def keyring(self) -> FolderKeyring: ...
+
+    async def index_state(self) -> tuple[bytes, int]:
+        """Our index ID and highest local sequence."""
+        ...
+
+    async def records_since(self, after: int, limit: int) -> list[tuple[int, bytes]]:
+        """Our ``(local_sequence, signed_record)`` pairs after ``after``, oldest first."""
+        ...
+
+    async def wait_for_change(self, after: int) -> None:
+        """Return once our highest local sequence is above ``after``."""
+        ...
+
+    async def peer_progress(self, peer: DeviceId) -> tuple[bytes, int] | None: ...
+
+    async def set_peer_progress(self, peer: DeviceId, index_id: bytes, sequence: int) -> None: ...
+
+    async def receive_records(self, source: PeerExchange, records: Sequence[RemoteRecord]) -> None:
+        """Decide on and schedule a batch of records from ``source``; must not wait for
+        chunk transfers (the exchange's reader is blocked meanwhile)."""
+        ...
+
+    async def read_local_chunk(self, chunk: ChunkEntry) -> bytes | None:
+        """The verified bytes of a chunk if a local file holds it, else None."""
+        ...
+
+    def attach(self, peer: PeerExchange) -> None: ...
+
+    def detach(self, peer: PeerExchange) -> None: ...
+
+
+class PeerExchange:
+    """The protocol with one connected peer, for every folder both hold."""
+
+    def __init__(
+        self, session: Session, folders: Sequence[FolderEndpoint], *, device_name: str
+    ) -> None:
+        self.session = session
+        self.peer: DeviceId = session.channel.peer
+        self._folders = {f.key.folder_id: f for f in folders}
+        self._device_name = device_name
+        self.shared: dict[bytes, FolderEndpoint] = {}
+        self.peer_hello: Hello | None = None
+        self._waiters: dict[int, MemoryObjectSendStream[ChunkResponse]] = {}
+        self._serving = anyio.Semaphore(SERVING_CONCURRENCY)
+        self._tasks: anyio.abc.TaskGroup | None = None
+        self._shared_ready = anyio.Event()
+
+    def __repr__(self) -> str:
+        return f"<PeerExchange with {self.peer.short_str}>"
+
+    # -- running -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Speak the protocol until the peer closes (returns) or breaks it (raises)."""
+        try:
+            async with anyio.create_task_group() as tasks:
+                self._tasks = tasks
+                await self.session.send(
+                    Hello(PROTOCOL_VERSION, [], self._device_name[:64], CLIENT)
+                )
+                await self.session.send(Folders(self._proofs()))
+                await self._read()
+                tasks.cancel_scope.cancel()
+        finally:
+            for folder in self.shared.values():
+                folder.detach(self)
+            for waiter in self._waiters.values():
+                waiter.close()
+
+    async def close(self, reason: CloseReason = CloseReason.NORMAL, detail: str = "") -> None:
+        await self.session.close(reason, detail)
+
+    def _proofs(self) -> list[list[object]]:
+        channel = self.session.channel
+        return [
+            [folder_proof(f.key, channel.handshake_hash, sender_is_initiator=channel.initiator),
+             bytes(16), 0]
+            for f in self._folders.values()
+        ]  # fmt: skip
+
+    async def _read(self) -> None:
+        async for message in self.session:
+            await self._dispatch(message)
+
+    async def _dispatch(self, message: Message) -> None:
+        assert self._tasks is not None
+        if isinstance(message, Hello):
+            if self.peer_hello is not None:
+                raise ProtocolError("a second Hello")
+            self.peer_hello = message
+        elif isinstance(message, Folders):
+            await self._on_folders(message)
+        elif isinstance(message, IndexRequest):
+            folder = self._shared(message.folder_id)
+            index_id, _ = await folder.index_state()
+            # A peer that knew another incarnation of our index gets all of this one.
+            after = message.after if message.index_id == index_id else 0
+            self._tasks.start_soon(self._push_index, folder, after)
+        elif isinstance(message, Index):
+            await self._on_index(message)
+        elif isinstance(message, ChunkRequest):
+            self._shared(message.folder_id)
+            await self._serving.acquire()
+            self._tasks.start_soon(self._serve_chunk, message)
+        elif isinstance(message, ChunkResponse):
+            waiter = self._waiters.pop(message.request_id, None)
+            if waiter is not None:  # None: we gave up on it (timeout) already
+                with waiter:
+                    await waiter.send(message)
+        elif isinstance(message, Ping):
+            await self.session.send(Pong(message.nonce))
+        elif isinstance(message, Pong | Close):
+            pass
+
+    def _shared(self, folder_id: bytes) -> FolderEndpoint:
+        folder = self.shared.get(folder_id)
+        if folder is None:
+            raise ProtocolError("a request for a folder the peer did not prove it shares")
+        return folder
+
+    # -- folders and indexes -------------------------------------------------------------------
+
+    async def _on_folders(self, message: Folders) -> None:
+        if self._shared_ready.is_set():
+            raise ProtocolError("a second Folders message")
+        channel = self.session.channel
+        theirs = {entry[0] for entry in message.folders}
+        for folder_id, folder in self._folders.items():
+            proof = folder_proof(
+                folder.key, channel.handshake_hash, sender_is_initiator=not channel.initiator
+            )
+            if proof in theirs:
+                self.shared[folder_id] = folder
+        self._shared_ready.set()
+        for folder_id, folder in self.shared.items():
+            folder.attach(self)
+            progress = await folder.peer_progress(self.peer)
+            index_id, after = progress if progress is not None else (bytes(16), 0)
+            await self.session.send(IndexRequest(folder_id, index_id, after))
+
+    async def _push_index(self, folder: FolderEndpoint, after: int) -> None:
+        """Send our records after ``after``, then every change as it happens."""
+        key = folder.key
+        while True:
+            index_id, highest = await folder.index_state()
+            batch = await folder.records_since(after, INDEX_BATCH)
+            if not batch:
+                await folder.wait_for_change(after)
+                continue
+            records: list[list[object]] = []
+            size = 0
+            for sequence, signed in batch:
+                sealed = seal_record(key, signed)
+                if records and size + len(sealed) > INDEX_BATCH_BYTES:
+                    break
+                records.append([sequence, sealed])
+                size += len(sealed)
+                after = sequence
+            await self.session.send(Index(key.folder_id, index_id, records, highest))
+
+    async def _on_index(self, message: Index) -> None:
+        folder = self._shared(message.folder_id)
+        verified: list[RemoteRecord] = []
+        for _sequence, sealed in message.records:
+            try:
+                signed = open_record(folder.keyring, sealed)
+                record = verify_record(folder.key.folder_id, signed)
+            except RecordError as exc:
+                # A forged or tampered record is refused; its neighbours still count.
+                log.warning("refused a record from %s: %s", self.peer.short_str, exc)
+                continue
+            verified.append(RemoteRecord(record, signed))
+        if verified:
+            await folder.receive_records(self, verified)
+        last = message.records[-1][0] if message.records else message.max_sequence
+        await folder.set_peer_progress(self.peer, message.index_id, last)
+
+    # -- chunks --------------------------------------------------------------------------------
+
+    async def _serve_chunk(self, request: ChunkRequest) -> None:
+        try:
+            folder = self._shared(request.folder_id)
+            data = await folder.read_local_chunk(ChunkEntry(request.chunk_id, request.size))
+            if data is None:
+                response = ChunkResponse(request.request_id, 1, b"")
+            else:
+                response = ChunkResponse(request.request_id, 0, data)
+            await self.session.send(response)
+        except (ChannelError, anyio.ClosedResourceError):
+            pass  # the session is ending; the reader will see why
+        finally:
+            self._serving.release()
+
+    async def request_chunk(self, folder_id: bytes, chunk: ChunkEntry) -> bytes | None:
+        """Ask the peer for a chunk; its bytes (unverified: the caller checks the ID), or None
+        if the peer does not have it, is gone, or takes too long."""
+        request_id = self.session.new_request_id()
+        send, receive = anyio.create_memory_object_stream[ChunkResponse](1)
+        self._waiters[request_id] = send
+        try:
+            with receive, anyio.move_on_after(CHUNK_TIMEOUT):
+                await self.session.send(ChunkRequest(request_id, folder_id, chunk.id, chunk.size))
+                response = await receive.receive()
+                return response.data if response.status == 0 else None
+        except (CommonsyncError, anyio.EndOfStream, anyio.ClosedResourceError):
+            return None
+        finally:
+            self._waiters.pop(request_id, None)
+        return None
