@@ -123,3 +123,108 @@ class ProtocolError(ChannelError):
 
 class PeerOverloadError(ProtocolError):
     """The peer requested more chunk data than the flow-control budget allows."""
+
+
+class IndexChangedError(StoreError):
+    """A conditional write found that the index changed since its caller read it.
+
+    Raised by :meth:`commonsync.store.IndexStore.put` with ``expected`` local sequences, before
+    anything is written; ``paths`` are the paths whose record is no longer the expected one.
+    The scanner drops those paths and lets its next pass look at them again, so that it never
+    overwrites a version it has not seen.
+    """
+
+    def __init__(self, message: str, paths: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.paths = paths
+
+
+class FolderError(CommonsyncError):
+    """A folder's root cannot be used: it cannot be created, read or marked."""
+
+
+class FolderMissingError(FolderError):
+    """A folder's root or its marker file is missing, so it cannot be scanned.
+
+    A disk that is not mounted looks like an empty folder; without the marker, a scan would
+    read every file as deleted and propagate that to every device.
+    """
+
+
+class IgnoreFileError(CommonsyncError):
+    """A ``.csignore`` file cannot be read or holds a pattern that is not valid."""
+
+
+class ApplyError(CommonsyncError):
+    """A remote version cannot be made real on the local disk (:mod:`commonsync.apply`)."""
+
+
+class LocalChangedError(ApplyError):
+    """The local entry is not what the scan saw: applying now could lose a local change.
+
+    Nothing was replaced. The engine rescans ``path`` and decides again (a conflict if both
+    sides changed).
+    """
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class UnsafePathError(ApplyError):
+    """Reaching a path would go through a symlink or a non-directory, so possibly outside the
+    folder; nothing is written there."""
+
+
+class InternalPathError(UnsafePathError):
+    """A record names one of commonsync's own paths (``.commonsync/``, a temporary file)."""
+
+
+class UnrepresentableNameError(ApplyError):
+    """The local file system cannot hold a name (too long, invalid characters or encoding).
+
+    Reported, never mangled: renaming on this device would sync the new name everywhere.
+    """
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class DirectoryNotEmptyError(ApplyError):
+    """A directory to remove still holds entries the index does not know about (yet)."""
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class ConflictCopyExistsError(ApplyError):
+    """Something already exists where a conflict copy would go; nothing was moved."""
+
+
+class VersionsUnavailableError(ApplyError):
+    """A replaced file cannot be kept in the versions folder (it is on another file system)."""
+
+
+class RecordKindError(ApplyError):
+    """A record was handed to the apply function for another kind of entry (a bug)."""
+
+
+class LocalFileError(ApplyError):
+    """The local file system refused an operation (disk full, permission denied, ...).
+
+    ``errno`` is the operating system's error number, so the engine can tell a full disk
+    from a permission problem; the partial file is kept for a later retry.
+    """
+
+    def __init__(self, message: str, errno: int | None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+class MissingChunkError(ChunkError):
+    """No source holds a chunk of the version being assembled yet.
+
+    Raised by the engine's chunk reader; the partial file is kept and resumes later.
+    """

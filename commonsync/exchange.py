@@ -99,6 +99,27 @@ class FolderEndpoint(Protocol):
     def detach(self, peer: PeerExchange) -> None: ...
 
 
+def _session_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one error to report for a session whose tasks failed: its first library error,
+    when every failure is the session's (the peer broke the protocol or the connection);
+    otherwise the group itself, since something else went wrong."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        error = pending.pop()
+        if isinstance(error, BaseExceptionGroup):
+            pending.extend(error.exceptions)
+        else:
+            leaves.append(error)
+    session_errors = (CommonsyncError, anyio.BrokenResourceError, anyio.ClosedResourceError)
+    if all(isinstance(e, session_errors) for e in leaves):
+        for error in leaves:
+            if isinstance(error, CommonsyncError):
+                return error
+        return ChannelError(f"the connection broke: {leaves[0]!r}")
+    return group
+
+
 class PeerExchange:
     """The protocol with one connected peer, for every folder both hold."""
 
@@ -122,17 +143,20 @@ class PeerExchange:
     # -- running -------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Speak the protocol until the peer closes (returns) or breaks it (raises)."""
+        """Speak the protocol until the peer closes (returns) or breaks it (raises the
+        :class:`CommonsyncError` that ended it, not an exception group)."""
         try:
             async with anyio.create_task_group() as tasks:
                 self._tasks = tasks
-                await self.session.send(
-                    Hello(PROTOCOL_VERSION, [], self._device_name[:64], CLIENT)
-                )
+                await self.session.send(Hello(PROTOCOL_VERSION, [], self._device_name[:64], CLIENT))
                 await self.session.send(Folders(self._proofs()))
                 await self._read()
                 tasks.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            raise _session_error(group) from None
         finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                await self.session.channel.aclose()
             for folder in self.shared.values():
                 folder.detach(self)
             for waiter in self._waiters.values():

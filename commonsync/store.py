@@ -15,7 +15,20 @@ What it holds, per folder:
 - ``peer_progress``: how far each remote device's index has been received, and that index's ID,
   which changes when the remote device resets its database;
 - ``chunk_locations``: which local files hold which chunk at which offset, so that renames and
-  copies are assembled from local data instead of being downloaded again.
+  copies are assembled from local data instead of being downloaded again;
+- ``local_files``: what the scanner (or the applier) saw on disk at each path when it last
+  confirmed what the file holds (inode, size, mtime, mode), so that a rescan hashes only the
+  files whose metadata moved;
+- in ``folders``, ``own_sequence``: the last sequence number this device gave a record it
+  authored, so that its records carry strictly increasing sequences.
+
+A record and the local state that goes with it are written by one :meth:`IndexStore.put`, in
+one transaction: a crash never leaves a new version without its local state or the reverse.
+Writers that read before they write (the scanner) pass the local sequences they read as
+``expected``, and the write is refused whole if the index moved meanwhile
+(:class:`~commonsync.errors.IndexChangedError`): nobody overwrites a version unseen.
+
+Databases of an older schema are migrated in place, in one transaction, when opened.
 """
 
 from __future__ import annotations
@@ -23,7 +36,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,53 +46,80 @@ import anyio
 import anyio.to_thread
 
 from .device_id import DeviceId
-from .errors import StoreError
+from .errors import IndexChangedError, StoreError
 from .records import ChunkEntry, Kind, Record, decode_verified
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Records returned by one :meth:`IndexStore.records_since` call at most.
 MAX_BATCH = 10_000
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS folders (
-    folder_id BLOB PRIMARY KEY,
-    label     TEXT NOT NULL,
-    index_id  BLOB NOT NULL,
-    sequence  INTEGER NOT NULL DEFAULT 0
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS records (
-    folder_id  BLOB NOT NULL REFERENCES folders(folder_id) ON DELETE CASCADE,
-    path       TEXT NOT NULL,
-    local_seq  INTEGER NOT NULL,
-    author     BLOB NOT NULL,
-    author_seq INTEGER NOT NULL,
-    kind       INTEGER NOT NULL,
-    deleted    INTEGER NOT NULL,
-    size       INTEGER NOT NULL,
-    on_disk    INTEGER NOT NULL,
-    signed     BLOB NOT NULL,
-    PRIMARY KEY (folder_id, path)
-) WITHOUT ROWID;
-CREATE UNIQUE INDEX IF NOT EXISTS records_by_sequence ON records (folder_id, local_seq);
-CREATE TABLE IF NOT EXISTS peer_progress (
+_LOCAL_FILES = """CREATE TABLE IF NOT EXISTS local_files (
     folder_id BLOB NOT NULL REFERENCES folders(folder_id) ON DELETE CASCADE,
-    device_id BLOB NOT NULL,
-    index_id  BLOB NOT NULL,
-    sequence  INTEGER NOT NULL,
-    PRIMARY KEY (folder_id, device_id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS chunk_locations (
-    folder_id BLOB NOT NULL REFERENCES folders(folder_id) ON DELETE CASCADE,
-    chunk_id  BLOB NOT NULL,
     path      TEXT NOT NULL,
-    offset    INTEGER NOT NULL,
+    inode     INTEGER NOT NULL,
     size      INTEGER NOT NULL,
-    PRIMARY KEY (folder_id, chunk_id, path, offset)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS chunk_locations_by_path ON chunk_locations (folder_id, path);
-"""
+    mtime_ns  INTEGER NOT NULL,
+    mode      INTEGER NOT NULL,
+    PRIMARY KEY (folder_id, path)
+) WITHOUT ROWID"""
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS folders (
+        folder_id    BLOB PRIMARY KEY,
+        label        TEXT NOT NULL,
+        index_id     BLOB NOT NULL,
+        sequence     INTEGER NOT NULL DEFAULT 0,
+        own_sequence INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS records (
+        folder_id  BLOB NOT NULL REFERENCES folders(folder_id) ON DELETE CASCADE,
+        path       TEXT NOT NULL,
+        local_seq  INTEGER NOT NULL,
+        author     BLOB NOT NULL,
+        author_seq INTEGER NOT NULL,
+        kind       INTEGER NOT NULL,
+        deleted    INTEGER NOT NULL,
+        size       INTEGER NOT NULL,
+        on_disk    INTEGER NOT NULL,
+        signed     BLOB NOT NULL,
+        PRIMARY KEY (folder_id, path)
+    ) WITHOUT ROWID""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS records_by_sequence ON records (folder_id, local_seq)",
+    """CREATE TABLE IF NOT EXISTS peer_progress (
+        folder_id BLOB NOT NULL REFERENCES folders(folder_id) ON DELETE CASCADE,
+        device_id BLOB NOT NULL,
+        index_id  BLOB NOT NULL,
+        sequence  INTEGER NOT NULL,
+        PRIMARY KEY (folder_id, device_id)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS chunk_locations (
+        folder_id BLOB NOT NULL REFERENCES folders(folder_id) ON DELETE CASCADE,
+        chunk_id  BLOB NOT NULL,
+        path      TEXT NOT NULL,
+        offset    INTEGER NOT NULL,
+        size      INTEGER NOT NULL,
+        PRIMARY KEY (folder_id, chunk_id, path, offset)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS chunk_locations_by_path ON chunk_locations (folder_id, path)",
+    _LOCAL_FILES,
+)
+
+#: From schema version N to N + 1: statements run in the same transaction as the version bump.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        "ALTER TABLE folders ADD COLUMN own_sequence INTEGER NOT NULL DEFAULT 0",
+        # Version 1 did not count our own sequences. The highest author sequence in the
+        # folder, whoever the author, is at least ours: continuing above it keeps ours
+        # strictly increasing (a gap is harmless).
+        "UPDATE folders SET own_sequence = (SELECT coalesce(max(author_seq), 0) FROM records"
+        " WHERE records.folder_id = folders.folder_id)",
+        _LOCAL_FILES.replace("IF NOT EXISTS ", ""),
+    ),
+}
+_I64 = 2**63
+_FOLDER_COLUMNS = "folder_id, label, index_id, sequence, own_sequence"
 
 
 @dataclass(frozen=True)
@@ -99,10 +139,47 @@ class IndexEntry:
 
 @dataclass(frozen=True, slots=True)
 class FolderState:
+    """A folder's row: ``sequence`` is the last local sequence number given to a change,
+    ``own_sequence`` the last author sequence this device gave a record it made."""
+
     folder_id: bytes
     label: str
     index_id: bytes
     sequence: int
+    own_sequence: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFile:
+    """What a path looked like on disk when its content was last confirmed.
+
+    For a record that is on disk, the scanner compares this with a fresh ``lstat``: equal
+    means the file still holds the indexed version, and it is not read again. For a remote
+    version not yet on disk, it describes the file that the applier is about to replace, so
+    that the applier sees whether someone changed that file in the meantime. ``mode`` is the
+    whole ``st_mode`` (type and permission bits).
+    """
+
+    inode: int
+    size: int
+    mtime_ns: int
+    mode: int
+
+    @classmethod
+    def from_stat(cls, st: os.stat_result) -> LocalFile:
+        return cls(st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode)
+
+
+@dataclass(frozen=True, slots=True)
+class PathState:
+    """What the scanner needs to know of an indexed path, without decoding its record."""
+
+    path: str
+    kind: Kind
+    deleted: bool
+    on_disk: bool
+    local_sequence: int
+    local: LocalFile | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,18 +287,40 @@ class IndexStore:
 
     async def folders(self) -> list[FolderState]:
         def folders(conn: sqlite3.Connection) -> list[FolderState]:
-            rows = conn.execute("SELECT folder_id, label, index_id, sequence FROM folders")
+            rows = conn.execute(f"SELECT {_FOLDER_COLUMNS} FROM folders")
             return [FolderState(*row) for row in rows]
 
         return await self._run(folders)
 
     # -- records ----------------------------------------------------------------------------
 
-    async def put(self, folder_id: bytes, entries: Sequence[IndexEntry]) -> list[int]:
-        """Store new versions, all in one transaction; returns their local sequence numbers."""
+    async def put(
+        self,
+        folder_id: bytes,
+        entries: Sequence[IndexEntry],
+        *,
+        local_files: Sequence[tuple[str, LocalFile | None]] = (),
+        expected: Mapping[str, int] | None = None,
+    ) -> list[int]:
+        """Store new versions and local states, all in one transaction; returns the local
+        sequence numbers given to ``entries``.
+
+        ``local_files`` sets (or, with None, removes) the local state of paths, committed
+        together with the records: a version and what the disk holds of it never part. An
+        entry stored with ``on_disk=True`` and no local state here loses its previous one
+        (which described another version); an entry with ``on_disk=False`` keeps it, since
+        the file it describes is still the one on disk.
+
+        ``expected`` maps paths to the local sequence their record must still have (0: no
+        record). If any has moved, nothing is written and :class:`IndexChangedError` names
+        them: a writer that decided from what it read must not overwrite what it has not
+        seen.
+        """
 
         def put(conn: sqlite3.Connection) -> list[int]:
             sequence = _folder(conn, folder_id).sequence
+            if expected:
+                _check_expected(conn, folder_id, expected)
             assigned = []
             for entry in entries:
                 sequence += 1
@@ -245,13 +344,35 @@ class IndexStore:
                 )
                 if entry.on_disk:
                     _replace_locations(conn, folder_id, record.path, _file_chunks(record))
+                    _set_local(conn, folder_id, record.path, None)
                 assigned.append(sequence)
+            for path, local in local_files:
+                _set_local(conn, folder_id, path, local)
             conn.execute(
                 "UPDATE folders SET sequence = ? WHERE folder_id = ?", (sequence, folder_id)
             )
             return assigned
 
         return await self._run(put)
+
+    async def next_own_sequences(self, folder_id: bytes, n: int) -> list[int]:
+        """Reserve the next ``n`` author sequence numbers for records this device makes.
+
+        The reservation commits before any record uses its numbers, so they only ever grow,
+        even across a crash or a concurrent writer; numbers reserved and then not used (a
+        crash, a refused write) leave a gap, which is harmless.
+        """
+        if n < 0:
+            raise ValueError("cannot reserve a negative number of sequences")
+
+        def reserve(conn: sqlite3.Connection) -> list[int]:
+            last = _folder(conn, folder_id).own_sequence
+            conn.execute(
+                "UPDATE folders SET own_sequence = ? WHERE folder_id = ?", (last + n, folder_id)
+            )
+            return list(range(last + 1, last + n + 1))
+
+        return await self._run(reserve)
 
     async def get(self, folder_id: bytes, path: str) -> IndexEntry | None:
         def get(conn: sqlite3.Connection) -> IndexEntry | None:
@@ -262,6 +383,87 @@ class IndexStore:
             return None if row is None else _entry(row)
 
         return await self._run(get)
+
+    async def get_many(self, folder_id: bytes, paths: Iterable[str]) -> dict[str, IndexEntry]:
+        """The current entries of ``paths`` (those that have one), read in one transaction."""
+        wanted = list(paths)
+
+        def get_many(conn: sqlite3.Connection) -> dict[str, IndexEntry]:
+            found = {}
+            for path in wanted:
+                row = conn.execute(
+                    "SELECT signed, on_disk, local_seq FROM records"
+                    " WHERE folder_id = ? AND path = ?",
+                    (folder_id, path),
+                ).fetchone()
+                if row is not None:
+                    found[path] = _entry(row)
+            return found
+
+        return await self._run(get_many)
+
+    async def entries(
+        self, folder_id: bytes, *, batch: int = 500
+    ) -> AsyncGenerator[list[IndexEntry], None]:
+        """Every entry of the folder in path order (code point order, as Python sorts
+        strings), in lists of at most ``batch``: one short transaction per list, so that a
+        huge folder is never held in memory nor in one transaction."""
+        batch = max(1, min(batch, MAX_BATCH))
+        after = ""
+        while True:
+
+            def page(conn: sqlite3.Connection, after: str = after) -> list[IndexEntry]:
+                rows = conn.execute(
+                    "SELECT signed, on_disk, local_seq FROM records"
+                    " WHERE folder_id = ? AND path > ? ORDER BY path LIMIT ?",
+                    (folder_id, after, batch),
+                )
+                return [_entry(row) for row in rows]
+
+            entries = await self._run(page)
+            if entries:
+                yield entries
+            if len(entries) < batch:
+                return
+            after = entries[-1].record.path
+
+    async def path_states(
+        self, folder_id: bytes, *, batch: int = 1000
+    ) -> AsyncGenerator[list[PathState], None]:
+        """Every indexed path's :class:`PathState` in path order, in lists of at most
+        ``batch``. Records are not decoded: a scan of an unchanged folder reads no record
+        bytes, and a file of 100,000 chunks costs no more than an empty one."""
+        batch = max(1, min(batch, MAX_BATCH))
+        after = ""
+        while True:
+
+            def page(conn: sqlite3.Connection, after: str = after) -> list[PathState]:
+                rows = conn.execute(
+                    "SELECT r.path, r.kind, r.deleted, r.on_disk, r.local_seq,"
+                    " l.inode, l.size, l.mtime_ns, l.mode"
+                    " FROM records r LEFT JOIN local_files l"
+                    " ON l.folder_id = r.folder_id AND l.path = r.path"
+                    " WHERE r.folder_id = ? AND r.path > ? ORDER BY r.path LIMIT ?",
+                    (folder_id, after, batch),
+                )
+                return [
+                    PathState(
+                        path,
+                        Kind(kind),
+                        bool(deleted),
+                        bool(on_disk),
+                        local_seq,
+                        None if inode is None else _local(inode, size, mtime_ns, mode),
+                    )
+                    for path, kind, deleted, on_disk, local_seq, inode, size, mtime_ns, mode in rows
+                ]
+
+            states = await self._run(page)
+            if states:
+                yield states
+            if len(states) < batch:
+                return
+            after = states[-1].path
 
     async def records_since(
         self, folder_id: bytes, after: int, limit: int = 1000
@@ -287,6 +489,58 @@ class IndexStore:
             return int(row[0])
 
         return await self._run(count)
+
+    # -- local files ------------------------------------------------------------------------
+
+    async def local_file(self, folder_id: bytes, path: str) -> LocalFile | None:
+        """The local state of ``path`` (see :class:`LocalFile`), or None if none is known."""
+
+        def local(conn: sqlite3.Connection) -> LocalFile | None:
+            row = conn.execute(
+                "SELECT inode, size, mtime_ns, mode FROM local_files"
+                " WHERE folder_id = ? AND path = ?",
+                (folder_id, path),
+            ).fetchone()
+            return None if row is None else _local(*row)
+
+        return await self._run(local)
+
+    async def local_files(
+        self, folder_id: bytes, *, batch: int = 1000
+    ) -> AsyncGenerator[list[tuple[str, LocalFile]], None]:
+        """Every known local state of the folder, in path order, in lists of at most
+        ``batch`` (one short transaction each)."""
+        batch = max(1, min(batch, MAX_BATCH))
+        after = ""
+        while True:
+
+            def page(conn: sqlite3.Connection, after: str = after) -> list[tuple[str, LocalFile]]:
+                rows = conn.execute(
+                    "SELECT path, inode, size, mtime_ns, mode FROM local_files"
+                    " WHERE folder_id = ? AND path > ? ORDER BY path LIMIT ?",
+                    (folder_id, after, batch),
+                )
+                return [(path, _local(*rest)) for path, *rest in rows]
+
+            found = await self._run(page)
+            if found:
+                yield found
+            if len(found) < batch:
+                return
+            after = found[-1][0]
+
+    async def set_local_files(
+        self, folder_id: bytes, states: Sequence[tuple[str, LocalFile | None]]
+    ) -> None:
+        """Set (or, with None, remove) local states, in one transaction. To change a record
+        together with its local state, pass both to :meth:`put` instead."""
+
+        def store(conn: sqlite3.Connection) -> None:
+            _folder(conn, folder_id)
+            for path, local in states:
+                _set_local(conn, folder_id, path, local)
+
+        await self._run(store)
 
     # -- peers ------------------------------------------------------------------------------
 
@@ -359,17 +613,7 @@ def _connect(path: Path) -> IndexStore:
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA busy_timeout = 5000")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0:
-            # IF NOT EXISTS: two processes opening a new database at once both get here.
-            conn.executescript(
-                f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-            )
-        elif version != SCHEMA_VERSION:
-            raise StoreError(
-                f"the index database {path} has schema version {version}, but this commonsync "
-                f"understands {SCHEMA_VERSION}; upgrade commonsync or move the database away"
-            )
+        _prepare_schema(conn, path)
     except sqlite3.Error as exc:
         conn.close()
         raise StoreError(f"cannot open the index database {path}: {exc}") from exc
@@ -379,10 +623,41 @@ def _connect(path: Path) -> IndexStore:
     return IndexStore(conn, path)
 
 
+def _prepare_schema(conn: sqlite3.Connection, path: Path) -> None:
+    """Create the schema in a new database, or migrate an older one, in one transaction.
+
+    The version is read inside the write transaction: of two processes opening the same
+    database at once, the second finds the work done. A failing migration rolls back whole
+    and leaves the database at its old version.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            for statement in _SCHEMA:
+                conn.execute(statement)
+        elif version in _MIGRATIONS:
+            while version < SCHEMA_VERSION:
+                for statement in _MIGRATIONS[version]:
+                    conn.execute(statement)
+                version += 1
+        elif version != SCHEMA_VERSION:
+            raise StoreError(
+                f"the index database {path} has schema version {version}, but this commonsync "
+                f"understands {SCHEMA_VERSION}; upgrade commonsync or move the database away"
+            )
+        if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
 def _folder(conn: sqlite3.Connection, folder_id: bytes) -> FolderState:
     row = conn.execute(
-        "SELECT folder_id, label, index_id, sequence FROM folders WHERE folder_id = ?",
-        (folder_id,),
+        f"SELECT {_FOLDER_COLUMNS} FROM folders WHERE folder_id = ?", (folder_id,)
     ).fetchone()
     if row is None:
         raise StoreError(f"folder {folder_id.hex()[:16]}… is not in the index")
@@ -417,3 +692,39 @@ def _replace_locations(
         " VALUES (?, ?, ?, ?, ?)",
         [(folder_id, chunk.id, path, offset, chunk.size) for chunk, offset in chunks],
     )
+
+
+def _check_expected(
+    conn: sqlite3.Connection, folder_id: bytes, expected: Mapping[str, int]
+) -> None:
+    moved = []
+    for path, local_seq in expected.items():
+        row = conn.execute(
+            "SELECT local_seq FROM records WHERE folder_id = ? AND path = ?", (folder_id, path)
+        ).fetchone()
+        if (0 if row is None else row[0]) != local_seq:
+            moved.append(path)
+    if moved:
+        raise IndexChangedError(
+            f"{len(moved)} path(s) changed in the index since they were read, e.g. {moved[0]!r}",
+            tuple(moved),
+        )
+
+
+def _set_local(
+    conn: sqlite3.Connection, folder_id: bytes, path: str, local: LocalFile | None
+) -> None:
+    if local is None:
+        conn.execute("DELETE FROM local_files WHERE folder_id = ? AND path = ?", (folder_id, path))
+        return
+    # SQLite integers are signed 64-bit; inode numbers are unsigned and may use the top bit.
+    inode = local.inode - 2 * _I64 if local.inode >= _I64 else local.inode
+    conn.execute(
+        "INSERT OR REPLACE INTO local_files (folder_id, path, inode, size, mtime_ns, mode)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (folder_id, path, inode, local.size, local.mtime_ns, local.mode),
+    )
+
+
+def _local(inode: int, size: int, mtime_ns: int, mode: int) -> LocalFile:
+    return LocalFile(inode + 2 * _I64 if inode < 0 else inode, size, mtime_ns, mode)

@@ -112,8 +112,8 @@ def test_swap_of_last_data_character_and_check_character_is_mistyped(digest: byt
     chars = compact(DeviceId(digest))
     for block in range(4):
         i = 14 * block + 12  # the block's last data character; i + 1 is its check character
-        if chars[i] == chars[i + 1]:
-            continue
+        if chars[i] == chars[i + 1] or {chars[i], chars[i + 1]} == {"A", "7"}:
+            continue  # equal, or values 0 and 31: the one pair Luhn mod 32 cannot tell apart
         swapped = chars[:i] + chars[i + 1] + chars[i] + chars[i + 2 :]
         with pytest.raises(MistypedDeviceIdError):
             DeviceId.parse(swapped)

@@ -22,7 +22,7 @@ import anyio
 import pytest
 import trio
 
-from commonsync.errors import StoreError
+from commonsync.errors import IndexChangedError, StoreError
 from commonsync.identity import DeviceIdentity
 from commonsync.records import ChunkEntry, Kind, verify_record
 from commonsync.store import (
@@ -31,6 +31,8 @@ from commonsync.store import (
     FolderState,
     IndexEntry,
     IndexStore,
+    LocalFile,
+    PathState,
     PeerProgress,
     open_store,
 )
@@ -462,6 +464,221 @@ async def test_cancellation_between_statements_rolls_back(store: IndexStore) -> 
     assert scope.cancelled_caught
     with anyio.fail_after(5):
         assert [f.label for f in await store.folders()] == ["Documents"]
+
+
+# -- local files, own sequences, conditional writes (schema 2) --------------------------------
+
+
+def local(n: int) -> LocalFile:
+    return LocalFile(inode=1000 + n, size=n, mtime_ns=1_700_000_000_000_000_000 + n, mode=0o100644)
+
+
+async def test_local_files_round_trip_and_delete(store: IndexStore) -> None:
+    assert await store.local_file(FOLDER, "a") is None
+    huge_inode = LocalFile(2**64 - 5, 1, -1, 0o120777)  # inodes are unsigned 64-bit
+    await store.set_local_files(FOLDER, [("a", local(1)), ("b", local(2)), ("c", huge_inode)])
+    assert await store.local_file(FOLDER, "a") == local(1)
+    assert await store.local_file(FOLDER, "c") == huge_inode
+    await store.set_local_files(FOLDER, [("a", local(3)), ("b", None), ("never-there", None)])
+    assert await store.local_file(FOLDER, "a") == local(3)
+    assert await store.local_file(FOLDER, "b") is None
+    batches = [batch async for batch in store.local_files(FOLDER, batch=1)]
+    assert batches == [[("a", local(3))], [("c", huge_inode)]]
+    await store.add_folder(OTHER_FOLDER, "Photos")
+    assert await store.local_file(OTHER_FOLDER, "a") is None
+    assert [b async for b in store.local_files(OTHER_FOLDER)] == []
+    with pytest.raises(StoreError, match="not in the index"):
+        await store.set_local_files(os.urandom(32), [("a", local(1))])
+
+
+async def test_put_commits_records_and_local_states_together(store: IndexStore) -> None:
+    await store.put(
+        FOLDER, [entry("a"), entry("b")], local_files=[("a", local(1)), ("b", local(2))]
+    )
+    assert await store.local_file(FOLDER, "a") == local(1)
+    # A remote version not on disk yet: the local state of the file it will replace stays.
+    await store.put(FOLDER, [entry("a", sequence=2, on_disk=False)])
+    assert await store.local_file(FOLDER, "a") == local(1)
+    # A version put on disk without a local state: the old one described another version.
+    await store.put(FOLDER, [entry("b", sequence=2)])
+    assert await store.local_file(FOLDER, "b") is None
+    await store.put(FOLDER, [entry("a", sequence=3)], local_files=[("a", local(5))])
+    assert await store.local_file(FOLDER, "a") == local(5)
+    # Local states alone, in a put without records.
+    await store.put(FOLDER, [], local_files=[("a", None)])
+    assert await store.local_file(FOLDER, "a") is None
+
+
+async def test_failing_put_keeps_the_old_local_states(store: IndexStore) -> None:
+    await store.put(FOLDER, [entry("a")], local_files=[("a", local(1))])
+    bad = IndexEntry(make_record(AUTHOR, "bad"), None, True)  # type: ignore[arg-type]
+    with pytest.raises(StoreError):
+        await store.put(FOLDER, [entry("a", sequence=2), bad], local_files=[("a", local(2))])
+    assert await store.local_file(FOLDER, "a") == local(1)
+
+
+async def test_conditional_put(store: IndexStore) -> None:
+    [seq_a] = await store.put(FOLDER, [entry("a")])
+    fresh = entry("a", sequence=2)
+    with pytest.raises(IndexChangedError) as caught:
+        await store.put(
+            FOLDER,
+            [fresh, entry("new")],
+            local_files=[("a", local(1))],
+            expected={"a": seq_a + 1, "new": 0, "gone": 0},
+        )
+    assert caught.value.paths == ("a",)
+    assert (await store.get(FOLDER, "a")).record.sequence == 1  # type: ignore[union-attr]
+    assert await store.get(FOLDER, "new") is None
+    assert await store.local_file(FOLDER, "a") is None
+    assert (await store.folder(FOLDER)).sequence == 1
+    # A path expected absent that exists is refused too.
+    with pytest.raises(IndexChangedError) as caught:
+        await store.put(FOLDER, [fresh], expected={"a": 0})
+    assert caught.value.paths == ("a",)
+    assert await store.put(FOLDER, [fresh], expected={"a": seq_a, "new": 0}) == [2]
+    assert (await store.get(FOLDER, "a")).record == fresh.record  # type: ignore[union-attr]
+
+
+async def test_own_sequences_only_grow(tmp_path: Path) -> None:
+    path = tmp_path / "index.db"
+    async with open_store(path) as store:
+        await store.add_folder(FOLDER, "Documents")
+        await store.add_folder(OTHER_FOLDER, "Photos")
+        assert (await store.folder(FOLDER)).own_sequence == 0
+        assert await store.next_own_sequences(FOLDER, 3) == [1, 2, 3]
+        assert await store.next_own_sequences(FOLDER, 0) == []
+        assert await store.next_own_sequences(FOLDER, 2) == [4, 5]
+        assert await store.next_own_sequences(OTHER_FOLDER, 1) == [1]
+        with pytest.raises(ValueError, match="negative"):
+            await store.next_own_sequences(FOLDER, -1)
+        with pytest.raises(StoreError, match="not in the index"):
+            await store.next_own_sequences(os.urandom(32), 1)
+    async with open_store(path) as store:
+        assert (await store.folder(FOLDER)).own_sequence == 5
+        assert await store.next_own_sequences(FOLDER, 1) == [6]
+
+
+async def test_entries_and_path_states_in_path_order(store: IndexStore) -> None:
+    names = ["b", "a/x", "a-b", "a", "a0", "é", "z/y/x", "A"]
+    await store.put(FOLDER, [entry(n) for n in names[:4]])
+    await store.put(
+        FOLDER,
+        [entry(n, on_disk=False) for n in names[4:6]] + [entry(n, deleted=True) for n in names[6:]],
+        local_files=[("a", local(7))],
+    )
+    batches = [batch async for batch in store.entries(FOLDER, batch=3)]
+    assert [len(b) for b in batches] == [3, 3, 2]
+    assert [e.record.path for b in batches for e in b] == sorted(names)
+    states = [s for batch in [b async for b in store.path_states(FOLDER, batch=2)] for s in batch]
+    assert [s.path for s in states] == sorted(names)
+    by_path = {s.path: s for s in states}
+    got_a = await store.get(FOLDER, "a")
+    assert got_a is not None
+    assert by_path["a"] == PathState("a", Kind.FILE, False, True, got_a.local_sequence, local(7))
+    assert by_path["a0"].on_disk is False
+    assert by_path["A"].deleted
+    assert by_path["b"].local is None
+    assert [b async for b in store.entries(OTHER_FOLDER)] == []
+    many = await store.get_many(FOLDER, ["a", "nothing", "b"])
+    assert sorted(many) == ["a", "b"]
+    assert many["a"] == got_a
+
+
+# -- schema migration -------------------------------------------------------------------------
+
+#: The schema as version 1 of commonsync created it.
+SCHEMA_V1 = """
+CREATE TABLE folders (
+    folder_id BLOB PRIMARY KEY, label TEXT NOT NULL, index_id BLOB NOT NULL,
+    sequence INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE records (
+    folder_id BLOB NOT NULL REFERENCES folders(folder_id) ON DELETE CASCADE,
+    path TEXT NOT NULL, local_seq INTEGER NOT NULL, author BLOB NOT NULL,
+    author_seq INTEGER NOT NULL, kind INTEGER NOT NULL, deleted INTEGER NOT NULL,
+    size INTEGER NOT NULL, on_disk INTEGER NOT NULL, signed BLOB NOT NULL,
+    PRIMARY KEY (folder_id, path)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX records_by_sequence ON records (folder_id, local_seq);
+CREATE TABLE peer_progress (
+    folder_id BLOB NOT NULL REFERENCES folders(folder_id) ON DELETE CASCADE,
+    device_id BLOB NOT NULL, index_id BLOB NOT NULL, sequence INTEGER NOT NULL,
+    PRIMARY KEY (folder_id, device_id)
+) WITHOUT ROWID;
+CREATE TABLE chunk_locations (
+    folder_id BLOB NOT NULL REFERENCES folders(folder_id) ON DELETE CASCADE,
+    chunk_id BLOB NOT NULL, path TEXT NOT NULL, offset INTEGER NOT NULL, size INTEGER NOT NULL,
+    PRIMARY KEY (folder_id, chunk_id, path, offset)
+) WITHOUT ROWID;
+CREATE INDEX chunk_locations_by_path ON chunk_locations (folder_id, path);
+PRAGMA user_version = 1;
+"""
+
+
+def make_v1_database(path: Path, extra: str = "") -> list[IndexEntry]:
+    entries = [entry("a", sequence=7), entry("b", sequence=3), entry("c", sequence=42)]
+    conn = sqlite3.connect(path)
+    try:
+        conn.executescript(SCHEMA_V1 + extra)
+        conn.execute("INSERT INTO folders VALUES (?, 'Documents', ?, 3)", (FOLDER, b"i" * 16))
+        conn.execute("INSERT INTO folders VALUES (?, 'Photos', ?, 0)", (OTHER_FOLDER, b"j" * 16))
+        for n, e in enumerate(entries, start=1):
+            r = e.record
+            conn.execute(
+                "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (FOLDER, r.path, n, r.author, r.sequence, int(r.kind), r.deleted, r.size, 1,
+                 e.signed),
+            )  # fmt: skip
+        conn.commit()
+    finally:
+        conn.close()
+    return entries
+
+
+async def test_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "index.db"
+    entries = make_v1_database(path)
+    async with open_store(path) as store:
+        state = await store.folder(FOLDER)
+        assert state == FolderState(FOLDER, "Documents", b"i" * 16, 3, own_sequence=42)
+        assert (await store.folder(OTHER_FOLDER)).own_sequence == 0
+        for e in entries:
+            got = await store.get(FOLDER, e.record.path)
+            assert got is not None
+            assert (got.record, got.signed) == (e.record, e.signed)
+        assert await store.local_file(FOLDER, "a") is None
+        await store.set_local_files(FOLDER, [("a", local(1))])
+        assert await store.next_own_sequences(FOLDER, 1) == [43]
+        assert await store.put(FOLDER, [entry("d")], local_files=[("d", local(2))]) == [4]
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+    finally:
+        conn.close()
+    # Opening again does not migrate twice.
+    async with open_store(path) as store:
+        assert (await store.folder(FOLDER)).own_sequence == 43
+        assert await store.local_file(FOLDER, "d") == local(2)
+
+
+async def test_failed_migration_leaves_the_version_1_database_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "index.db"
+    # A table in the way makes the migration's last statement fail, after the others ran.
+    make_v1_database(path, extra="CREATE TABLE local_files (x);")
+    with pytest.raises(StoreError, match="local_files already exists"):
+        async with open_store(path):
+            pytest.fail("opened a database whose migration failed")
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(folders)")]
+        assert columns == ["folder_id", "label", "index_id", "sequence"]
+        assert conn.execute("SELECT count(*) FROM records").fetchone()[0] == 3
+    finally:
+        conn.close()
 
 
 # -- the other backend ------------------------------------------------------------------------

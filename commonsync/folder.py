@@ -1,0 +1,355 @@
+"""A synced folder: the high-level object a tool uses.
+
+:class:`Folder` ties the parts together: the scanner publishes local changes into the index,
+:class:`~commonsync.exchange.PeerExchange` trades records and chunks with peers,
+:func:`~commonsync.decide.decide` rules on every remote record, and the puller makes the
+chosen versions real on disk through :mod:`commonsync.apply`. Progress and outcomes come out
+of :meth:`Folder.events` as an async iterator.
+
+    async with open_folder(root, key, identity, store) as folder:
+        await folder.scan()
+        await folder.sync(session)        # until the peer closes
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from . import apply, scanner
+from .chunks import chunk_id
+from .decide import Action, decide
+from .device_id import DeviceId
+from .errors import CommonsyncError, LocalChangedError, MissingChunkError
+from .exchange import PeerExchange, RemoteRecord
+from .identity import DeviceIdentity
+from .ignore import IgnoreRules
+from .keys import FolderKey, FolderKeyring
+from .records import ChunkEntry, Kind
+from .session import Session
+from .store import IndexEntry, IndexStore, PeerProgress
+
+log = logging.getLogger(__name__)
+
+#: Events kept for a slow reader of :meth:`Folder.events`; older ones are dropped.
+EVENT_BUFFER = 1024
+
+
+class EventKind(enum.Enum):
+    SCANNED = "scanned"
+    REMOTE_CHANGE = "remote change"
+    APPLIED = "applied"
+    DELETED = "deleted"
+    CONFLICT = "conflict"
+    ERROR = "error"
+    IDLE = "idle"
+    PEER_CONNECTED = "peer connected"
+    PEER_DISCONNECTED = "peer disconnected"
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: EventKind
+    path: str = ""
+    detail: str = ""
+    peer: str = ""
+
+
+@dataclass
+class Stats:
+    """Counters a tool or a benchmark can read."""
+
+    chunk_bytes_received: int = 0
+    chunk_bytes_local: int = 0
+    files_applied: int = 0
+    conflicts: int = 0
+
+
+class Folder:
+    """One synced folder on this device. Create it with :func:`open_folder`."""
+
+    def __init__(
+        self,
+        root: Path,
+        key: FolderKey,
+        identity: DeviceIdentity,
+        store: IndexStore,
+        *,
+        device_name: str = "",
+    ) -> None:
+        self.root = Path(root)
+        self._key = key
+        self._keyring = FolderKeyring([key])
+        self.identity = identity
+        self.store = store
+        self.device_name = device_name or identity.device_id.short_str
+        self.stats = Stats()
+        self._peers: list[PeerExchange] = []
+        self._changed = anyio.Event()
+        self._pending: dict[str, RemoteRecord] = {}
+        self._conflict_copies: dict[str, str | None] = {}
+        self._pending_changed = anyio.Event()
+        self._scan_lock = anyio.Lock()
+        self._events_in, self._events_out = anyio.create_memory_object_stream[Event](EVENT_BUFFER)
+
+    @property
+    def key(self) -> FolderKey:
+        return self._key
+
+    @property
+    def keyring(self) -> FolderKeyring:
+        return self._keyring
+
+    @property
+    def folder_id(self) -> bytes:
+        return self._key.folder_id
+
+    # -- events ----------------------------------------------------------------------------
+
+    def events(self) -> MemoryObjectReceiveStream[Event]:
+        """What happens in this folder, as it happens (one reader)."""
+        return self._events_out
+
+    def _emit(self, kind: EventKind, path: str = "", detail: str = "", peer: str = "") -> None:
+        # Nobody is reading fast enough: an event stream must never stall syncing.
+        with contextlib.suppress(anyio.WouldBlock):
+            self._events_in.send_nowait(Event(kind, path, detail, peer))
+
+    # -- scanning --------------------------------------------------------------------------
+
+    async def scan(self) -> scanner.ScanReport:
+        """Publish local changes: new, changed and deleted files become records."""
+        async with self._scan_lock:
+            report = await scanner.scan(
+                self.root,
+                self.store,
+                self._key,
+                self.identity,
+                ignore=IgnoreRules.load(self.root),
+                skip=set(self._pending),
+            )
+        self._notify_change()
+        self._emit(EventKind.SCANNED, detail=str(report))
+        return report
+
+    def _notify_change(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    # -- what the exchange needs -------------------------------------------------------------
+
+    async def index_state(self) -> tuple[bytes, int]:
+        state = await self.store.folder(self.folder_id)
+        return state.index_id, state.sequence
+
+    async def records_since(self, after: int, limit: int) -> list[tuple[int, bytes]]:
+        entries = await self.store.records_since(self.folder_id, after, limit)
+        return [(entry.local_sequence, entry.signed) for entry in entries]
+
+    async def wait_for_change(self, after: int) -> None:
+        while (await self.index_state())[1] <= after:
+            await self._changed.wait()
+
+    async def peer_progress(self, peer: DeviceId) -> tuple[bytes, int] | None:
+        progress = await self.store.peer_progress(self.folder_id, peer)
+        return None if progress is None else (progress.index_id, progress.sequence)
+
+    async def set_peer_progress(self, peer: DeviceId, index_id: bytes, sequence: int) -> None:
+        await self.store.set_peer_progress(self.folder_id, peer, PeerProgress(index_id, sequence))
+
+    def attach(self, peer: PeerExchange) -> None:
+        self._peers.append(peer)
+        self._emit(EventKind.PEER_CONNECTED, peer=peer.peer.short_str)
+
+    def detach(self, peer: PeerExchange) -> None:
+        if peer in self._peers:
+            self._peers.remove(peer)
+            self._emit(EventKind.PEER_DISCONNECTED, peer=peer.peer.short_str)
+
+    async def receive_records(self, source: PeerExchange, records: Sequence[RemoteRecord]) -> None:
+        """Rule on each remote record; those we take are stored (not yet on disk) and queued
+        for the puller."""
+        taken: list[IndexEntry] = []
+        for remote in records:
+            current = self._pending.get(remote.record.path)
+            local = current.record if current is not None else None
+            if local is None:
+                entry = await self.store.get(self.folder_id, remote.record.path)
+                local = entry.record if entry is not None else None
+            decision = decide(local, remote.record, me=self.identity.public_key)
+            if decision.action is Action.KEEP:
+                continue
+            if decision.conflict:
+                self.stats.conflicts += 1
+                self._emit(EventKind.CONFLICT, remote.record.path, decision.reason)
+            self._pending[remote.record.path] = remote
+            self._conflict_copies[remote.record.path] = decision.conflict_copy
+            taken.append(IndexEntry(remote.record, remote.signed, on_disk=False))
+            self._emit(EventKind.REMOTE_CHANGE, remote.record.path, decision.reason,
+                       source.peer.short_str)  # fmt: skip
+        if taken:
+            await self.store.put(self.folder_id, taken)
+            self._notify_change()
+            self._pending_changed.set()
+
+    async def read_local_chunk(self, chunk: ChunkEntry) -> bytes | None:
+        for location in await self.store.chunk_sources(self.folder_id, chunk.id):
+            data = await anyio.to_thread.run_sync(
+                _read_at, self.root / location.path, location.offset, chunk.size
+            )
+            if data is not None and chunk_id(self._key.chunk_id_key, data) == chunk.id:
+                return data
+        return None
+
+    # -- syncing -------------------------------------------------------------------------------
+
+    async def sync(self, session: Session) -> None:
+        """Sync with the peer at the other end of ``session`` until it closes."""
+        exchange = PeerExchange(session, [self], device_name=self.device_name)
+        await exchange.run()
+
+    async def run_puller(self) -> None:
+        """Apply the remote versions we decided to take, forever (run it in a task)."""
+        while True:
+            if not self._pending:
+                self._emit(EventKind.IDLE)
+                self._pending_changed = anyio.Event()
+                await self._pending_changed.wait()
+                continue
+            progress = False
+            for path in sorted(self._pending, key=_apply_order(self._pending)):
+                remote = self._pending[path]
+                try:
+                    done = await self._apply(remote)
+                except CommonsyncError as exc:
+                    self._emit(EventKind.ERROR, path, str(exc))
+                    log.warning("cannot apply %s: %s", path, exc)
+                    done = False
+                if done:
+                    progress = True
+                    if self._pending.get(path) is remote:
+                        del self._pending[path]
+            if not progress:
+                # Waiting for a peer that has the chunks, or for a local change to settle.
+                with anyio.move_on_after(1):
+                    self._pending_changed = anyio.Event()
+                    await self._pending_changed.wait()
+
+    async def _apply(self, remote: RemoteRecord) -> bool:
+        record = remote.record
+        expected = await self.store.local_file(self.folder_id, record.path)
+        copy = self._conflict_copies.pop(record.path, None)
+        if copy is not None and expected is not None:
+            await apply.conflict_copy(self.root, record.path, copy, expected)
+            expected = None
+            self._emit(EventKind.CONFLICT, copy, "kept the local version as a conflict copy")
+        try:
+            if record.deleted:
+                await apply.apply_deletion(self.root, record, expected)
+                state = None
+            elif record.kind is Kind.DIRECTORY:
+                state = await apply.apply_directory(self.root, record, expected)
+            elif record.kind is Kind.SYMLINK:
+                state = await apply.apply_symlink(self.root, record, expected)
+            else:
+                state = await apply.apply_file(
+                    self.root,
+                    record,
+                    expected=expected,
+                    read_chunk=self._fetch_chunk,
+                    chunk_id_key=self._key.chunk_id_key,
+                )
+        except LocalChangedError:
+            # Someone changed the file since it was scanned: publish that change; the rules
+            # then decide between it and the remote version.
+            await self.scan()
+            return True
+        except MissingChunkError:
+            return False
+        await self.store.put(
+            self.folder_id,
+            [IndexEntry(record, remote.signed, on_disk=True)],
+            local_files=[(record.path, state)],
+        )
+        self._notify_change()
+        self.stats.files_applied += 1
+        kind = EventKind.DELETED if record.deleted else EventKind.APPLIED
+        self._emit(kind, record.path)
+        if copy is not None:
+            await self.scan()  # publish the conflict copy
+        return True
+
+    async def _fetch_chunk(self, chunk: ChunkEntry) -> bytes:
+        data = await self.read_local_chunk(chunk)
+        if data is not None:
+            self.stats.chunk_bytes_local += len(data)
+            return data
+        for peer in list(self._peers):
+            data = await peer.request_chunk(self.folder_id, chunk)
+            if data is None:
+                continue
+            if chunk_id(self._key.chunk_id_key, data) != chunk.id:
+                log.warning("%s sent a chunk that does not match its ID", peer.peer.short_str)
+                self._emit(EventKind.ERROR, detail="a peer sent a chunk that does not match its ID",
+                           peer=peer.peer.short_str)  # fmt: skip
+                continue
+            self.stats.chunk_bytes_received += len(data)
+            return data
+        raise MissingChunkError("no connected peer has this chunk yet")
+
+
+def _apply_order(pending: dict[str, RemoteRecord]) -> Callable[[str], tuple[int, str]]:
+    """Creations before deletions (a renamed file's chunks are read from its old name), and
+    parents before children."""
+
+    def order(path: str) -> tuple[int, str]:
+        return (1 if pending[path].record.deleted else 0, path)
+
+    return order
+
+
+def _read_at(path: Path, offset: int, size: int) -> bytes | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        data = os.pread(fd, size, offset)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return data if len(data) == size else None
+
+
+@asynccontextmanager
+async def open_folder(
+    root: Path,
+    key: FolderKey,
+    identity: DeviceIdentity,
+    store: IndexStore,
+    *,
+    label: str = "",
+    device_name: str = "",
+) -> AsyncIterator[Folder]:
+    """Open a folder for syncing (creating its metadata on first use) and run its puller."""
+    root = Path(root)
+    await anyio.to_thread.run_sync(scanner.init_folder, root)
+    await store.add_folder(key.folder_id, label or root.name)
+    folder = Folder(root, key, identity, store, device_name=device_name)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(folder.run_puller)
+        try:
+            yield folder
+        finally:
+            tasks.cancel_scope.cancel()
