@@ -107,6 +107,8 @@ _NO_HARD_LINKS = frozenset(
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 _NAME_MAX = paths.MAX_COMPONENT_BYTES
 _SECOND_NS = 1_000_000_000
+#: Chunks of one file fetched at the same time. Memory held is at most this many chunks.
+FETCH_WINDOW = 8
 #: A path replaced several times within one second gets versions stamped one second apart;
 #: beyond this many the versions folder is called full for that second.
 _VERSION_SLOTS = 1000
@@ -161,7 +163,7 @@ async def apply_file(
 
     ``expected`` is what the scanner last saw there (``None``: nothing). Chunks already in the
     version's temporary file (from an interrupted attempt) are checked and kept; only the
-    others are fetched with ``read_chunk``, one at a time, each verified against its ID
+    others are fetched with ``read_chunk``, several at a time, each verified against its ID
     (:class:`ChunkTamperedError` if it does not match: nothing is replaced, the temporary file
     keeps the good chunks). A chunk that occurs twice is fetched once. The old file, if any,
     goes to the versions folder under ``layout.version_name(path, clock_ns())`` unless
@@ -594,30 +596,71 @@ async def _assemble(
     key: bytes,
 ) -> None:
     """Fill the temporary file ``temp`` with ``record``'s chunks, keeping those already there,
-    then fix its size, mode and mtime and fsync it."""
+    then fix its size, mode and mtime and fsync it.
+
+    Up to :data:`FETCH_WINDOW` chunks are fetched at once (each written at its offset as it
+    arrives), so that several peers and the round trip to each stay busy while memory stays
+    bounded. A chunk that occurs again later in the file is copied once the fetches are done.
+    """
     fd, have = await target.run(partial(_open_temp, target, temp))
     try:
         first_offset: dict[bytes, int] = {}
+        missing: list[tuple[int, int, ChunkEntry]] = []
+        repeated: list[tuple[int, int, ChunkEntry]] = []
         offset = 0
         for index, entry in enumerate(record.chunks):
-            done = False
-            if offset + entry.size <= have:
-                done = await target.run(partial(_holds, fd, offset, entry, key))
-            if not done and entry.id in first_offset:
-                source = first_offset[entry.id]
-                done = await target.run(partial(_copy_chunk, fd, source, offset, entry, key))
-            if not done:
-                data = await read_chunk(entry)
-                await target.run(
-                    partial(_write_chunk, fd, offset, entry, data, key, record.path, index)
-                )
-                del data  # never hold one chunk while fetching the next
+            held = offset + entry.size <= have and await target.run(
+                partial(_holds, fd, offset, entry, key)
+            )
+            if not held:
+                wanted = repeated if entry.id in first_offset else missing
+                wanted.append((index, offset, entry))
             first_offset.setdefault(entry.id, offset)
             offset += entry.size
+
+        async def fetch(index: int, offset: int, entry: ChunkEntry) -> None:
+            data = await read_chunk(entry)
+            await target.run(
+                partial(_write_chunk, fd, offset, entry, data, key, record.path, index)
+            )
+
+        await _fetch_all(missing, fetch)
+        for index, offset, entry in repeated:
+            source = first_offset[entry.id]
+            if not await target.run(partial(_copy_chunk, fd, source, offset, entry, key)):
+                await fetch(index, offset, entry)
         await target.run(partial(_finish_temp, fd, record))
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(os.close, fd)
+
+
+async def _fetch_all(
+    chunks: list[tuple[int, int, ChunkEntry]],
+    fetch: Callable[[int, int, ChunkEntry], Awaitable[None]],
+) -> None:
+    """Run ``fetch`` for every chunk, :data:`FETCH_WINDOW` at a time. The first failure stops
+    the others and is raised as itself (callers catch :class:`MissingChunkError` and
+    :class:`ChunkTamperedError`, not exception groups); chunks already written stay."""
+    window = anyio.Semaphore(FETCH_WINDOW)
+    failures: list[Exception] = []
+
+    async with anyio.create_task_group() as tasks:
+
+        async def one(index: int, offset: int, entry: ChunkEntry) -> None:
+            try:
+                await fetch(index, offset, entry)
+            except Exception as exc:
+                failures.append(exc)
+                tasks.cancel_scope.cancel()
+            finally:
+                window.release()
+
+        for chunk in chunks:
+            await window.acquire()
+            tasks.start_soon(one, *chunk)
+    if failures:
+        raise failures[0]
 
 
 def _open_temp(target: _Target, temp: str) -> tuple[int, int]:

@@ -8,12 +8,14 @@ For one path, with our current record ``local`` (or none) and a ``remote`` one:
 
 1. No local record: take the remote one.
 2. One version vector dominates: the newer version is kept everywhere.
-3. Concurrent vectors, but one version says it replaced exactly the other's content
+3. Concurrent, a deletion against an edit: the edit wins. Nothing is lost to a delete (this
+   comes before 4: a file deleted on one side and re-created with the same content on the
+   other must survive).
+4. Concurrent vectors, but one version says it replaced exactly the other's content
    (``previous``): the replacing one wins. Vectors look concurrent after a device lost its
    index, though nothing conflicts.
-4. Concurrent, same content: no conflict; both adopt the same record (the rule of 6 picks
+5. Concurrent, same content: no conflict; both adopt the same record (the rule of 6 picks
    which), so that the indexes converge too.
-5. Concurrent, a deletion against an edit: the edit wins. Nothing is lost to a delete.
 6. Otherwise a conflict. The version with the later mtime wins; ties go to the larger author
    key, then to the larger content digest. The device that *authored* the losing version keeps
    it as a conflict copy (:func:`commonsync.layout.conflict_name`, the same name everywhere);
@@ -68,6 +70,9 @@ def decide(local: Record | None, remote: Record, *, me: bytes) -> Decision:
     if ordering is Ordering.EQUAL and remote == local:
         return Decision(Action.KEEP, reason="same version")
 
+    if remote.deleted != local.deleted:
+        action = Action.KEEP if remote.deleted else Action.TAKE
+        return Decision(action, reason="an edit wins over a concurrent deletion")
     local_content, remote_content = local.content_digest(), remote.content_digest()
     if remote.previous == local_content and local.previous != remote_content:
         return Decision(Action.TAKE, reason="remote replaced exactly our content")
@@ -76,9 +81,6 @@ def decide(local: Record | None, remote: Record, *, me: bytes) -> Decision:
     if local_content == remote_content:
         action = Action.TAKE if wins(remote, local) else Action.KEEP
         return Decision(action, reason="same content, concurrent versions")
-    if remote.deleted != local.deleted:
-        action = Action.KEEP if remote.deleted else Action.TAKE
-        return Decision(action, reason="an edit wins over a concurrent deletion")
 
     if not wins(remote, local):
         return Decision(Action.KEEP, conflict=True, reason="conflict: local version wins")

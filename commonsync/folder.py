@@ -17,6 +17,7 @@ import contextlib
 import enum
 import logging
 import os
+import stat
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -30,14 +31,20 @@ from . import apply, scanner
 from .chunks import chunk_id
 from .decide import Action, decide
 from .device_id import DeviceId
-from .errors import CommonsyncError, LocalChangedError, MissingChunkError
+from .errors import (
+    CommonsyncError,
+    DirectoryNotEmptyError,
+    LocalChangedError,
+    MissingChunkError,
+)
 from .exchange import PeerExchange, RemoteRecord
 from .identity import DeviceIdentity
 from .ignore import IgnoreRules
 from .keys import FolderKey, FolderKeyring
-from .records import ChunkEntry, Kind
+from .layout import conflict_name
+from .records import ChunkEntry, Kind, Record
 from .session import Session
-from .store import IndexEntry, IndexStore, PeerProgress
+from .store import IndexEntry, IndexStore, LocalFile, PeerProgress
 
 log = logging.getLogger(__name__)
 
@@ -246,36 +253,36 @@ class Folder:
                     await self._pending_changed.wait()
 
     async def _apply(self, remote: RemoteRecord) -> bool:
+        """Make ``remote`` real on disk and mark it so; False if it must wait (chunks)."""
         record = remote.record
         expected = await self.store.local_file(self.folder_id, record.path)
         copy = self._conflict_copies.pop(record.path, None)
-        if copy is not None and expected is not None:
+        published_copy = False
+        if copy is not None and expected is not None and not record.deleted:
             await apply.conflict_copy(self.root, record.path, copy, expected)
-            expected = None
             self._emit(EventKind.CONFLICT, copy, "kept the local version as a conflict copy")
+            expected, published_copy = None, True
         try:
-            if record.deleted:
-                await apply.apply_deletion(self.root, record, expected)
-                state = None
-            elif record.kind is Kind.DIRECTORY:
-                state = await apply.apply_directory(self.root, record, expected)
-            elif record.kind is Kind.SYMLINK:
-                state = await apply.apply_symlink(self.root, record, expected)
-            else:
-                state = await apply.apply_file(
-                    self.root,
-                    record,
-                    expected=expected,
-                    read_chunk=self._fetch_chunk,
-                    chunk_id_key=self._key.chunk_id_key,
-                )
-        except LocalChangedError:
-            # Someone changed the file since it was scanned: publish that change; the rules
-            # then decide between it and the remote version.
-            await self.scan()
-            return True
+            state = await self._write(record, expected)
+        except LocalChangedError as exc:
+            # Someone changed the path after it was scanned. Their change must survive: a
+            # changed file becomes a conflict copy (ours, published by the next scan); for a
+            # deletion or a directory, whatever is there now is what we replace (a replaced
+            # file still goes to the versions folder).
+            self._emit(EventKind.CONFLICT, record.path, str(exc))
+            now = await anyio.to_thread.run_sync(_local_state, self.root / record.path)
+            if now is not None and stat.S_ISREG(now.mode) and not record.deleted:
+                copy = conflict_name(record.path, now.mtime_ns, self.identity.device_id.short_str)
+                await apply.conflict_copy(self.root, record.path, copy, now)
+                now, published_copy = None, True
+            state = await self._write(record, now)
         except MissingChunkError:
             return False
+        except DirectoryNotEmptyError as exc:
+            # Its remaining entries are unknown to the index yet: they will be scanned and
+            # published, and the directory stays.
+            self._emit(EventKind.ERROR, record.path, str(exc))
+            return True
         await self.store.put(
             self.folder_id,
             [IndexEntry(record, remote.signed, on_disk=True)],
@@ -283,18 +290,37 @@ class Folder:
         )
         self._notify_change()
         self.stats.files_applied += 1
-        kind = EventKind.DELETED if record.deleted else EventKind.APPLIED
-        self._emit(kind, record.path)
-        if copy is not None:
-            await self.scan()  # publish the conflict copy
+        self._emit(EventKind.DELETED if record.deleted else EventKind.APPLIED, record.path)
+        if published_copy:
+            await self.scan()
         return True
+
+    async def _write(self, record: Record, expected: LocalFile | None) -> LocalFile | None:
+        if record.deleted:
+            await apply.apply_deletion(self.root, record, expected)
+            return None
+        if record.kind is Kind.DIRECTORY:
+            return await apply.apply_directory(self.root, record, expected)
+        if record.kind is Kind.SYMLINK:
+            return await apply.apply_symlink(self.root, record, expected)
+        return await apply.apply_file(
+            self.root,
+            record,
+            expected=expected,
+            read_chunk=self._fetch_chunk,
+            chunk_id_key=self._key.chunk_id_key,
+        )
 
     async def _fetch_chunk(self, chunk: ChunkEntry) -> bytes:
         data = await self.read_local_chunk(chunk)
         if data is not None:
             self.stats.chunk_bytes_local += len(data)
             return data
-        for peer in list(self._peers):
+        # Start at a different peer for each chunk, so that the chunks of one file, fetched
+        # several at a time, come from every connected peer that has them.
+        peers = list(self._peers)
+        first = chunk.id[0] % len(peers) if peers else 0
+        for peer in peers[first:] + peers[:first]:
             data = await peer.request_chunk(self.folder_id, chunk)
             if data is None:
                 continue
@@ -308,14 +334,24 @@ class Folder:
         raise MissingChunkError("no connected peer has this chunk yet")
 
 
-def _apply_order(pending: dict[str, RemoteRecord]) -> Callable[[str], tuple[int, str]]:
-    """Creations before deletions (a renamed file's chunks are read from its old name), and
-    parents before children."""
+def _apply_order(pending: dict[str, RemoteRecord]) -> Callable[[str], tuple[int, int, str]]:
+    """Creations first, parents before children; then deletions, children before parents (a
+    directory empties before it goes, and a renamed file's chunks are read from its old name
+    before that is deleted)."""
 
-    def order(path: str) -> tuple[int, str]:
-        return (1 if pending[path].record.deleted else 0, path)
+    def order(path: str) -> tuple[int, int, str]:
+        if pending[path].record.deleted:
+            return (1, -path.count("/"), path)
+        return (0, 0, path)
 
     return order
+
+
+def _local_state(path: Path) -> LocalFile | None:
+    try:
+        return LocalFile.from_stat(path.lstat())
+    except FileNotFoundError:
+        return None
 
 
 def _read_at(path: Path, offset: int, size: int) -> bytes | None:

@@ -29,7 +29,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from commonsync import layout
+from commonsync import apply, layout
 from commonsync.apply import (
     ConflictCopyExistsError,
     DirectoryNotEmptyError,
@@ -238,7 +238,11 @@ async def test_a_name_of_255_bytes_is_assembled_and_versioned(folder: Path) -> N
 
 
 @pytest.mark.parametrize("damage", ["flipped bit", "truncated", "extended", "other chunk"])
-async def test_a_tampered_chunk_is_refused_and_nothing_replaced(folder: Path, damage: str) -> None:
+async def test_a_tampered_chunk_is_refused_and_nothing_replaced(
+    folder: Path, damage: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One chunk at a time, so that which chunks were fetched before the bad one is known.
+    monkeypatch.setattr(apply, "FETCH_WINDOW", 1)
     old = await existing(folder, "f.bin", b"the old content")
     rec, source = file_record("f.bin", os.urandom(4 * MIB))
     victim = rec.chunks[1].id
@@ -262,9 +266,30 @@ async def test_a_tampered_chunk_is_refused_and_nothing_replaced(folder: Path, da
     assert source.fetched == [c.id for c in rec.chunks[1:]]
 
 
+async def test_chunks_are_fetched_several_at_a_time_within_the_window(folder: Path) -> None:
+    data = os.urandom(24 * MIB)
+    rec, source = file_record("big.bin", data)
+    assert len(rec.chunks) > 2 * apply.FETCH_WINDOW
+    in_flight, most = 0, 0
+
+    async def slow(entry: ChunkEntry) -> bytes:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await anyio.sleep(0.01)
+        in_flight -= 1
+        return await source(entry)
+
+    await apply_file(folder, rec, expected=None, read_chunk=slow, chunk_id_key=KEY.chunk_id_key)
+    assert (folder / "big.bin").read_bytes() == data
+    assert most == apply.FETCH_WINDOW
+    assert sorted(source.fetched) == sorted({c.id for c in rec.chunks})
+
+
 async def test_errors_of_the_chunk_reader_keep_their_type_and_the_partial_file(
-    folder: Path,
+    folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(apply, "FETCH_WINDOW", 1)  # the calls below fail in a known order
     data = os.urandom(4 * MIB)
     rec, source = file_record("f.bin", data)
     calls = 0
@@ -306,7 +331,9 @@ async def test_cancelling_keeps_the_partial_file(folder: Path) -> None:
     assert not (folder / "f.bin").exists()
     source.fetched.clear()
     await put(folder, rec, source)
-    assert source.fetched == [c.id for c in rec.chunks[2:]]
+    # The chunks around the stalled one were fetched in parallel and kept: only it is left.
+    assert len(rec.chunks) <= apply.FETCH_WINDOW
+    assert source.fetched == [rec.chunks[2].id]
 
 
 # -- replacing and the versions folder -------------------------------------------------------
@@ -943,19 +970,19 @@ def test_kill_during_assembly_leaves_the_old_file_and_a_resumable_temp(
     (folder / "big.bin").write_bytes(old)
     scanned = state(folder / "big.bin")
     source = tmp_path / "source"
-    rec, source_sha = write_source(source, 24 * MIB)
+    rec, source_sha = write_source(source, 32 * MIB)
     expected = json.dumps([scanned.inode, scanned.size, scanned.mtime_ns, scanned.mode])
     child = start_child(tmp_path, folder, rec, source, 0.05, expected)
     try:
         assert child.stdout is not None
-        lines = read_lines_until(child.stdout.fileno(), "fetching 10", timeout=60)
+        lines = read_lines_until(child.stdout.fileno(), "fetching 16", timeout=60)
         child.send_signal(signal.SIGKILL)
         returncode = child.wait(timeout=10)
     finally:
         if child.poll() is None:
             child.kill()
         _, stderr = child.communicate(timeout=10)
-    assert lines[-1] == "fetching 10", stderr
+    assert lines[-1] == "fetching 16", stderr
     assert returncode == -signal.SIGKILL, stderr
 
     # The target is the old file, untouched; nothing went to versions.
@@ -965,14 +992,14 @@ def test_kill_during_assembly_leaves_the_old_file_and_a_resumable_temp(
     temp = folder / layout.temp_name("big.bin", rec.content_digest())
     assert temp.exists()
 
-    # Which chunks the killed attempt left in the temporary file (at least the nine written
-    # before the tenth was asked for)?
+    # Which chunks the killed attempt left in the temporary file? A fetch starts when an
+    # earlier one is written and leaves the window, so at least 16 - FETCH_WINDOW are.
     present = []
     with temp.open("rb") as partial:
         for entry in rec.chunks:
             data = partial.read(entry.size)
             present.append(chunk_id(KEY.chunk_id_key, data) == entry.id)
-    assert sum(present) >= 9
+    assert sum(present) >= 16 - apply.FETCH_WINDOW
 
     fetched: list[bytes] = []
 
@@ -1001,16 +1028,17 @@ def test_kill_during_assembly_leaves_the_old_file_and_a_resumable_temp(
 
 
 @pytest.mark.slow
-def test_assembling_64_mib_holds_one_chunk_at_a_time(tmp_path: Path, folder: Path) -> None:
+def test_assembling_96_mib_holds_one_window_of_chunks(tmp_path: Path, folder: Path) -> None:
     source = tmp_path / "source"
-    rec, source_sha = write_source(source, 64 * MIB)
-    child = start_child(tmp_path, folder, rec, source, 0, "none")
+    rec, source_sha = write_source(source, 96 * MIB)
+    # A little latency per fetch, as from a peer, so that the window fills.
+    child = start_child(tmp_path, folder, rec, source, 0.005, "none")
     stdout, stderr = child.communicate(timeout=120)
     assert child.returncode == 0, stderr.decode()
     report = json.loads(stdout.decode().splitlines()[-1])
     assert report["calls"] == len(rec.chunks) > 16
-    assert report["most_in_flight"] == 1
+    assert report["most_in_flight"] == apply.FETCH_WINDOW
     growth_mib = (report["after"] - report["before"]) / 1024
-    # One chunk is at most 4 MiB; a whole-file buffer would be 64 MiB.
-    assert growth_mib < 24, report
+    # At most FETCH_WINDOW chunks of 4 MiB at once; a whole-file buffer would be 96 MiB.
+    assert growth_mib < apply.FETCH_WINDOW * 4 + 8, report
     assert sha256_of(folder / "big.bin") == source_sha
