@@ -10,7 +10,8 @@ The library's building blocks, importable from here:
 - :class:`IndexStore`: the SQLite index, with an async API;
 - :func:`connect_channel`, :func:`accept_channel`, :func:`open_channel` and :class:`Channel`:
   the authenticated, encrypted channel between two devices, over any anyio byte stream;
-- :class:`Session`: the wire protocol's messages over a channel, with flow control.
+- :class:`Session`: the wire protocol's messages over a channel, with flow control;
+- :class:`Folder` and :func:`open_folder`: a synced folder (scan, sync with peers, events).
 
 Every error raised on purpose derives from :class:`CommonsyncError`.
 """
@@ -20,6 +21,7 @@ from .chunking import ChunkHasher, ChunkRef
 from .chunks import chunk_id, open_chunk, seal_chunk, verify_chunk
 from .device_id import DeviceId
 from .errors import CommonsyncError
+from .folder import Event, EventKind, Folder, Progress, open_folder
 from .identity import DeviceIdentity
 from .keys import FolderKey, FolderKeyring
 from .records import ChunkEntry, Kind, Record, open_and_verify, seal
@@ -37,11 +39,15 @@ __all__ = [
     "CommonsyncError",
     "DeviceId",
     "DeviceIdentity",
+    "Event",
+    "EventKind",
+    "Folder",
     "FolderKey",
     "FolderKeyring",
     "IndexStore",
     "Kind",
     "Ordering",
+    "Progress",
     "Record",
     "Session",
     "VersionVector",
@@ -52,6 +58,7 @@ __all__ = [
     "open_and_verify",
     "open_channel",
     "open_chunk",
+    "open_folder",
     "open_store",
     "seal",
     "seal_chunk",

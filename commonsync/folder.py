@@ -82,6 +82,18 @@ class Stats:
     conflicts: int = 0
 
 
+@dataclass(frozen=True)
+class Progress:
+    """What is left to bring this device up to date with what its peers announced."""
+
+    files: int
+    bytes: int
+
+    @property
+    def idle(self) -> bool:
+        return self.files == 0
+
+
 class Folder:
     """One synced folder on this device. Create it with :func:`open_folder`."""
 
@@ -131,6 +143,14 @@ class Folder:
         # Nobody is reading fast enough: an event stream must never stall syncing.
         with contextlib.suppress(anyio.WouldBlock):
             self._events_in.send_nowait(Event(kind, path, detail, peer))
+
+    def progress(self) -> Progress:
+        """Remote versions decided on but not yet on disk (sizes of files still to write)."""
+        pending = [remote.record for remote in self._pending.values()]
+        return Progress(
+            files=len(pending),
+            bytes=sum(r.size for r in pending if r.kind is Kind.FILE and not r.deleted),
+        )
 
     # -- scanning --------------------------------------------------------------------------
 
