@@ -151,6 +151,20 @@ class FolderMissingError(FolderError):
     """
 
 
+class MassDeletionError(FolderError):
+    """A scan found that a large share of a folder's files vanished at once: an unmounted or
+    wiped disk, a mistaken command, ransomware. Their deletion was not published; the person
+    confirms it (or restores the files) before anything propagates."""
+
+    def __init__(self, vanished: int, indexed: int) -> None:
+        super().__init__(
+            f"{vanished} of {indexed} files vanished at once; their deletion was not sent to "
+            "other devices. Restore them, or confirm the deletion to propagate it"
+        )
+        self.vanished = vanished
+        self.indexed = indexed
+
+
 class IgnoreFileError(CommonsyncError):
     """A ``.csignore`` file cannot be read or holds a pattern that is not valid."""
 

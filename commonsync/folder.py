@@ -113,6 +113,9 @@ class Folder:
         self.store = store
         self.device_name = device_name or identity.device_id.short_str
         self.stats = Stats()
+        #: The mass-deletion guard of :meth:`scan` (None: off, as for a library user who
+        #: deletes on purpose; the daemon sets it from its configuration).
+        self.max_deleted_share: float | None = None
         self._peers: list[PeerExchange] = []
         self._changed = anyio.Event()
         self._pending: dict[str, RemoteRecord] = {}
@@ -154,8 +157,12 @@ class Folder:
 
     # -- scanning --------------------------------------------------------------------------
 
-    async def scan(self) -> scanner.ScanReport:
-        """Publish local changes: new, changed and deleted files become records."""
+    async def scan(self, *, confirm_deletions: bool = False) -> scanner.ScanReport:
+        """Publish local changes: new, changed and deleted files become records.
+
+        If more than :attr:`max_deleted_share` of the folder vanished, the deletions are not
+        published (:class:`~commonsync.errors.MassDeletionError`) unless ``confirm_deletions``.
+        """
         async with self._scan_lock:
             report = await scanner.scan(
                 self.root,
@@ -164,6 +171,7 @@ class Folder:
                 self.identity,
                 ignore=IgnoreRules.load(self.root),
                 skip=set(self._pending),
+                max_deleted_share=None if confirm_deletions else self.max_deleted_share,
             )
         self._notify_change()
         self._emit(EventKind.SCANNED, detail=str(report))

@@ -61,7 +61,13 @@ import anyio.to_thread
 
 from . import layout, paths
 from .chunking import ChunkHasher
-from .errors import FolderError, FolderMissingError, IndexChangedError, InvalidPathError
+from .errors import (
+    FolderError,
+    FolderMissingError,
+    IndexChangedError,
+    InvalidPathError,
+    MassDeletionError,
+)
 from .identity import DeviceIdentity
 from .ignore import IgnoreRules
 from .keys import FolderKey
@@ -74,6 +80,9 @@ BATCH = 500
 #: A batch is also written once its new versions list this many chunks (~40 bytes each in
 #: the record, more in memory), so a batch of huge files stays small too.
 BATCH_CHUNKS = 200_000
+#: The mass-deletion guard ignores fewer vanished entries than this (a small folder emptied
+#: by hand is not an accident).
+MASS_DELETION_MINIMUM = 10
 #: Entries the walker produces per trip to its worker thread.
 WALK_STEP = 256
 #: Index entries read per transaction while merging.
@@ -536,6 +545,8 @@ class _StoreCursor:
         self._states = states
         self._buffer: deque[PathState] = deque()
         self._done = False
+        #: Indexed entries present on disk at the last scan, among those read so far.
+        self.live = 0
 
     async def peek(self) -> PathState | None:
         while not self._buffer and not self._done:
@@ -546,7 +557,10 @@ class _StoreCursor:
         return self._buffer[0] if self._buffer else None
 
     def pop(self) -> PathState:
-        return self._buffer.popleft()
+        state = self._buffer.popleft()
+        if state.on_disk and not state.deleted:
+            self.live += 1
+        return state
 
 
 class _Scan:
@@ -561,8 +575,11 @@ class _Scan:
         progress: Callable[[ScanProgress], None] | None,
         clock_ns: Callable[[], int],
         hasher: ChunkHasher,
+        max_deleted_share: float | None,
     ) -> None:
         self.root = root
+        self.max_deleted_share = max_deleted_share
+        self._deletions: list[_Change] = []
         self.hasher = hasher
         self.store = store
         self.folder_id = key.folder_id
@@ -592,9 +609,24 @@ class _Scan:
             while (state := await cursor.peek()) is not None:
                 cursor.pop()
                 await self._vanished(state)
+        await self._flush()  # what was found is published, whatever the guard says
+        self._check_deletions(indexed=cursor.live)
+        for change in self._deletions:
+            await self._add(change)
         await self._flush()
         self._report_progress()
         return self.report
+
+    def _check_deletions(self, indexed: int) -> None:
+        """The mass-deletion guard: deletions are held until the walk is over, and refused
+        (unpublished) when they are too large a share of what was there."""
+        vanished = len(self._deletions)
+        if (
+            self.max_deleted_share is not None
+            and vanished >= MASS_DELETION_MINIMUM
+            and vanished > self.max_deleted_share * indexed
+        ):
+            raise MassDeletionError(vanished, indexed)
 
     def _report_progress(self) -> None:
         if self.progress is not None:
@@ -631,7 +663,7 @@ class _Scan:
             return
         if state.path in self.skip or self.ignore.ignores(state.path, state.kind is Kind.DIRECTORY):
             return
-        await self._add(_Change(state.path, state.local_sequence, None))
+        self._deletions.append(_Change(state.path, state.local_sequence, None))
 
     async def _found(self, found: _Found, state: PathState | None) -> None:
         self.report.files_seen += 1
@@ -824,6 +856,7 @@ async def scan(
     skip: Collection[str] = frozenset(),
     progress: Callable[[ScanProgress], None] | None = None,
     clock_ns: Callable[[], int] = time.time_ns,
+    max_deleted_share: float | None = None,
 ) -> ScanReport:
     """Scan the folder at ``root`` and record its changes in ``store`` as versions authored
     and signed by ``identity``.
@@ -834,7 +867,10 @@ async def scan(
     (:class:`~commonsync.errors.IgnoreFileError` if it is malformed). Paths in ``skip`` are
     left alone, neither recorded nor deleted (the engine's pending remote versions).
     ``progress`` is called in the event loop as the scan goes; ``clock_ns`` gives the time for
-    version counters and deletion times.
+    version counters and deletion times. With ``max_deleted_share`` (0 to 1), a scan that
+    finds more than that share of the indexed entries gone (and at least
+    :data:`MASS_DELETION_MINIMUM` of them) publishes its other changes but no deletion, and
+    raises :class:`~commonsync.errors.MassDeletionError`.
     """
     root = Path(root)
     skip = frozenset(skip)
@@ -844,7 +880,10 @@ async def scan(
         ignore = await anyio.to_thread.run_sync(IgnoreRules.load, root)
     hasher = ChunkHasher(key.chunk_id_key, workers=min(4, os.cpu_count() or 2))
     try:
-        scanner = _Scan(root, store, key, identity, ignore, skip, progress, clock_ns, hasher)
+        scanner = _Scan(
+            root, store, key, identity, ignore, skip, progress, clock_ns, hasher,
+            max_deleted_share,
+        )  # fmt: skip
         return await scanner.run()
     finally:
         with anyio.CancelScope(shield=True):

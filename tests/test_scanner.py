@@ -22,7 +22,7 @@ import pytest
 
 from commonsync import layout, scanner
 from commonsync.chunking import ChunkHasher
-from commonsync.errors import FolderMissingError, IgnoreFileError, StoreError
+from commonsync.errors import FolderMissingError, IgnoreFileError, MassDeletionError, StoreError
 from commonsync.identity import DeviceIdentity
 from commonsync.ignore import IGNORE_FILE, IgnoreRules
 from commonsync.keys import FolderKey
@@ -369,6 +369,39 @@ async def test_delete_makes_tombstones(env: Env) -> None:
     sequence = await env.sequence()
     assert (await env.scan()).deleted == 0
     assert await env.sequence() == sequence
+
+
+async def test_mass_deletion_is_held_back_until_confirmed(env: Env) -> None:
+    for n in range(20):
+        write(env.root / f"f{n:02}.txt", f"file {n}")
+    age(env.root)
+    await env.scan(max_deleted_share=0.5)
+    for n in range(15):
+        (env.root / f"f{n:02}.txt").unlink()
+    write(env.root / "new.txt", "added meanwhile")
+    sequence = await env.sequence()
+    with pytest.raises(MassDeletionError, match="15 of 20 files vanished") as caught:
+        await env.scan(max_deleted_share=0.5)
+    assert (caught.value.vanished, caught.value.indexed) == (15, 20)
+    # The addition was published, no deletion was.
+    assert await env.sequence() == sequence + 1
+    index = await env.index()
+    assert not index["new.txt"].record.deleted
+    assert not any(index[f"f{n:02}.txt"].record.deleted for n in range(20))
+    # Below the share, or confirmed (no limit), deletions go through.
+    report = await env.scan()
+    assert report.deleted == 15
+
+
+async def test_small_deletions_pass_the_guard(env: Env) -> None:
+    for n in range(scanner.MASS_DELETION_MINIMUM - 1):
+        write(env.root / f"f{n}.txt", "x")
+    age(env.root)
+    await env.scan(max_deleted_share=0.1)
+    for n in range(scanner.MASS_DELETION_MINIMUM - 1):
+        (env.root / f"f{n}.txt").unlink()
+    report = await env.scan(max_deleted_share=0.1)
+    assert report.deleted == scanner.MASS_DELETION_MINIMUM - 1
 
 
 async def test_recreated_after_delete(env: Env) -> None:
