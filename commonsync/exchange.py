@@ -12,7 +12,7 @@ practice :class:`commonsync.folder.Folder`), which decides and applies them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -34,6 +34,7 @@ from .messages import (
     Index,
     IndexRequest,
     Message,
+    Offer,
     Ping,
     Pong,
 )
@@ -120,13 +121,30 @@ def _session_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return group
 
 
+#: What receives the peer's folder offers (the device that sent it, and the offer).
+OfferHandler = Callable[[DeviceId, Offer], Awaitable[None]]
+
+
 class PeerExchange:
-    """The protocol with one connected peer, for every folder both hold."""
+    """The protocol with one connected peer, for every folder both hold.
+
+    ``offers`` are folders we invite this peer to (sent after ``Folders`` for each one the
+    peer does not prove it holds); ``on_offer`` receives the peer's invitations (without it,
+    they are ignored).
+    """
 
     def __init__(
-        self, session: Session, folders: Sequence[FolderEndpoint], *, device_name: str
+        self,
+        session: Session,
+        folders: Sequence[FolderEndpoint],
+        *,
+        device_name: str,
+        offers: Sequence[Offer] = (),
+        on_offer: OfferHandler | None = None,
     ) -> None:
         self.session = session
+        self._offers = list(offers)
+        self._on_offer = on_offer
         self.peer: DeviceId = session.channel.peer
         self._folders = {f.key.folder_id: f for f in folders}
         self._device_name = device_name
@@ -161,6 +179,13 @@ class PeerExchange:
                 folder.detach(self)
             for waiter in self._waiters.values():
                 waiter.close()
+
+    async def offer(self, offer: Offer) -> None:
+        """Invite the peer to a folder now (it is sent on later sessions too if it is in
+        the ``offers`` those start with)."""
+        await self._shared_ready.wait()
+        if offer.folder_id not in self.shared:
+            await self.session.send(offer)
 
     async def close(self, reason: CloseReason = CloseReason.NORMAL, detail: str = "") -> None:
         await self.session.close(reason, detail)
@@ -204,6 +229,9 @@ class PeerExchange:
                     await waiter.send(message)
         elif isinstance(message, Ping):
             await self.session.send(Pong(message.nonce))
+        elif isinstance(message, Offer):
+            if self._on_offer is not None:
+                await self._on_offer(self.peer, message)
         elif isinstance(message, Pong | Close):
             pass
 
@@ -227,6 +255,9 @@ class PeerExchange:
             if proof in theirs:
                 self.shared[folder_id] = folder
         self._shared_ready.set()
+        for offer in self._offers:
+            if offer.folder_id not in self.shared:
+                await self.session.send(offer)
         for folder_id, folder in self.shared.items():
             folder.attach(self)
             progress = await folder.peer_progress(self.peer)

@@ -198,10 +198,25 @@ class Close(Message):
     detail: str
 
 
+@dataclass(frozen=True)
+class Offer(Message):
+    """An invitation to a folder: its label and its key (``FolderKey.to_bytes``), sent only
+    inside the channel to a device the sender chose. The receiver keeps it pending until its
+    user accepts; nothing about the offer is trusted beyond "this device offered it"."""
+
+    TYPE = 10
+    FIELDS = (_bin("folder_id", 16, 16), _str("label", 256), _bin("key", 128))
+    folder_id: bytes
+    label: str
+    key: bytes
+
+
 SCHEMA: dict[int, type[Message]] = {
     cls.TYPE: cls
-    for cls in (Hello, Folders, IndexRequest, Index, ChunkRequest, ChunkResponse, Ping, Pong, Close)
-}
+    for cls in (
+        Hello, Folders, IndexRequest, Index, ChunkRequest, ChunkResponse, Ping, Pong, Close, Offer
+    )
+}  # fmt: skip
 
 
 def schema_as_json() -> dict[str, Any]:
