@@ -205,7 +205,7 @@ class Offer(Message):
     user accepts; nothing about the offer is trusted beyond "this device offered it"."""
 
     TYPE = 10
-    FIELDS = (_bin("folder_id", 16, 16), _str("label", 256), _bin("key", 128))
+    FIELDS = (_bin("folder_id", 32, 32), _str("label", 256), _bin("key", 128))
     folder_id: bytes
     label: str
     key: bytes

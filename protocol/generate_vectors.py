@@ -420,7 +420,7 @@ def wire_messages() -> dict[str, Any]:
         messages.Ping(99),
         messages.Pong(99),
         messages.Close(int(messages.CloseReason.UNKNOWN_DEVICE), "device not accepted"),
-        messages.Offer(bytes(range(16)), "Choir scores", bytes(range(60))),
+        messages.Offer(bytes(range(32)), "Choir scores", bytes(range(80))),
     ]
     return {
         "description": "encoded wire messages (see protocol/messages.json for the schema)",

@@ -1,71 +1,507 @@
-"""The ``commonsync`` command.
+"""The ``commonsync`` command: set up this device, and drive its daemon.
 
-Exit codes: 0 success, 1 the command ran but found a problem, 2 a usage or user error (the
-message says what to change). User errors print one sentence and a hint, never a traceback.
+``init``, ``id``, ``daemon``, ``demo`` and ``core-demo`` work on their own; every other
+command talks to the running daemon through its control socket (so the daemon, which owns
+the configuration, applies the change at once).
+
+Exit codes:
+
+- 0: done;
+- 1: the command ran and found a problem (a folder in error, a wait that timed out);
+- 2: a usage or user error: the message says what to change (unknown device, mistyped
+  device ID, folder already shared, not set up yet);
+- 3: the daemon is not running (start it with ``commonsync daemon``);
+- 130: interrupted.
+
+User errors print one sentence and a hint, never a traceback. ``--json`` prints the daemon's
+answer as JSON for scripts; without it, a terminal gets tables and progress bars, and a pipe
+gets plain lines.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import trio
 from rich.console import Console
+from rich.progress_bar import ProgressBar
+from rich.table import Table
 
-from commonsync import CommonsyncError
+from commonsync import CommonsyncError, DeviceIdentity
 
-from .demo import run_demo
+from .config import Config, ConfigError, parse_address
+from .control import ControlClient, ControlError, DaemonNotRunningError
+from .home import Home
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
 EXIT_USAGE = 2
+EXIT_NOT_RUNNING = 3
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(CommonsyncError):
+    """A mistake in what the person asked; printed as one sentence (and a hint)."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+# -- the parser -------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--home",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="keep everything (keys, configuration, state) in this directory",
+    )
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON, for scripts"
+    )
     parser = argparse.ArgumentParser(
         prog="commonsync",
         description="Peer-to-peer, end-to-end encrypted file sync.",
+        parents=[common],
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = commands.add_parser(
-        "demo",
-        help="show the core at work: identity, folder key, chunking, sealing, index",
-        description="Create a device identity and a folder key, chunk, hash and seal a folder "
-        "as it would go to a relay, store the index in SQLite, then rebuild and check "
-        "everything from the sealed bytes alone.",
+
+    def command(name: str, help: str, **kw: Any) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, description=help, parents=[common], **kw)
+
+    init = command("init", "set up this device: create its identity and configuration")
+    init.add_argument("--name", default="", help="a name for this device (default: host name)")
+    init.add_argument(
+        "--listen",
+        default="0.0.0.0:22070",
+        help="address and port for peers to connect to (default: %(default)s)",
     )
-    demo.add_argument(
+    init.add_argument(
+        "--discovery-interface",
+        action="append",
+        default=[],
+        metavar="IP",
+        help="announce and look for devices only on this address (repeatable; "
+        "default: every address of this machine)",
+    )
+    init.add_argument(
+        "--no-discovery",
+        action="store_true",
+        help="do not announce this device on the local network",
+    )
+    command("id", "print this device's ID (give it to the devices you pair with)")
+    daemon = command("daemon", "run the sync daemon in the foreground (as commonsyncd does)")
+    daemon.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+
+    folder = command("folder", "add, list and accept folders")
+    folder_commands = folder.add_subparsers(dest="folder_command", required=True, metavar="ACTION")
+    add = folder_commands.add_parser("add", help="sync a directory", parents=[common])
+    add.add_argument("path", type=Path)
+    add.add_argument("--label", default="", help="a short name (default: the directory's name)")
+    folder_commands.add_parser("list", help="folders, and folders offered to you", parents=[common])
+    accept = folder_commands.add_parser(
+        "accept", help="accept a folder another device offered", parents=[common]
+    )
+    accept.add_argument("folder", help="its label or ID, as `folder list` shows it")
+    accept.add_argument("path", type=Path, help="where to keep it (created if missing)")
+    rescan = folder_commands.add_parser("rescan", help="scan a folder now", parents=[common])
+    rescan.add_argument("folder")
+    confirm = folder_commands.add_parser(
+        "confirm-deletions",
+        parents=[common],
+        help="send the deletions the mass-deletion guard held back to the other devices",
+    )
+    confirm.add_argument("folder")
+
+    device = command("device", "add and list devices")
+    device_commands = device.add_subparsers(dest="device_command", required=True, metavar="ACTION")
+    device_add = device_commands.add_parser(
+        "add", help="accept a device (pairing: each side adds the other)", parents=[common]
+    )
+    device_add.add_argument("device_id")
+    device_add.add_argument(
+        "--address",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="where to reach it (repeatable; LAN discovery finds it too)",
+    )
+    device_add.add_argument("--name", default="", help="a name for it")
+    device_commands.add_parser("list", help="known and pending devices", parents=[common])
+
+    share = command("share", "offer a folder to a device (it accepts with `folder accept`)")
+    share.add_argument("folder", help="its label or ID")
+    share.add_argument("device", help="the device's ID (or the name you gave it)")
+
+    status = command("status", "what is in sync, what is transferring")
+    status.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until every folder is up to date and every device connected",
+    )
+    status.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        help="give up waiting after this many seconds (exit code 1)",
+    )
+    command("conflicts", "list conflict copies")
+    events = command("events", "follow what happens, one line per event (Ctrl-C to stop)")
+    events.add_argument("--replay", action="store_true", help="start with the recent events")
+
+    demo = command("demo", "two daemons on this machine: pair them, share a folder, sync files")
+    demo.add_argument("--dir", type=Path, help="keep the demo's homes and folders here")
+    core = command("core-demo", "the encrypted core at work on a folder (no network)")
+    core.add_argument(
         "folder",
         nargs="?",
         type=Path,
-        help="folder to process (read only; default: a generated sample folder)",
-    )
-    demo.add_argument(
-        "--home",
-        type=Path,
-        help="where to keep the key, index and sealed output (default: a temporary directory)",
+        help="folder to process (read only; default: a generated sample)",
     )
     return parser
 
 
+# -- running a command ------------------------------------------------------------------------
+
+
+class Output:
+    """Tables in a terminal, tab-separated lines in a pipe, JSON on request."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.json = as_json
+        self.console = Console(highlight=False, soft_wrap=True)
+        self.errors = Console(stderr=True, highlight=False, soft_wrap=True)
+
+    @property
+    def rich(self) -> bool:
+        return self.console.is_terminal and not self.json
+
+    def data(self, value: Any) -> None:
+        print(json.dumps(value, indent=1, ensure_ascii=False))
+
+    def line(self, text: str) -> None:
+        self.console.print(text, markup=False)
+
+    def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        if self.rich:
+            table = Table(title=title, title_justify="left")
+            for column in columns:
+                table.add_column(column)
+            for row in rows:
+                table.add_row(*[c if isinstance(c, ProgressBar) else str(c) for c in row])
+            self.console.print(table)
+            return
+        for row in rows:
+            print("\t".join("" if isinstance(c, ProgressBar) else str(c) for c in row))
+
+    def error(self, message: str, hint: str = "") -> None:
+        self.errors.print(f"commonsync: {message}", markup=False)
+        if hint:
+            self.errors.print(f"hint: {hint}", markup=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = Console(highlight=False, soft_wrap=True)
-    errors = Console(stderr=True, highlight=False, soft_wrap=True)
+    out = Output(getattr(args, "json", False))
     try:
-        if args.command == "demo":
-            if args.folder is not None and not args.folder.is_dir():
-                errors.print(f"{args.folder} is not a folder. Give the path of a directory.")
-                return EXIT_USAGE
-            return trio.run(run_demo, args.folder, args.home, console)
+        home = Home.resolve(getattr(args, "home", None))
+        return run_command(args, home, out)
+    except UsageError as exc:
+        out.error(str(exc), exc.hint)
+        return EXIT_USAGE
+    except DaemonNotRunningError as exc:
+        out.error(str(exc), "start it with `commonsync daemon` (or `commonsyncd`)")
+        return EXIT_NOT_RUNNING
+    except ControlError as exc:
+        out.error(exc.message, exc.hint)
+        return EXIT_USAGE if exc.status < 500 else EXIT_PROBLEM
     except CommonsyncError as exc:
-        errors.print(f"commonsync: {exc}")
+        out.error(str(exc))
         return EXIT_USAGE
     except KeyboardInterrupt:
-        errors.print("interrupted")
-        return 130
-    return EXIT_USAGE
+        out.error("interrupted")
+        return EXIT_INTERRUPTED
+
+
+def run_command(args: argparse.Namespace, home: Home, out: Output) -> int:
+    match args.command:
+        case "init":
+            return init(args, home, out)
+        case "id":
+            identity = home.load_identity()
+            if out.json:
+                out.data({"device_id": str(identity.device_id)})
+            else:
+                print(identity.device_id)
+            return EXIT_OK
+        case "daemon":
+            from .__main__ import run
+
+            return run(home, args.log_level)
+        case "demo":
+            from .demo import run_demo
+
+            return run_demo(args.dir, out.console)
+        case "core-demo":
+            from .core_demo import run_demo as run_core_demo
+
+            if args.folder is not None and not args.folder.is_dir():
+                raise UsageError(f"{args.folder} is not a folder. Give the path of a directory.")
+            core_home = getattr(args, "home", None)
+            return trio.run(run_core_demo, args.folder, core_home, out.console)
+    home.require_initialised()
+    client = ControlClient(home.socket_path)
+    match args.command:
+        case "folder":
+            return folder_command(args, client, out)
+        case "device":
+            return device_command(args, client, out)
+        case "share":
+            answer = client.request(
+                "POST", "/folders/share", {"folder": args.folder, "device": args.device}
+            )
+            if out.json:
+                out.data(answer)
+            else:
+                out.line(
+                    f"offered folder {answer['folder']} to {answer['device']}; it appears "
+                    "there under `commonsync folder list` to accept"
+                )
+            return EXIT_OK
+        case "status":
+            return status_command(args, client, out)
+        case "conflicts":
+            answer = client.request("GET", "/conflicts")
+            if out.json:
+                out.data(answer)
+                return EXIT_OK
+            rows = [(f["label"], c) for f in answer["folders"] for c in f["conflicts"]]
+            if not rows:
+                out.line("no conflict copies")
+            out.table("Conflict copies", ["folder", "path"], rows)
+            return EXIT_OK
+        case "events":
+            for event in client.stream("/events?replay=1" if args.replay else "/events"):
+                if out.json:
+                    print(json.dumps(event, ensure_ascii=False), flush=True)
+                else:
+                    out.line(_event_line(event))
+            return EXIT_OK
+    raise UsageError(f"unknown command {args.command}")
+
+
+def init(args: argparse.Namespace, home: Home, out: Output) -> int:
+    if home.initialised:
+        identity = home.load_identity()
+        out.line(f"this device is already set up in {home.config_dir}; its ID is")
+        print(identity.device_id)
+        return EXIT_OK
+    try:
+        parse_address(args.listen)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    home.make_dirs()
+    identity = DeviceIdentity.generate()
+    identity.save(home.identity_file)
+    import socket
+
+    config = Config(
+        name=args.name or socket.gethostname(),
+        listen=args.listen,
+        discovery_enabled=not args.no_discovery,
+        discovery_interfaces=args.discovery_interface,
+    )
+    config.save(home.config_file)
+    if out.json:
+        out.data({"device_id": str(identity.device_id), "config": str(home.config_file)})
+        return EXIT_OK
+    out.line(f"set up this device in {home.config_dir}. Its ID:")
+    print(identity.device_id)
+    out.line(
+        "Start the daemon with `commonsync daemon`, and give this ID to the devices "
+        "you pair with (`commonsync device add ID` on each)."
+    )
+    return EXIT_OK
+
+
+def folder_command(args: argparse.Namespace, client: ControlClient, out: Output) -> int:
+    match args.folder_command:
+        case "add":
+            path = args.path.expanduser().absolute()
+            answer = client.request(
+                "POST", "/folders", {"path": str(path), "label": args.label or path.name}
+            )
+            if out.json:
+                out.data(answer)
+            else:
+                out.line(
+                    f"syncing {answer['path']} as folder {answer['label']} "
+                    f"(ID {answer['id']}); offer it with `commonsync share "
+                    f"{answer['label']} DEVICE_ID`"
+                )
+            return EXIT_OK
+        case "accept":
+            path = args.path.expanduser().absolute()
+            answer = client.request(
+                "POST", "/folders/accept", {"folder": args.folder, "path": str(path)}
+            )
+            if out.json:
+                out.data(answer)
+            else:
+                out.line(f"accepted folder {answer['label']}: syncing into {answer['path']}")
+            return EXIT_OK
+        case "rescan":
+            answer = client.request("POST", "/folders/rescan", {"folder": args.folder})
+            out.data(answer) if out.json else out.line(answer["report"] or "scanned")
+            return EXIT_OK
+        case "confirm-deletions":
+            answer = client.request("POST", "/folders/confirm-deletions", {"folder": args.folder})
+            if out.json:
+                out.data(answer)
+            else:
+                out.line(f"sent {answer['deleted']} deletions to the other devices")
+            return EXIT_OK
+    answer = client.request("GET", "/folders")
+    if out.json:
+        out.data(answer)
+        return EXIT_OK
+    rows = [(f["label"], f["summary"], f["path"], f["id"][:12]) for f in answer["folders"]]
+    if rows or not answer["offered"]:
+        out.table("Folders", ["label", "state", "path", "id"], rows)
+    if not rows:
+        out.line("no folders yet: add one with `commonsync folder add PATH`")
+    if answer["offered"]:
+        offered = [
+            (o["label"], o["id"][:12], ", ".join(d[:7] for d in o["offered_by"]))
+            for o in answer["offered"]
+        ]
+        out.table(
+            "Offered to this device (accept with `commonsync folder accept LABEL PATH`)",
+            ["label", "id", "offered by"],
+            offered,
+        )
+    return EXIT_OK
+
+
+def device_command(args: argparse.Namespace, client: ControlClient, out: Output) -> int:
+    if args.device_command == "add":
+        answer = client.request(
+            "POST",
+            "/devices",
+            {
+                "device": args.device_id,
+                "name": args.name,
+                "addresses": args.address,
+            },
+        )
+        if out.json:
+            out.data(answer)
+        else:
+            out.line(
+                f"added device {answer['id']}; share a folder with it with "
+                "`commonsync share FOLDER DEVICE_ID`"
+            )
+        return EXIT_OK
+    answer = client.request("GET", "/devices")
+    if out.json:
+        out.data(answer)
+        return EXIT_OK
+    rows = [
+        (
+            d["id"],
+            d["name"],
+            "connected" if d["connected"] else "not connected",
+            d["address"] or ", ".join(d["addresses"] + d["discovered"]),
+            ", ".join(d["folders"]),
+        )
+        for d in answer["devices"]
+    ]
+    out.table("Devices", ["id", "name", "state", "address", "folders"], rows)
+    if not rows:
+        out.line("no devices yet: pair one with `commonsync device add DEVICE_ID`")
+    if answer["pending"]:
+        pending = [(p["id"], p["how"], ", ".join(p["addresses"])) for p in answer["pending"]]
+        out.table(
+            "Waiting to be accepted (`commonsync device add ID`)", ["id", "how", "address"], pending
+        )
+    return EXIT_OK
+
+
+def status_command(args: argparse.Namespace, client: ControlClient, out: Output) -> int:
+    deadline = time.monotonic() + args.timeout
+    while True:
+        status = client.request("GET", "/status")
+        settled = _settled(status)
+        if not args.wait or settled or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if out.json:
+        out.data(status)
+    else:
+        show_status(status, out)
+    if any(f["state"] in ("error", "needs confirmation") for f in status["folders"]):
+        return EXIT_PROBLEM
+    if args.wait and not settled:
+        out.error(f"not in sync after {args.timeout:g} s")
+        return EXIT_PROBLEM
+    return EXIT_OK
+
+
+def _settled(status: dict[str, Any]) -> bool:
+    folders_ok = all(f["state"] == "up to date" for f in status["folders"])
+    wanted = {d for f in status["folders"] for d in f["devices"]}
+    connected = {d["id"] for d in status["devices"] if d["connected"]}
+    return folders_ok and wanted <= connected
+
+
+def show_status(status: dict[str, Any], out: Output) -> None:
+    out.line(f"device {status['name']} ({status['device_id']}), port {status['port']}")
+    rows: list[tuple[Any, ...]] = []
+    for folder in status["folders"]:
+        bar: Any = ""
+        if folder["state"] == "syncing" and out.rich and folder["bytes_total"]:
+            done = folder["bytes_total"] - folder["bytes_left"]
+            bar = ProgressBar(total=folder["bytes_total"], completed=done, width=24)
+        rows.append((folder["label"], folder["summary"], bar, folder["path"]))
+    out.table("Folders", ["folder", "state", "progress", "path"], rows)
+    connected = [
+        (
+            d["name"] or d["id"][:7],
+            "connected" if d["connected"] else "not connected",
+            d["address"] or "",
+        )
+        for d in status["devices"]
+    ]
+    if connected:
+        out.table("Devices", ["device", "state", "address"], connected)
+    for pending in status["pending_devices"]:
+        out.line(
+            f"device {pending['id']} wants to connect ({pending['how']}); accept it with "
+            f"`commonsync device add {pending['id']}`"
+        )
+    for offer in status["offered_folders"]:
+        out.line(
+            f"folder {offer['label']} is offered to this device; accept it with "
+            f"`commonsync folder accept {offer['label']} PATH`"
+        )
+
+
+def _event_line(event: dict[str, Any]) -> str:
+    when = time.strftime("%H:%M:%S", time.localtime(event["time"]))
+    parts = [when, event.get("folder") or "-", event["kind"]]
+    parts += [event[k] for k in ("path", "peer", "detail") if event.get(k)]
+    return "  ".join(parts)
 
 
 if __name__ == "__main__":

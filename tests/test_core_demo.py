@@ -21,7 +21,7 @@ def test_demo_processes_a_folder_and_checks_itself(tmp_path: Path) -> None:
     (folder / "blob.bin").write_bytes(os.urandom(3 * 1024 * 1024))
     home = tmp_path / "home"
     result = subprocess.run(
-        [sys.executable, "-m", "commonsyncd.cli", "demo", str(folder), "--home", str(home)],
+        [sys.executable, "-m", "commonsyncd.cli", "core-demo", str(folder), "--home", str(home)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -40,7 +40,7 @@ def test_demo_processes_a_folder_and_checks_itself(tmp_path: Path) -> None:
 
 def test_demo_refuses_a_missing_folder_with_one_sentence(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "commonsyncd.cli", "demo", str(tmp_path / "nope")],
+        [sys.executable, "-m", "commonsyncd.cli", "core-demo", str(tmp_path / "nope")],
         capture_output=True,
         text=True,
         timeout=60,
