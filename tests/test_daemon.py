@@ -17,6 +17,9 @@ from pathlib import Path
 import pytest
 
 from tests.daemons import Device, pair_and_share, tree, wait_for
+from tests.netns import Lan, lan
+
+__all__ = ["lan"]  # a fixture, used by name
 
 LOOPBACK = ("--listen", "127.0.0.1:0", "--no-discovery")
 
@@ -200,3 +203,39 @@ def test_a_stranger_is_listed_as_pending_and_can_be_accepted(two: tuple[Device, 
     a.run("device", "add", b.device_id)
     wait_for(lambda: a.connected_to(b) and b.connected_to(a), "the pairing")
     assert not a.status()["pending_devices"]
+
+
+@pytest.mark.slow
+def test_daemons_on_two_hosts_find_each_other_on_the_lan(tmp_path: Path, lan: Lan) -> None:
+    """Two network namespaces joined by a veth pair are two hosts on one LAN. Each daemon
+    announces itself there only (discovery pinned to its own address); no address is
+    configured anywhere, yet they connect and sync."""
+    a = Device(tmp_path, "alice", prefix=lan.prefix(lan.ns_a))
+    b = Device(tmp_path, "bob", prefix=lan.prefix(lan.ns_b))
+    a.init("--listen", f"{lan.addr_a}:22070", "--discovery-interface", lan.addr_a)
+    b.init("--listen", f"{lan.addr_b}:22070", "--discovery-interface", lan.addr_b)
+    try:
+        a.start()
+        b.start()
+        # Before pairing, each sees the other as a device waiting to be accepted.
+        wait_for(lambda: any(p["id"] == b.device_id for p in a.status()["pending_devices"]),
+                 "alice to discover bob")  # fmt: skip
+        a.run("device", "add", b.device_id)
+        b.run("device", "add", a.device_id)
+        wait_for(lambda: a.connected_to(b) and b.connected_to(a), "the connection")
+        seen = next(d for d in b.status()["devices"] if d["id"] == a.device_id)
+        assert seen["addresses"] == []
+        assert f"{lan.addr_a}:22070" in seen["discovered"]
+
+        a.folder.mkdir()
+        (a.folder / "over-the-lan.txt").write_text("found you\n")
+        a.run("folder", "add", str(a.folder), "--label", "lan")
+        a.run("share", "lan", b.device_id)
+        wait_for(lambda: bool(b.status()["offered_folders"]), "the offer")
+        b.run("folder", "accept", "lan", str(b.folder))
+        wait_for(lambda: tree(a.folder) == tree(b.folder), "the folder to arrive")
+        assert a.stop() == 0
+        assert b.stop() == 0
+    finally:
+        a.kill()
+        b.kill()

@@ -39,11 +39,15 @@ class Home:
 
     @classmethod
     def default(cls) -> Home:
-        runtime = platformdirs.user_runtime_dir(APP)
+        data = Path(platformdirs.user_data_dir(APP))
+        # The runtime directory is per login session and private (XDG_RUNTIME_DIR). Where
+        # there is none (a server without a login session), the private data directory
+        # serves: a shared fallback such as /tmp is what a control socket must avoid.
+        runtime = os.environ.get("XDG_RUNTIME_DIR")
         return cls(
             Path(platformdirs.user_config_dir(APP)),
-            Path(platformdirs.user_data_dir(APP)),
-            Path(runtime),
+            data,
+            Path(runtime) / APP if runtime else data,
         )
 
     @classmethod

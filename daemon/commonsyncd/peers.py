@@ -212,12 +212,13 @@ class Peers:
         """A device announced itself on the LAN at ``addresses`` (``host:port``)."""
         if device_id == self.me:
             return
-        if self._host.config.device(device_id) is None:
-            self.note_pending(device_id, addresses, how="discovered on the LAN")
-            return
+        # Kept for strangers too: once a person accepts one, it is dialled there.
         if self.discovered.get(device_id) != addresses:
             self.discovered[device_id] = addresses
             log.info("found %s on the LAN at %s", device_id.short_str, ", ".join(addresses))
+        if self._host.config.device(device_id) is None:
+            self.note_pending(device_id, addresses, how="discovered on the LAN")
+            return
         self.dial(device_id)
 
     # -- sessions ----------------------------------------------------------------------------
