@@ -6,17 +6,21 @@ in network namespaces); each step is bounded so that a hang fails instead of sta
 
 from __future__ import annotations
 
+import json
 import os
+import queue
 import socket
 import stat
 import statistics
+import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.daemons import Device, pair_and_share, tree, wait_for
+from tests.daemons import ENV, Device, command, pair_and_share, tree, wait_for
 from tests.netns import Lan, lan
 
 __all__ = ["lan"]  # a fixture, used by name
@@ -68,10 +72,19 @@ def test_pair_share_sync_then_catch_up_after_a_restart(two: tuple[Device, Device
     (a.folder / "docs" / "hello.txt").write_text("hello again\n")
     (a.folder / "while-away.txt").write_text("written while bob was off\n")
     (a.folder / "big.bin").unlink()
+    time.sleep(0.05)  # a later mtime than alice's: bob's edit wins the conflict below
+    (b.folder / "docs" / "hello.txt").write_text("bob edited this while stopped\n")
     b.start()
     done = b.run("status", "--wait", "--timeout", "60")
     assert "up to date" in done.stdout
     wait_for(lambda: tree(a.folder) == tree(b.folder), "bob to catch up")
+    # Both edits of hello.txt survive: the later one in place, the other as a conflict copy.
+    assert (a.folder / "docs" / "hello.txt").read_text() == "bob edited this while stopped\n"
+    conflicts = a.json("conflicts")["folders"][0]["conflicts"]
+    assert len(conflicts) == 1
+    assert conflicts[0].startswith("docs/hello.sync-conflict-")
+    assert (a.folder / conflicts[0]).read_text() == "hello again\n"
+    assert "hello.sync-conflict-" in b.run("conflicts").stdout
     # And changes flow the other way too.
     (b.folder / "from-bob.txt").write_text("bob was here\n")
     wait_for(lambda: (a.folder / "from-bob.txt").exists(), "bob's file to reach alice")
@@ -95,6 +108,30 @@ def test_time_from_a_write_to_its_arrival(
         target = b.folder / name
         wait_for(lambda: target.exists() and target.read_bytes() == content, name, timeout=30)  # noqa: B023
         delays.append(time.monotonic() - started)
+    # The event stream shows the same arrivals as they happen.
+    events = subprocess.Popen(
+        [*b.prefix, *command("commonsync"), "--home", str(b.home), "events", "--json", "--replay"],
+        stdout=subprocess.PIPE, text=True, env=ENV,
+    )  # fmt: skip
+    lines: queue.Queue[str] = queue.Queue()
+    output = events.stdout
+    assert output is not None
+
+    def read() -> None:
+        for line in output:
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        (a.folder / "watched.txt").write_text("seen\n")
+        deadline = time.monotonic() + 30
+        while True:
+            event = json.loads(lines.get(timeout=max(0.1, deadline - time.monotonic())))
+            if event["kind"] == "applied" and event.get("path") == "watched.txt":
+                break
+    finally:
+        events.kill()
+        events.wait(timeout=10)
     with capsys.disabled():
         median, low, high = (1000 * f(delays) for f in (statistics.median, min, max))
         print(
@@ -158,6 +195,16 @@ def test_user_errors_are_one_sentence_and_a_hint(
     again = a.run("share", "docs", b.device_id, check=False)
     assert again.returncode == 2
     assert "already shared" in again.stderr
+
+    # A second daemon on the same home refuses to start, in one sentence.
+    second = subprocess.run(
+        [*command("commonsyncd"), "--home", str(a.home)],
+        capture_output=True, text=True, timeout=60, env=ENV, check=False,
+    )  # fmt: skip
+    assert second.returncode == 2, second.stderr
+    assert "already running" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert a.status()["device_id"] == a.device_id
 
     # Without a daemon: a clear word and its own exit code.
     not_running = unknown.run("status", check=False)

@@ -27,9 +27,27 @@ def run(home: Home, log_level: str = "info", *, watch: bool = True) -> int:
     except CommonsyncError as exc:
         print(f"commonsyncd: {exc}", file=sys.stderr)
         return 2
+    except BaseExceptionGroup as group:
+        # A task of the daemon could not start (the port is taken, another daemon runs with
+        # this home): say so in one sentence; anything else is a bug and keeps its traceback.
+        leaves = _leaves(group)
+        if not all(isinstance(e, CommonsyncError | KeyboardInterrupt) for e in leaves):
+            raise
+        errors = [e for e in leaves if isinstance(e, CommonsyncError)]
+        if not errors:
+            return 130
+        print(f"commonsyncd: {errors[0]}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for error in group.exceptions:
+        found.extend(_leaves(error) if isinstance(error, BaseExceptionGroup) else [error])
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:

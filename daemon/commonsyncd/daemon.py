@@ -89,13 +89,14 @@ class Daemon:
 
         async with anyio.create_task_group() as tasks:
             self._tasks = tasks
+            # First, since its lock says whether another daemon already runs with this home.
+            await tasks.start(serve_control, self.home.socket_path, ControlApi(self).handle)
             listener = await self._listen()
             for folder in self.config.folders:
                 await self._start_folder(folder)
             tasks.start_soon(self.peers.run, listener)
             if self.config.discovery_enabled:
                 tasks.start_soon(self._discover)
-            await tasks.start(serve_control, self.home.socket_path, ControlApi(self).handle)
             log.info(
                 "daemon started: device %s, listening on port %d, %d folders",
                 self.identity.device_id,

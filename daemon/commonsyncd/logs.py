@@ -30,3 +30,5 @@ def setup_logging(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # watchfiles says "N changes detected" at info level for every batch: noise here.
+    logging.getLogger("watchfiles").setLevel(max(logging.WARNING, root.level))
