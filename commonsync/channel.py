@@ -61,6 +61,10 @@ class Channel(anyio.abc.ObjectStream[bytes]):
         self._eof_sent = False
         self._send_broken = False
         self._closed = False
+        #: Bytes written to and read from the connection (frames, headers and tags included),
+        #: for a daemon's counters and benchmarks.
+        self.bytes_sent = 0
+        self.bytes_received = 0
 
     async def send(self, item: bytes) -> None:
         """Send one message. Cancelling it may leave part of a frame on the wire, after which
@@ -82,6 +86,7 @@ class Channel(anyio.abc.ObjectStream[bytes]):
             except _CONNECTION_ERRORS as exc:
                 raise ChannelError(f"the connection to {self.peer} broke: {exc}") from exc
             self._send_broken = False
+            self.bytes_sent += len(head) + len(sealed)
 
     async def receive(self) -> bytes:
         async with self._receive_lock:
@@ -106,6 +111,7 @@ class Channel(anyio.abc.ObjectStream[bytes]):
                 except _CONNECTION_ERRORS as exc:
                     await self.aclose()
                     raise ChannelError(f"the connection to {self.peer} broke: {exc}") from exc
+                self.bytes_received += len(data)
                 self._core.receive_data(data)
 
     async def send_eof(self) -> None:

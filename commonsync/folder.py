@@ -20,7 +20,7 @@ import os
 import stat
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
@@ -121,6 +121,7 @@ class Folder:
         self._pending: dict[str, RemoteRecord] = {}
         self._conflict_copies: dict[str, str | None] = {}
         self._pending_changed = anyio.Event()
+        self._publish_copies = False
         self._scan_lock = anyio.Lock()
         self._events_in, self._events_out = anyio.create_memory_object_stream[Event](EVENT_BUFFER)
 
@@ -261,27 +262,99 @@ class Folder:
                 self._pending_changed = anyio.Event()
                 await self._pending_changed.wait()
                 continue
-            progress = False
-            for path in sorted(self._pending, key=_apply_order(self._pending)):
-                remote = self._pending[path]
-                try:
-                    done = await self._apply(remote)
-                except CommonsyncError as exc:
-                    self._emit(EventKind.ERROR, path, str(exc))
-                    log.warning("cannot apply %s: %s", path, exc)
-                    done = False
-                if done:
-                    progress = True
-                    if self._pending.get(path) is remote:
-                        del self._pending[path]
-            if not progress:
+            if not await self._pull_round():
                 # Waiting for a peer that has the chunks, or for a local change to settle.
                 with anyio.move_on_after(1):
                     self._pending_changed = anyio.Event()
                     await self._pending_changed.wait()
 
-    async def _apply(self, remote: RemoteRecord) -> bool:
-        """Make ``remote`` real on disk and mark it so; False if it must wait (chunks)."""
+    async def _pull_round(self) -> bool:
+        """One pass over what is pending; True if anything was applied.
+
+        Directories and links are made first (parents before children), then small files, up
+        to :data:`APPLY_CONCURRENCY` at once (their round trips and fsyncs overlap), then large
+        files one at a time (each fetches a window of chunks at once: memory stays bounded), then
+        deletions (children before parents, after every new file has read the chunks it
+        needed from the old ones). What was applied is recorded in the index in batches:
+        one transaction, and one fsync of the index, per batch instead of per file.
+        """
+        order = sorted(self._pending, key=_apply_order(self._pending))
+        records = {path: self._pending[path] for path in order}
+        files = [p for p in order if _is_file_creation(records[p].record)]
+        first = [
+            p for p in order
+            if not records[p].record.deleted and not _is_file_creation(records[p].record)
+        ]  # fmt: skip
+        last = [p for p in order if records[p].record.deleted]
+        batch = _AppliedBatch()
+        for path in first:
+            await self._apply_one(records[path], batch)
+        small = [p for p in files if records[p].record.size <= SMALL_FILE]
+        slots = anyio.Semaphore(APPLY_CONCURRENCY)
+        async with anyio.create_task_group() as tasks:
+            for path in small:
+                await slots.acquire()
+                tasks.start_soon(self._apply_in_slot, records[path], batch, slots)
+        for path in files:
+            if records[path].record.size > SMALL_FILE:
+                await self._apply_one(records[path], batch)
+        for path in last:
+            await self._apply_one(records[path], batch)
+        await self._record(batch)
+        return batch.progress
+
+    async def _apply_in_slot(
+        self, remote: RemoteRecord, batch: _AppliedBatch, slots: anyio.Semaphore
+    ) -> None:
+        try:
+            await self._apply_one(remote, batch)
+        finally:
+            slots.release()
+
+    async def _apply_one(self, remote: RemoteRecord, batch: _AppliedBatch) -> None:
+        path = remote.record.path
+        try:
+            applied = await self._apply(remote)
+        except CommonsyncError as exc:
+            self._emit(EventKind.ERROR, path, str(exc))
+            log.warning("cannot apply %s: %s", path, exc)
+            return
+        if applied is _WAIT:
+            return
+        batch.progress = True
+        batch.items.append((remote, applied))
+        if len(batch.items) >= APPLY_BATCH:
+            await self._record(batch)
+
+    async def _record(self, batch: _AppliedBatch) -> None:
+        """Store a batch of applied versions as on disk, then announce them."""
+        items, batch.items = batch.items, []
+        stored = [(remote, state) for remote, state in items if state is not _DONE]
+        if stored:
+            await self.store.put(
+                self.folder_id,
+                [IndexEntry(remote.record, remote.signed, on_disk=True) for remote, _ in stored],
+                local_files=[
+                    (remote.record.path, state if isinstance(state, LocalFile) else None)
+                    for remote, state in stored
+                ],
+            )
+            self._notify_change()
+        for remote, state in items:
+            path = remote.record.path
+            if self._pending.get(path) is remote:
+                del self._pending[path]
+            if state is _DONE:
+                continue
+            self.stats.files_applied += 1
+            self._emit(EventKind.DELETED if remote.record.deleted else EventKind.APPLIED, path)
+        if self._publish_copies:
+            self._publish_copies = False
+            await self.scan()
+
+    async def _apply(self, remote: RemoteRecord) -> LocalFile | _Marker | None:
+        """Make ``remote`` real on disk; its new local state (None: nothing there), or
+        :data:`_WAIT` (chunks missing: later), :data:`_DONE` (nothing to record)."""
         record = remote.record
         expected = await self.store.local_file(self.folder_id, record.path)
         copy = self._conflict_copies.pop(record.path, None)
@@ -305,23 +378,15 @@ class Folder:
                 now, published_copy = None, True
             state = await self._write(record, now)
         except MissingChunkError:
-            return False
+            return _WAIT
         except DirectoryNotEmptyError as exc:
             # Its remaining entries are unknown to the index yet: they will be scanned and
             # published, and the directory stays.
             self._emit(EventKind.ERROR, record.path, str(exc))
-            return True
-        await self.store.put(
-            self.folder_id,
-            [IndexEntry(record, remote.signed, on_disk=True)],
-            local_files=[(record.path, state)],
-        )
-        self._notify_change()
-        self.stats.files_applied += 1
-        self._emit(EventKind.DELETED if record.deleted else EventKind.APPLIED, record.path)
+            return _DONE
         if published_copy:
-            await self.scan()
-        return True
+            self._publish_copies = True  # by a scan once the batch is recorded
+        return state
 
     async def _write(self, record: Record, expected: LocalFile | None) -> LocalFile | None:
         if record.deleted:
@@ -360,6 +425,31 @@ class Folder:
             self.stats.chunk_bytes_received += len(data)
             return data
         raise MissingChunkError("no connected peer has this chunk yet")
+
+
+#: Small files applied at the same time, and applied versions recorded per transaction.
+APPLY_CONCURRENCY = 8
+APPLY_BATCH = 200
+#: A file this size or smaller is "small": a chunk or two.
+SMALL_FILE = 2 * 1024 * 1024
+
+
+class _Marker(enum.Enum):
+    WAIT = "wait"  # its chunks are not available yet
+    DONE = "done"  # handled, nothing to record
+
+
+_WAIT, _DONE = _Marker.WAIT, _Marker.DONE
+
+
+@dataclass
+class _AppliedBatch:
+    items: list[tuple[RemoteRecord, LocalFile | _Marker | None]] = field(default_factory=list)
+    progress: bool = False
+
+
+def _is_file_creation(record: Record) -> bool:
+    return record.kind is Kind.FILE and not record.deleted
 
 
 def _apply_order(pending: dict[str, RemoteRecord]) -> Callable[[str], tuple[int, int, str]]:

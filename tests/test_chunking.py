@@ -5,16 +5,18 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyfastcdc import FastCDC
 
-from commonsync.chunking import CHUNK_MAX, CHUNK_MIN, ChunkHasher, iter_chunks
+from commonsync.chunking import CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, ChunkHasher, iter_chunks
 from commonsync.chunks import chunk_id
 from commonsync.keys import FolderKey
 
@@ -177,3 +179,29 @@ def test_memory_stays_bounded_while_hashing_a_large_file(tmp_path: object) -> No
     total, peak_kib = int(out[0]), int(out[1])
     assert total == 1 << 30
     assert peak_kib < 100 * 1024, f"peak RSS {peak_kib // 1024} MiB while hashing 1 GiB"
+
+
+class _Unseekable(io.RawIOBase):
+    """A pipe-like stream: readable, not seekable, short reads."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = memoryview(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), len(self._data), 100_000)
+        buffer[:n] = self._data[:n]
+        self._data = self._data[n:]
+        return n
+
+
+@pytest.mark.parametrize("size", [0, 1, 4096, CHUNK_MIN, CHUNK_MIN + 1, 3 * 1024 * 1024 + 7])
+def test_small_streams_and_unseekable_streams_chunk_like_the_buffer_chunker(size: int) -> None:
+    data = random.Random(size).randbytes(size)
+    expected = [(c.offset, bytes(c.data)) for c in FastCDC(
+        CHUNK_AVG, min_size=CHUNK_MIN, max_size=CHUNK_MAX, normalized_chunking=1
+    ).cut_buf(data)]  # fmt: skip
+    assert list(iter_chunks(io.BytesIO(data))) == expected
+    assert list(iter_chunks(io.BufferedReader(_Unseekable(data)))) == expected

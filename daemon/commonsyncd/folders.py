@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 #: Quiet time after a change before the scan it triggers (a save is often several writes).
 DEBOUNCE_MS = 100
+#: Longest a watched change waits for the writing of remote versions to finish.
+SCAN_DEFERRAL = 5.0
 #: How often the watcher's thread looks up from the OS's notifications, in milliseconds; it
 #: bounds how long stopping the watcher takes.
 WATCH_TIMEOUT_MS = 300
@@ -180,8 +182,18 @@ class FolderRunner:
     async def _scan_when_asked(self) -> None:
         while True:
             await self._scan_wanted.wait()
+            await self._wait_while_writing()
             self._scan_wanted = anyio.Event()
             await self.scan()
+
+    async def _wait_while_writing(self) -> None:
+        """While remote versions are being written, what the watcher reports is mostly our
+        own writing: scan when that is done, or after :data:`SCAN_DEFERRAL` at the latest
+        (a person's edit meanwhile waits that long; a scan per written file would cost a
+        walk of the whole folder each)."""
+        with anyio.move_on_after(SCAN_DEFERRAL):
+            while self.folder is not None and not self.folder.progress().idle:
+                await anyio.sleep(0.05)
 
     async def _rescan_periodically(self) -> None:
         while True:

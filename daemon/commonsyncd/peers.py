@@ -92,6 +92,8 @@ class Peers:
         self._dialers: set[DeviceId] = set()
         self._wake: dict[DeviceId, anyio.Event] = {}
         self._tasks: anyio.abc.TaskGroup | None = None
+        #: Bytes sent and received in sessions that ended, per device.
+        self._ended_traffic: dict[DeviceId, tuple[int, int]] = {}
 
     @property
     def me(self) -> DeviceId:
@@ -267,6 +269,10 @@ class Peers:
         except CommonsyncError as exc:
             log.info("session with %s ended: %s", peer.short_str, exc)
         finally:
+            sent, received = self._ended_traffic.get(peer, (0, 0))
+            self._ended_traffic[peer] = (
+                sent + channel.bytes_sent, received + channel.bytes_received
+            )
             if self.links.get(peer) is link:
                 del self.links[peer]
                 self._host.events.publish("", "peer disconnected", peer=str(peer))
@@ -294,11 +300,21 @@ class Peers:
 
     # -- status ------------------------------------------------------------------------------------
 
+    def traffic(self, device_id: DeviceId) -> tuple[int, int]:
+        """Bytes sent to and received from a device since the daemon started."""
+        sent, received = self._ended_traffic.get(device_id, (0, 0))
+        link = self.links.get(device_id)
+        if link is not None:
+            channel = link.exchange.session.channel
+            sent, received = sent + channel.bytes_sent, received + channel.bytes_received
+        return sent, received
+
     def status(self) -> list[dict[str, Any]]:
         config = self._host.config
         out = []
         for device in config.devices:
             link = self.links.get(device.device_id)
+            sent, received = self.traffic(device.device_id)
             out.append(
                 {
                     "id": str(device.device_id),
@@ -309,6 +325,8 @@ class Peers:
                     "address": link.address if link else "",
                     "since": link.since if link else None,
                     "folders": [f.label for f in config.folders_shared_with(device.device_id)],
+                    "bytes_sent": sent,
+                    "bytes_received": received,
                 }
             )
         return out
