@@ -19,11 +19,13 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from . import channel, scan
-from .report import Benchmark, BenchmarkError, Options, Result, default_json_path, utc_now
+from . import channel, scan, sync
+from .report import Benchmark, BenchmarkError, Options, Report, default_json_path, utc_now
 from .report import write_json as write_results
 
-BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (scan.BENCHMARK, channel.BENCHMARK)}
+BENCHMARKS: dict[str, Benchmark] = {
+    b.name: b for b in (scan.BENCHMARK, channel.BENCHMARK, sync.BENCHMARK)
+}
 
 
 def _repeat(text: str) -> int:
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     started = utc_now()
     signal.signal(signal.SIGTERM, _terminate)
 
-    results: list[Result] = []
+    results: list[Report] = []
     failed = False
     try:
         for name in names:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 #: Throughput is reported in decimal megabytes per second (1 MB = 10^6 bytes), as b2sum & co. do.
 MB = 1_000_000
@@ -46,13 +46,23 @@ class Options:
     repeat: int = 3
 
 
+class Report(Protocol):
+    """What a benchmark returns: a name, one printed table, and its JSON."""
+
+    name: str
+
+    def table(self) -> str: ...
+
+    def as_json(self) -> dict[str, Any]: ...
+
+
 @dataclass(frozen=True)
 class Benchmark:
     """A benchmark as the dispatcher sees it: a name, one line, and the function to run."""
 
     name: str
     summary: str
-    run: Callable[[Options], Result]
+    run: Callable[[Options], Report]
 
 
 class Budget:
@@ -277,7 +287,7 @@ def default_json_path(names: Sequence[str], now: datetime) -> Path:
     return RESULTS_DIR / f"{stem}-{now.strftime('%Y%m%dT%H%M%SZ')}.json"
 
 
-def write_json(path: Path, results: Sequence[Result], command: str, now: datetime) -> Path:
+def write_json(path: Path, results: Sequence[Report], command: str, now: datetime) -> Path:
     """One file per invocation, the same shape whatever ran, so runs can be compared."""
     payload = {
         "format": 1,

@@ -21,6 +21,7 @@ import stat
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -44,7 +45,7 @@ from .keys import FolderKey, FolderKeyring
 from .layout import conflict_name
 from .records import ChunkEntry, Kind, Record
 from .session import Session
-from .store import IndexEntry, IndexStore, LocalFile, PeerProgress
+from .store import ChunkLocation, IndexEntry, IndexStore, LocalFile, PeerProgress
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,8 @@ class Folder:
         self._conflict_copies: dict[str, str | None] = {}
         self._pending_changed = anyio.Event()
         self._publish_copies = False
+        #: During a round of small files: the chunks some local file holds (None: ask).
+        self._local_sources: dict[bytes, list[ChunkLocation]] | None = None
         self._scan_lock = anyio.Lock()
         self._events_in, self._events_out = anyio.create_memory_object_stream[Event](EVENT_BUFFER)
 
@@ -216,11 +219,14 @@ class Folder:
         """Rule on each remote record; those we take are stored (not yet on disk) and queued
         for the puller."""
         taken: list[IndexEntry] = []
+        stored = await self.store.get_many(
+            self.folder_id, [r.record.path for r in records if r.record.path not in self._pending]
+        )
         for remote in records:
             current = self._pending.get(remote.record.path)
             local = current.record if current is not None else None
             if local is None:
-                entry = await self.store.get(self.folder_id, remote.record.path)
+                entry = stored.get(remote.record.path)
                 local = entry.record if entry is not None else None
             decision = decide(local, remote.record, me=self.identity.public_key)
             if decision.action is Action.KEEP:
@@ -239,10 +245,16 @@ class Folder:
             self._pending_changed.set()
 
     async def read_local_chunk(self, chunk: ChunkEntry) -> bytes | None:
-        for location in await self.store.chunk_sources(self.folder_id, chunk.id):
-            data = await anyio.to_thread.run_sync(
-                _read_at, self.root / location.path, location.offset, chunk.size
-            )
+        return await self.store.read_with_sources(
+            self.folder_id, chunk.id, partial(self._read_first, chunk)
+        )
+
+    def _read_first(
+        self, chunk: ChunkEntry, locations: Sequence[ChunkLocation]
+    ) -> bytes | None:
+        """The chunk's bytes from the first location that still holds them (in a thread)."""
+        for location in locations:
+            data = _read_at(self.root / location.path, location.offset, chunk.size)
             if data is not None and chunk_id(self._key.chunk_id_key, data) == chunk.id:
                 return data
         return None
@@ -290,11 +302,18 @@ class Folder:
         for path in first:
             await self._apply_one(records[path], batch)
         small = [p for p in files if records[p].record.size <= SMALL_FILE]
+        # Which of their chunks a local file holds, asked once rather than once per file.
+        self._local_sources = await self.store.chunk_sources_many(
+            self.folder_id, (c.id for p in small for c in records[p].record.chunks)
+        )
         slots = anyio.Semaphore(APPLY_CONCURRENCY)
-        async with anyio.create_task_group() as tasks:
-            for path in small:
-                await slots.acquire()
-                tasks.start_soon(self._apply_in_slot, records[path], batch, slots)
+        try:
+            async with anyio.create_task_group() as tasks:
+                for path in small:
+                    await slots.acquire()
+                    tasks.start_soon(self._apply_in_slot, records[path], batch, slots)
+        finally:
+            self._local_sources = None
         for path in files:
             if records[path].record.size > SMALL_FILE:
                 await self._apply_one(records[path], batch)
@@ -405,7 +424,11 @@ class Folder:
         )
 
     async def _fetch_chunk(self, chunk: ChunkEntry) -> bytes:
-        data = await self.read_local_chunk(chunk)
+        known = self._local_sources
+        if known is None or chunk.id in known:
+            data = await self.read_local_chunk(chunk)
+        else:
+            data = None  # looked up for the whole round: no local file has it
         if data is not None:
             self.stats.chunk_bytes_local += len(data)
             return data
