@@ -315,7 +315,7 @@ def overwrite_middle(path: Path) -> None:
 
 
 def small_files_round(system: System, pool: Path, measures: Measures, idle: float) -> None:
-    """W2, then M1 after W2, then R1 (idle CPU)."""
+    """W2, then M1 after W2, then (``idle`` seconds, if any) R1: idle CPU."""
     staged = system.folder_a.parent / "staged"
     shutil.copytree(pool / "small", staged)
     move_in(staged, system.folder_a)
@@ -323,6 +323,8 @@ def small_files_round(system: System, pool: Path, measures: Measures, idle: floa
     measures.add("W2", wait_identical(system.folder_a, system.folder_b))
     for n, pid in enumerate(system.pids()):
         measures.add(f"M1 W2 {'AB'[n]}", peak_rss_mib(pid))
+    if not idle:
+        return
     time.sleep(5)  # let post-sync work finish before measuring idleness
     pids = system.pids()
     before = [cpu_seconds(p) for p in pids]
@@ -547,16 +549,7 @@ def _small(
     factory: Callable[[Path], System], pool: Path, scratch: Path, m: Measures, idle: float
 ) -> None:
     with running(factory, scratch) as system:
-        if idle:
-            small_files_round(system, pool, m, idle)
-        else:
-            staged = system.folder_a.parent / "staged"
-            shutil.copytree(pool / "small", staged)
-            move_in(staged, system.folder_a)
-            system.changed()
-            m.add("W2", wait_identical(system.folder_a, system.folder_b))
-            for n, pid in enumerate(system.pids()):
-                m.add(f"M1 W2 {'AB'[n]}", peak_rss_mib(pid))
+        small_files_round(system, pool, m, idle)
 
 
 def _latency(factory: Callable[[Path], System], scratch: Path, samples: int, m: Measures) -> None:

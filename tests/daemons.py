@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from commonsyncd.control import ControlClient, DaemonNotRunningError
+from commonsyncd.demo import tree
+
+__all__ = ["Device", "pair_and_share", "tree", "wait_for"]
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -122,22 +125,6 @@ class Device:
 
     def connected_to(self, other: Device) -> bool:
         return any(d["connected"] for d in self.status()["devices"] if d["id"] == other.device_id)
-
-
-def tree(root: Path) -> dict[str, bytes | None]:
-    """Every entry below ``root`` but the engine's own: file bytes, or None for others."""
-    found: dict[str, bytes | None] = {}
-    if not root.is_dir():
-        return found
-    for path in root.rglob("*"):
-        relative = path.relative_to(root).as_posix()
-        if relative.startswith(".commonsync"):
-            continue
-        try:
-            found[relative] = path.read_bytes() if path.is_file() else None
-        except OSError:
-            found[relative] = b"<unreadable>"
-    return found
 
 
 def pair_and_share(a: Device, b: Device, label: str = "shared") -> None:

@@ -209,10 +209,11 @@ def _run(alice: Device, bob: Device, base: Path, console: Console) -> None:
 
 
 def _same(a: Path, b: Path) -> bool:
-    return _tree(a) == _tree(b)
+    return tree(a) == tree(b)
 
 
-def _tree(root: Path) -> dict[str, bytes | None]:
+def tree(root: Path) -> dict[str, bytes | None]:
+    """Every entry below ``root`` but the engine's own: file bytes, or None for others."""
     found: dict[str, bytes | None] = {}
     if not root.is_dir():
         return found
