@@ -127,13 +127,19 @@ class Record:
 
     def content_digest(self) -> bytes:
         """What this version holds, independent of when and where it was made."""
-        content = [
-            int(self.kind),
-            self.deleted,
-            self.symlink_target,
-            [[c.id, c.size] for c in self.chunks],
-        ]
-        return blake2b(_CONTENT_CONTEXT + encoding.pack(content))
+        # Kept once computed (the record is immutable): the engine asks for it many times
+        # per record, and each time costs an encoding and a hash.
+        cached: bytes | None = self.__dict__.get("_content_digest")
+        if cached is None:
+            content = [
+                int(self.kind),
+                self.deleted,
+                self.symlink_target,
+                [[c.id, c.size] for c in self.chunks],
+            ]
+            cached = blake2b(_CONTENT_CONTEXT + encoding.pack(content))
+            self.__dict__["_content_digest"] = cached
+        return cached
 
     def encode(self) -> bytes:
         """The canonical encoding (SPEC.md, "Record encoding")."""

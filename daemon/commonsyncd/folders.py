@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 #: Quiet time after a change before the scan it triggers (a save is often several writes).
 DEBOUNCE_MS = 100
 #: Longest a watched change waits for the writing of remote versions to finish.
-SCAN_DEFERRAL = 5.0
+SCAN_DEFERRAL = 30.0
 #: How often the watcher's thread looks up from the OS's notifications (and at its stop
 #: event), in milliseconds: a trade between idle CPU and latency.
 WATCH_STEP_MS = 50
@@ -215,18 +215,18 @@ class FolderRunner:
                 stop.set()
 
     async def _watch_until(self, stop: anyio.Event) -> None:
-        root = self.root
+        prefix = str(self.root).rstrip("/") + "/"
 
         def relevant(_change: Change, path: str) -> bool:
-            try:
-                relative = Path(path).relative_to(root).as_posix()
-            except ValueError:
+            # Called for every change the OS reports: plain string work, no Path objects.
+            if not path.startswith(prefix):
                 return False
-            return relative != "." and not is_internal(relative)
+            relative = path[len(prefix) :]
+            return bool(relative) and not is_internal(relative)
 
         try:
             async for _changes in awatch(
-                root,
+                self.root,
                 watch_filter=relevant,
                 debounce=DEBOUNCE_MS,
                 step=WATCH_STEP_MS,
