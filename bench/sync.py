@@ -426,7 +426,7 @@ class SyncResult:
         names = list(self.systems)
         lines = [self.title, *("  " + n for n in self.notes), ""]
         header = f"{'workload':<38}" + "".join(f"{n:>16}" for n in names)
-        header += "".join(f"{'cs / ' + n:>18}" for n in names[1:])
+        header += "".join(f"{'cs / ' + n:>20}" for n in names[1:])
         lines.append(header)
         for key, label, _kind in self.ROWS:
             values = [self.cell(n, key) for n in names]
@@ -436,7 +436,7 @@ class SyncResult:
             ours = values[0]
             for other in values[1:]:
                 ratio = ours / other if ours is not None and other else None
-                row += f"{(f'{ratio:.2f}x' if ratio is not None else '-'):>18}"
+                row += f"{(f'{ratio:.2f}x' if ratio is not None else '-'):>20}"
             lines.append(row)
         for name, measures in self.systems.items():
             for what, reason in measures.skipped.items():
