@@ -103,14 +103,7 @@ def ensure_syncthing() -> str:
         if binary is None:
             raise Skipped(f"apt-get installed {PACKAGE}, but no syncthing binary is on PATH")
     try:
-        done = subprocess.run(
-            [binary, "--version"],
-            capture_output=True,
-            text=True,
-            timeout=GENERATE_S,
-            check=False,
-            env=_child_environment(),
-        )
+        done = _run_version(binary)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise Skipped(f"{binary} --version failed: {exc}") from None
     if done.returncode != 0:
@@ -121,7 +114,11 @@ def ensure_syncthing() -> str:
 def syncthing_version(binary: str) -> str:
     """The first line of ``syncthing --version``, e.g. 'syncthing v1.19.2-ds1 "Fermium
     Flea" (go1.19.8 linux-amd64) ...', for the benchmark's notes."""
-    done = subprocess.run(
+    return (_run_version(binary).stdout.strip().splitlines() or ["unknown version"])[0]
+
+
+def _run_version(binary: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [binary, "--version"],
         capture_output=True,
         text=True,
@@ -129,7 +126,6 @@ def syncthing_version(binary: str) -> str:
         check=False,
         env=_child_environment(),
     )
-    return (done.stdout.strip().splitlines() or ["unknown version"])[0]
 
 
 def _find_binary() -> str | None:

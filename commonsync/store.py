@@ -571,16 +571,7 @@ class IndexStore:
 
     async def chunk_sources(self, folder_id: bytes, chunk_id: bytes) -> list[ChunkLocation]:
         """Local files that hold chunk ``chunk_id``, and where."""
-
-        def sources(conn: sqlite3.Connection) -> list[ChunkLocation]:
-            rows = conn.execute(
-                "SELECT path, offset, size FROM chunk_locations"
-                " WHERE folder_id = ? AND chunk_id = ? ORDER BY path, offset",
-                (folder_id, chunk_id),
-            )
-            return [ChunkLocation(*row) for row in rows]
-
-        return await self._run(sources)
+        return await self._run(lambda conn: _sources(conn, folder_id, chunk_id))
 
     async def chunk_sources_many(
         self, folder_id: bytes, chunk_ids: Iterable[bytes]
@@ -590,16 +581,8 @@ class IndexStore:
         wanted = list(dict.fromkeys(chunk_ids))
 
         def sources(conn: sqlite3.Connection) -> dict[bytes, list[ChunkLocation]]:
-            found: dict[bytes, list[ChunkLocation]] = {}
-            for chunk_id in wanted:
-                rows = conn.execute(
-                    "SELECT path, offset, size FROM chunk_locations"
-                    " WHERE folder_id = ? AND chunk_id = ? ORDER BY path, offset",
-                    (folder_id, chunk_id),
-                ).fetchall()
-                if rows:
-                    found[chunk_id] = [ChunkLocation(*row) for row in rows]
-            return found
+            found = {chunk_id: _sources(conn, folder_id, chunk_id) for chunk_id in wanted}
+            return {chunk_id: places for chunk_id, places in found.items() if places}
 
         return await self._run(sources)
 
@@ -608,18 +591,7 @@ class IndexStore:
     ) -> T:
         """Look up a chunk's sources and call ``read`` with them, in the same worker thread:
         serving a chunk then costs one trip to a thread instead of two."""
-        return await self._run(
-            lambda conn: read(
-                [
-                    ChunkLocation(*row)
-                    for row in conn.execute(
-                        "SELECT path, offset, size FROM chunk_locations"
-                        " WHERE folder_id = ? AND chunk_id = ? ORDER BY path, offset",
-                        (folder_id, chunk_id),
-                    )
-                ]
-            )
-        )
+        return await self._run(lambda conn: read(_sources(conn, folder_id, chunk_id)))
 
     async def forget_locations(self, folder_id: bytes, path: str) -> None:
         """The file at ``path`` no longer holds what the index says (changed or gone)."""
@@ -717,6 +689,15 @@ def _file_chunks(record: Record) -> Iterable[tuple[ChunkEntry, int]]:
         located.append((chunk, offset))
         offset += chunk.size
     return located
+
+
+def _sources(conn: sqlite3.Connection, folder_id: bytes, chunk_id: bytes) -> list[ChunkLocation]:
+    rows = conn.execute(
+        "SELECT path, offset, size FROM chunk_locations"
+        " WHERE folder_id = ? AND chunk_id = ? ORDER BY path, offset",
+        (folder_id, chunk_id),
+    )
+    return [ChunkLocation(*row) for row in rows]
 
 
 def _replace_locations(

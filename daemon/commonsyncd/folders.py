@@ -92,7 +92,6 @@ class FolderRunner:
         self.vanished: tuple[int, int] | None = None
         self.last_scan: ScanRecord | None = None
         self._scan_wanted = anyio.Event()
-        self._stopped = anyio.Event()
         self._burst_bytes = 0
 
     @property
@@ -147,7 +146,6 @@ class FolderRunner:
                 task_status.started()
         finally:
             self.folder = None
-            self._stopped.set()
 
     def request_scan(self) -> None:
         self._scan_wanted.set()
