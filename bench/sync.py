@@ -107,9 +107,8 @@ class Commonsync:
 
 class Syncthing:
     def __init__(self, base: Path, *, watcher_delay: float = 10.0, name: str = "syncthing") -> None:
-        from .syncthing import SyncthingPair, ensure_syncthing
+        from .syncthing import SyncthingPair
 
-        ensure_syncthing()
         self.name = name
         self.folder_a, self.folder_b = base / "a-files", base / "b-files"
         for folder in (self.folder_a, self.folder_b):
@@ -403,19 +402,19 @@ class SyncResult:
     parameters: dict[str, Any]
 
     ROWS = (
-        ("W1", "W1 initial sync, 1 big file (s)", "time"),
-        ("W1 sent MiB", "   bytes A sent (MiB)", "value"),
-        ("W2", "W2 initial sync, small files (s)", "time"),
-        ("W3", "W3 1 MiB changed in the big file (s)", "time"),
-        ("W3 sent MiB", "   bytes A sent (MiB)", "value"),
-        ("W4 p50", "W4 new 1 KiB file, p50 (s)", "time"),
-        ("W4 p95", "W4 new 1 KiB file, p95 (s)", "time"),
-        ("R1 A", "R1 idle CPU s/min, A", "value"),
-        ("R1 B", "R1 idle CPU s/min, B", "value"),
-        ("M1 W1 A", "M1 peak RSS after W1, A (MiB)", "value"),
-        ("M1 W1 B", "M1 peak RSS after W1, B (MiB)", "value"),
-        ("M1 W2 A", "M1 peak RSS after W2, A (MiB)", "value"),
-        ("M1 W2 B", "M1 peak RSS after W2, B (MiB)", "value"),
+        ("W1", "W1 initial sync, 1 big file (s)"),
+        ("W1 sent MiB", "   bytes A sent (MiB)"),
+        ("W2", "W2 initial sync, small files (s)"),
+        ("W3", "W3 1 MiB changed in the big file (s)"),
+        ("W3 sent MiB", "   bytes A sent (MiB)"),
+        ("W4 p50", "W4 new 1 KiB file, p50 (s)"),
+        ("W4 p95", "W4 new 1 KiB file, p95 (s)"),
+        ("R1 A", "R1 idle CPU s/min, A"),
+        ("R1 B", "R1 idle CPU s/min, B"),
+        ("M1 W1 A", "M1 peak RSS after W1, A (MiB)"),
+        ("M1 W1 B", "M1 peak RSS after W1, B (MiB)"),
+        ("M1 W2 A", "M1 peak RSS after W2, A (MiB)"),
+        ("M1 W2 B", "M1 peak RSS after W2, B (MiB)"),
     )
 
     def cell(self, system: str, key: str) -> float | None:
@@ -428,7 +427,7 @@ class SyncResult:
         header = f"{'workload':<38}" + "".join(f"{n:>16}" for n in names)
         header += "".join(f"{'cs / ' + n:>20}" for n in names[1:])
         lines.append(header)
-        for key, label, _kind in self.ROWS:
+        for key, label in self.ROWS:
             values = [self.cell(n, key) for n in names]
             if all(v is None for v in values):
                 continue

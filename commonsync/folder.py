@@ -151,6 +151,11 @@ class Folder:
         with contextlib.suppress(anyio.WouldBlock):
             self._events_in.send_nowait(Event(kind, path, detail, peer))
 
+    @property
+    def busy(self) -> bool:
+        """Whether remote versions wait to be written (cheap, unlike :meth:`progress`)."""
+        return bool(self._pending)
+
     def progress(self) -> Progress:
         """Remote versions decided on but not yet on disk (sizes of files still to write)."""
         pending = [remote.record for remote in self._pending.values()]

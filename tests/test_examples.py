@@ -7,18 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from commonsyncd.demo import tree
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def tree(root: Path) -> dict[str, bytes | None]:
-    """Every entry under ``root`` (outside the engine's metadata): file bytes, or None."""
-    found: dict[str, bytes | None] = {}
-    for path in root.rglob("*"):
-        relative = path.relative_to(root).as_posix()
-        if relative.startswith(".commonsync"):
-            continue
-        found[relative] = path.read_bytes() if path.is_file() else None
-    return found
 
 
 def test_sync_two_folders_example(tmp_path: Path) -> None:

@@ -64,6 +64,11 @@ def parse_address(text: str, *, default_port: int = DEFAULT_PORT) -> tuple[str, 
     return host, int(port_text)
 
 
+def format_address(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 host in brackets: what :func:`parse_address` reads."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 @dataclass
 class DeviceConfig:
     device_id: DeviceId

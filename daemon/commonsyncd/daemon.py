@@ -27,7 +27,14 @@ from commonsync.errors import CommonsyncError, DeviceIdError, FolderKeyError
 from commonsync.layout import METADATA_DIR
 from commonsync.messages import Offer
 
-from .config import Config, ConfigError, DeviceConfig, FolderConfig, parse_address
+from .config import (
+    Config,
+    ConfigError,
+    DeviceConfig,
+    FolderConfig,
+    format_address,
+    parse_address,
+)
 from .control import ControlError, serve_control
 from .events import EventBus
 from .folders import FolderRunner
@@ -139,17 +146,14 @@ class Daemon:
         return runner
 
     async def _discover(self) -> None:
-        from .discovery import LanDiscovery
+        from .discovery import LanDiscovery, Sighting
 
         interfaces = self.config.discovery_interfaces or _local_addresses()
         discovery = LanDiscovery(self.identity.device_id, self.port, interfaces)
         log.info("LAN discovery on %s", ", ".join(interfaces))
 
-        def seen(sighting: Any) -> None:
-            addresses = [
-                f"[{a}]:{sighting.port}" if ":" in a else f"{a}:{sighting.port}"
-                for a in sighting.addresses
-            ]
+        def seen(sighting: Sighting) -> None:
+            addresses = [format_address(a, sighting.port) for a in sighting.addresses]
             self.peers.on_sighting(sighting.device_id, addresses)
 
         await discovery.run(seen)

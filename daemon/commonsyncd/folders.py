@@ -192,7 +192,7 @@ class FolderRunner:
         (a person's edit meanwhile waits that long; a scan per written file would cost a
         walk of the whole folder each)."""
         with anyio.move_on_after(SCAN_DEFERRAL):
-            while self.folder is not None and not self.folder.progress().idle:
+            while self.folder is not None and self.folder.busy:
                 await anyio.sleep(0.05)
 
     async def _rescan_periodically(self) -> None:
@@ -260,7 +260,7 @@ class FolderRunner:
             return FolderState.NEEDS_CONFIRMATION
         if self.error:
             return FolderState.ERROR
-        if not self.folder.progress().idle:
+        if self.folder.busy:
             return FolderState.SYNCING
         if self.scanning:
             return FolderState.SCANNING

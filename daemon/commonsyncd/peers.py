@@ -28,7 +28,7 @@ from commonsync.errors import CommonsyncError
 from commonsync.exchange import OfferHandler, PeerExchange
 from commonsync.messages import Offer
 
-from .config import Config, parse_address
+from .config import Config, format_address, parse_address
 from .events import EventBus
 from .folders import FolderRunner
 
@@ -271,7 +271,8 @@ class Peers:
         finally:
             sent, received = self._ended_traffic.get(peer, (0, 0))
             self._ended_traffic[peer] = (
-                sent + channel.bytes_sent, received + channel.bytes_received
+                sent + channel.bytes_sent,
+                received + channel.bytes_received,
             )
             if self.links.get(peer) is link:
                 del self.links[peer]
@@ -351,4 +352,4 @@ def _address_of(stream: anyio.abc.SocketStream) -> str:
     if isinstance(remote, str):  # a Unix socket
         return remote
     host, port = remote[0], remote[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return format_address(host, port)
