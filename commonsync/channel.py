@@ -26,7 +26,7 @@ from .errors import (
 )
 from .handshake import AcceptPolicy, ChannelHandshake, Established, State
 from .identity import DeviceIdentity
-from .transport import END_OF_STREAM
+from .transport import END_OF_STREAM, MAX_MESSAGE_SIZE
 
 #: Seconds a handshake may take before it is abandoned.
 HANDSHAKE_TIMEOUT = 10.0
@@ -147,6 +147,7 @@ async def open_channel(
     accept: AcceptPolicy,
     features: Sequence[str] = (),
     timeout: float = HANDSHAKE_TIMEOUT,
+    max_message_size: int = MAX_MESSAGE_SIZE,
 ) -> Channel:
     """Run the handshake over ``stream`` and return the channel.
 
@@ -154,8 +155,16 @@ async def open_channel(
     stream is closed and a :class:`HandshakeError` subclass says why:
     :class:`PeerRefusedError` when we refused the peer, :class:`RefusedByPeerError` when it
     refused us, :class:`HandshakeTimeoutError` when it took longer than ``timeout`` seconds.
+    ``max_message_size`` is the largest message the peer may send (frames announcing more are
+    refused before they are buffered).
     """
-    core = ChannelHandshake(identity, initiator=initiator, accept=accept, features=features)
+    core = ChannelHandshake(
+        identity,
+        initiator=initiator,
+        accept=accept,
+        features=features,
+        max_message_size=max_message_size,
+    )
     try:
         with anyio.fail_after(timeout):
             await _run_handshake(core, stream)
@@ -200,6 +209,7 @@ async def connect_channel(
     accept: AcceptPolicy,
     features: Sequence[str] = (),
     timeout: float = HANDSHAKE_TIMEOUT,
+    max_message_size: int = MAX_MESSAGE_SIZE,
 ) -> Channel:
     """Open a TCP connection to a peer and the channel over it, as the initiator."""
     try:
@@ -211,7 +221,13 @@ async def connect_channel(
     except OSError as exc:
         raise ChannelError(f"cannot connect to {host}:{port}: {exc}") from exc
     return await open_channel(
-        stream, identity, initiator=True, accept=accept, features=features, timeout=timeout
+        stream,
+        identity,
+        initiator=True,
+        accept=accept,
+        features=features,
+        timeout=timeout,
+        max_message_size=max_message_size,
     )
 
 
@@ -222,8 +238,15 @@ async def accept_channel(
     accept: AcceptPolicy,
     features: Sequence[str] = (),
     timeout: float = HANDSHAKE_TIMEOUT,
+    max_message_size: int = MAX_MESSAGE_SIZE,
 ) -> Channel:
     """The responder's side over an accepted connection (e.g. from ``listener.serve``)."""
     return await open_channel(
-        stream, identity, initiator=False, accept=accept, features=features, timeout=timeout
+        stream,
+        identity,
+        initiator=False,
+        accept=accept,
+        features=features,
+        timeout=timeout,
+        max_message_size=max_message_size,
     )

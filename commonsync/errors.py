@@ -242,3 +242,28 @@ class MissingChunkError(ChunkError):
 
     Raised by the engine's chunk reader; the partial file is kept and resumes later.
     """
+
+
+class RelayError(CommonsyncError):
+    """Something about a community relay failed: it cannot be reached, it is not the relay
+    the configuration names, it refused a request, or a session through it did not start."""
+
+
+class RelayRefusedError(RelayError):
+    """The relay refused: this device is not a member, the target is not connected, a limit
+    was reached. ``reason`` is the relay protocol's code (SPEC.md §14), 0 when the relay
+    refused the control channel itself in the handshake."""
+
+    def __init__(self, message: str, reason: int = 0) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class RelayJoinError(RelayError):
+    """A session connection to a relay was not spliced: the token was unknown, expired or
+    already used, or the other device did not join in time."""
+
+
+class RelayProtocolError(RelayError, ProtocolError):
+    """A relay message or a session preamble breaks the relay protocol (unknown type, bad
+    field, oversized, a message sent in the wrong direction)."""

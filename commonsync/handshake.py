@@ -40,7 +40,7 @@ from .errors import (
 from .hashing import derive_key
 from .identity import DeviceIdentity, verify_signature
 from .noise import HandshakeState, generate_keypair
-from .transport import END_OF_STREAM, TransportCore
+from .transport import END_OF_STREAM, MAX_MESSAGE_SIZE, TransportCore
 
 NOISE_PROTOCOL = "Noise_XX_25519_ChaChaPoly_BLAKE2b"
 MAGIC = "commonsync"
@@ -106,14 +106,19 @@ class ChannelHandshake:
         features: Sequence[str] = (),
         versions: Sequence[int] = VERSIONS,
         ephemeral: bytes | None = None,
+        max_message_size: int = MAX_MESSAGE_SIZE,
     ) -> None:
-        """``ephemeral`` fixes the Noise ephemeral key: for test vectors only."""
+        """``ephemeral`` fixes the Noise ephemeral key: for test vectors only.
+        ``max_message_size`` bounds the transport messages the peer may send afterwards (a
+        relay's control channel carries only small messages, so it accepts only small
+        frames and never buffers a large one)."""
         _check_features(list(features), HandshakeError)
         self.identity = identity
         self.initiator = initiator
         self._accept = accept
         self._features = list(features)
         self._versions = list(versions)
+        self._max_message_size = max_message_size
         self._noise = HandshakeState(
             NOISE_PROTOCOL, initiator=initiator, prologue=PROLOGUE, ephemeral=ephemeral
         )
@@ -299,9 +304,14 @@ class ChannelHandshake:
         initiator_to_responder, responder_to_initiator = self._noise.split()
         assert initiator_to_responder.key is not None
         assert responder_to_initiator.key is not None
+        limit = self._max_message_size
         if self.initiator:
-            return TransportCore(initiator_to_responder.key, responder_to_initiator.key)
-        return TransportCore(responder_to_initiator.key, initiator_to_responder.key)
+            return TransportCore(
+                initiator_to_responder.key, responder_to_initiator.key, max_message_size=limit
+            )
+        return TransportCore(
+            responder_to_initiator.key, initiator_to_responder.key, max_message_size=limit
+        )
 
     def _establish(
         self,

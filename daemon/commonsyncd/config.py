@@ -7,6 +7,7 @@ the device and of its folders live beside the state (:mod:`commonsyncd.home`), n
     listen = "0.0.0.0:22070"
     rescan_interval = 3600        # seconds between full rescans (changes are watched anyway)
     max_deleted_share = 0.5       # a scan that finds more of a folder gone asks first
+    relays = ["K7GQ2ZC-…@relay.example.org:22071"]   # community relays: RELAYID@HOST:PORT
 
     [discovery]
     enabled = true
@@ -36,6 +37,7 @@ import tomli_w
 
 from commonsync import CommonsyncError, DeviceId
 from commonsync.errors import DeviceIdError
+from commonsync.relaywire import DEFAULT_RELAY_PORT
 
 DEFAULT_PORT = 22070
 #: The largest configuration file read (a TOML bomb is not a configuration).
@@ -85,6 +87,32 @@ class FolderConfig:
 
 
 @dataclass
+class RelayConfig:
+    """A community relay this device keeps a control connection to: its ID, which the
+    connection pins (SPEC.md §14), and its address."""
+
+    relay_id: DeviceId
+    address: str
+
+    @classmethod
+    def parse(cls, text: str) -> RelayConfig:
+        """``RELAYID@HOST:PORT``, as ``commonsync relay add`` takes it (the port defaults
+        to a relay's, 22071)."""
+        relay_text, at, address = text.strip().rpartition("@")
+        if not at or not relay_text.strip() or not address:
+            raise ConfigError(f"{text!r} does not name a relay; write it as RELAYID@HOST:PORT")
+        try:
+            relay_id = DeviceId.parse(relay_text)
+        except DeviceIdError as exc:
+            raise ConfigError(f"{relay_text!r} is not a valid relay ID: {exc}") from None
+        host, port = parse_address(address, default_port=DEFAULT_RELAY_PORT)
+        return cls(relay_id, format_address(host, port))
+
+    def __str__(self) -> str:
+        return f"{self.relay_id}@{self.address}"
+
+
+@dataclass
 class Config:
     name: str = ""
     listen: str = f"0.0.0.0:{DEFAULT_PORT}"
@@ -94,8 +122,12 @@ class Config:
     discovery_interfaces: list[str] = field(default_factory=list)
     devices: list[DeviceConfig] = field(default_factory=list)
     folders: list[FolderConfig] = field(default_factory=list)
+    relays: list[RelayConfig] = field(default_factory=list)
 
     # -- lookups ------------------------------------------------------------------------------
+
+    def relay(self, relay_id: DeviceId) -> RelayConfig | None:
+        return next((r for r in self.relays if r.relay_id == relay_id), None)
 
     def device(self, device_id: DeviceId) -> DeviceConfig | None:
         return next((d for d in self.devices if d.device_id == device_id), None)
@@ -168,6 +200,11 @@ class Config:
             raise ValueError("max_deleted_share must be between 0 and 1")
         if config.rescan_interval < 1:
             raise ValueError("rescan_interval must be at least 1 second")
+        for text in _typed(raw.get("relays", []), list, "relays"):
+            try:
+                config.relays.append(RelayConfig.parse(_typed(text, str, "relays")))
+            except ConfigError as exc:
+                raise ValueError(f"relays: {exc}") from None
         for entry in _typed(raw.get("devices", []), list, "devices"):
             entry = _table(entry, "devices")
             addresses = [_typed(a, str, "devices.addresses") for a in entry.get("addresses", [])]
@@ -204,6 +241,7 @@ class Config:
             "listen": self.listen,
             "rescan_interval": self.rescan_interval,
             "max_deleted_share": self.max_deleted_share,
+            "relays": [str(r) for r in self.relays],
             "discovery": {
                 "enabled": self.discovery_enabled,
                 "interfaces": self.discovery_interfaces,

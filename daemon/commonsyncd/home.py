@@ -5,6 +5,10 @@ configuration in ``~/.config/commonsync``, identity, folder keys and the index i
 ``~/.local/share/commonsync``, the control socket in the runtime directory. ``--home DIR``
 (or ``COMMONSYNC_HOME``) puts everything in ``DIR`` instead, so that several daemons can run
 side by side on one machine.
+
+A community relay run on the same machine (``commonsync relay serve``) keeps its own
+identity and configuration in the same places under other names (``relay.key``,
+``relay.toml``): it is another identity, not this device's.
 """
 
 from __future__ import annotations
@@ -74,6 +78,14 @@ class Home:
     @property
     def keys_dir(self) -> Path:
         return self.data_dir / "folder-keys"
+
+    @property
+    def relay_config_file(self) -> Path:
+        return self.config_dir / "relay.toml"
+
+    @property
+    def relay_identity_file(self) -> Path:
+        return self.data_dir / "relay.key"
 
     @property
     def socket_path(self) -> Path:

@@ -1,0 +1,627 @@
+"""The community relay: lets two member devices that cannot reach each other sync through it.
+
+``commonsync relay serve`` runs it (SPEC.md §14 is the protocol). One TCP port takes two
+kinds of connection, told apart by their first byte:
+
+- **control**: a member device's authenticated channel (the same handshake as between
+  devices: the relay proves its ID, the device its own, and the relay admits only members,
+  or anyone when it is open). Over it a device asks for a session with another connected
+  device (``Connect``); the relay answers with a random single-use token (``Granted``) and
+  invites the other device with the same token (``Invitation``).
+- **session**: a fresh connection that presents a token. When both devices of a token have
+  joined, the relay answers each with one byte and then copies bytes between them. It never
+  decrypts anything: the devices run the channel handshake end to end through the splice,
+  so what passes here is ciphertext, and each device checks the other's identity itself.
+
+Every resource a device can make the relay spend is bounded (limits in
+:class:`~commonsyncd.relay_config.RelayLimits`, constants below): connections still greeting,
+control connections, sessions in all and per device, session requests per device (a token
+bucket), how long a token waits, and optionally each session's bandwidth. The relay logs one
+JSON object per line (who connected, sessions and their byte counts), never contents.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from commonsync import Channel, DeviceId, DeviceIdentity, accept_channel
+from commonsync import relaywire as wire
+from commonsync.errors import (
+    CommonsyncError,
+    IdentityError,
+    PeerRefusedError,
+    RelayProtocolError,
+)
+from commonsync.relaywire import (
+    Connect,
+    Granted,
+    Invitation,
+    JoinStatus,
+    Ping,
+    Pong,
+    Refused,
+    RefuseReason,
+    RelayMessage,
+)
+
+from .config import ConfigError, format_address, parse_address
+from .home import Home
+from .relay_config import RelayLimits, RelayServerConfig
+
+log = logging.getLogger(__name__)
+
+#: Connections still in their first phase (handshake or preamble) at once; more are closed
+#: at once, so that a flood of idle sockets cannot crowd out the members.
+MAX_GREETING = 256
+#: Seconds a new connection has to send its first byte, then its whole preamble.
+GREETING_TIMEOUT = 10.0
+#: A control connection on which nothing arrived for this long is closed (devices ping every
+#: 20 s: :data:`commonsync.relay_client.PING_INTERVAL`).
+IDLE_TIMEOUT = 60.0
+#: Messages waiting to be written to one device; a device that does not read gets no more.
+OUTBOX = 64
+#: Bytes read at once from one side of a session.
+COPY_SIZE = 64 * 1024
+#: Session requests remembered per device for rate limiting, at most.
+MAX_BUCKETS = 10_000
+
+#: Called with every chunk of bytes the relay forwards (tests: check that it is ciphertext).
+Tap = Callable[[bytes], None]
+_CONNECTION_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
+
+
+class TokenBucket:
+    """``rate`` events per second on average, up to ``burst`` at once (pure: the caller
+    passes the clock)."""
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.stamp = now
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+    def full(self, now: float) -> bool:
+        return self.tokens + (now - self.stamp) * self.rate >= self.burst
+
+
+@dataclass
+class _Control:
+    """A member device's control connection."""
+
+    device: DeviceId
+    channel: Channel
+    outbox: MemoryObjectSendStream[RelayMessage]
+    pending: MemoryObjectReceiveStream[RelayMessage]
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+
+    def queue(self, message: RelayMessage) -> bool:
+        try:
+            self.outbox.send_nowait(message)
+        except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return False
+        return True
+
+
+@dataclass
+class _Pending:
+    """A token handed out, waiting for its two devices to join."""
+
+    requester: DeviceId
+    target: DeviceId
+    deadline: float
+    created: float
+    first: anyio.abc.ByteStream | None = None
+    second: anyio.abc.ByteStream | None = None
+    joined: anyio.Event = field(default_factory=anyio.Event)
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+    @property
+    def names(self) -> str:
+        return f"{self.requester.short_str} → {self.target.short_str}"
+
+
+class RelayServer:
+    def __init__(
+        self,
+        identity: DeviceIdentity,
+        config: RelayServerConfig,
+        *,
+        config_file: Path | None = None,
+        open_override: bool = False,
+        tap: Tap | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        idle_timeout: float = IDLE_TIMEOUT,
+    ) -> None:
+        self.identity = identity
+        self.config = config
+        self._config_file = config_file
+        self._config_stamp = _stamp(config_file)
+        self._open_override = open_override
+        self._tap = tap
+        self._clock = clock
+        self._idle_timeout = idle_timeout
+        self.controls: dict[DeviceId, _Control] = {}
+        self._pending: dict[bytes, _Pending] = {}
+        #: Sessions (waiting or spliced) each device takes part in.
+        self._sessions: dict[DeviceId, int] = {}
+        self._session_total = 0
+        self._buckets: dict[DeviceId, TokenBucket] = {}
+        self._greeting = 0
+
+    @property
+    def limits(self) -> RelayLimits:
+        return self.config.limits
+
+    def admits(self, device: DeviceId) -> bool:
+        return self._open_override or self.config.admits(device)
+
+    async def serve(self, listener: anyio.abc.Listener[anyio.abc.SocketStream]) -> None:
+        await listener.serve(self._handle)
+
+    # -- a new connection ------------------------------------------------------------------
+
+    async def _handle(self, stream: anyio.abc.SocketStream) -> None:
+        address = _address_of(stream)
+        try:
+            if self._greeting >= MAX_GREETING:
+                log.warning("too many connections greeting at once; closed one from %s", address)
+                return
+            _keep_alive(stream)
+            self._greeting += 1
+            greeting = True
+            try:
+                with anyio.fail_after(GREETING_TIMEOUT):
+                    first = await stream.receive(1)
+                if wire.is_session_start(first[0]):
+                    with anyio.fail_after(GREETING_TIMEOUT):
+                        token = await self._read_preamble(stream, first)
+                    self._greeting -= 1
+                    greeting = False
+                    if token is not None:
+                        await self._join(stream, token, address)
+                    return
+                await self._reload_if_changed()
+                channel = await accept_channel(
+                    _Replayed(stream, first),
+                    self.identity,
+                    accept=self._admit,
+                    max_message_size=wire.MAX_RELAY_MESSAGE,
+                )
+            finally:
+                if greeting:
+                    self._greeting -= 1
+            await self._control(channel, address)
+        except TimeoutError:
+            log.debug("a connection from %s said nothing in time", address)
+        except (anyio.EndOfStream, *_CONNECTION_ERRORS):
+            pass
+        except PeerRefusedError:
+            pass  # logged by _admit
+        except CommonsyncError as exc:
+            log.info("connection from %s ended: %s", address, exc)
+        except Exception:
+            log.exception("unexpected error with a connection from %s", address)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+
+    def _admit(self, device: DeviceId) -> bool:
+        if self.admits(device):
+            return True
+        log.info("refused device %s: not a member of this relay", device)
+        return False
+
+    async def _reload_if_changed(self) -> None:
+        """Read the configuration again if it changed (``commonsync relay allow``)."""
+        if self._config_file is None:
+            return
+        stamp = _stamp(self._config_file)
+        if stamp == self._config_stamp:
+            return
+        self._config_stamp = stamp
+        try:
+            config = await anyio.to_thread.run_sync(RelayServerConfig.load, self._config_file)
+        except ConfigError as exc:
+            log.warning("kept the previous configuration: %s", exc)
+            return
+        self.config.members, self.config.open = config.members, config.open
+        log.info("configuration read again: %s", _membership(self.config, self._open_override))
+
+    # -- control connections ---------------------------------------------------------------
+
+    async def _control(self, channel: Channel, address: str) -> None:
+        device = channel.peer
+        connected = len(self.controls)
+        if device not in self.controls and connected >= self.limits.max_control_connections:
+            log.warning("refused device %s: %d devices connected", device.short_str, connected)
+            await self._goodbye(channel, RefuseReason.OVERLOADED, "too many devices connected")
+            return
+        outbox, pending = anyio.create_memory_object_stream[RelayMessage](OUTBOX)
+        control = _Control(device, channel, outbox, pending)
+        old = self.controls.get(device)
+        if old is not None:
+            old.scope.cancel()  # the device reconnected: the old connection is dead or stale
+        self.controls[device] = control
+        log.info("device %s connected from %s", device.short_str, address)
+        error: RelayProtocolError | None = None
+        try:
+            with control.scope:
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(self._write, control, tasks.cancel_scope)
+                    error = await self._read(control)
+                    tasks.cancel_scope.cancel()
+            if error is not None:
+                log.info("device %s broke the relay protocol: %s", device.short_str, error)
+                await self._goodbye(channel, RefuseReason.PROTOCOL_ERROR, str(error))
+        finally:
+            if self.controls.get(device) is control:
+                del self.controls[device]
+            outbox.close()
+            with anyio.CancelScope(shield=True):
+                await channel.aclose()
+            log.info("device %s disconnected", device.short_str)
+
+    async def _read(self, control: _Control) -> RelayProtocolError | None:
+        """Serve a device's messages until its connection ends; a protocol error is
+        returned (to be told to the device), the connection's own errors end it quietly."""
+        try:
+            while True:
+                with anyio.move_on_after(self._idle_timeout) as idle:
+                    data = await control.channel.receive()
+                if idle.cancelled_caught:
+                    log.info(
+                        "device %s silent for %g s; closed",
+                        control.device.short_str,
+                        self._idle_timeout,
+                    )
+                    return None
+                message = wire.decode(data)
+                if isinstance(message, Ping):
+                    control.queue(Pong(message.nonce))
+                elif isinstance(message, Connect):
+                    self._on_connect(control, message)
+                elif not isinstance(message, Pong):
+                    raise RelayProtocolError(
+                        f"{type(message).__name__} is sent by relays, not by devices"
+                    )
+        except RelayProtocolError as exc:
+            return exc
+        except (CommonsyncError, anyio.EndOfStream, *_CONNECTION_ERRORS) as exc:
+            log.debug("control connection of %s ended: %s", control.device.short_str, exc)
+            return None
+
+    async def _write(self, control: _Control, scope: anyio.CancelScope) -> None:
+        try:
+            async for message in control.pending:
+                await control.channel.send(wire.encode(message))
+        except (CommonsyncError, *_CONNECTION_ERRORS):
+            scope.cancel()  # the device is gone: end its connection
+
+    async def _goodbye(self, channel: Channel, reason: RefuseReason, detail: str) -> None:
+        with anyio.move_on_after(1, shield=True):
+            try:
+                await channel.send(wire.encode(Refused(0, int(reason), detail[:256])))
+            except (CommonsyncError, *_CONNECTION_ERRORS):
+                pass
+            await channel.aclose()
+
+    # -- session requests ------------------------------------------------------------------
+
+    def _on_connect(self, control: _Control, request: Connect) -> None:
+        requester, target = control.device, DeviceId(request.target)
+        now = self._clock()
+        self._sweep(now)
+        limits = self.limits
+
+        def refuse(reason: RefuseReason, detail: str = "") -> None:
+            names = f"{requester.short_str} → {target.short_str}"
+            log.info("session %s refused: %s", names, detail or reason.text)
+            control.queue(Refused(request.request_id, int(reason), detail or reason.text))
+
+        if request.request_id == 0:
+            return refuse(RefuseReason.INVALID, "request ID 0 is reserved")
+        if not self.admits(requester):
+            return refuse(RefuseReason.NOT_MEMBER, "this device is no longer a member")
+        if not self._bucket(requester, now).take(now):
+            return refuse(RefuseReason.RATE_LIMITED)
+        if target == requester:
+            return refuse(RefuseReason.INVALID, "a session with oneself")
+        target_control = self.controls.get(target)
+        if target_control is None:
+            return refuse(RefuseReason.OFFLINE)
+        if not self.admits(target):
+            return refuse(RefuseReason.NOT_MEMBER, "the device is not a member of the relay")
+        per_device = limits.max_sessions_per_device
+        if max(self._sessions.get(requester, 0), self._sessions.get(target, 0)) >= per_device:
+            return refuse(RefuseReason.TOO_MANY_SESSIONS)
+        if self._session_total >= limits.max_sessions:
+            return refuse(RefuseReason.OVERLOADED, "too many sessions")
+        token = os.urandom(wire.TOKEN_SIZE)
+        if not target_control.queue(Invitation(requester.digest, token)):
+            return refuse(RefuseReason.OVERLOADED, "the device is not reading its invitations")
+        pending = _Pending(requester, target, now + limits.join_timeout, now)
+        self._pending[token] = pending
+        self._count(pending, +1)
+        control.queue(Granted(request.request_id, token))
+        log.info("session %s: invited", pending.names)
+
+    def _bucket(self, device: DeviceId, now: float) -> TokenBucket:
+        bucket = self._buckets.get(device)
+        if bucket is None:
+            if len(self._buckets) >= MAX_BUCKETS:  # forget those that are full again
+                for key in [k for k, b in self._buckets.items() if b.full(now)]:
+                    del self._buckets[key]
+            rate = self.limits.connects_per_minute / 60
+            bucket = self._buckets[device] = TokenBucket(rate, self.limits.connect_burst, now)
+        return bucket
+
+    def _count(self, pending: _Pending, delta: int) -> None:
+        for device in (pending.requester, pending.target):
+            left = self._sessions.get(device, 0) + delta
+            if left > 0:
+                self._sessions[device] = left
+            else:
+                self._sessions.pop(device, None)
+        self._session_total += delta
+
+    def _sweep(self, now: float) -> None:
+        """Forget the tokens that expired before anyone joined (a waiting joiner forgets
+        its own)."""
+        expired = [t for t, p in self._pending.items() if p.deadline <= now and p.first is None]
+        for token in expired:
+            pending = self._pending.pop(token)
+            self._count(pending, -1)
+            log.info(
+                "session %s: nobody joined within %g s", pending.names, self.limits.join_timeout
+            )
+
+    # -- session connections ---------------------------------------------------------------
+
+    async def _read_preamble(self, stream: anyio.abc.SocketStream, first: bytes) -> bytes | None:
+        data = bytearray(first)
+        while len(data) < wire.PREAMBLE_SIZE:
+            data += await stream.receive(wire.PREAMBLE_SIZE - len(data))
+        try:
+            return wire.parse_preamble(bytes(data))
+        except RelayProtocolError as exc:
+            log.info("bad session preamble: %s", exc)
+            await stream.send(bytes([JoinStatus.UNSUPPORTED]))
+            return None
+
+    async def _join(self, stream: anyio.abc.SocketStream, token: bytes, address: str) -> None:
+        now = self._clock()
+        self._sweep(now)
+        pending = self._pending.get(token)
+        if pending is None or pending.deadline <= now:
+            log.info("a session connection from %s presented an unknown token", address)
+            await stream.send(bytes([JoinStatus.UNKNOWN_TOKEN]))
+            return
+        if pending.first is None:
+            pending.first = stream
+            with anyio.move_on_after(pending.deadline - now):
+                await pending.joined.wait()
+            if pending.second is None:  # the other device did not come
+                if self._pending.pop(token, None) is pending:
+                    self._count(pending, -1)
+                log.info(
+                    "session %s: only one device joined within %g s",
+                    pending.names,
+                    self.limits.join_timeout,
+                )
+                await stream.send(bytes([JoinStatus.TIMEOUT]))
+                return
+            await pending.done.wait()  # the second joiner's task splices both
+            return
+        del self._pending[token]  # single use: a third connection finds nothing
+        pending.second = stream
+        pending.joined.set()
+        try:
+            await self._splice(pending)
+        finally:
+            self._count(pending, -1)
+            pending.done.set()
+
+    async def _splice(self, pending: _Pending) -> None:
+        a, b = pending.first, pending.second
+        assert a is not None
+        assert b is not None
+        joined = bytes([JoinStatus.JOINED])
+        await a.send(joined)
+        await b.send(joined)
+        started = self._clock()
+        log.info("session %s: spliced after %.2f s", pending.names, started - pending.created)
+        counts = [0, 0]
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(self._pump, a, b, counts, 0, tasks.cancel_scope)
+            tasks.start_soon(self._pump, b, a, counts, 1, tasks.cancel_scope)
+        log.info(
+            "session %s ended after %.1f s: %d bytes forwarded one way, %d the other",
+            pending.names,
+            self._clock() - started,
+            counts[0],
+            counts[1],
+        )
+
+    async def _pump(
+        self,
+        source: anyio.abc.ByteStream,
+        sink: anyio.abc.ByteStream,
+        counts: list[int],
+        i: int,
+        session: anyio.CancelScope,
+    ) -> None:
+        """Copy one direction; its end is passed on as a half-close, a broken side ends the
+        whole session."""
+        try:
+            await self._copy(source, sink, counts, i)
+        except _CONNECTION_ERRORS:
+            session.cancel()
+
+    async def _copy(
+        self, source: anyio.abc.ByteStream, sink: anyio.abc.ByteStream, counts: list[int], i: int
+    ) -> None:
+        rate = self.limits.session_bytes_per_second
+        started = self._clock()
+        while True:
+            try:
+                data = await source.receive(COPY_SIZE)
+            except anyio.EndOfStream:
+                try:
+                    await sink.send_eof()
+                except (NotImplementedError, *_CONNECTION_ERRORS):
+                    pass
+                return
+            if self._tap is not None:
+                self._tap(data)
+            await sink.send(data)
+            counts[i] += len(data)
+            if rate:
+                ahead = counts[i] / rate - (self._clock() - started)
+                if ahead > 0:
+                    await anyio.sleep(ahead)
+
+
+class _Replayed(anyio.abc.ByteStream):
+    """A stream whose first bytes were already read: they are returned again first (the
+    relay peeks at a connection's first byte to tell control from session)."""
+
+    def __init__(self, stream: anyio.abc.ByteStream, prefix: bytes) -> None:
+        self._stream = stream
+        self._prefix = prefix
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        if self._prefix:
+            out, self._prefix = self._prefix[:max_bytes], self._prefix[max_bytes:]
+            return out
+        return await self._stream.receive(max_bytes)
+
+    async def send(self, item: bytes) -> None:
+        await self._stream.send(item)
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return self._stream.extra_attributes
+
+
+def _keep_alive(stream: anyio.abc.SocketStream) -> None:
+    """TCP keep-alives, so that a device whose host vanished frees its slot in minutes."""
+    try:
+        sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4)):
+            if hasattr(socket, option):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+    except (OSError, anyio.TypedAttributeLookupError):
+        pass
+
+
+def _address_of(stream: anyio.abc.SocketStream) -> str:
+    try:
+        remote = stream.extra(anyio.abc.SocketAttribute.remote_address)
+    except anyio.TypedAttributeLookupError:
+        return "?"
+    if isinstance(remote, str):
+        return remote
+    return format_address(remote[0], remote[1])
+
+
+def _stamp(path: Path | None) -> tuple[int, int, int] | None:
+    if path is None:
+        return None
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return (info.st_mtime_ns, info.st_size, info.st_ino)
+
+
+def _membership(config: RelayServerConfig, open_override: bool) -> str:
+    if open_override or config.open:
+        return "open to any device"
+    return f"members only ({len(config.members)} members)"
+
+
+# -- the relay's home and process -----------------------------------------------------------
+
+
+def load_or_create(home: Home) -> tuple[DeviceIdentity, RelayServerConfig, bool]:
+    """The relay's identity and configuration, created on first use (a new key, 0600, and a
+    configuration with the defaults); the flag says whether they were just created."""
+    created = False
+    if not home.relay_identity_file.exists():
+        home.make_dirs()
+        try:
+            DeviceIdentity.generate().save(home.relay_identity_file)
+        except IdentityError:
+            if not home.relay_identity_file.exists():  # not another command racing us
+                raise
+        created = True
+    identity = DeviceIdentity.load(home.relay_identity_file)
+    if not home.relay_config_file.exists():
+        RelayServerConfig().save(home.relay_config_file)
+        created = True
+    return identity, RelayServerConfig.load(home.relay_config_file), created
+
+
+async def run_relay(
+    home: Home, *, listen: str = "", open_override: bool = False, tap: Tap | None = None
+) -> None:
+    """Run the relay of ``home`` until SIGTERM or SIGINT."""
+    identity, config, _ = load_or_create(home)
+    if listen:
+        config.listen = listen
+    host, port = parse_address(config.listen, default_port=wire.DEFAULT_RELAY_PORT)
+    try:
+        listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on {format_address(host, port)}: {exc.strerror}; another program "
+            f"may use that port: pass --listen or change `listen` in {home.relay_config_file}"
+        ) from None
+    server = RelayServer(
+        identity,
+        config,
+        config_file=home.relay_config_file,
+        open_override=open_override,
+        tap=tap,
+    )
+    bound = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(server.serve, listener)
+        log.info(
+            "relay %s listening on %s, %s",
+            identity.device_id,
+            format_address(host, bound),
+            _membership(config, open_override),
+        )
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("stopping on %s", signal.Signals(signum).name)
+                break
+        tasks.cancel_scope.cancel()

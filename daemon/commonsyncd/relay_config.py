@@ -1,0 +1,121 @@
+"""A community relay's configuration: a TOML file its hoster may read and edit, no secret.
+
+It lives beside the relay's key (``relay.toml`` and ``relay.key`` in the home, see
+:mod:`commonsyncd.home`); ``commonsync relay allow ID`` adds a member. A running relay reads
+the file again when it changes, so a member added while it runs is admitted at once::
+
+    listen = "0.0.0.0:22071"
+    open = false                     # true: any device may use this relay
+    members = ["ZS5WX2N-43CA4PY-…"]  # device IDs admitted when it is not open
+
+    [limits]
+    max_control_connections = 1000   # devices connected at once
+    max_sessions = 1000              # sessions (waiting or spliced) at once, in all
+    max_sessions_per_device = 16     # sessions one device takes part in at once
+    connects_per_minute = 60         # session requests per device, on average ...
+    connect_burst = 20               # ... and in a burst
+    join_timeout = 10.0              # seconds a token waits for the second device
+    session_bytes_per_second = 0     # per direction of each session; 0: no limit
+
+The defaults are sized for a small association's server: a thousand members online at once
+cost a file descriptor and a few kilobytes each; a session costs two descriptors and a 64 KiB
+copy buffer per direction while bytes flow.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from commonsync import DeviceId
+from commonsync.errors import DeviceIdError
+from commonsync.relaywire import DEFAULT_RELAY_PORT
+
+from .config import MAX_CONFIG_BYTES, ConfigError, _describe, _number, _table, _typed, parse_address
+
+
+@dataclass
+class RelayLimits:
+    max_control_connections: int = 1000
+    max_sessions: int = 1000
+    max_sessions_per_device: int = 16
+    connects_per_minute: float = 60.0
+    connect_burst: int = 20
+    join_timeout: float = 10.0
+    session_bytes_per_second: int = 0
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RelayLimits:
+        limits = cls()
+        known = {f.name: f for f in fields(cls)}
+        for name, value in raw.items():
+            spec = known.get(name)
+            if spec is None:
+                raise ValueError(f"limits.{name} is not a known limit ({', '.join(known)})")
+            number = _number(value, f"limits.{name}")
+            if number < 0 or (number == 0 and name != "session_bytes_per_second"):
+                raise ValueError(f"limits.{name} must be positive")
+            setattr(limits, name, number if spec.type == "float" else int(number))
+        return limits
+
+
+@dataclass
+class RelayServerConfig:
+    listen: str = f"0.0.0.0:{DEFAULT_RELAY_PORT}"
+    open: bool = False
+    members: list[DeviceId] = field(default_factory=list)
+    limits: RelayLimits = field(default_factory=RelayLimits)
+
+    def admits(self, device: DeviceId) -> bool:
+        return self.open or device in self.members
+
+    @classmethod
+    def load(cls, path: Path) -> RelayServerConfig:
+        try:
+            with path.open("rb") as stream:
+                data = stream.read(MAX_CONFIG_BYTES + 1)
+        except FileNotFoundError:
+            raise ConfigError(f"{path} does not exist") from None
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes")
+        try:
+            raw = tomllib.loads(data.decode("utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+        try:
+            config = cls(
+                listen=_typed(raw.get("listen", cls.listen), str, "listen"),
+                open=_typed(raw.get("open", False), bool, "open"),
+                members=[
+                    DeviceId.parse(_typed(m, str, "members"))
+                    for m in _typed(raw.get("members", []), list, "members")
+                ],
+                limits=RelayLimits.from_dict(_table(raw.get("limits", {}), "limits")),
+            )
+            parse_address(config.listen, default_port=DEFAULT_RELAY_PORT)
+        except (TypeError, ValueError, DeviceIdError, ConfigError) as exc:
+            raise ConfigError(f"{path}: {_describe(exc)}") from None
+        return config
+
+    def save(self, path: Path) -> None:
+        """Write the whole file anew, then rename it into place (never half a config)."""
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        temp = path.with_suffix(".tmp")
+        with temp.open("wb") as stream:
+            tomli_w.dump(
+                {
+                    "listen": self.listen,
+                    "open": self.open,
+                    "members": [str(m) for m in self.members],
+                    "limits": {f.name: getattr(self.limits, f.name) for f in fields(RelayLimits)},
+                },
+                stream,
+            )
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp, path)
