@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
@@ -22,21 +23,29 @@ from .logs import setup_logging
 
 def run(home: Home, log_level: str = "info", *, watch: bool = True) -> int:
     setup_logging(log_level)
+    return run_process(lambda: run_daemon(home, watch=watch), "commonsyncd")
+
+
+def run_process(main: Callable[[], Awaitable[None]], name: str) -> int:
+    """Run a long-lived trio program (the daemon, a relay) until it stops; its exit code.
+
+    0 when it stopped on a signal, 2 when it could not start (a start-up error is one
+    sentence, prefixed with ``name``), 130 on Ctrl-C."""
     try:
-        trio.run(lambda: run_daemon(home, watch=watch))
+        trio.run(main)
     except CommonsyncError as exc:
-        print(f"commonsyncd: {exc}", file=sys.stderr)
+        print(f"{name}: {exc}", file=sys.stderr)
         return 2
     except BaseExceptionGroup as group:
-        # A task of the daemon could not start (the port is taken, another daemon runs with
-        # this home): say so in one sentence; anything else is a bug and keeps its traceback.
+        # A task could not start (the port is taken, another daemon runs with this home):
+        # say so in one sentence; anything else is a bug and keeps its traceback.
         leaves = _leaves(group)
         if not all(isinstance(e, CommonsyncError | KeyboardInterrupt) for e in leaves):
             raise
         errors = [e for e in leaves if isinstance(e, CommonsyncError)]
         if not errors:
             return 130
-        print(f"commonsyncd: {errors[0]}", file=sys.stderr)
+        print(f"{name}: {errors[0]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

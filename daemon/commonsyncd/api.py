@@ -10,6 +10,8 @@
     POST /folders/confirm-deletions   {"folder"}: publish deletions the mass-deletion guard held
     GET  /devices                     known devices with their connection state, and pending ones
     POST /devices                     {"device", "name", "addresses"}: accept a device
+    GET  /relays                      the community relays, connected or not (and why not)
+    POST /relays                      {"relay"}: use a relay, given as RELAYID@HOST:PORT
     GET  /conflicts                   conflict copies on disk, per folder
     GET  /events                      a stream of events, one JSON object per line
 
@@ -77,6 +79,11 @@ class ControlApi:
                     "name": device.name,
                     "addresses": device.addresses,
                 }
+            case ("GET", "/relays"):
+                return {"relays": daemon.peers.relays.status()}
+            case ("POST", "/relays"):
+                relay = await daemon.add_relay(_text(body, "relay"))
+                return {"id": str(relay.relay_id), "address": relay.address}
             case ("GET", "/conflicts"):
                 return {
                     "folders": [

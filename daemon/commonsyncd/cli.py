@@ -1,8 +1,9 @@
 """The ``commonsync`` command: set up this device, and drive its daemon.
 
-``init``, ``id``, ``daemon``, ``demo`` and ``core-demo`` work on their own; every other
-command talks to the running daemon through its control socket (so the daemon, which owns
-the configuration, applies the change at once).
+``init``, ``id``, ``daemon``, ``demo``, ``core-demo`` and the hoster's ``relay serve``,
+``relay id`` and ``relay allow`` work on their own; every other command talks to the running
+daemon through its control socket (so the daemon, which owns the configuration, applies the
+change at once).
 
 Exit codes:
 
@@ -33,7 +34,8 @@ from rich.console import Console
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
-from commonsync import CommonsyncError, DeviceIdentity
+from commonsync import CommonsyncError, DeviceId, DeviceIdentity
+from commonsync.errors import DeviceIdError
 
 from .config import Config, ConfigError, parse_address
 from .control import ControlClient, ControlError, DaemonNotRunningError
@@ -139,6 +141,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     device_add.add_argument("--name", default="", help="a name for it")
     device_commands.add_parser("list", help="known and pending devices", parents=[common])
+
+    relay = command(
+        "relay",
+        "community relays: run one for your members (serve, id, allow), or use one (add, list)",
+    )
+    relay_commands = relay.add_subparsers(dest="relay_command", required=True, metavar="ACTION")
+    serve = relay_commands.add_parser(
+        "serve", help="run this machine's relay in the foreground", parents=[common]
+    )
+    serve.add_argument(
+        "--listen",
+        default="",
+        metavar="HOST:PORT",
+        help="address and port to listen on (default: `listen` in relay.toml, 0.0.0.0:22071)",
+    )
+    serve.add_argument(
+        "--open", action="store_true", help="let any device use the relay, not only members"
+    )
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    relay_commands.add_parser(
+        "id", help="print the relay's ID (members add the relay with it)", parents=[common]
+    )
+    allow = relay_commands.add_parser(
+        "allow", help="let a device use this relay (a member)", parents=[common]
+    )
+    allow.add_argument("device_id")
+    relay_add = relay_commands.add_parser(
+        "add", help="use a relay: this device keeps a connection to it", parents=[common]
+    )
+    relay_add.add_argument("relay", metavar="RELAYID@HOST:PORT")
+    relay_commands.add_parser(
+        "list", help="this device's relays, and whether they are connected", parents=[common]
+    )
 
     share = command("share", "offer a folder to a device (it accepts with `folder accept`)")
     share.add_argument("folder", help="its label or ID")
@@ -260,6 +295,8 @@ def run_command(args: argparse.Namespace, home: Home, out: Output) -> int:
                 raise UsageError(f"{args.folder} is not a folder. Give the path of a directory.")
             core_home = getattr(args, "home", None)
             return trio.run(run_core_demo, args.folder, core_home, out.console)
+        case "relay" if args.relay_command in ("serve", "id", "allow"):
+            return relay_host_command(args, home, out)
     home.require_initialised()
     client = ControlClient(home.socket_path)
     match args.command:
@@ -267,6 +304,8 @@ def run_command(args: argparse.Namespace, home: Home, out: Output) -> int:
             return folder_command(args, client, out)
         case "device":
             return device_command(args, client, out)
+        case "relay":
+            return relay_command(args, client, out)
         case "share":
             answer = client.request(
                 "POST", "/folders/share", {"folder": args.folder, "device": args.device}
@@ -438,6 +477,80 @@ def device_command(args: argparse.Namespace, client: ControlClient, out: Output)
     return EXIT_OK
 
 
+def relay_host_command(args: argparse.Namespace, home: Home, out: Output) -> int:
+    """The hoster's side: the relay's identity and members, and running it."""
+    from .relay import load_or_create, run_relay_process
+
+    if args.relay_command == "serve":
+        return run_relay_process(home, args.listen, args.open, args.log_level)
+    identity, config, created = load_or_create(home)
+    if created and not out.json:
+        out.errors.print(
+            f"created the relay's key and configuration in {home.relay_config_file.parent}",
+            markup=False,
+        )
+    if args.relay_command == "id":
+        if out.json:
+            out.data({"relay_id": str(identity.device_id)})
+        else:
+            print(identity.device_id)
+        return EXIT_OK
+    try:
+        device = DeviceId.parse(args.device_id)
+    except DeviceIdError as exc:
+        raise UsageError(
+            f"{args.device_id!r} is not a valid device ID: {exc}",
+            "copy it from `commonsync id` on the device",
+        ) from None
+    added = device not in config.members
+    if added:
+        config.members.append(device)
+        config.save(home.relay_config_file)
+    if out.json:
+        out.data({"device_id": str(device), "added": added, "members": len(config.members)})
+    elif added:
+        out.line(
+            f"device {device} may use this relay ({len(config.members)} members); a running "
+            "relay admits it at its next connection"
+        )
+    else:
+        out.line(f"device {device} is already a member")
+    return EXIT_OK
+
+
+def relay_command(args: argparse.Namespace, client: ControlClient, out: Output) -> int:
+    """The device's side: the relays this device uses."""
+    if args.relay_command == "add":
+        answer = client.request("POST", "/relays", {"relay": args.relay})
+        if out.json:
+            out.data(answer)
+        else:
+            out.line(
+                f"using relay {answer['id']} at {answer['address']}; devices with no working "
+                "address are reached through it (`commonsync relay list` shows the connection)"
+            )
+        return EXIT_OK
+    answer = client.request("GET", "/relays")
+    if out.json:
+        out.data(answer)
+        return EXIT_OK
+    if not answer["relays"]:
+        out.line("no relays: add one with `commonsync relay add RELAYID@HOST:PORT`")
+    out.table("Relays", ["id", "address", "state"], _relay_rows(answer["relays"], full_id=True))
+    return EXIT_OK
+
+
+def _relay_rows(relays: list[dict[str, Any]], *, full_id: bool = False) -> list[tuple[str, ...]]:
+    return [
+        (
+            r["id"] if full_id else r["id"][:7],
+            r["address"],
+            "connected" if r["connected"] else f"not connected: {r['error'] or 'connecting'}",
+        )
+        for r in relays
+    ]
+
+
 def status_command(args: argparse.Namespace, client: ControlClient, out: Output) -> int:
     deadline = time.monotonic() + args.timeout
     while True:
@@ -479,12 +592,15 @@ def show_status(status: dict[str, Any], out: Output) -> None:
         (
             d["name"] or d["id"][:7],
             "connected" if d["connected"] else "not connected",
+            d["via"],
             d["address"] or "",
         )
         for d in status["devices"]
     ]
     if connected:
-        out.table("Devices", ["device", "state", "address"], connected)
+        out.table("Devices", ["device", "state", "via", "address"], connected)
+    if status["relays"]:
+        out.table("Relays", ["relay", "address", "state"], _relay_rows(status["relays"]))
     for pending in status["pending_devices"]:
         out.line(
             f"device {pending['id']} wants to connect ({pending['how']}); accept it with "

@@ -32,6 +32,7 @@ from .config import (
     ConfigError,
     DeviceConfig,
     FolderConfig,
+    RelayConfig,
     format_address,
     parse_address,
 )
@@ -265,6 +266,33 @@ class Daemon:
         self.peers.dial(device_id)
         return device
 
+    async def add_relay(self, text: str) -> RelayConfig:
+        """Use a community relay (``RELAYID@HOST:PORT``): keep a control connection to it."""
+        async with self._lock:
+            try:
+                relay = RelayConfig.parse(text)
+            except ConfigError as exc:
+                raise ControlError(
+                    400, str(exc), hint="`commonsync relay id` on the relay prints its ID"
+                ) from None
+            if relay.relay_id == self.identity.device_id:
+                raise ControlError(409, "that is this device's own ID, not a relay's")
+            existing = self.config.relay(relay.relay_id)
+            if existing is not None:
+                if existing.address == relay.address:
+                    raise ControlError(
+                        409,
+                        f"relay {relay.relay_id.short_str} is already added",
+                        hint="`commonsync relay list` shows it",
+                    )
+                existing.address = relay.address
+                relay = existing
+            else:
+                self.config.relays.append(relay)
+            self._save()
+        self.peers.relays.update(relay)
+        return relay
+
     async def share(
         self, folder_reference: str, device_text: str
     ) -> tuple[FolderConfig, DeviceConfig]:
@@ -372,6 +400,7 @@ class Daemon:
             "pid": os.getpid(),
             "folders": [r.status() for r in self.runners.values()],
             "devices": self.peers.status(),
+            "relays": self.peers.relays.status(),
             "pending_devices": self.peers.pending_status(),
             "offered_folders": [
                 {

@@ -6,9 +6,16 @@ devices, and a stranger that tries is listed as *pending* so that a person can a
 (``commonsync device add``). Each session is a :class:`~commonsync.exchange.PeerExchange`
 over the folders configured as shared with that device.
 
-When both devices dial each other at once, both end up keeping the same connection: the one
-dialled by the device with the smaller ID (then the newer one), so neither keeps closing the
-other's.
+A known device that no address reaches is reached through a community relay this device is
+connected to (:mod:`commonsyncd.relay_links`, SPEC.md §14): the relay splices two fresh
+connections and the session runs over them end to end, exactly as over a direct one. A relay's
+invitation is always joined, and the handshake decides as for an inbound connection: a known
+device gets its session, a stranger is refused and listed as pending (its identity proven by
+the handshake, not taken from the relay's word).
+
+When both devices dial each other at once, both end up keeping the same connection: a direct
+one over a relayed one, then the one dialled by the device with the smaller ID (then the newer
+one), so neither keeps closing the other's.
 """
 
 from __future__ import annotations
@@ -24,13 +31,16 @@ import anyio
 import anyio.abc
 
 from commonsync import Channel, DeviceId, DeviceIdentity, Session, accept_channel, connect_channel
-from commonsync.errors import CommonsyncError
+from commonsync.errors import CommonsyncError, RelayRefusedError
 from commonsync.exchange import OfferHandler, PeerExchange
 from commonsync.messages import Offer
+from commonsync.relay_client import accept_relayed_channel, open_relayed_channel
+from commonsync.relaywire import Invitation, RefuseReason
 
 from .config import Config, format_address, parse_address
 from .events import EventBus
 from .folders import FolderRunner
+from .relay_links import RelayLink, RelayLinks
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +52,8 @@ RECONNECT_DELAY = 0.3
 MAX_PENDING = 64
 #: Bytes of a folder label sent in an offer (the wire format's limit).
 MAX_LABEL_BYTES = 256
+#: Relay invitations being joined at once (each is a connection and a handshake).
+MAX_RELAYED_JOINS = 8
 
 
 class PeerHost(Protocol):
@@ -67,6 +79,8 @@ class Link:
     exchange: PeerExchange
     address: str
     initiator: bool
+    #: The relay the session runs through; None for a direct connection.
+    relay: DeviceId | None = None
     since: float = field(default_factory=time.time)
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     closed: anyio.Event = field(default_factory=anyio.Event)
@@ -94,6 +108,13 @@ class Peers:
         self._tasks: anyio.abc.TaskGroup | None = None
         #: Bytes sent and received in sessions that ended, per device.
         self._ended_traffic: dict[DeviceId, tuple[int, int]] = {}
+        self.relays = RelayLinks(
+            host.identity,
+            host.config.relays,
+            on_connected=lambda _link: self._wake_all(),
+            on_invitation=self._on_invitation,
+        )
+        self._relayed_joins = 0
 
     @property
     def me(self) -> DeviceId:
@@ -105,6 +126,7 @@ class Peers:
             self._tasks = tasks
             if listener is not None:
                 tasks.start_soon(listener.serve, self._handle_inbound)
+            tasks.start_soon(self.relays.run)
             for device in self._host.config.devices:
                 self.dial(device.device_id)
 
@@ -126,10 +148,18 @@ class Peers:
         if event is not None:
             event.set()
 
-    async def _sleep_unless_woken(self, device_id: DeviceId, seconds: float) -> None:
+    def _wake_all(self) -> None:
+        """A relay connected: every device waiting for a way to reach it may try it."""
+        for device_id in list(self._wake):
+            self._wake_dialer(device_id)
+
+    async def _sleep_unless_woken(self, device_id: DeviceId, seconds: float) -> bool:
+        """Sleep; True if woken before the time was up."""
         event = self._wake.setdefault(device_id, anyio.Event())
         with anyio.move_on_after(seconds):
             await event.wait()
+            return True
+        return False
 
     async def _dial_loop(self, device_id: DeviceId) -> None:
         backoff = MIN_BACKOFF
@@ -141,14 +171,19 @@ class Peers:
                     await anyio.sleep(RECONNECT_DELAY)
                     continue
                 addresses = device.addresses + self.discovered.get(device_id, [])
-                if not addresses:
+                relays = self.relays.connected()
+                if not addresses and not relays:
                     await self._sleep_unless_woken(device_id, math.inf)
+                    backoff = MIN_BACKOFF
                     continue
-                if await self._dial_once(device_id, addresses):
+                if await self._dial_once(device_id, addresses) or await self._dial_relayed(
+                    device_id, relays
+                ):
                     backoff = MIN_BACKOFF
                     await anyio.sleep(RECONNECT_DELAY)
+                elif await self._sleep_unless_woken(device_id, backoff):
+                    backoff = MIN_BACKOFF
                 else:
-                    await self._sleep_unless_woken(device_id, backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF)
         finally:
             self._dialers.discard(device_id)
@@ -170,24 +205,74 @@ class Peers:
             return True
         return False
 
+    async def _dial_relayed(self, device_id: DeviceId, relays: list[RelayLink]) -> bool:
+        """Ask each connected relay in turn for a session; True if a session ran."""
+        for link in relays:
+            control = link.control
+            if control is None:
+                continue
+            if device_id in self.links:  # it reached us meanwhile
+                return True
+            try:
+                channel = await open_relayed_channel(control, self._host.identity, device_id)
+            except CommonsyncError as exc:
+                offline = isinstance(exc, RelayRefusedError) and exc.reason == RefuseReason.OFFLINE
+                level = logging.DEBUG if offline else logging.INFO
+                target = device_id.short_str
+                log.log(level, "cannot reach %s through %s: %s", target, link.name, exc)
+                continue
+            await self._run_session(channel, _relayed(link), initiator=True, relay=link.relay_id)
+            return True
+        return False
+
     # -- accepting -----------------------------------------------------------------------------
 
     async def _handle_inbound(self, stream: anyio.abc.SocketStream) -> None:
         address = _address_of(stream)
         try:
             channel = await accept_channel(
-                stream, self._host.identity, accept=self._accept_from(address)
+                stream, self._host.identity, accept=self._accept_from([address], "connected")
             )
         except CommonsyncError as exc:
             log.info("refused a connection from %s: %s", address, exc)
             return
         await self._run_session(channel, address, initiator=False)
 
-    def _accept_from(self, address: str) -> Callable[[DeviceId], bool]:
+    def _on_invitation(self, link: RelayLink, invitation: Invitation) -> None:
+        """A relay says a device wants a session: join it (bounded), and let the handshake
+        decide, as for an inbound connection."""
+        if self._tasks is None:
+            return
+        if self._relayed_joins >= MAX_RELAYED_JOINS:
+            log.info("%s: too many invitations at once; ignored one", link.name)
+            return
+        self._relayed_joins += 1
+        self._tasks.start_soon(self._join_relayed, link, invitation)
+
+    async def _join_relayed(self, link: RelayLink, invitation: Invitation) -> None:
+        try:
+            control = link.control
+            if control is None:
+                return
+            channel = await accept_relayed_channel(
+                control,
+                self._host.identity,
+                invitation,
+                accept=self._accept_from([], f"invited through {link.name}"),
+            )
+        except CommonsyncError as exc:
+            requester = invitation.requester_id.short_str
+            log.info("no session with %s through %s: %s", requester, link.name, exc)
+            return
+        finally:
+            self._relayed_joins -= 1
+        await self._run_session(channel, _relayed(link), initiator=False, relay=link.relay_id)
+
+    def _accept_from(self, addresses: list[str], how: str) -> Callable[[DeviceId], bool]:
         def accept(device_id: DeviceId) -> bool:
             if self._host.config.device(device_id) is not None:
                 return True
-            self.note_pending(device_id, [address], how="connected")
+            self.note_pending(device_id, addresses, how=how)
             return False
 
         return accept
@@ -225,7 +310,9 @@ class Peers:
 
     # -- sessions ----------------------------------------------------------------------------
 
-    async def _run_session(self, channel: Channel, address: str, *, initiator: bool) -> None:
+    async def _run_session(
+        self, channel: Channel, address: str, *, initiator: bool, relay: DeviceId | None = None
+    ) -> None:
         peer = channel.peer
         config = self._host.config
         shared = config.folders_shared_with(peer)
@@ -246,7 +333,7 @@ class Peers:
             offers=offers,
             on_offer=on_offer,
         )
-        link = Link(peer, exchange, address, initiator)
+        link = Link(peer, exchange, address, initiator, relay)
         existing = self.links.get(peer)
         if existing is not None:
             if not self._prefer(link, existing):
@@ -257,7 +344,7 @@ class Peers:
         self.links[peer] = link
         self.pending.pop(peer, None)
         log.info(
-            "connected to %s at %s (%s)",
+            "connected to %s (%s, %s)",
             peer.short_str,
             address,
             "we dialled" if initiator else "it dialled",
@@ -281,6 +368,8 @@ class Peers:
 
     def _prefer(self, new: Link, old: Link) -> bool:
         """Which of two sessions with the same device to keep (the same answer on both)."""
+        if (new.relay is None) != (old.relay is None):
+            return new.relay is None  # a direct connection beats a relayed one
         smaller_dials = self.me.digest < new.device_id.digest
         new_good, old_good = new.initiator == smaller_dials, old.initiator == smaller_dials
         if new_good != old_good:
@@ -324,6 +413,8 @@ class Peers:
                     "discovered": self.discovered.get(device.device_id, []),
                     "connected": link is not None,
                     "address": link.address if link else "",
+                    "via": "" if link is None else "relay" if link.relay else "direct",
+                    "relay": str(link.relay) if link and link.relay else "",
                     "since": link.since if link else None,
                     "folders": [f.label for f in config.folders_shared_with(device.device_id)],
                     "bytes_sent": sent,
@@ -342,6 +433,11 @@ class Peers:
             }
             for p in self.pending.values()
         ]
+
+
+def _relayed(link: RelayLink) -> str:
+    """The "address" of a session through a relay, as status shows it."""
+    return f"{link.name} at {link.config.address}"
 
 
 def _address_of(stream: anyio.abc.SocketStream) -> str:

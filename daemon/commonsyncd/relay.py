@@ -26,9 +26,11 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,7 @@ from commonsync.relaywire import (
 
 from .config import ConfigError, format_address, parse_address
 from .home import Home
+from .logs import setup_logging
 from .relay_config import RelayLimits, RelayServerConfig
 
 log = logging.getLogger(__name__)
@@ -625,3 +628,19 @@ async def run_relay(
                 log.info("stopping on %s", signal.Signals(signum).name)
                 break
         tasks.cancel_scope.cancel()
+
+
+def run_relay_process(home: Home, listen: str, open_override: bool, log_level: str) -> int:
+    """``commonsync relay serve``: the relay in the foreground; its exit code (0 after
+    SIGTERM or SIGINT, 2 if it cannot start)."""
+    from .__main__ import run_process
+
+    setup_logging(log_level)
+    if listen:
+        try:
+            parse_address(listen, default_port=wire.DEFAULT_RELAY_PORT)
+        except ConfigError as exc:
+            print(f"commonsync relay: {exc}", file=sys.stderr)
+            return 2
+    main = partial(run_relay, home, listen=listen, open_override=open_override)
+    return run_process(main, "commonsync relay")

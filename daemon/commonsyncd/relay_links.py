@@ -1,0 +1,141 @@
+"""This device's control connections to its community relays (SPEC.md §14).
+
+One connection per configured relay (``commonsync relay add RELAYID@HOST:PORT``), pinned to
+the relay's ID and kept with exponential backoff. While one is up,
+:class:`~commonsyncd.peers.Peers` can ask that relay for a session with a device it cannot
+reach directly, and the relay's invitations are handed to it to join. Why a relay is not
+connected (unreachable, not a member, wrong ID) stays in :meth:`RelayLinks.status`, which
+``commonsync status`` and ``commonsync relay list`` show.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from commonsync import DeviceId, DeviceIdentity
+from commonsync.errors import CommonsyncError, RelayError, RelayRefusedError
+from commonsync.relay_client import RelayControl, connect_relay
+from commonsync.relaywire import DEFAULT_RELAY_PORT, Invitation
+
+from .config import RelayConfig, parse_address
+
+log = logging.getLogger(__name__)
+
+MIN_BACKOFF = 0.5
+MAX_BACKOFF = 60.0
+#: A connection that lasted this long was good: the next attempt starts at MIN_BACKOFF.
+STABLE_AFTER = 10.0
+
+
+@dataclass
+class RelayLink:
+    """One configured relay and its control connection, when there is one."""
+
+    config: RelayConfig
+    control: RelayControl | None = None
+    since: float | None = None
+    error: str = ""
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+
+    @property
+    def relay_id(self) -> DeviceId:
+        return self.config.relay_id
+
+    @property
+    def name(self) -> str:
+        return f"relay {self.relay_id.short_str}"
+
+
+class RelayLinks:
+    def __init__(
+        self,
+        identity: DeviceIdentity,
+        relays: list[RelayConfig],
+        *,
+        on_connected: Callable[[RelayLink], None],
+        on_invitation: Callable[[RelayLink, Invitation], None],
+    ) -> None:
+        self._identity = identity
+        self._configs = relays  # the daemon's list: relays added later appear here too
+        self._on_connected = on_connected
+        self._on_invitation = on_invitation
+        self.links: dict[DeviceId, RelayLink] = {}
+        self._tasks: anyio.abc.TaskGroup | None = None
+
+    async def run(self) -> None:
+        """Keep a connection to every configured relay, until cancelled."""
+        async with anyio.create_task_group() as tasks:
+            self._tasks = tasks
+            for relay in self._configs:
+                self.update(relay)
+            await anyio.sleep_forever()
+
+    def update(self, relay: RelayConfig) -> None:
+        """Connect to a relay just added, or again to one whose address changed."""
+        link = self.links.get(relay.relay_id)
+        if link is not None:
+            link.scope.cancel()  # its loop ends; a new one starts below
+        if self._tasks is None:
+            return
+        link = self.links[relay.relay_id] = RelayLink(relay)
+        self._tasks.start_soon(self._keep, link)
+
+    def connected(self) -> list[RelayLink]:
+        return [link for link in self.links.values() if link.control is not None]
+
+    async def _keep(self, link: RelayLink) -> None:
+        backoff = MIN_BACKOFF
+        with link.scope:
+            while True:
+                started = time.monotonic()
+                await self._connect_once(link)
+                if time.monotonic() - started > STABLE_AFTER:
+                    backoff = MIN_BACKOFF
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+
+    async def _connect_once(self, link: RelayLink) -> None:
+        try:
+            host, port = parse_address(link.config.address, default_port=DEFAULT_RELAY_PORT)
+            async with connect_relay(host, port, self._identity, link.relay_id) as control:
+                link.control, link.since, link.error = control, time.time(), ""
+                log.info("connected to %s at %s", link.name, link.config.address)
+                self._on_connected(link)
+                async for invitation in control.invitations():
+                    self._on_invitation(link, invitation)
+                raise RelayError(f"{link.name} closed the control connection")
+        except CommonsyncError as exc:
+            was_connected = link.control is not None
+            changed = str(exc) != link.error
+            link.error = str(exc)
+            if isinstance(exc, RelayRefusedError | RelayError) and not was_connected and changed:
+                log.warning("cannot use %s at %s: %s", link.name, link.config.address, exc)
+            elif was_connected:
+                log.info("lost %s: %s", link.name, exc)
+            else:
+                log.debug("cannot reach %s at %s: %s", link.name, link.config.address, exc)
+        finally:
+            link.control, link.since = None, None
+
+    def status(self) -> list[dict[str, Any]]:
+        out = []
+        for relay in self._configs:
+            link = self.links.get(relay.relay_id)
+            connected = link is not None and link.control is not None
+            out.append(
+                {
+                    "id": str(relay.relay_id),
+                    "address": relay.address,
+                    "connected": connected,
+                    "since": link.since if link else None,
+                    "error": link.error if link and not connected else "",
+                }
+            )
+        return out
