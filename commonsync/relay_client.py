@@ -254,7 +254,9 @@ async def connect_relay(
     idle_timeout: float = IDLE_TIMEOUT,
 ) -> AsyncIterator[RelayControl]:
     """Open the control connection to the relay ``relay_id`` at ``host:port``, and keep it
-    (reading, pinging) while the block runs; it is closed when the block ends.
+    (reading, pinging) while the block runs; it is closed when the block ends. The block is
+    not interrupted when the connection ends: :meth:`RelayControl.invitations` ends then
+    (and :attr:`RelayControl.closed` is set).
 
     Raises :class:`RelayRefusedError` when the relay does not admit this device,
     :class:`RelayError` when the relay at that address is not ``relay_id``, and the
@@ -284,13 +286,18 @@ async def connect_relay(
     control = RelayControl(
         channel, host, port, ping_interval=ping_interval, idle_timeout=idle_timeout
     )
+    error: Exception | None = None
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(control.run)
         try:
             yield control
+        except Exception as exc:
+            error = exc  # raised below, as it is, not wrapped in the task group's group
         finally:
             tasks.cancel_scope.cancel()
             await control.aclose()
+    if error is not None:
+        raise error
 
 
 async def join_session(

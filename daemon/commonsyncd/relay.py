@@ -630,7 +630,9 @@ async def run_relay(
         tasks.cancel_scope.cancel()
 
 
-def run_relay_process(home: Home, listen: str, open_override: bool, log_level: str) -> int:
+def run_relay_process(
+    home: Home, listen: str, open_override: bool, log_level: str, *, tap: Tap | None = None
+) -> int:
     """``commonsync relay serve``: the relay in the foreground; its exit code (0 after
     SIGTERM or SIGINT, 2 if it cannot start)."""
     from .__main__ import run_process
@@ -642,5 +644,5 @@ def run_relay_process(home: Home, listen: str, open_override: bool, log_level: s
         except ConfigError as exc:
             print(f"commonsync relay: {exc}", file=sys.stderr)
             return 2
-    main = partial(run_relay, home, listen=listen, open_override=open_override)
+    main = partial(run_relay, home, listen=listen, open_override=open_override, tap=tap)
     return run_process(main, "commonsync relay")
