@@ -11,6 +11,8 @@ The library's building blocks, importable from here:
 - :func:`connect_channel`, :func:`accept_channel`, :func:`open_channel` and :class:`Channel`:
   the authenticated, encrypted channel between two devices, over any anyio byte stream;
 - :class:`Session`: the wire protocol's messages over a channel, with flow control;
+- :func:`connect_relay`, :func:`open_relayed_channel`, :func:`accept_relayed_channel`: a
+  community relay's client, for channels between devices that cannot reach each other;
 - :class:`Folder` and :func:`open_folder`: a synced folder (scan, sync with peers, events).
 
 Every error raised on purpose derives from :class:`CommonsyncError`.
@@ -25,6 +27,7 @@ from .folder import Event, EventKind, Folder, Progress, open_folder
 from .identity import DeviceIdentity
 from .keys import FolderKey, FolderKeyring
 from .records import ChunkEntry, Kind, Record, open_and_verify, seal
+from .relay_client import RelayControl, accept_relayed_channel, connect_relay, open_relayed_channel
 from .session import Session, folder_proof
 from .store import IndexStore, open_store
 from .versionvector import Ordering, VersionVector
@@ -49,16 +52,20 @@ __all__ = [
     "Ordering",
     "Progress",
     "Record",
+    "RelayControl",
     "Session",
     "VersionVector",
     "accept_channel",
+    "accept_relayed_channel",
     "chunk_id",
     "connect_channel",
+    "connect_relay",
     "folder_proof",
     "open_and_verify",
     "open_channel",
     "open_chunk",
     "open_folder",
+    "open_relayed_channel",
     "open_store",
     "seal",
     "seal_chunk",

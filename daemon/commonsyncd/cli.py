@@ -164,9 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
         "id", help="print the relay's ID (members add the relay with it)", parents=[common]
     )
     allow = relay_commands.add_parser(
-        "allow", help="let a device use this relay (a member)", parents=[common]
+        "allow", help="let devices use this relay (members)", parents=[common]
     )
-    allow.add_argument("device_id")
+    allow.add_argument("device_id", nargs="+", metavar="DEVICE_ID")
     relay_add = relay_commands.add_parser(
         "add", help="use a relay: this device keeps a connection to it", parents=[common]
     )
@@ -495,26 +495,32 @@ def relay_host_command(args: argparse.Namespace, home: Home, out: Output) -> int
         else:
             print(identity.device_id)
         return EXIT_OK
-    try:
-        device = DeviceId.parse(args.device_id)
-    except DeviceIdError as exc:
-        raise UsageError(
-            f"{args.device_id!r} is not a valid device ID: {exc}",
-            "copy it from `commonsync id` on the device",
-        ) from None
-    added = device not in config.members
+    devices = []
+    for text in args.device_id:
+        try:
+            devices.append(DeviceId.parse(text))
+        except DeviceIdError as exc:
+            raise UsageError(
+                f"{text!r} is not a valid device ID: {exc}",
+                "copy it from `commonsync id` on the device",
+            ) from None
+    added = [d for d in dict.fromkeys(devices) if d not in config.members]
     if added:
-        config.members.append(device)
+        config.members.extend(added)
         config.save(home.relay_config_file)
     if out.json:
-        out.data({"device_id": str(device), "added": added, "members": len(config.members)})
-    elif added:
+        out.data({"added": [str(d) for d in added], "members": len(config.members)})
+        return EXIT_OK
+    for device in devices:
+        if device in added:
+            out.line(f"device {device} may use this relay")
+        else:
+            out.line(f"device {device} is already a member")
+    if added:
         out.line(
-            f"device {device} may use this relay ({len(config.members)} members); a running "
-            "relay admits it at its next connection"
+            f"{len(config.members)} members; a running relay admits new ones at their next "
+            "connection"
         )
-    else:
-        out.line(f"device {device} is already a member")
     return EXIT_OK
 
 
