@@ -38,7 +38,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Awaitable, Callable, Generator, Iterator
+from collections.abc import Awaitable, Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -52,6 +52,7 @@ from . import layout, paths
 from .chunks import chunk_id
 from .errors import (
     ChunkTamperedError,
+    CommonsyncError,
     ConflictCopyExistsError,
     DirectoryNotEmptyError,
     FolderMissingError,
@@ -86,6 +87,7 @@ __all__ = [
     "apply_deletion",
     "apply_directory",
     "apply_file",
+    "apply_small_files",
     "apply_symlink",
     "conflict_copy",
     "discard_partial",
@@ -331,6 +333,46 @@ async def prune_versions(root: Path, older_than_ns: int) -> int:
 
 
 # -- reaching a path without following symlinks ---------------------------------------------
+
+
+#: A file of at most one chunk to write: its record, that chunk's bytes (b"" for an empty
+#: file), and what the scanner last saw at its path (None: nothing).
+SmallFile = tuple[Record, bytes, LocalState | None]
+
+
+async def apply_small_files(
+    root: Path,
+    files: Sequence[SmallFile],
+    *,
+    chunk_id_key: bytes,
+    versions: bool = True,
+    clock_ns: Callable[[], int] = time.time_ns,
+) -> list[LocalState | CommonsyncError]:
+    """:func:`apply_file` for many files of at most one chunk each, whose bytes are at hand,
+    in one trip to a worker thread (for a file of a few KiB, the trip costs more than the
+    writing). Each file is checked, written and placed exactly as :func:`apply_file` would,
+    and fails on its own: the result for each is its new state or the error that stopped it
+    (:class:`LocalChangedError`, :class:`ChunkTamperedError`, …).
+    """
+    for record, _data, _expected in files:
+        _require(record, Kind.FILE, "apply_small_files")
+        if len(record.chunks) > 1:
+            raise RecordKindError(f"{record.path!r} has more than one chunk: use apply_file")
+
+    def write_each() -> list[LocalState | CommonsyncError]:
+        results: list[LocalState | CommonsyncError] = []
+        for record, data, expected in files:
+            try:
+                _refuse_internal(record.path)
+                with _reported(root, record.path):
+                    results.append(
+                        _write_whole(root, record, data, chunk_id_key, expected, versions, clock_ns)
+                    )
+            except CommonsyncError as exc:
+                results.append(exc)
+        return results
+
+    return await anyio.to_thread.run_sync(write_each)
 
 
 @dataclass(frozen=True)

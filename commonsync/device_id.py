@@ -10,6 +10,7 @@ device. The scheme follows Syncthing's device IDs, with the textbook Luhn algori
 from __future__ import annotations
 
 import base64
+import functools
 from dataclasses import dataclass
 
 from .errors import DeviceIdError, MistypedDeviceIdError
@@ -90,10 +91,17 @@ class DeviceId:
         return str(self)[:7]
 
     def __str__(self) -> str:
-        chars = base64.b32encode(self.digest).decode().rstrip("=")
-        blocks = [chars[i : i + _GROUP] for i in range(0, _DATA_CHARS, _GROUP)]
-        full = "".join(b + _luhn32(b) for b in blocks)
-        return "-".join(full[i : i + 7] for i in range(0, len(full), 7))
+        return _rendered(self.digest)
 
     def __repr__(self) -> str:
         return f"DeviceId({self})"
+
+
+@functools.lru_cache(maxsize=256)
+def _rendered(digest: bytes) -> str:
+    """A device ID as people read it (cached: logs and events name the same few devices
+    thousands of times)."""
+    chars = base64.b32encode(digest).decode().rstrip("=")
+    blocks = [chars[i : i + _GROUP] for i in range(0, _DATA_CHARS, _GROUP)]
+    full = "".join(b + _luhn32(b) for b in blocks)
+    return "-".join(full[i : i + 7] for i in range(0, len(full), 7))

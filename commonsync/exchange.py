@@ -25,6 +25,8 @@ from .errors import ChannelError, CommonsyncError, ProtocolError, RecordError
 from .keys import FolderKey, FolderKeyring
 from .messages import (
     PROTOCOL_VERSION,
+    ChunkBatchRequest,
+    ChunkBatchResponse,
     ChunkRequest,
     ChunkResponse,
     Close,
@@ -40,6 +42,7 @@ from .messages import (
 )
 from .records import ChunkEntry, Record, open_record, seal_record, verify_record
 from .session import Session, folder_proof
+from .store import SignedRow
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +77,8 @@ class FolderEndpoint(Protocol):
         """Our index ID and highest local sequence."""
         ...
 
-    async def records_since(self, after: int, limit: int) -> list[tuple[int, bytes]]:
-        """Our ``(local_sequence, signed_record)`` pairs after ``after``, oldest first."""
+    async def records_since(self, after: int, limit: int) -> list[SignedRow]:
+        """Our records after local sequence ``after``, oldest first, as stored."""
         ...
 
     async def wait_for_change(self, after: int) -> None:
@@ -91,8 +94,10 @@ class FolderEndpoint(Protocol):
         chunk transfers (the exchange's reader is blocked meanwhile)."""
         ...
 
-    async def read_local_chunk(self, chunk: ChunkEntry, *, verify: bool = True) -> bytes | None:
-        """The bytes of a chunk if a local file holds it, else None; checked against the
+    async def read_local_chunks(
+        self, chunks: Sequence[ChunkEntry], *, verify: bool = True
+    ) -> list[bytes | None]:
+        """For each chunk, its bytes if a local file holds it, else None; checked against the
         chunk's ID unless ``verify`` is false (when the reader checks them anyway)."""
         ...
 
@@ -151,7 +156,7 @@ class PeerExchange:
         self._device_name = device_name
         self.shared: dict[bytes, FolderEndpoint] = {}
         self.peer_hello: Hello | None = None
-        self._waiters: dict[int, MemoryObjectSendStream[ChunkResponse]] = {}
+        self._waiters: dict[int, MemoryObjectSendStream[_Response]] = {}
         self._serving = anyio.Semaphore(SERVING_CONCURRENCY)
         self._tasks: anyio.abc.TaskGroup | None = None
         self._shared_ready = anyio.Event()
@@ -219,11 +224,11 @@ class PeerExchange:
             self._tasks.start_soon(self._push_index, folder, after)
         elif isinstance(message, Index):
             await self._on_index(message)
-        elif isinstance(message, ChunkRequest):
+        elif isinstance(message, ChunkRequest | ChunkBatchRequest):
             self._shared(message.folder_id)
             await self._serving.acquire()
-            self._tasks.start_soon(self._serve_chunk, message)
-        elif isinstance(message, ChunkResponse):
+            self._tasks.start_soon(self._serve_chunks, message)
+        elif isinstance(message, ChunkResponse | ChunkBatchResponse):
             waiter = self._waiters.pop(message.request_id, None)
             if waiter is not None:  # None: we gave up on it (timeout) already
                 with waiter:
@@ -266,8 +271,16 @@ class PeerExchange:
             await self.session.send(IndexRequest(folder_id, index_id, after))
 
     async def _push_index(self, folder: FolderEndpoint, after: int) -> None:
-        """Send our records after ``after``, then every change as it happens."""
+        """Send our records after ``after``, then every change as it happens.
+
+        The peer's own records are not sent back to it: it holds those versions or newer
+        ones (echoing them cost it a decryption, a decoding and a signature check each).
+        Except in a push from the start (``after`` is 0, the peer may have lost its index):
+        up to where our index was then, it gets everything, its own records included.
+        """
         key = folder.key
+        peer_key = self.session.channel.peer_public_key
+        send_all_until = (await folder.index_state())[1] if after == 0 else 0
         while True:
             index_id, highest = await folder.index_state()
             batch = await folder.records_since(after, INDEX_BATCH)
@@ -276,14 +289,21 @@ class PeerExchange:
                 continue
             records: list[list[object]] = []
             size = 0
-            for sequence, signed in batch:
+            for sequence, author, signed in batch:
+                if author == peer_key and sequence > send_all_until:
+                    after = sequence
+                    continue
                 sealed = seal_record(key, signed)
                 if records and size + len(sealed) > INDEX_BATCH_BYTES:
                     break
                 records.append([sequence, sealed])
                 size += len(sealed)
                 after = sequence
-            await self.session.send(Index(key.folder_id, index_id, records, highest))
+            if records:
+                await self.session.send(Index(key.folder_id, index_id, records, highest))
+            if not records or records[-1][0] != after:
+                # Only records the peer wrote, at the end: tell it how far it has seen.
+                await self.session.send(Index(key.folder_id, index_id, [], after))
 
     async def _on_index(self, message: Index) -> None:
         folder = self._shared(message.folder_id)
@@ -304,17 +324,23 @@ class PeerExchange:
 
     # -- chunks --------------------------------------------------------------------------------
 
-    async def _serve_chunk(self, request: ChunkRequest) -> None:
+    async def _serve_chunks(self, request: ChunkRequest | ChunkBatchRequest) -> None:
         try:
             folder = self._shared(request.folder_id)
+            if isinstance(request, ChunkRequest):
+                wanted = [ChunkEntry(request.chunk_id, request.size)]
+            else:
+                wanted = [ChunkEntry(chunk_id, size) for chunk_id, size in request.chunks]
             # The requester checks every chunk against its ID: hashing it here too would only
             # halve how fast we serve (a file changed since it was scanned is caught there).
-            chunk = ChunkEntry(request.chunk_id, request.size)
-            data = await folder.read_local_chunk(chunk, verify=False)
-            if data is None:
-                response = ChunkResponse(request.request_id, 1, b"")
+            found = await folder.read_local_chunks(wanted, verify=False)
+            response: Message
+            if isinstance(request, ChunkRequest):
+                data = found[0]
+                response = ChunkResponse(request.request_id, 1 if data is None else 0, data or b"")
             else:
-                response = ChunkResponse(request.request_id, 0, data)
+                answers: list[list[object]] = [[1, b""] if d is None else [0, d] for d in found]
+                response = ChunkBatchResponse(request.request_id, answers)
             await self.session.send(response)
         except (ChannelError, anyio.ClosedResourceError):
             pass  # the session is ending; the reader will see why
@@ -325,15 +351,36 @@ class PeerExchange:
         """Ask the peer for a chunk; its bytes (unverified: the caller checks the ID), or None
         if the peer does not have it, is gone, or takes too long."""
         request_id = self.session.new_request_id()
-        send, receive = anyio.create_memory_object_stream[ChunkResponse](1)
-        self._waiters[request_id] = send
+        response = await self._request(ChunkRequest(request_id, folder_id, chunk.id, chunk.size))
+        if not isinstance(response, ChunkResponse) or response.status != 0:
+            return None
+        return response.data
+
+    async def request_chunks(
+        self, folder_id: bytes, chunks: Sequence[ChunkEntry]
+    ) -> list[bytes | None]:
+        """Ask the peer for many chunks at once (at most :data:`MAX_BATCH_CHUNKS`, of
+        :data:`MAX_BATCH_BYTES` in all): each one's bytes (unverified), or None for those the
+        peer does not have (all None if it is gone or takes too long)."""
+        request_id = self.session.new_request_id()
+        wanted: list[list[object]] = [[chunk.id, chunk.size] for chunk in chunks]
+        response = await self._request(ChunkBatchRequest(request_id, folder_id, wanted))
+        if not isinstance(response, ChunkBatchResponse):
+            return [None] * len(chunks)
+        return [data if status == 0 else None for status, data in response.chunks]
+
+    async def _request(self, request: ChunkRequest | ChunkBatchRequest) -> _Response | None:
+        send, receive = anyio.create_memory_object_stream[_Response](1)
+        self._waiters[request.request_id] = send
         try:
             with receive, anyio.move_on_after(CHUNK_TIMEOUT):
-                await self.session.send(ChunkRequest(request_id, folder_id, chunk.id, chunk.size))
-                response = await receive.receive()
-                return response.data if response.status == 0 else None
+                await self.session.send(request)
+                return await receive.receive()
         except (CommonsyncError, anyio.EndOfStream, anyio.ClosedResourceError):
             return None
         finally:
-            self._waiters.pop(request_id, None)
+            self._waiters.pop(request.request_id, None)
         return None
+
+
+_Response = ChunkResponse | ChunkBatchResponse

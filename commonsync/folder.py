@@ -18,7 +18,7 @@ import enum
 import logging
 import os
 import stat
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -43,9 +43,10 @@ from .identity import DeviceIdentity
 from .ignore import IgnoreRules
 from .keys import FolderKey, FolderKeyring
 from .layout import conflict_name
+from .messages import MAX_BATCH_BYTES
 from .records import ChunkEntry, Kind, Record
 from .session import Session
-from .store import ChunkLocation, IndexEntry, IndexStore, LocalFile, PeerProgress
+from .store import ChunkLocation, IndexEntry, IndexStore, LocalFile, PeerProgress, SignedRow
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +182,7 @@ class Folder:
                 ignore=IgnoreRules.load(self.root),
                 skip=set(self._pending),
                 max_deleted_share=None if confirm_deletions else self.max_deleted_share,
+                published=self._notify_change,
             )
         self._notify_change()
         self._emit(EventKind.SCANNED, detail=str(report))
@@ -196,9 +198,8 @@ class Folder:
         state = await self.store.folder(self.folder_id)
         return state.index_id, state.sequence
 
-    async def records_since(self, after: int, limit: int) -> list[tuple[int, bytes]]:
-        entries = await self.store.records_since(self.folder_id, after, limit)
-        return [(entry.local_sequence, entry.signed) for entry in entries]
+    async def records_since(self, after: int, limit: int) -> list[SignedRow]:
+        return await self.store.signed_since(self.folder_id, after, limit)
 
     async def wait_for_change(self, after: int) -> None:
         while (await self.index_state())[1] <= after:
@@ -249,10 +250,20 @@ class Folder:
             self._notify_change()
             self._pending_changed.set()
 
-    async def read_local_chunk(self, chunk: ChunkEntry, *, verify: bool = True) -> bytes | None:
+    async def read_local_chunks(
+        self, chunks: Sequence[ChunkEntry], *, verify: bool = True
+    ) -> list[bytes | None]:
         return await self.store.read_with_sources(
-            self.folder_id, chunk.id, partial(self._read_first, chunk, verify)
+            self.folder_id, [c.id for c in chunks], partial(self._read_each, chunks, verify)
         )
+
+    def _read_each(
+        self, chunks: Sequence[ChunkEntry], verify: bool, sources: list[list[ChunkLocation]]
+    ) -> list[bytes | None]:
+        return [
+            self._read_first(chunk, verify, places)
+            for chunk, places in zip(chunks, sources, strict=True)
+        ]
 
     def _read_first(
         self, chunk: ChunkEntry, verify: bool, locations: Sequence[ChunkLocation]
@@ -313,12 +324,8 @@ class Folder:
         self._local_sources = await self.store.chunk_sources_many(
             self.folder_id, (c.id for p in small for c in records[p].record.chunks)
         )
-        slots = anyio.Semaphore(APPLY_CONCURRENCY)
         try:
-            async with anyio.create_task_group() as tasks:
-                for path in small:
-                    await slots.acquire()
-                    tasks.start_soon(self._apply_in_slot, records[path], batch, slots)
+            await self._apply_small([records[p] for p in small], batch)
         finally:
             self._local_sources = None
         for path in files:
@@ -329,26 +336,75 @@ class Folder:
         await self._record(batch)
         return batch.progress
 
-    async def _apply_in_slot(
-        self, remote: RemoteRecord, batch: _AppliedBatch, slots: anyio.Semaphore
-    ) -> None:
-        try:
-            await self._apply_one(remote, batch)
-        finally:
-            slots.release()
+    async def _apply_small(self, remotes: list[RemoteRecord], batch: _AppliedBatch) -> None:
+        """Apply small files: those of one chunk in groups (one chunk request and one trip to
+        a worker thread per group), a few groups at once so that fetching the next group
+        overlaps writing this one; the others (a conflict copy to make first, or two chunks)
+        one by one, several at once."""
+
+        def groupable(remote: RemoteRecord) -> bool:
+            path = remote.record.path
+            return len(remote.record.chunks) <= 1 and self._conflict_copies.get(path) is None
+
+        grouped = [r for r in remotes if groupable(r)]
+        alone = [r for r in remotes if not groupable(r)]
+        slots = anyio.Semaphore(APPLY_CONCURRENCY)
+
+        async def in_slot(work: Callable[[], Awaitable[None]]) -> None:
+            try:
+                await work()
+            finally:
+                slots.release()
+
+        async with anyio.create_task_group() as tasks:
+            for group in _groups(grouped):
+                await slots.acquire()
+                tasks.start_soon(in_slot, partial(self._apply_group, group, batch))
+            for remote in alone:
+                await slots.acquire()
+                tasks.start_soon(in_slot, partial(self._apply_one, remote, batch))
+
+    async def _apply_group(self, group: list[RemoteRecord], batch: _AppliedBatch) -> None:
+        """Apply files of at most one chunk each, together (see :meth:`_apply_small`)."""
+        expected = await self.store.local_files_of(self.folder_id, (r.record.path for r in group))
+        chunks = {c.id: c for r in group for c in r.record.chunks}
+        found = await self._fetch_chunks(list(chunks.values()))
+        ready = [r for r in group if all(c.id in found for c in r.record.chunks)]
+        for remote in ready:
+            self._conflict_copies.pop(remote.record.path, None)  # None: that is why it is here
+        files = [
+            (r.record, b"".join(found[c.id] for c in r.record.chunks), expected.get(r.record.path))
+            for r in ready
+        ]
+        results = await apply.apply_small_files(
+            self.root, files, chunk_id_key=self._key.chunk_id_key
+        )
+        for remote, result in zip(ready, results, strict=True):
+            if isinstance(result, LocalChangedError):
+                await self._apply_one(remote, batch)  # the careful way: it keeps their change
+            elif isinstance(result, CommonsyncError):
+                self._failed(remote.record.path, result)
+            else:
+                await self._applied(remote, result, batch)
 
     async def _apply_one(self, remote: RemoteRecord, batch: _AppliedBatch) -> None:
-        path = remote.record.path
         try:
             applied = await self._apply(remote)
         except CommonsyncError as exc:
-            self._emit(EventKind.ERROR, path, str(exc))
-            log.warning("cannot apply %s: %s", path, exc)
+            self._failed(remote.record.path, exc)
             return
-        if applied is _WAIT:
-            return
+        if applied is not _WAIT:
+            await self._applied(remote, applied, batch)
+
+    def _failed(self, path: str, error: CommonsyncError) -> None:
+        self._emit(EventKind.ERROR, path, str(error))
+        log.warning("cannot apply %s: %s", path, error)
+
+    async def _applied(
+        self, remote: RemoteRecord, state: LocalFile | _Marker | None, batch: _AppliedBatch
+    ) -> None:
         batch.progress = True
-        batch.items.append((remote, applied))
+        batch.items.append((remote, state))
         if len(batch.items) >= APPLY_BATCH:
             await self._record(batch)
 
@@ -433,7 +489,7 @@ class Folder:
     async def _fetch_chunk(self, chunk: ChunkEntry) -> bytes:
         known = self._local_sources
         if known is None or chunk.id in known:
-            data = await self.read_local_chunk(chunk)
+            data = (await self.read_local_chunks([chunk]))[0]
         else:
             data = None  # looked up for the whole round: no local file has it
         if data is not None:
@@ -441,26 +497,69 @@ class Folder:
             return data
         # Start at a different peer for each chunk, so that the chunks of one file, fetched
         # several at a time, come from every connected peer that has them.
-        peers = list(self._peers)
-        first = chunk.id[0] % len(peers) if peers else 0
-        for peer in peers[first:] + peers[:first]:
+        for peer in self._peers_from(chunk.id[0]):
             data = await peer.request_chunk(self.folder_id, chunk)
             if data is None:
                 continue
             # In a thread: hashing a MiB takes a millisecond or two, too long for the loop.
-            if await anyio.to_thread.run_sync(chunk_id, self._key.chunk_id_key, data) != chunk.id:
-                log.warning("%s sent a chunk that does not match its ID", peer.peer.short_str)
-                self._emit(EventKind.ERROR, detail="a peer sent a chunk that does not match its ID",
-                           peer=peer.peer.short_str)  # fmt: skip
+            if not await anyio.to_thread.run_sync(self._matching, [chunk], [data]):
+                self._tampered(peer)
                 continue
             self.stats.chunk_bytes_received += len(data)
             return data
         raise MissingChunkError("no connected peer has this chunk yet")
 
+    async def _fetch_chunks(self, chunks: list[ChunkEntry]) -> dict[bytes, bytes]:
+        """The bytes of as many of ``chunks`` as a local file or a connected peer holds, by
+        chunk ID, each checked against its ID; at most :data:`MAX_BATCH_BYTES` in all."""
+        found: dict[bytes, bytes] = {}
+        known = self._local_sources
+        local = [c for c in chunks if known is None or c.id in known]
+        for chunk, data in zip(local, await self.read_local_chunks(local), strict=True):
+            if data is not None:
+                found[chunk.id] = data
+                self.stats.chunk_bytes_local += len(data)
+        missing = [c for c in chunks if c.id not in found]
+        for peer in self._peers_from(chunks[0].id[0] if chunks else 0):
+            if not missing:
+                break
+            answers = await peer.request_chunks(self.folder_id, missing)
+            got = [(c, d) for c, d in zip(missing, answers, strict=True) if d is not None]
+            matching = await anyio.to_thread.run_sync(
+                self._matching, [c for c, _ in got], [d for _, d in got]
+            )
+            if not matching:
+                self._tampered(peer)
+            for chunk, data in got:
+                if chunk.id in matching:
+                    found[chunk.id] = data
+                    self.stats.chunk_bytes_received += len(data)
+            missing = [c for c in missing if c.id not in found]
+        return found
 
-#: Small files applied at the same time, and applied versions recorded per transaction.
+    def _peers_from(self, start: int) -> list[PeerExchange]:
+        """The connected peers, beginning at a different one depending on ``start``."""
+        peers = list(self._peers)
+        first = start % len(peers) if peers else 0
+        return peers[first:] + peers[:first]
+
+    def _matching(self, chunks: Sequence[ChunkEntry], data: Sequence[bytes]) -> set[bytes]:
+        """The IDs of the chunks whose bytes match them (in a worker thread)."""
+        key = self._key.chunk_id_key
+        return {c.id for c, d in zip(chunks, data, strict=True) if chunk_id(key, d) == c.id}
+
+    def _tampered(self, peer: PeerExchange) -> None:
+        log.warning("%s sent a chunk that does not match its ID", peer.peer.short_str)
+        self._emit(EventKind.ERROR, detail="a peer sent a chunk that does not match its ID",
+                   peer=peer.peer.short_str)  # fmt: skip
+
+
+#: Small files (or groups of them) applied at the same time, and applied versions recorded
+#: per transaction.
 APPLY_CONCURRENCY = 8
 APPLY_BATCH = 200
+#: Files of one chunk applied as a group: one chunk request, one trip to a worker thread.
+GROUP_FILES = 128
 #: A file this size or smaller is "small": a chunk or two.
 SMALL_FILE = 2 * 1024 * 1024
 
@@ -477,6 +576,21 @@ _WAIT, _DONE = _Marker.WAIT, _Marker.DONE
 class _AppliedBatch:
     items: list[tuple[RemoteRecord, LocalFile | _Marker | None]] = field(default_factory=list)
     progress: bool = False
+
+
+def _groups(remotes: list[RemoteRecord]) -> Iterator[list[RemoteRecord]]:
+    """``remotes`` in groups of at most :data:`GROUP_FILES` files and
+    :data:`MAX_BATCH_BYTES` bytes (one chunk request each)."""
+    group: list[RemoteRecord] = []
+    size = 0
+    for remote in remotes:
+        if group and (len(group) == GROUP_FILES or size + remote.record.size > MAX_BATCH_BYTES):
+            yield group
+            group, size = [], 0
+        group.append(remote)
+        size += remote.record.size
+    if group:
+        yield group
 
 
 def _is_file_creation(record: Record) -> bool:

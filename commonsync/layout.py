@@ -18,7 +18,6 @@ from __future__ import annotations
 import re
 import secrets
 from datetime import UTC, datetime
-from pathlib import PurePosixPath
 
 METADATA_DIR = ".commonsync"
 VERSIONS_DIR = f"{METADATA_DIR}/versions"
@@ -37,7 +36,7 @@ def is_internal(path: str) -> bool:
     first, _, _ = path.partition("/")
     if first == METADATA_DIR:
         return True
-    return _TEMP.fullmatch(PurePosixPath(path).name) is not None
+    return _TEMP.fullmatch(path.rpartition("/")[2]) is not None
 
 
 def temp_name(name: str, content_digest: bytes | None = None) -> str:
@@ -72,7 +71,7 @@ def conflict_name(path: str, mtime_ns: int, device_short: str) -> str:
 
 
 def is_conflict_copy(path: str) -> bool:
-    return _CONFLICT.search(PurePosixPath(path).name) is not None
+    return _CONFLICT.search(path.rpartition("/")[2]) is not None
 
 
 def version_name(path: str, replaced_at_ns: int) -> str:

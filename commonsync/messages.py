@@ -26,6 +26,10 @@ MAX_INDEX_BATCH = 4096
 MAX_FOLDERS = 1024
 #: The largest encoded message: a full chunk response or a full index batch.
 MAX_MESSAGE = 16 * 1024 * 1024
+#: One chunk batch asks for at most this many chunks, and this many bytes in all (so that
+#: its response, with msgpack's few bytes per item, fits in one message).
+MAX_BATCH_CHUNKS = 1024
+MAX_BATCH_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -166,6 +170,36 @@ class ChunkResponse(Message):
 
 
 @dataclass(frozen=True)
+class ChunkBatchRequest(Message):
+    """Many chunks in one request: small files cost one round trip per batch, not per file.
+    Their sizes add up to at most :data:`MAX_BATCH_BYTES` (checked by the session)."""
+
+    TYPE = 11
+    FIELDS = (
+        _uint("request_id", U32),
+        _bin("folder_id", 32, 32),
+        _array("chunks", MAX_BATCH_CHUNKS, _bin("chunk_id", 32, 32), _uint("size", MAX_CHUNK)),
+    )
+    request_id: int
+    folder_id: bytes
+    chunks: list[list[Any]]
+
+
+@dataclass(frozen=True)
+class ChunkBatchResponse(Message):
+    """One ``[status, data]`` per requested chunk, in the request's order (statuses as in
+    :class:`ChunkResponse`)."""
+
+    TYPE = 12
+    FIELDS = (
+        _uint("request_id", U32),
+        _array("chunks", MAX_BATCH_CHUNKS, _uint("status", 2), _bin("data", MAX_CHUNK)),
+    )
+    request_id: int
+    chunks: list[list[Any]]
+
+
+@dataclass(frozen=True)
 class Ping(Message):
     TYPE = 7
     FIELDS = (_uint("nonce", U32),)
@@ -214,7 +248,8 @@ class Offer(Message):
 SCHEMA: dict[int, type[Message]] = {
     cls.TYPE: cls
     for cls in (
-        Hello, Folders, IndexRequest, Index, ChunkRequest, ChunkResponse, Ping, Pong, Close, Offer
+        Hello, Folders, IndexRequest, Index, ChunkRequest, ChunkResponse, Ping, Pong, Close, Offer,
+        ChunkBatchRequest, ChunkBatchResponse,
     )
 }  # fmt: skip
 
@@ -285,6 +320,8 @@ def _validate(spec: FieldSpec, value: Any, where: str) -> None:
 
 __all__ = [
     "SCHEMA",
+    "ChunkBatchRequest",
+    "ChunkBatchResponse",
     "ChunkRequest",
     "ChunkResponse",
     "Close",

@@ -85,6 +85,10 @@ BATCH_CHUNKS = 200_000
 MASS_DELETION_MINIMUM = 10
 #: Entries the walker produces per trip to its worker thread.
 WALK_STEP = 256
+#: Files up to this size are hashed together in one trip to a worker thread, up to this many
+#: bytes at a time (still within one chunk of a cancellation).
+HASH_TOGETHER_SIZE = 256 * 1024
+HASH_TOGETHER_BYTES = 8 * 1024 * 1024
 #: Index entries read per transaction while merging.
 INDEX_STEP = 1000
 #: Skipped paths a report lists; beyond, only ``skipped_count`` grows.
@@ -576,8 +580,10 @@ class _Scan:
         clock_ns: Callable[[], int],
         hasher: ChunkHasher,
         max_deleted_share: float | None,
+        published: Callable[[], None] | None,
     ) -> None:
         self.root = root
+        self.published = published
         self.max_deleted_share = max_deleted_share
         self._deletions: list[_Change] = []
         self.hasher = hasher
@@ -593,6 +599,9 @@ class _Scan:
         self._changes: list[_Change] = []
         self._change_chunks = 0
         self._current = ""
+        #: Small files found, to hash together (see :meth:`_found`).
+        self._to_hash: list[tuple[_Found, PathState | None]] = []
+        self._to_hash_bytes = 0
 
     # -- driving --------------------------------------------------------------------------
 
@@ -605,6 +614,7 @@ class _Scan:
             while events := await anyio.to_thread.run_sync(walker.step, WALK_STEP):
                 for event in events:
                     await self._merge(event, cursor)
+                await self._hash_waiting()
                 self._report_progress()
             while (state := await cursor.peek()) is not None:
                 cursor.pop()
@@ -677,30 +687,62 @@ class _Scan:
                 self.report.unchanged += 1
                 return
         st = found.st
-        chunks: tuple[ChunkEntry, ...] = ()
         if stat.S_ISREG(st.st_mode):
-            kind = Kind.FILE
+            if st.st_size <= HASH_TOGETHER_SIZE:
+                # Hashed with others in one trip to a worker thread: for a small file the
+                # trip costs more than the hashing.
+                self._to_hash.append((found, state))
+                self._to_hash_bytes += st.st_size
+                if self._to_hash_bytes >= HASH_TOGETHER_BYTES:
+                    await self._hash_waiting()
+                return
             self._report_progress()
             hashed = await anyio.to_thread.run_sync(
                 _hash_file, found.local_path, self.hasher, self._on_chunk
             )
-            if isinstance(hashed, _Unhashed):
-                self.report.skip(found.path, hashed.reason, hashed.detail)
-                return
-            self.report.files_hashed += 1
-            chunks, st = hashed.chunks, hashed.st
-            local = LocalFile.from_stat(st)
-        elif stat.S_ISDIR(st.st_mode):
-            kind = Kind.DIRECTORY
-        else:
-            kind = Kind.SYMLINK
+            await self._hashed(found, state, hashed)
+            return
+        kind = Kind.DIRECTORY if stat.S_ISDIR(st.st_mode) else Kind.SYMLINK
+        await self._add(self._change(found, state, kind, (), st, local))
+
+    async def _hash_waiting(self) -> None:
+        """Hash the small files waiting for it, together, and add their changes."""
+        waiting, self._to_hash, self._to_hash_bytes = self._to_hash, [], 0
+        if not waiting:
+            return
+        hasher, on_chunk = self.hasher, self._on_chunk
+        results = await anyio.to_thread.run_sync(
+            lambda: [_hash_file(found.local_path, hasher, on_chunk) for found, _ in waiting]
+        )
+        for (found, state), hashed in zip(waiting, results, strict=True):
+            await self._hashed(found, state, hashed)
+
+    async def _hashed(
+        self, found: _Found, state: PathState | None, hashed: _Hashed | _Unhashed
+    ) -> None:
+        if isinstance(hashed, _Unhashed):
+            self.report.skip(found.path, hashed.reason, hashed.detail)
+            return
+        self.report.files_hashed += 1
+        st = hashed.st
+        change = self._change(found, state, Kind.FILE, hashed.chunks, st, LocalFile.from_stat(st))
+        await self._add(change)
+
+    @staticmethod
+    def _change(
+        found: _Found,
+        state: PathState | None,
+        kind: Kind,
+        chunks: tuple[ChunkEntry, ...],
+        st: os.stat_result,
+        local: LocalFile | None,
+    ) -> _Change:
         if time.time_ns() - st.st_mtime_ns < RACY_WINDOW_NS:
             local = None
         content = _Content(
             kind, chunks, found.target, st.st_mtime_ns, stat.S_IMODE(st.st_mode), local
         )
-        expected = 0 if state is None else state.local_sequence
-        await self._add(_Change(found.path, expected, content))
+        return _Change(found.path, 0 if state is None else state.local_sequence, content)
 
     def _on_chunk(self, size: int) -> None:
         """Called in the hashing thread after each chunk: stop if the scan was cancelled,
@@ -741,6 +783,8 @@ class _Scan:
                     local_files=batch.local_files,
                     expected=batch.expected,
                 )
+                if self.published is not None and batch.entries:
+                    self.published()
                 break
             except IndexChangedError as exc:
                 moved = set(exc.paths)
@@ -857,6 +901,7 @@ async def scan(
     progress: Callable[[ScanProgress], None] | None = None,
     clock_ns: Callable[[], int] = time.time_ns,
     max_deleted_share: float | None = None,
+    published: Callable[[], None] | None = None,
 ) -> ScanReport:
     """Scan the folder at ``root`` and record its changes in ``store`` as versions authored
     and signed by ``identity``.
@@ -870,7 +915,9 @@ async def scan(
     version counters and deletion times. With ``max_deleted_share`` (0 to 1), a scan that
     finds more than that share of the indexed entries gone (and at least
     :data:`MASS_DELETION_MINIMUM` of them) publishes its other changes but no deletion, and
-    raises :class:`~commonsync.errors.MassDeletionError`.
+    raises :class:`~commonsync.errors.MassDeletionError`. ``published`` is called (in the
+    event loop) after each batch of new versions is stored, so that peers can get them while
+    the scan goes on.
     """
     root = Path(root)
     skip = frozenset(skip)
@@ -882,7 +929,7 @@ async def scan(
     try:
         scanner = _Scan(
             root, store, key, identity, ignore, skip, progress, clock_ns, hasher,
-            max_deleted_share,
+            max_deleted_share, published,
         )  # fmt: skip
         return await scanner.run()
     finally:

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import anyio
 
@@ -23,7 +24,16 @@ from .channel import Channel
 from .errors import ChannelError, PeerOverloadError, ProtocolError
 from .hashing import blake2b
 from .keys import FolderKey, Purpose
-from .messages import ChunkRequest, ChunkResponse, Close, CloseReason, Message
+from .messages import (
+    MAX_BATCH_BYTES,
+    ChunkBatchRequest,
+    ChunkBatchResponse,
+    ChunkRequest,
+    ChunkResponse,
+    Close,
+    CloseReason,
+    Message,
+)
 
 #: The requested chunk bytes that may be outstanding in each direction (SPEC.md, §12).
 MAX_OUTSTANDING_BYTES = 64 * 1024 * 1024
@@ -50,10 +60,10 @@ class Session:
         self.channel = channel
         self.max_outstanding = max_outstanding
         self._next_request_id = 0
-        self._requested: dict[int, int] = {}  # our requests in flight: id → size
+        self._requested: dict[int, _Asked] = {}  # our requests in flight, by ID
         self._requested_bytes = 0
         self._budget_changed = anyio.Event()
-        self._asked: dict[int, int] = {}  # the peer's requests we have not answered
+        self._asked: dict[int, _Asked] = {}  # the peer's requests we have not answered
         self._asked_bytes = 0
         self._closed = False
 
@@ -72,23 +82,23 @@ class Session:
         """Send one message; a chunk request first waits for room in the budget."""
         if self._closed:
             raise anyio.ClosedResourceError
-        if isinstance(message, ChunkRequest):
-            await self._reserve(message)
-        elif isinstance(message, ChunkResponse):
-            size = self._asked.pop(message.request_id, None)
-            if size is None:
-                raise ProtocolError(f"no request {message.request_id} to answer")
-            self._asked_bytes -= size
+        if isinstance(message, ChunkRequest | ChunkBatchRequest):
+            await self._reserve(message.request_id, _asked_for(message))
+        elif isinstance(message, ChunkResponse | ChunkBatchResponse):
+            asked = self._asked.pop(message.request_id, None)
+            if asked is None or (type(message) is ChunkResponse) != (asked.sizes is None):
+                raise ProtocolError(f"no such request {message.request_id} to answer")
+            self._asked_bytes -= asked.total
         await self.channel.send(messages.encode(message))
 
-    async def _reserve(self, request: ChunkRequest) -> None:
-        if request.request_id in self._requested:
-            raise ProtocolError(f"request {request.request_id} is already in flight")
-        while self._requested_bytes + request.size > self.max_outstanding:
+    async def _reserve(self, request_id: int, asked: _Asked) -> None:
+        if request_id in self._requested:
+            raise ProtocolError(f"request {request_id} is already in flight")
+        while self._requested_bytes + asked.total > self.max_outstanding:
             self._budget_changed = anyio.Event()
             await self._budget_changed.wait()
-        self._requested[request.request_id] = request.size
-        self._requested_bytes += request.size
+        self._requested[request_id] = asked
+        self._requested_bytes += asked.total
 
     async def close(self, reason: CloseReason = CloseReason.NORMAL, detail: str = "") -> None:
         """Tell the peer we are done (and why), and close the channel."""
@@ -129,27 +139,24 @@ class Session:
         return message
 
     def _account(self, message: Message) -> None:
-        if isinstance(message, ChunkResponse):
-            size = self._requested.pop(message.request_id, None)
-            if size is None:
+        if isinstance(message, ChunkResponse | ChunkBatchResponse):
+            asked = self._requested.pop(message.request_id, None)
+            if asked is None or (type(message) is ChunkResponse) != (asked.sizes is None):
                 raise ProtocolError(f"response to request {message.request_id}, never sent")
-            if message.status == 0 and len(message.data) != size:
-                raise ProtocolError(
-                    f"response to request {message.request_id} has {len(message.data)} bytes, "
-                    f"{size} were asked for"
-                )
-            self._requested_bytes -= size
+            _check_answer(message, asked)
+            self._requested_bytes -= asked.total
             self._budget_changed.set()
-        elif isinstance(message, ChunkRequest):
+        elif isinstance(message, ChunkRequest | ChunkBatchRequest):
             if message.request_id in self._asked:
                 raise ProtocolError(f"request {message.request_id} is already in flight")
-            if self._asked_bytes + message.size > self.max_outstanding:
+            asked = _asked_for(message)
+            if self._asked_bytes + asked.total > self.max_outstanding:
                 raise PeerOverloadError(
                     f"the peer requested over the budget of {self.max_outstanding} bytes "
                     "outstanding"
                 )
-            self._asked[message.request_id] = message.size
-            self._asked_bytes += message.size
+            self._asked[message.request_id] = asked
+            self._asked_bytes += asked.total
 
     def __aiter__(self) -> Session:
         return self
@@ -159,6 +166,46 @@ class Session:
             return await self.receive()
         except anyio.EndOfStream:
             raise StopAsyncIteration from None
+
+
+@dataclass(frozen=True)
+class _Asked:
+    """What a request in flight asked for: its bytes in all, and each chunk's size for a
+    batch (None for a single :class:`ChunkRequest`)."""
+
+    total: int
+    sizes: tuple[int, ...] | None
+
+
+def _asked_for(request: ChunkRequest | ChunkBatchRequest) -> _Asked:
+    if isinstance(request, ChunkRequest):
+        return _Asked(request.size, None)
+    sizes = tuple(size for _chunk_id, size in request.chunks)
+    if sum(sizes) > MAX_BATCH_BYTES:
+        raise ProtocolError(f"a chunk batch asks for over {MAX_BATCH_BYTES} bytes")
+    return _Asked(sum(sizes), sizes)
+
+
+def _check_answer(response: ChunkResponse | ChunkBatchResponse, asked: _Asked) -> None:
+    """A response holds exactly what was asked for: one entry per chunk, each found chunk
+    of the requested size."""
+    if isinstance(response, ChunkResponse):
+        answers = [(response.status, response.data)]
+        sizes: tuple[int, ...] = (asked.total,)
+    else:
+        answers = [(status, data) for status, data in response.chunks]
+        sizes = asked.sizes or ()
+    if len(answers) != len(sizes):
+        raise ProtocolError(
+            f"response to request {response.request_id} has {len(answers)} chunks, "
+            f"{len(sizes)} were asked for"
+        )
+    for (status, data), size in zip(answers, sizes, strict=True):
+        if status == 0 and len(data) != size:
+            raise ProtocolError(
+                f"response to request {response.request_id} has a chunk of {len(data)} bytes, "
+                f"{size} were asked for"
+            )
 
 
 def folder_proof(key: FolderKey, handshake_hash: bytes, *, sender_is_initiator: bool) -> bytes:

@@ -40,7 +40,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, M
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -188,6 +188,14 @@ class PeerProgress:
 
     index_id: bytes
     sequence: int
+
+
+class SignedRow(NamedTuple):
+    """A stored record as it is sent: its local sequence, its author's key, the signed bytes."""
+
+    local_sequence: int
+    author: bytes
+    signed: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -481,6 +489,23 @@ class IndexStore:
 
         return await self._run(since)
 
+    async def signed_since(
+        self, folder_id: bytes, after: int, limit: int = 1000
+    ) -> list[SignedRow]:
+        """:meth:`records_since` as stored, not decoded: what a device sends its peers (they
+        decode and verify them anyway)."""
+        limit = max(1, min(limit, MAX_BATCH))
+
+        def since(conn: sqlite3.Connection) -> list[SignedRow]:
+            rows = conn.execute(
+                "SELECT local_seq, author, signed FROM records"
+                " WHERE folder_id = ? AND local_seq > ? ORDER BY local_seq LIMIT ?",
+                (folder_id, after, limit),
+            )
+            return [SignedRow(*row) for row in rows]
+
+        return await self._run(since)
+
     async def count(self, folder_id: bytes) -> int:
         def count(conn: sqlite3.Connection) -> int:
             row = conn.execute(
@@ -494,14 +519,15 @@ class IndexStore:
 
     async def local_file(self, folder_id: bytes, path: str) -> LocalFile | None:
         """The local state of ``path`` (see :class:`LocalFile`), or None if none is known."""
+        return await self._run(lambda conn: _local_file(conn, folder_id, path))
 
-        def local(conn: sqlite3.Connection) -> LocalFile | None:
-            row = conn.execute(
-                "SELECT inode, size, mtime_ns, mode FROM local_files"
-                " WHERE folder_id = ? AND path = ?",
-                (folder_id, path),
-            ).fetchone()
-            return None if row is None else _local(*row)
+    async def local_files_of(self, folder_id: bytes, paths: Iterable[str]) -> dict[str, LocalFile]:
+        """:meth:`local_file` for many paths in one trip (unknown paths are left out)."""
+        wanted = list(paths)
+
+        def local(conn: sqlite3.Connection) -> dict[str, LocalFile]:
+            found = {path: _local_file(conn, folder_id, path) for path in wanted}
+            return {path: state for path, state in found.items() if state is not None}
 
         return await self._run(local)
 
@@ -587,11 +613,15 @@ class IndexStore:
         return await self._run(sources)
 
     async def read_with_sources(
-        self, folder_id: bytes, chunk_id: bytes, read: Callable[[list[ChunkLocation]], T]
+        self,
+        folder_id: bytes,
+        chunk_ids: Sequence[bytes],
+        read: Callable[[list[list[ChunkLocation]]], T],
     ) -> T:
-        """Look up a chunk's sources and call ``read`` with them, in the same worker thread:
-        serving a chunk then costs one trip to a thread instead of two."""
-        return await self._run(lambda conn: read(_sources(conn, folder_id, chunk_id)))
+        """Look up the sources of each chunk and call ``read`` with them (one list per ID, in
+        order), in the same worker thread: serving a batch of chunks costs one trip to a
+        thread, not two per chunk."""
+        return await self._run(lambda conn: read([_sources(conn, folder_id, c) for c in chunk_ids]))
 
     async def forget_locations(self, folder_id: bytes, path: str) -> None:
         """The file at ``path`` no longer holds what the index says (changed or gone)."""
@@ -744,6 +774,14 @@ def _set_local(
         " VALUES (?, ?, ?, ?, ?, ?)",
         (folder_id, path, inode, local.size, local.mtime_ns, local.mode),
     )
+
+
+def _local_file(conn: sqlite3.Connection, folder_id: bytes, path: str) -> LocalFile | None:
+    row = conn.execute(
+        "SELECT inode, size, mtime_ns, mode FROM local_files WHERE folder_id = ? AND path = ?",
+        (folder_id, path),
+    ).fetchone()
+    return None if row is None else _local(*row)
 
 
 def _local(inode: int, size: int, mtime_ns: int, mode: int) -> LocalFile:

@@ -421,6 +421,10 @@ def wire_messages() -> dict[str, Any]:
         messages.Pong(99),
         messages.Close(int(messages.CloseReason.UNKNOWN_DEVICE), "device not accepted"),
         messages.Offer(bytes(range(32)), "Choir scores", bytes(range(80))),
+        messages.ChunkBatchRequest(
+            9, seed("folder", 32), [[seed("chunk a", 32), 40], [seed("chunk b", 32), 70]]
+        ),
+        messages.ChunkBatchResponse(9, [[0, seed("chunk a data", 40)], [1, b""]]),
     ]
     return {
         "description": "encoded wire messages (see protocol/messages.json for the schema)",

@@ -315,11 +315,13 @@ async def test_errors_of_the_chunk_reader_keep_their_type_and_the_partial_file(
 
 
 async def test_cancelling_keeps_the_partial_file(folder: Path) -> None:
-    data = os.urandom(4 * MIB)
+    # Fixed bytes: random ones are sometimes cut into only two chunks.
+    data = random.Random(7).randbytes(4 * MIB)
     rec, source = file_record("f.bin", data)
+    stalled = rec.chunks[len(rec.chunks) // 2]
 
     async def stalls(entry: ChunkEntry) -> bytes:
-        if entry == rec.chunks[2]:
+        if entry == stalled:
             await anyio.sleep_forever()
         return await source(entry)
 
@@ -332,8 +334,8 @@ async def test_cancelling_keeps_the_partial_file(folder: Path) -> None:
     source.fetched.clear()
     await put(folder, rec, source)
     # The chunks around the stalled one were fetched in parallel and kept: only it is left.
-    assert len(rec.chunks) <= apply.FETCH_WINDOW
-    assert source.fetched == [rec.chunks[2].id]
+    assert 3 <= len(rec.chunks) <= apply.FETCH_WINDOW
+    assert source.fetched == [stalled.id]
 
 
 # -- replacing and the versions folder -------------------------------------------------------

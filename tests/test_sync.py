@@ -22,7 +22,14 @@ import pytest
 
 from commonsync import DeviceIdentity, FolderKey, Session, connect_channel, encoding
 from commonsync.layout import METADATA_DIR, is_conflict_copy, is_internal
-from commonsync.messages import ChunkRequest, ChunkResponse, Folders, Hello, Index, IndexRequest
+from commonsync.messages import (
+    ChunkBatchRequest,
+    ChunkBatchResponse,
+    Folders,
+    Hello,
+    Index,
+    IndexRequest,
+)
 from commonsync.records import ChunkEntry, Kind, seal_record
 from commonsync.session import folder_proof
 from commonsync.versionvector import VersionVector
@@ -416,9 +423,12 @@ async def test_hostile_records_and_chunks_are_refused(tmp_path: Path, anyio_back
         )
         with anyio.fail_after(30):
             async for message in session:
-                if isinstance(message, ChunkRequest):
-                    assert message.chunk_id == bad_chunk.id  # only the valid path is fetched
-                    await session.send(ChunkResponse(message.request_id, 0, b"x" * message.size))
+                # A file of one chunk is fetched in a batch (with others, were there others).
+                if isinstance(message, ChunkBatchRequest):
+                    # Only the valid path is fetched.
+                    assert message.chunks == [[bad_chunk.id, bad_chunk.size]]
+                    forgery = [[0, b"x" * bad_chunk.size]]
+                    await session.send(ChunkBatchResponse(message.request_id, forgery))
                     break
                 assert isinstance(message, Hello | Folders | IndexRequest | Index)
             await anyio.sleep(1)
