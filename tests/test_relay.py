@@ -193,11 +193,7 @@ async def test_the_other_side_must_join_in_time() -> None:
 
 async def test_refusals_say_why() -> None:
     async with (
-        relay(connect_burst=5, connects_per_minute=1, max_sessions_per_device=2) as (
-            _server,
-            port,
-            _seen,
-        ),
+        relay(max_sessions_per_device=2) as (_server, port, _seen),
         connect_relay(HOST, port, ALICE, RELAY.device_id) as alice,
         connect_relay(HOST, port, BOB, RELAY.device_id),
     ):
@@ -212,7 +208,20 @@ async def test_refusals_say_why() -> None:
             with pytest.raises(RelayRefusedError, match="too many sessions") as busy:
                 await alice.request_session(BOB.device_id)
             assert busy.value.reason == RefuseReason.TOO_MANY_SESSIONS
-            # Five requests so far, one token per 60 s: the sixth is too fast.
+
+
+async def test_invitations_are_rate_limited() -> None:
+    async with (
+        relay(connect_burst=3, connects_per_minute=1) as (_server, port, _seen),
+        connect_relay(HOST, port, ALICE, RELAY.device_id) as alice,
+        connect_relay(HOST, port, BOB, RELAY.device_id),
+    ):
+        with anyio.fail_after(20):
+            for _ in range(10):  # asking for offline devices costs nothing
+                with pytest.raises(RelayRefusedError, match="not connected"):
+                    await alice.request_session(CAROL.device_id)
+            for _ in range(3):
+                await alice.request_session(BOB.device_id)
             with pytest.raises(RelayRefusedError, match="too many requests") as fast:
                 await alice.request_session(BOB.device_id)
             assert fast.value.reason == RefuseReason.RATE_LIMITED

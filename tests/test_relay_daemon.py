@@ -8,6 +8,8 @@ import contextlib
 import json
 import os
 import socket
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,13 @@ LOOPBACK = ("--listen", "127.0.0.1:0", "--no-discovery")
 #: File content and names that must never cross the relay in the clear.
 SECRET = os.urandom(300_000)
 SECRET_NAME = "minutes-of-the-secret-meeting.txt"
+
+
+def both(step: Callable[[Device], object], devices: Iterable[Device]) -> None:
+    """Run a step on each device at once (each step starts processes and waits for them)."""
+    with ThreadPoolExecutor() as pool:
+        for result in [pool.submit(step, d) for d in devices]:
+            result.result()
 
 
 def relay_of(device: Device, relay: RelayProcess) -> dict[str, object]:
@@ -37,14 +46,11 @@ def test_two_devices_sync_through_a_relay_that_sees_only_ciphertext(tmp_path: Pa
     a, b, carol = Device(tmp_path, "alice"), Device(tmp_path, "bob"), Device(tmp_path, "carol")
     tap = tmp_path / "forwarded.bin"
     try:
-        for device in (a, b, carol):
-            device.init(*LOOPBACK)
+        both(lambda d: d.init(*LOOPBACK), (a, b, carol))  # setting up runs side by side
         relay.init(a.device_id, b.device_id)  # carol is not a member
         relay.start(tap=tap)
         assert f"relay {relay.relay_id} listening on" in relay.log.read_text()
-        for device in (a, b, carol):
-            device.start()
-            device.run("relay", "add", relay.address)
+        both(lambda d: (d.start(), d.run("relay", "add", relay.address)), (a, b, carol))
 
         # Pairing with no address at all: each only knows the other's ID. Until bob accepts
         # alice, her sessions through the relay are refused and she is listed as pending.
@@ -126,8 +132,8 @@ def test_two_devices_sync_through_a_relay_that_sees_only_ciphertext(tmp_path: Pa
         ]
         assert f'"{relay.address}"' in (a.home / "config.toml").read_text()
         assert relay.stop() == 0
-        for device in (a, b, carol):
-            assert device.stop() == 0
+        with ThreadPoolExecutor() as pool:
+            assert list(pool.map(Device.stop, (a, b, carol))) == [0, 0, 0]
     finally:
         for device in (a, b, carol):
             device.kill()

@@ -189,31 +189,16 @@ class RelayServer:
             if self._greeting >= MAX_GREETING:
                 log.warning("too many connections greeting at once; closed one from %s", address)
                 return
-            _keep_alive(stream)
+            _tcp_keepalive(stream)
             self._greeting += 1
-            greeting = True
             try:
-                with anyio.fail_after(GREETING_TIMEOUT):
-                    first = await stream.receive(1)
-                if wire.is_session_start(first[0]):
-                    with anyio.fail_after(GREETING_TIMEOUT):
-                        token = await self._read_preamble(stream, first)
-                    self._greeting -= 1
-                    greeting = False
-                    if token is not None:
-                        await self._join(stream, token, address)
-                    return
-                await self._reload_if_changed()
-                channel = await accept_channel(
-                    _Replayed(stream, first),
-                    self.identity,
-                    accept=self._admit,
-                    max_message_size=wire.MAX_RELAY_MESSAGE,
-                )
+                greeted = await self._greet(stream)
             finally:
-                if greeting:
-                    self._greeting -= 1
-            await self._control(channel, address)
+                self._greeting -= 1
+            if isinstance(greeted, bytes):
+                await self._join(stream, greeted, address)
+            elif greeted is not None:
+                await self._control(greeted, address)
         except TimeoutError:
             log.debug("a connection from %s said nothing in time", address)
         except (anyio.EndOfStream, *_CONNECTION_ERRORS):
@@ -227,6 +212,22 @@ class RelayServer:
         finally:
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
+
+    async def _greet(self, stream: anyio.abc.SocketStream) -> bytes | Channel | None:
+        """A connection's first phase: a session connection's token, a control connection's
+        channel, or None after a malformed preamble (answered already)."""
+        with anyio.fail_after(GREETING_TIMEOUT):
+            first = await stream.receive(1)
+        if wire.is_session_start(first[0]):
+            with anyio.fail_after(GREETING_TIMEOUT):
+                return await self._read_preamble(stream, first)
+        await self._reload_if_changed()
+        return await accept_channel(
+            _Replayed(stream, first),
+            self.identity,
+            accept=self._admit,
+            max_message_size=wire.MAX_RELAY_MESSAGE,
+        )
 
     def _admit(self, device: DeviceId) -> bool:
         if self.admits(device):
@@ -323,7 +324,8 @@ class RelayServer:
     async def _goodbye(self, channel: Channel, reason: RefuseReason, detail: str) -> None:
         with anyio.move_on_after(1, shield=True):
             try:
-                await channel.send(wire.encode(Refused(0, int(reason), detail[:256])))
+                text = detail.encode()[:256].decode(errors="ignore")
+                await channel.send(wire.encode(Refused(0, int(reason), text)))
             except (CommonsyncError, *_CONNECTION_ERRORS):
                 pass
             await channel.aclose()
@@ -338,15 +340,15 @@ class RelayServer:
 
         def refuse(reason: RefuseReason, detail: str = "") -> None:
             names = f"{requester.short_str} → {target.short_str}"
-            log.info("session %s refused: %s", names, detail or reason.text)
+            # Devices keep asking for peers that are offline: that is no news for the log.
+            level = logging.DEBUG if reason is RefuseReason.OFFLINE else logging.INFO
+            log.log(level, "session %s refused: %s", names, detail or reason.text)
             control.queue(Refused(request.request_id, int(reason), detail or reason.text))
 
         if request.request_id == 0:
             return refuse(RefuseReason.INVALID, "request ID 0 is reserved")
         if not self.admits(requester):
             return refuse(RefuseReason.NOT_MEMBER, "this device is no longer a member")
-        if not self._bucket(requester, now).take(now):
-            return refuse(RefuseReason.RATE_LIMITED)
         if target == requester:
             return refuse(RefuseReason.INVALID, "a session with oneself")
         target_control = self.controls.get(target)
@@ -359,6 +361,10 @@ class RelayServer:
             return refuse(RefuseReason.TOO_MANY_SESSIONS)
         if self._session_total >= limits.max_sessions:
             return refuse(RefuseReason.OVERLOADED, "too many sessions")
+        # Only invitations count against the rate: they are what costs the target and the
+        # relay something (a device asking for many offline peers gets cheap refusals).
+        if not self._bucket(requester, now).take(now):
+            return refuse(RefuseReason.RATE_LIMITED)
         token = os.urandom(wire.TOKEN_SIZE)
         if not target_control.queue(Invitation(requester.digest, token)):
             return refuse(RefuseReason.OVERLOADED, "the device is not reading its invitations")
@@ -421,11 +427,13 @@ class RelayServer:
             return
         if pending.first is None:
             pending.first = stream
-            with anyio.move_on_after(pending.deadline - now):
-                await pending.joined.wait()
-            if pending.second is None:  # the other device did not come
-                if self._pending.pop(token, None) is pending:
+            try:
+                with anyio.move_on_after(pending.deadline - now):
+                    await pending.joined.wait()
+            finally:
+                if pending.second is None and self._pending.pop(token, None) is pending:
                     self._count(pending, -1)
+            if pending.second is None:  # the other device did not come
                 log.info(
                     "session %s: only one device joined within %g s",
                     pending.names,
@@ -532,7 +540,7 @@ class _Replayed(anyio.abc.ByteStream):
         return self._stream.extra_attributes
 
 
-def _keep_alive(stream: anyio.abc.SocketStream) -> None:
+def _tcp_keepalive(stream: anyio.abc.SocketStream) -> None:
     """TCP keep-alives, so that a device whose host vanished frees its slot in minutes."""
     try:
         sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)

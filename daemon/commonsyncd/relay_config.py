@@ -12,8 +12,8 @@ the file again when it changes, so a member added while it runs is admitted at o
     max_control_connections = 1000   # devices connected at once
     max_sessions = 1000              # sessions (waiting or spliced) at once, in all
     max_sessions_per_device = 16     # sessions one device takes part in at once
-    connects_per_minute = 60         # session requests per device, on average ...
-    connect_burst = 20               # ... and in a burst
+    connects_per_minute = 60         # invitations a device's requests cause, on average ...
+    connect_burst = 20               # ... and in a burst (refused requests do not count)
     join_timeout = 10.0              # seconds a token waits for the second device
     session_bytes_per_second = 0     # per direction of each session; 0: no limit
 
