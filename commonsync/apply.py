@@ -39,7 +39,7 @@ import re
 import stat
 import time
 from collections.abc import Awaitable, Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -360,17 +360,18 @@ async def apply_small_files(
             raise RecordKindError(f"{record.path!r} has more than one chunk: use apply_file")
 
     def write_each() -> list[LocalState | CommonsyncError]:
-        results: list[LocalState | CommonsyncError] = []
-        for record, data, expected in files:
+        results: dict[int, LocalState | CommonsyncError] = {}
+        by_parent: dict[str, list[int]] = {}
+        for n, (record, _data, _expected) in enumerate(files):
             try:
                 _refuse_internal(record.path)
-                with _reported(root, record.path):
-                    results.append(
-                        _write_whole(root, record, data, chunk_id_key, expected, versions, clock_ns)
-                    )
             except CommonsyncError as exc:
-                results.append(exc)
-        return results
+                results[n] = exc
+                continue
+            by_parent.setdefault(record.path.rpartition("/")[0], []).append(n)
+        for in_parent in by_parent.values():
+            _write_in_parent(root, files, in_parent, results, chunk_id_key, versions, clock_ns)
+        return [results[n] for n in range(len(files))]
 
     return await anyio.to_thread.run_sync(write_each)
 
@@ -734,17 +735,73 @@ def _write_whole(
     target = _locate(root, record.path, create=True)
     assert target is not None  # with create=True every parent exists or an error was raised
     try:
-        temp = _fit_temp_name(target.name, record.content_digest())
-        fd, _have = _open_temp(target, temp)
-        try:
-            if record.chunks:
-                _write_chunk(fd, 0, record.chunks[0], data, key, record.path, 0)
-            _finish_temp(fd, record)
-        finally:
-            os.close(fd)
-        return _place_file(target, temp, expected, versions, clock_ns)
+        return _write_in(target, record, data, key, expected, versions, clock_ns)
     finally:
         target.close()
+
+
+def _write_in_parent(
+    root: Path,
+    files: Sequence[SmallFile],
+    in_parent: list[int],
+    results: dict[int, LocalState | CommonsyncError],
+    key: bytes,
+    versions: bool,
+    clock_ns: Callable[[], int],
+) -> None:
+    """Write ``files[n]`` for each ``n`` of ``in_parent`` (all in one directory) into
+    ``results[n]``: the directory is reached once, and made durable once for all of them."""
+    first = files[in_parent[0]][0].path
+    try:
+        with _reported(root, first):
+            parent = _locate(root, first, create=True)
+    except CommonsyncError as exc:
+        for n in in_parent:
+            results[n] = exc
+        return
+    assert parent is not None  # with create=True every parent exists or an error was raised
+    try:
+        for n in in_parent:
+            record, data, expected = files[n]
+            target = replace(parent, path=record.path, name=record.path.rpartition("/")[2])
+            try:
+                with _reported(root, record.path):
+                    results[n] = _write_in(
+                        target, record, data, key, expected, versions, clock_ns,
+                        sync_directory=False,
+                    )  # fmt: skip
+            except CommonsyncError as exc:
+                results[n] = exc
+        try:
+            with _reported(root, first):
+                os.fsync(parent.fd)
+        except CommonsyncError as exc:
+            for n in in_parent:
+                results[n] = exc  # placed, but not durably: the index must not say so
+    finally:
+        parent.close()
+
+
+def _write_in(
+    target: _Target,
+    record: Record,
+    data: bytes,
+    key: bytes,
+    expected: LocalState | None,
+    versions: bool,
+    clock_ns: Callable[[], int],
+    *,
+    sync_directory: bool = True,
+) -> LocalState:
+    temp = _fit_temp_name(target.name, record.content_digest())
+    fd, _have = _open_temp(target, temp)
+    try:
+        if record.chunks:
+            _write_chunk(fd, 0, record.chunks[0], data, key, record.path, 0)
+        _finish_temp(fd, record)
+    finally:
+        os.close(fd)
+    return _place_file(target, temp, expected, versions, clock_ns, sync_directory=sync_directory)
 
 
 def _open_temp(target: _Target, temp: str) -> tuple[int, int]:
@@ -859,6 +916,8 @@ def _place_file(
     expected: LocalState | None,
     versions: bool,
     clock_ns: Callable[[], int],
+    *,
+    sync_directory: bool = True,
 ) -> LocalState:
     st = _check(target, expected)
     if st is None:
@@ -871,7 +930,8 @@ def _place_file(
             _keep_version(target, expected, clock_ns(), move=False)
         with _naming(target.path):
             os.replace(temp, target.name, src_dir_fd=target.fd, dst_dir_fd=target.fd)
-    os.fsync(target.fd)
+    if sync_directory:  # else the caller does, once for several files
+        os.fsync(target.fd)
     return LocalFile.from_stat(os.stat(target.name, dir_fd=target.fd, follow_symlinks=False))
 
 

@@ -307,16 +307,14 @@ class PeerExchange:
 
     async def _on_index(self, message: Index) -> None:
         folder = self._shared(message.folder_id)
-        verified: list[RemoteRecord] = []
-        for _sequence, sealed in message.records:
-            try:
-                signed = open_record(folder.keyring, sealed)
-                record = verify_record(folder.key.folder_id, signed)
-            except RecordError as exc:
-                # A forged or tampered record is refused; its neighbours still count.
-                log.warning("refused a record from %s: %s", self.peer.short_str, exc)
-                continue
-            verified.append(RemoteRecord(record, signed))
+        # In a worker thread: libsodium releases the GIL, so a batch's decryptions and
+        # signature checks run beside the event loop instead of stalling it.
+        verified, refused = await anyio.to_thread.run_sync(
+            _open_records, folder, [sealed for _sequence, sealed in message.records]
+        )
+        for error in refused:
+            # A forged or tampered record is refused; its neighbours still count.
+            log.warning("refused a record from %s: %s", self.peer.short_str, error)
         if verified:
             await folder.receive_records(self, verified)
         last = message.records[-1][0] if message.records else message.max_sequence
@@ -384,3 +382,18 @@ class PeerExchange:
 
 
 _Response = ChunkResponse | ChunkBatchResponse
+
+
+def _open_records(
+    folder: FolderEndpoint, sealed_records: list[bytes]
+) -> tuple[list[RemoteRecord], list[RecordError]]:
+    """Open and verify sealed records: those that pass, and why the others did not."""
+    verified: list[RemoteRecord] = []
+    refused: list[RecordError] = []
+    for sealed in sealed_records:
+        try:
+            signed = open_record(folder.keyring, sealed)
+            verified.append(RemoteRecord(verify_record(folder.key.folder_id, signed), signed))
+        except RecordError as exc:
+            refused.append(exc)
+    return verified, refused

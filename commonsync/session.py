@@ -141,8 +141,13 @@ class Session:
     def _account(self, message: Message) -> None:
         if isinstance(message, ChunkResponse | ChunkBatchResponse):
             asked = self._requested.pop(message.request_id, None)
-            if asked is None or (type(message) is ChunkResponse) != (asked.sizes is None):
+            if asked is None:
                 raise ProtocolError(f"response to request {message.request_id}, never sent")
+            if (type(message) is ChunkResponse) != (asked.sizes is None):
+                raise ProtocolError(
+                    f"request {message.request_id} answered with the wrong kind of response, "
+                    f"{type(message).__name__}"
+                )
             _check_answer(message, asked)
             self._requested_bytes -= asked.total
             self._budget_changed.set()

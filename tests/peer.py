@@ -24,17 +24,20 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from commonsync import DeviceIdentity, FolderKey, encoding
+from commonsync import DeviceIdentity, FolderKey, encoding, messages
 from commonsync.channel import Channel, accept_channel
 from commonsync.device_id import DeviceId
 from commonsync.errors import CommonsyncError
 from commonsync.messages import (
+    ChunkBatchRequest,
+    ChunkBatchResponse,
     ChunkRequest,
     ChunkResponse,
     Folders,
     Hello,
     Index,
     IndexRequest,
+    Message,
     Ping,
     Pong,
 )
@@ -73,9 +76,32 @@ async def serve_session(channel: Channel, folder: FolderKey | None) -> dict[str,
         elif isinstance(message, ChunkRequest):
             data = chunk_data(message.chunk_id, message.size)
             await session.send(ChunkResponse(message.request_id, 0, data))
+        elif isinstance(message, ChunkBatchRequest):
+            # Chunk IDs starting with 0xff are ones this peer does not have.
+            answers: list[list[object]] = [
+                [1, b""] if chunk_id[0] == 0xFF else [0, chunk_data(chunk_id, size)]
+                for chunk_id, size in message.chunks
+            ]
+            await session.send(ChunkBatchResponse(message.request_id, answers))
         elif isinstance(message, Ping):
             await session.send(Pong(message.nonce))
     return {"seen": seen}
+
+
+async def answer_batches_badly(mode: str, channel: Channel) -> dict[str, Any]:
+    """Answer a chunk batch with one chunk less, or with a single-chunk response."""
+    async for message in Session(channel):
+        if not isinstance(message, ChunkBatchRequest):
+            continue
+        chunks = [[0, chunk_data(chunk_id, size)] for chunk_id, size in message.chunks]
+        answer: Message = (
+            ChunkBatchResponse(message.request_id, chunks[1:])
+            if mode == "short-batch"
+            else ChunkResponse(message.request_id, *chunks[0])
+        )
+        # Not through the session: it would refuse to send this.
+        await channel.send(messages.encode(answer))
+    return {}
 
 
 async def misbehave(mode: str, channel: Channel) -> dict[str, Any]:
@@ -130,6 +156,8 @@ async def main(args: argparse.Namespace) -> None:
                 elif args.mode == "hoard":  # takes requests, answers none
                     async for _ in Session(channel):
                         pass
+                elif args.mode in ("short-batch", "single-answer"):
+                    emit(event="done", **await answer_batches_badly(args.mode, channel))
                 elif args.mode == "session":
                     emit(event="done", **await serve_session(channel, folder))
                 else:

@@ -33,6 +33,9 @@ from commonsync.errors import (
     TruncatedStreamError,
 )
 from commonsync.messages import (
+    MAX_BATCH_BYTES,
+    ChunkBatchRequest,
+    ChunkBatchResponse,
     ChunkRequest,
     ChunkResponse,
     Close,
@@ -355,6 +358,58 @@ async def test_session_requests_wait_for_budget(me: DeviceIdentity) -> None:
         assert waiting.cancelled_caught
         assert session.outstanding_bytes == 2 * size
         await session.close(CloseReason.SHUTTING_DOWN, "test over")
+
+
+# -- chunk batches ------------------------------------------------------------------------------
+
+
+async def test_a_chunk_batch_comes_back_in_one_response(me: DeviceIdentity) -> None:
+    folder = FolderKey.generate()
+    wanted = [[b"a" * 32, 4096], [b"\xff" * 32, 10], [b"b" * 32, 70]]  # 0xff...: not there
+    with run_peer("session", me) as peer:
+        session = Session(await connect(peer, me))
+        await session.send(ChunkBatchRequest(1, folder.folder_id, wanted))
+        assert session.outstanding_bytes == 4096 + 10 + 70
+        with anyio.fail_after(TIMEOUT):
+            response = await session.receive()
+        assert response == ChunkBatchResponse(
+            1, [[0, chunk_data(b"a" * 32, 4096)], [1, b""], [0, chunk_data(b"b" * 32, 70)]]
+        )
+        assert session.outstanding_bytes == 0
+        await session.close()
+
+
+async def test_a_chunk_batch_over_its_byte_limit_is_refused(me: DeviceIdentity) -> None:
+    folder = FolderKey.generate()
+    size = 4 * 1024 * 1024
+    chunks = [[bytes([n]) * 32, size] for n in range(MAX_BATCH_BYTES // size + 1)]
+    with run_peer("session", me) as peer:
+        async with await connect(peer, me) as channel:
+            await channel.send(messages.encode(ChunkBatchRequest(1, folder.folder_id, chunks)))
+            with anyio.fail_after(TIMEOUT):
+                reply = messages.decode(await channel.receive())
+        assert isinstance(reply, Close)
+        assert reply.reason == CloseReason.PROTOCOL_ERROR
+        assert f"over {MAX_BATCH_BYTES} bytes" in reply.detail
+        assert peer.outcome()["type"] == "ProtocolError"
+
+
+async def test_a_chunk_batch_answer_must_hold_every_chunk_asked_for(me: DeviceIdentity) -> None:
+    folder = FolderKey.generate()
+    with run_peer("short-batch", me) as peer:
+        session = Session(await connect(peer, me))
+        await session.send(ChunkBatchRequest(1, folder.folder_id, [[b"a" * 32, 9], [b"b" * 32, 9]]))
+        with anyio.fail_after(TIMEOUT), pytest.raises(ProtocolError, match="has 1 chunks, 2 were"):
+            await session.receive()
+
+
+async def test_a_single_chunk_response_cannot_answer_a_batch(me: DeviceIdentity) -> None:
+    folder = FolderKey.generate()
+    with run_peer("single-answer", me) as peer:
+        session = Session(await connect(peer, me))
+        await session.send(ChunkBatchRequest(5, folder.folder_id, [[b"a" * 32, 9]]))
+        with anyio.fail_after(TIMEOUT), pytest.raises(ProtocolError, match="wrong kind"):
+            await session.receive()
 
 
 async def test_a_closing_peer_gives_its_reason(me: DeviceIdentity) -> None:

@@ -1,0 +1,165 @@
+"""What two folders say to each other: no record goes back to the device that wrote it, unless
+that device starts over; small files travel in chunk batches.
+
+Two real folders in one process, each with its own SQLite store and directory, over a real
+channel on loopback.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import pytest
+from commonsyncd.demo import tree
+
+from commonsync import DeviceIdentity, Folder, FolderKey, Session, open_folder
+from commonsync.channel import accept_channel, connect_channel
+from commonsync.exchange import PeerExchange, RemoteRecord
+from commonsync.messages import ChunkBatchRequest, ChunkRequest, Message
+from commonsync.store import open_store
+
+pytestmark = pytest.mark.anyio
+TIMEOUT = 30
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "trio"
+
+
+class Side:
+    """One device: its identity, store, folder, and what its folder received."""
+
+    def __init__(self, name: str, base: Path, key: FolderKey, identity: DeviceIdentity) -> None:
+        self.name = name
+        self.root = base / name
+        self.state = base / f"{name}.db"
+        self.key = key
+        self.identity = identity
+        self.received: list[RemoteRecord] = []
+        self.sent: list[Message] = []
+
+    @asynccontextmanager
+    async def opened(self) -> AsyncIterator[Folder]:
+        self.root.mkdir(exist_ok=True)
+        async with (
+            open_store(self.state) as store,
+            open_folder(self.root, self.key, self.identity, store, device_name=self.name) as f,
+        ):
+            take = f.receive_records
+
+            async def receive(source: PeerExchange, records: Sequence[RemoteRecord]) -> None:
+                self.received.extend(records)
+                await take(source, records)
+
+            f.receive_records = receive  # type: ignore[method-assign]
+            yield f
+
+
+def recorded(session: Session, side: Side) -> Session:
+    """``session``, with every message it sends kept in ``side.sent``."""
+    send = session.send
+
+    async def send_and_keep(message: Message) -> None:
+        side.sent.append(message)
+        await send(message)
+
+    session.send = send_and_keep  # type: ignore[method-assign]
+    return session
+
+
+@asynccontextmanager
+async def connected(a: Side, fa: Folder, b: Side, fb: Folder) -> AsyncIterator[None]:
+    """A session between the two folders for as long as the block lasts."""
+    async with anyio.create_task_group() as tasks:
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+
+        async def b_serves(stream: anyio.abc.ByteStream) -> None:
+            channel = await accept_channel(stream, b.identity, accept=lambda d: True)
+            await fb.sync(recorded(Session(channel), b))
+
+        tasks.start_soon(listener.serve, b_serves)
+        channel = await connect_channel("127.0.0.1", port, a.identity, accept=lambda d: True)
+        tasks.start_soon(fa.sync, recorded(Session(channel), a))
+        try:
+            yield
+        finally:
+            tasks.cancel_scope.cancel()
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    with anyio.fail_after(TIMEOUT):
+        while not condition():
+            await anyio.sleep(0.05)
+
+
+def same(a: Side, b: Side) -> bool:
+    return tree(a.root) == tree(b.root)
+
+
+async def test_a_device_is_not_sent_back_what_it_wrote(tmp_path: Path) -> None:
+    key = FolderKey.generate()
+    a = Side("a", tmp_path, key, DeviceIdentity.generate())
+    b = Side("b", tmp_path, key, DeviceIdentity.generate())
+    (tmp_path / "a" / "docs").mkdir(parents=True)
+    for n in range(40):
+        (tmp_path / "a" / "docs" / f"{n}.txt").write_bytes(os.urandom(3000))
+    async with a.opened() as fa, b.opened() as fb:
+        await fa.scan()
+        async with connected(a, fa, b, fb):
+            await until(lambda: same(a, b))
+            # b applied (and re-stored) all 41 records; a has been told how far it has seen.
+            _, b_sequence = await fb.index_state()
+            await until(lambda: fb.progress().idle)
+
+            async def a_saw_all() -> bool:
+                progress = await fa.peer_progress(b.identity.device_id)
+                return progress is not None and progress[1] >= (await fb.index_state())[1]
+
+            with anyio.fail_after(TIMEOUT):
+                while not await a_saw_all():
+                    await anyio.sleep(0.05)
+            assert b_sequence > 0
+            assert a.received == []  # none of its own 41 records came back
+
+            (b.root / "docs" / "0.txt").write_bytes(b"edited on b")
+            await fb.scan()
+            await until(lambda: (a.root / "docs" / "0.txt").read_bytes() == b"edited on b")
+            assert [r.record.path for r in a.received] == ["docs/0.txt"]
+            assert a.received[0].record.author == b.identity.public_key
+        # The 40 files of one chunk each came in batches, not one request per file.
+        batches = [m for m in b.sent if isinstance(m, ChunkBatchRequest)]
+        assert 1 <= len(batches) <= 2
+        assert sum(len(m.chunks) for m in batches) == 40
+        assert not [m for m in b.sent if isinstance(m, ChunkRequest)]
+
+
+async def test_a_device_that_lost_its_index_gets_its_own_files_back(tmp_path: Path) -> None:
+    key = FolderKey.generate()
+    identity = DeviceIdentity.generate()
+    a = Side("a", tmp_path, key, identity)
+    b = Side("b", tmp_path, key, DeviceIdentity.generate())
+    (tmp_path / "a").mkdir()
+    for n in range(5):
+        (tmp_path / "a" / f"{n}.bin").write_bytes(os.urandom(5000))
+    expected = tree(tmp_path / "a")
+    async with a.opened() as fa, b.opened() as fb:
+        await fa.scan()
+        async with connected(a, fa, b, fb):
+            await until(lambda: same(a, b))
+    # The same device, reinstalled: its index and its copy of the folder are gone.
+    os.remove(a.state)
+    for suffix in ("-wal", "-shm"):
+        if os.path.exists(f"{a.state}{suffix}"):
+            os.remove(f"{a.state}{suffix}")
+    for n in range(5):
+        os.remove(tmp_path / "a" / f"{n}.bin")
+    async with a.opened() as fa, b.opened() as fb, connected(a, fa, b, fb):
+        await until(lambda: tree(tmp_path / "a") == expected)
+    assert {r.record.author for r in a.received} == {identity.public_key}
