@@ -51,8 +51,8 @@ from commonsync.relaywire import (
 pytestmark = pytest.mark.anyio
 
 RELAY = DeviceIdentity.generate()
-ALICE, BOB, CAROL = (DeviceIdentity.generate() for _ in range(3))
-MEMBERS = [ALICE.device_id, BOB.device_id]
+ALICE, BOB, CAROL, DAVE = (DeviceIdentity.generate() for _ in range(4))
+MEMBERS = [ALICE.device_id, BOB.device_id, DAVE.device_id]
 HOST = "127.0.0.1"
 #: Plaintext that must never cross the relay in the clear.
 MARKER = b"plaintext that only the two devices may read. " * 2000
@@ -117,6 +117,7 @@ async def test_two_members_talk_end_to_end_and_the_relay_sees_only_ciphertext() 
             await channel.aclose()
 
         with anyio.fail_after(20):
+            await until(lambda: len(server.controls) == 2)
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(bob_side)
                 channel = await open_relayed_channel(alice, ALICE, BOB.device_id)
@@ -134,11 +135,12 @@ async def test_two_members_talk_end_to_end_and_the_relay_sees_only_ciphertext() 
 
 async def test_a_token_is_single_use_and_a_guessed_one_gets_nothing() -> None:
     async with (
-        relay() as (_server, port, seen),
+        relay() as (server, port, seen),
         connect_relay(HOST, port, ALICE, RELAY.device_id) as alice,
         connect_relay(HOST, port, BOB, RELAY.device_id) as bob,
     ):
         with anyio.fail_after(20):
+            await until(lambda: len(server.controls) == 2)
             # A guessed token: the relay answers "unknown" and closes; nothing is forwarded.
             with pytest.raises(RelayJoinError, match="does not know this session token"):
                 await join_session(HOST, port, os.urandom(32))
@@ -177,6 +179,7 @@ async def test_the_other_side_must_join_in_time() -> None:
         connect_relay(HOST, port, BOB, RELAY.device_id),
     ):
         with anyio.fail_after(20):
+            await until(lambda: len(server.controls) == 2)
             token = await alice.request_session(BOB.device_id)
             started = time.monotonic()
             with pytest.raises(RelayJoinError, match="did not join the session in time"):
@@ -193,11 +196,13 @@ async def test_the_other_side_must_join_in_time() -> None:
 
 async def test_refusals_say_why() -> None:
     async with (
-        relay(max_sessions_per_device=2) as (_server, port, _seen),
+        relay(max_sessions_per_device=3) as (server, port, _seen),
         connect_relay(HOST, port, ALICE, RELAY.device_id) as alice,
-        connect_relay(HOST, port, BOB, RELAY.device_id),
+        connect_relay(HOST, port, BOB, RELAY.device_id) as bob,
+        connect_relay(HOST, port, DAVE, RELAY.device_id) as dave,
     ):
         with anyio.fail_after(20):
+            await until(lambda: len(server.controls) == 3)
             with pytest.raises(RelayRefusedError, match="not connected to the relay") as offline:
                 await alice.request_session(CAROL.device_id)
             assert offline.value.reason == RefuseReason.OFFLINE
@@ -205,23 +210,30 @@ async def test_refusals_say_why() -> None:
                 await alice.request_session(ALICE.device_id)
             await alice.request_session(BOB.device_id)
             await alice.request_session(BOB.device_id)
-            with pytest.raises(RelayRefusedError, match="too many sessions") as busy:
+            # Two tokens nobody used yet are the most one device may hold for another.
+            with pytest.raises(RelayRefusedError, match="are waiting") as waiting:
                 await alice.request_session(BOB.device_id)
+            assert waiting.value.reason == RefuseReason.TOO_MANY_SESSIONS
+            await dave.request_session(BOB.device_id)  # bob's third session
+            with pytest.raises(RelayRefusedError, match="too many sessions") as busy:
+                await bob.request_session(DAVE.device_id)
             assert busy.value.reason == RefuseReason.TOO_MANY_SESSIONS
 
 
 async def test_invitations_are_rate_limited() -> None:
     async with (
-        relay(connect_burst=3, connects_per_minute=1) as (_server, port, _seen),
+        relay(connect_burst=2, connects_per_minute=1) as (server, port, _seen),
         connect_relay(HOST, port, ALICE, RELAY.device_id) as alice,
         connect_relay(HOST, port, BOB, RELAY.device_id),
+        connect_relay(HOST, port, DAVE, RELAY.device_id),
     ):
         with anyio.fail_after(20):
+            await until(lambda: len(server.controls) == 3)
             for _ in range(10):  # asking for offline devices costs nothing
                 with pytest.raises(RelayRefusedError, match="not connected"):
                     await alice.request_session(CAROL.device_id)
-            for _ in range(3):
-                await alice.request_session(BOB.device_id)
+            await alice.request_session(BOB.device_id)
+            await alice.request_session(DAVE.device_id)
             with pytest.raises(RelayRefusedError, match="too many requests") as fast:
                 await alice.request_session(BOB.device_id)
             assert fast.value.reason == RefuseReason.RATE_LIMITED
@@ -337,11 +349,12 @@ async def test_keep_alives_and_dead_connections() -> None:
 
 async def test_a_session_bandwidth_limit() -> None:
     async with (
-        relay(session_bytes_per_second=1_000_000) as (_server, port, _seen),
+        relay(session_bytes_per_second=1_000_000) as (server, port, _seen),
         connect_relay(HOST, port, ALICE, RELAY.device_id) as alice,
         connect_relay(HOST, port, BOB, RELAY.device_id),
     ):
         with anyio.fail_after(20):
+            await until(lambda: len(server.controls) == 2)
             token = await alice.request_session(BOB.device_id)
             streams: list[anyio.abc.SocketStream] = []
 

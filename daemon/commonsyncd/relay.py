@@ -79,6 +79,9 @@ OUTBOX = 64
 COPY_SIZE = 64 * 1024
 #: Session requests remembered per device for rate limiting, at most.
 MAX_BUCKETS = 10_000
+#: Tokens waiting for their devices per (requester, target) pair: a device needs one at a
+#: time, and a member that asks without joining cannot fill its target's sessions.
+MAX_WAITING_PER_PAIR = 2
 
 #: Called with every chunk of bytes the relay forwards (tests: check that it is ciphertext).
 Tap = Callable[[bytes], None]
@@ -359,6 +362,11 @@ class RelayServer:
         per_device = limits.max_sessions_per_device
         if max(self._sessions.get(requester, 0), self._sessions.get(target, 0)) >= per_device:
             return refuse(RefuseReason.TOO_MANY_SESSIONS)
+        waiting = sum(
+            p.requester == requester and p.target == target for p in self._pending.values()
+        )
+        if waiting >= MAX_WAITING_PER_PAIR:
+            return refuse(RefuseReason.TOO_MANY_SESSIONS, "sessions with that device are waiting")
         if self._session_total >= limits.max_sessions:
             return refuse(RefuseReason.OVERLOADED, "too many sessions")
         # Only invitations count against the rate: they are what costs the target and the
