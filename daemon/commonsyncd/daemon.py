@@ -1,9 +1,10 @@
 """The daemon: one trio process that keeps this device's folders in sync with its peers.
 
 :class:`Daemon` owns the configuration (and writes it back when a command changes it), runs a
-:class:`~commonsyncd.folders.FolderRunner` per folder, the connections to peers
-(:class:`~commonsyncd.peers.Peers`), LAN discovery, and the control API the ``commonsync``
-command talks to. Everything runs in one task group: cancelling it (SIGTERM, SIGINT) stops
+:class:`~commonsyncd.folders.FolderRunner` per folder, the connections to peers and to
+community relays (:class:`~commonsyncd.peers.Peers`), LAN discovery, and the control API the
+``commonsync`` command talks to. Everything runs in one task group: cancelling it (SIGTERM,
+SIGINT) stops
 the watchers, abandons a write in progress safely (files are assembled in temporary files and
 renamed into place, so an interrupted one leaves the old file and a resumable temporary),
 closes the sessions and the index.
