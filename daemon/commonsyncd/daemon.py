@@ -4,10 +4,9 @@
 :class:`~commonsyncd.folders.FolderRunner` per folder, the connections to peers and to
 community relays (:class:`~commonsyncd.peers.Peers`), LAN discovery, and the control API the
 ``commonsync`` command talks to. Everything runs in one task group: cancelling it (SIGTERM,
-SIGINT) stops
-the watchers, abandons a write in progress safely (files are assembled in temporary files and
-renamed into place, so an interrupted one leaves the old file and a resumable temporary),
-closes the sessions and the index.
+SIGINT) stops the watchers, abandons a write in progress safely (files are assembled in
+temporary files and renamed into place, so an interrupted one leaves the old file and a
+resumable temporary), closes the sessions and the index.
 """
 
 from __future__ import annotations
