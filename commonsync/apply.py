@@ -160,6 +160,7 @@ async def apply_file(
     chunk_id_key: bytes,
     versions: bool = True,
     clock_ns: Callable[[], int] = time.time_ns,
+    reader_checks: bool = False,
 ) -> LocalState:
     """Make the file version ``record`` real at ``root / record.path``; returns its new state.
 
@@ -171,20 +172,24 @@ async def apply_file(
     goes to the versions folder under ``layout.version_name(path, clock_ns())`` unless
     ``versions`` is false. On :class:`LocalChangedError` the complete temporary file is kept, so
     applying the same version after the conflict is resolved fetches nothing.
+
+    With ``reader_checks``, ``read_chunk`` promises to return only chunks it checked against
+    their IDs (as :class:`commonsync.folder.Folder`'s does), and they are not hashed again.
     """
     _require(record, Kind.FILE, "apply_file")
+    write_key = None if reader_checks else chunk_id_key
     _refuse_internal(record.path)
     if len(record.chunks) <= 1 and not _may_have_temp(root, record):
         # One chunk at most, and no earlier attempt to resume: fetch it first, then do all
         # the file work in one trip to a worker thread (each trip costs about a millisecond
         # here: most of a small file's time).
         data = await read_chunk(record.chunks[0]) if record.chunks else b""
-        work = partial(_write_whole, root, record, data, chunk_id_key, expected, versions, clock_ns)
+        work = partial(_write_whole, root, record, data, write_key, expected, versions, clock_ns)
         return await _run(root, record.path, work)
     target = await _open_target(root, record.path)
     try:
         temp = _fit_temp_name(target.name, record.content_digest())
-        await _assemble(target, temp, record, read_chunk, chunk_id_key)
+        await _assemble(target, temp, record, read_chunk, chunk_id_key, write_key)
         return await target.run(partial(_place_file, target, temp, expected, versions, clock_ns))
     finally:
         target.close()
@@ -347,12 +352,14 @@ async def apply_small_files(
     chunk_id_key: bytes,
     versions: bool = True,
     clock_ns: Callable[[], int] = time.time_ns,
+    checked: bool = False,
 ) -> list[LocalState | CommonsyncError]:
     """:func:`apply_file` for many files of at most one chunk each, whose bytes are at hand,
     in one trip to a worker thread (for a file of a few KiB, the trip costs more than the
     writing). Each file is checked, written and placed exactly as :func:`apply_file` would,
     and fails on its own: the result for each is its new state or the error that stopped it
-    (:class:`LocalChangedError`, :class:`ChunkTamperedError`, …).
+    (:class:`LocalChangedError`, :class:`ChunkTamperedError`, …). With ``checked``, the
+    caller promises it checked every file's bytes against its chunk ID already.
     """
     for record, _data, _expected in files:
         _require(record, Kind.FILE, "apply_small_files")
@@ -370,7 +377,8 @@ async def apply_small_files(
                 continue
             by_parent.setdefault(record.path.rpartition("/")[0], []).append(n)
         for in_parent in by_parent.values():
-            _write_in_parent(root, files, in_parent, results, chunk_id_key, versions, clock_ns)
+            key = None if checked else chunk_id_key
+            _write_in_parent(root, files, in_parent, results, key, versions, clock_ns)
         return [results[n] for n in range(len(files))]
 
     return await anyio.to_thread.run_sync(write_each)
@@ -644,6 +652,7 @@ async def _assemble(
     record: Record,
     read_chunk: ChunkReader,
     key: bytes,
+    write_key: bytes | None,
 ) -> None:
     """Fill the temporary file ``temp`` with ``record``'s chunks, keeping those already there,
     then fix its size, mode and mtime and fsync it.
@@ -671,7 +680,7 @@ async def _assemble(
         async def fetch(index: int, offset: int, entry: ChunkEntry) -> None:
             data = await read_chunk(entry)
             await target.run(
-                partial(_write_chunk, fd, offset, entry, data, key, record.path, index)
+                partial(_write_chunk, fd, offset, entry, data, write_key, record.path, index)
             )
 
         await _fetch_all(missing, fetch)
@@ -726,7 +735,7 @@ def _write_whole(
     root: Path,
     record: Record,
     data: bytes,
-    key: bytes,
+    key: bytes | None,
     expected: LocalState | None,
     versions: bool,
     clock_ns: Callable[[], int],
@@ -745,7 +754,7 @@ def _write_in_parent(
     files: Sequence[SmallFile],
     in_parent: list[int],
     results: dict[int, LocalState | CommonsyncError],
-    key: bytes,
+    key: bytes | None,
     versions: bool,
     clock_ns: Callable[[], int],
 ) -> None:
@@ -786,7 +795,7 @@ def _write_in(
     target: _Target,
     record: Record,
     data: bytes,
-    key: bytes,
+    key: bytes | None,
     expected: LocalState | None,
     versions: bool,
     clock_ns: Callable[[], int],
@@ -876,14 +885,16 @@ def _copy_chunk(fd: int, source: int, offset: int, entry: ChunkEntry, key: bytes
 
 
 def _write_chunk(
-    fd: int, offset: int, entry: ChunkEntry, data: bytes, key: bytes, path: str, index: int
+    fd: int, offset: int, entry: ChunkEntry, data: bytes, key: bytes | None, path: str, index: int
 ) -> None:
+    """Write a chunk at its offset, after checking it against its ID (unless ``key`` is None:
+    the caller checked it)."""
     if len(data) != entry.size:
         raise ChunkTamperedError(
             f"chunk {index} of {path!r} came as {len(data)} bytes, its record says "
             f"{entry.size}; refused, nothing was replaced (fetch it from another device)"
         )
-    if not hmac.compare_digest(chunk_id(key, data), entry.id):
+    if key is not None and not hmac.compare_digest(chunk_id(key, data), entry.id):
         raise ChunkTamperedError(
             f"chunk {index} of {path!r} does not match its ID; refused, nothing was replaced "
             "(fetch it from another device)"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import io
+import itertools
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -126,9 +127,18 @@ class ChunkHasher:
         self, stream: BinaryIO, *, progress: Callable[[int], None] | None = None
     ) -> Iterator[ChunkRef]:
         """The chunks of ``stream`` in file order; ``progress`` gets each chunk's size."""
+        chunks = iter_chunks(stream)
+        head = list(itertools.islice(chunks, 2))
+        if len(head) == 1:
+            # A file of one chunk (most files): hashing it here costs less than a thread hop.
+            offset, data = head[0]
+            if progress is not None:
+                progress(len(data))
+            yield ChunkRef(chunk_id(self._key, data), offset, len(data))
+            return
         pending: collections.deque[tuple[int, int, Future[bytes]]] = collections.deque()
         window = 2 * self._workers
-        for offset, data in iter_chunks(stream):
+        for offset, data in itertools.chain(head, chunks):
             pending.append((offset, len(data), self._pool.submit(chunk_id, self._key, data)))
             if len(pending) > window:
                 yield self._finish(pending, progress)

@@ -124,7 +124,7 @@ class Folder:
         self._conflict_copies: dict[str, str | None] = {}
         self._pending_changed = anyio.Event()
         self._publish_copies = False
-        #: During a round of small files: the chunks some local file holds (None: ask).
+        #: During a round: the chunks some local file holds (None: ask).
         self._local_sources: dict[bytes, list[ChunkLocation]] | None = None
         self._scan_lock = anyio.Lock()
         self._events_in, self._events_out = anyio.create_memory_object_stream[Event](EVENT_BUFFER)
@@ -320,17 +320,17 @@ class Folder:
         for path in first:
             await self._apply_one(records[path], batch)
         small = [p for p in files if records[p].record.size <= SMALL_FILE]
-        # Which of their chunks a local file holds, asked once rather than once per file.
+        # Which of their chunks a local file holds, asked once rather than once per chunk.
         self._local_sources = await self.store.chunk_sources_many(
-            self.folder_id, (c.id for p in small for c in records[p].record.chunks)
+            self.folder_id, (c.id for p in files for c in records[p].record.chunks)
         )
         try:
             await self._apply_small([records[p] for p in small], batch)
+            for path in files:
+                if records[path].record.size > SMALL_FILE:
+                    await self._apply_one(records[path], batch)
         finally:
             self._local_sources = None
-        for path in files:
-            if records[path].record.size > SMALL_FILE:
-                await self._apply_one(records[path], batch)
         for path in last:
             await self._apply_one(records[path], batch)
         await self._record(batch)
@@ -376,8 +376,9 @@ class Folder:
             (r.record, b"".join(found[c.id] for c in r.record.chunks), expected.get(r.record.path))
             for r in ready
         ]
+        # Every chunk was checked against its ID as it was read or received.
         results = await apply.apply_small_files(
-            self.root, files, chunk_id_key=self._key.chunk_id_key
+            self.root, files, chunk_id_key=self._key.chunk_id_key, checked=True
         )
         for remote, result in zip(ready, results, strict=True):
             if isinstance(result, LocalChangedError):
@@ -484,6 +485,7 @@ class Folder:
             expected=expected,
             read_chunk=self._fetch_chunk,
             chunk_id_key=self._key.chunk_id_key,
+            reader_checks=True,  # each chunk it returns matched its ID
         )
 
     async def _fetch_chunk(self, chunk: ChunkEntry) -> bytes:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 
+import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -110,6 +111,54 @@ def test_non_canonical_and_oversized_encodings_are_refused() -> None:
         encoding.unpack(b"\xd4\x01\x00", max_size=16)
     with pytest.raises(EncodingError):
         encoding.pack(object())
+
+
+# Every kind of value a commonsync structure holds, at every size boundary of its encoding.
+_SIZES = [0, 1, 15, 16, 31, 32, 255, 256, 65535, 65536, 70000]
+_INTS = [0, 127, 128, 255, 256, 2**16 - 1, 2**16, 2**32 - 1, 2**32, 2**64 - 1, -1, -32, -33,
+         -128, -129, -(2**15), -(2**15) - 1, -(2**31), -(2**31) - 1, -(2**63)]  # fmt: skip
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.sampled_from(_INTS) | st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    st.sampled_from(_SIZES).map(lambda n: b"b" * n) | st.binary(max_size=300),
+    st.sampled_from(_SIZES).map(lambda n: "é" * (n // 2) + "s" * (n % 2)) | st.text(max_size=40),
+)
+_STRUCTURES = st.recursive(
+    _SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=20)
+        | st.sampled_from([16, 17]).flatmap(lambda n: st.lists(inner, min_size=n, max_size=n))
+    ),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(_STRUCTURES)
+def test_canonical_form_is_msgpacks_own_and_round_trips(value: object) -> None:
+    """``pack`` gives msgpack's bytes (also when it joins large items in itself), and
+    ``unpack``'s size check accepts exactly those."""
+    reference = msgpack.packb(value, use_bin_type=True)
+    assert encoding.pack(value) == reference
+    assert encoding.unpack(reference, max_size=1 << 24) == value
+
+
+@pytest.mark.parametrize(
+    "encoded",
+    [
+        b"\xcc\x05",  # uint8 holding 5
+        b"\xd0\x05",  # int8 holding 5
+        b"\xd1\xff\x80",  # int16 holding -128
+        b"\xd9\x01a",  # str8 holding one letter
+        b"\xc5\x00\x01a",  # bin16 holding one byte
+        b"\xdc\x00\x01\x01",  # array16 holding one item
+        b"\x92\x01\xcd\x00\x05",  # canonical but for its last item
+    ],
+)
+def test_every_longer_form_is_refused(encoded: bytes) -> None:
+    with pytest.raises(EncodingError, match="canonical"):
+        encoding.unpack(encoded, max_size=64)
 
 
 @given(st.binary(max_size=5000), st.sampled_from([0, 512, 1024]))
