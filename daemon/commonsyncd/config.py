@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.abc
 import tomli_w
 
 from commonsync import CommonsyncError, DeviceId
@@ -69,6 +71,17 @@ def parse_address(text: str, *, default_port: int = DEFAULT_PORT) -> tuple[str, 
 def format_address(host: str, port: int) -> str:
     """``host:port``, with an IPv6 host in brackets: what :func:`parse_address` reads."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def remote_address(stream: anyio.abc.SocketStream) -> str:
+    """Who is at the other end of an accepted connection, as ``host:port`` (for logs)."""
+    try:
+        remote = stream.extra(anyio.abc.SocketAttribute.remote_address)
+    except anyio.TypedAttributeLookupError:
+        return "?"
+    if isinstance(remote, str):  # a Unix socket
+        return remote
+    return format_address(remote[0], remote[1])
 
 
 @dataclass

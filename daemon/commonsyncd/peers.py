@@ -37,7 +37,7 @@ from commonsync.messages import Offer
 from commonsync.relay_client import accept_relayed_channel, open_relayed_channel
 from commonsync.relaywire import Invitation, RefuseReason
 
-from .config import Config, format_address, parse_address
+from .config import Config, parse_address, remote_address
 from .events import EventBus
 from .folders import FolderRunner
 from .relay_links import RelayLink, RelayLinks
@@ -228,7 +228,7 @@ class Peers:
     # -- accepting -----------------------------------------------------------------------------
 
     async def _handle_inbound(self, stream: anyio.abc.SocketStream) -> None:
-        address = _address_of(stream)
+        address = remote_address(stream)
         try:
             channel = await accept_channel(
                 stream, self._host.identity, accept=self._accept_from([address], "connected")
@@ -438,14 +438,3 @@ class Peers:
 def _relayed(link: RelayLink) -> str:
     """The "address" of a session through a relay, as status shows it."""
     return f"{link.name} at {link.config.address}"
-
-
-def _address_of(stream: anyio.abc.SocketStream) -> str:
-    try:
-        remote = stream.extra(anyio.abc.SocketAttribute.remote_address)
-    except anyio.TypedAttributeLookupError:
-        return "?"
-    if isinstance(remote, str):  # a Unix socket
-        return remote
-    host, port = remote[0], remote[1]
-    return format_address(host, port)

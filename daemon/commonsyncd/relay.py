@@ -58,7 +58,7 @@ from commonsync.relaywire import (
     RelayMessage,
 )
 
-from .config import ConfigError, format_address, parse_address
+from .config import ConfigError, format_address, parse_address, remote_address
 from .home import Home
 from .logs import setup_logging
 from .relay_config import RelayLimits, RelayServerConfig
@@ -187,7 +187,7 @@ class RelayServer:
     # -- a new connection ------------------------------------------------------------------
 
     async def _handle(self, stream: anyio.abc.SocketStream) -> None:
-        address = _address_of(stream)
+        address = remote_address(stream)
         try:
             if self._greeting >= MAX_GREETING:
                 log.warning("too many connections greeting at once; closed one from %s", address)
@@ -558,16 +558,6 @@ def _tcp_keepalive(stream: anyio.abc.SocketStream) -> None:
                 sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
     except (OSError, anyio.TypedAttributeLookupError):
         pass
-
-
-def _address_of(stream: anyio.abc.SocketStream) -> str:
-    try:
-        remote = stream.extra(anyio.abc.SocketAttribute.remote_address)
-    except anyio.TypedAttributeLookupError:
-        return "?"
-    if isinstance(remote, str):
-        return remote
-    return format_address(remote[0], remote[1])
 
 
 def _stamp(path: Path | None) -> tuple[int, int, int] | None:
