@@ -99,23 +99,25 @@ def unpack(data: bytes, *, max_size: int, what: str = "message") -> Any:
         RecursionError,
     ) as exc:
         raise EncodingError(f"{what} is not valid msgpack: {exc}") from exc
-    _check_shape(obj, what, 0)
-    if _canonical_size(obj) != len(data):
+    if _canonical_size(obj, what) != len(data):
         raise EncodingError(f"{what} is not canonically encoded")
     return obj
 
 
-def _canonical_size(obj: Any) -> int:
-    """The size of ``obj``'s canonical encoding, without encoding it.
+def _canonical_size(obj: Any, what: str, depth: int = 0) -> int:
+    """The size of ``obj``'s canonical encoding, without encoding it; refuses what a
+    commonsync structure may not hold (maps, floats, deep nesting) on the way.
 
-    Enough to tell canonical input from any other: msgpack's canonical form of each value is
-    its shortest, so any other encoding of the same decoded structure is longer. (A test
-    checks this function against :func:`pack` on generated structures.)
+    The size is enough to tell canonical input from any other: msgpack's canonical form of
+    each value is its shortest, so any other encoding of the same decoded structure is
+    longer. (A test checks this function against :func:`pack` on generated structures.)
     """
     if isinstance(obj, list):
+        if depth >= _MAX_DEPTH:
+            raise EncodingError(f"{what} is nested more than {_MAX_DEPTH} levels deep")
         count = len(obj)
         header = 1 if count < 16 else 3 if count < 1 << 16 else 5
-        return header + sum(_canonical_size(item) for item in obj)
+        return header + sum(_canonical_size(item, what, depth + 1) for item in obj)
     if isinstance(obj, bytes):
         n = len(obj)
         return n + (2 if n < 1 << 8 else 3 if n < 1 << 16 else 5)
@@ -126,7 +128,11 @@ def _canonical_size(obj: Any) -> int:
         return 1
     if isinstance(obj, int):
         return _int_size(obj)
-    raise EncodingError(f"cannot size {type(obj).__name__}")  # _check_shape refused it already
+    if isinstance(obj, dict):
+        raise EncodingError(f"{what} contains a map; commonsync structures use arrays")
+    if isinstance(obj, float):
+        raise EncodingError(f"{what} contains a float; commonsync structures use integers")
+    raise EncodingError(f"{what} holds a {type(obj).__name__}, which commonsync does not use")
 
 
 def _int_size(n: int) -> int:
@@ -139,15 +145,3 @@ def _int_size(n: int) -> int:
 
 def _refuse_ext(code: int, data: bytes) -> Any:
     raise EncodingError(f"msgpack extension type {code} is not allowed")
-
-
-def _check_shape(obj: Any, what: str, depth: int) -> None:
-    if depth > _MAX_DEPTH:
-        raise EncodingError(f"{what} is nested more than {_MAX_DEPTH} levels deep")
-    if isinstance(obj, list):
-        for item in obj:
-            _check_shape(item, what, depth + 1)
-    elif isinstance(obj, dict):
-        raise EncodingError(f"{what} contains a map; commonsync structures use arrays")
-    elif isinstance(obj, float):
-        raise EncodingError(f"{what} contains a float; commonsync structures use integers")
