@@ -1,6 +1,6 @@
 """What every benchmark shares: timing under a budget, medians, ratios, the table, the JSON file.
 
-The rules live in /work/shared/BENCHMARKS.md: machines here are shared and noisy, so an absolute
+The rules (bench/README.md): machines here are shared and noisy, so an absolute
 time means little on its own. Every contender therefore runs in the same process run, on the
 same data, alternating round by round (the order rotates so none is always first), and what is
 reported is the median of the repetitions, the ratio to the reference, and the absolute

@@ -2,7 +2,7 @@
 
 The scan is what a daemon does to every new or changed file, so its rate bounds how fast a
 first sync can start. Its physical ceiling is a hash tool reading the same file, hence the
-ratio to ``b2sum`` (goal >= 1.0x, /work/shared/BENCHMARKS.md) and, for scale, to ``sha256sum``.
+ratio to ``b2sum`` (goal >= 1.0x, bench/README.md) and, for scale, to ``sha256sum``.
 Two partial variants (chunking alone, hashing alone on one thread) and a plain read show where
 the scan's time goes. All of them read the same file from a warm page cache, so the disk is
 out of the picture.

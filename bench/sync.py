@@ -17,6 +17,9 @@ commonsync daemon is left to its watcher, as a person would.
   Syncthing with its default watcher delay (fewer samples: each waits 10 s) and with 1 s.
 - R1: CPU seconds per minute of each daemon, idle, with W2's files in sync.
 - M1: peak RSS (VmHWM) of each daemon after W1 and after W2.
+- X1: W1 between two commonsync daemons that have no address for each other, through a
+  community relay (``commonsync relay serve`` on 127.0.0.1, both devices members): its time,
+  and its ratio to W1 direct.
 
 rsync runs ``rsync -a`` from A's folder to a fresh directory (W1, W2) and
 ``rsync -a --inplace --no-whole-file --stats`` for W3, whose "Total bytes sent" it reports.
@@ -47,6 +50,7 @@ if str(ROOT) not in sys.path:  # the daemons harness lives with the tests
     sys.path.insert(0, str(ROOT))
 
 from tests.daemons import Device, pair_and_share, wait_for  # noqa: E402
+from tests.relays import RelayProcess  # noqa: E402
 
 #: The whole benchmark's time budget at full size (BENCHMARKS.md: under 20 minutes).
 BUDGET = 17 * 60
@@ -103,6 +107,46 @@ class Commonsync:
         for device in (self.a, self.b):
             if device.process is not None:
                 device.stop()
+
+
+class RelayedCommonsync(Commonsync):
+    """Two commonsync daemons with no address for each other, meeting through a relay."""
+
+    name = "commonsync via relay"
+
+    def __init__(self, base: Path) -> None:
+        super().__init__(base)
+        self.relay = RelayProcess(base)
+
+    def start(self) -> None:
+        for device in (self.a, self.b):
+            device.init("--listen", "127.0.0.1:0", "--no-discovery")
+            device.start()
+        self.relay.init(self.a.device_id, self.b.device_id)
+        self.relay.start()
+        for device, other in ((self.a, self.b), (self.b, self.a)):
+            device.run("relay", "add", self.relay.address)
+            device.run("device", "add", other.device_id, "--name", other.name)
+        wait_for(
+            lambda: self.a.connected_to(self.b) and self.b.connected_to(self.a),
+            "a session through the relay",
+        )
+        via = {d["id"]: d["via"] for d in self.b.status()["devices"]}
+        if via.get(self.a.device_id) != "relay":
+            raise BenchmarkError(f"the session is not through the relay: {via}")
+        self.a.folder.mkdir(exist_ok=True)
+        self.a.run("folder", "add", str(self.a.folder), "--label", LABEL)
+        self.a.run("share", LABEL, self.b.device_id)
+        wait_for(lambda: bool(self.b.status()["offered_folders"]), "the offer to reach b")
+        self.b.run("folder", "accept", LABEL, str(self.b.folder))
+        wait_for(lambda: self.b.folder_state(LABEL)["state"] == "up to date", "b to be ready")
+
+    def stop(self) -> None:
+        try:
+            super().stop()
+        finally:
+            if self.relay.process is not None:
+                self.relay.stop()
 
 
 class Syncthing:
@@ -415,6 +459,7 @@ class SyncResult:
         ("M1 W1 B", "M1 peak RSS after W1, B (MiB)"),
         ("M1 W2 A", "M1 peak RSS after W2, A (MiB)"),
         ("M1 W2 B", "M1 peak RSS after W2, B (MiB)"),
+        ("X1", "X1 W1 through a relay (s)"),
     )
 
     def cell(self, system: str, key: str) -> float | None:
@@ -437,6 +482,9 @@ class SyncResult:
                 ratio = ours / other if ours is not None and other else None
                 row += f"{(f'{ratio:.2f}x' if ratio is not None else '-'):>20}"
             lines.append(row)
+        relayed, direct = self.cell(names[0], "X1"), self.cell(names[0], "W1")
+        if relayed is not None and direct:
+            lines.append(f"{'   X1 / W1 direct':<38}{relayed / direct:>15.2f}x")
         for name, measures in self.systems.items():
             for what, reason in measures.skipped.items():
                 lines.append(f"  {name}: {what} skipped: {reason}")
@@ -505,6 +553,8 @@ def run(options: Options) -> SyncResult:
                 m = measures[name]
                 _guarded(m, "W1/W3", _big, systems[name], pool, scratch, m)
                 _guarded(m, "W2/R1", _small, systems[name], pool, scratch, m, idle)
+                if name == "commonsync":
+                    _guarded(m, "X1", _relayed, pool, scratch, m)
             print(f"  round {round_ + 1}: rsync", flush=True)
             rsync_rounds(pool, scratch, measures["rsync"])
         # W4: latency, nothing triggered by hand.
@@ -542,6 +592,16 @@ def run(options: Options) -> SyncResult:
 def _big(factory: Callable[[Path], System], pool: Path, scratch: Path, m: Measures) -> None:
     with running(factory, scratch) as system:
         big_file_round(system, pool, m)
+
+
+def _relayed(pool: Path, scratch: Path, m: Measures) -> None:
+    """X1: W1 through a relay (only W1: W3 and M1 are measured direct)."""
+    with running(RelayedCommonsync, scratch) as system:
+        staged = system.folder_a.parent / "staged"
+        staged.mkdir()
+        shutil.copyfile(pool / "big.bin", staged / "big.bin")
+        move_in(staged, system.folder_a)
+        m.add("X1", wait_identical(system.folder_a, system.folder_b))
 
 
 def _small(

@@ -1,6 +1,6 @@
 """Two real Syncthing instances on loopback, to compare commonsync against on the same data.
 
-The reference is described in /work/shared/BENCHMARKS.md ("References"): the Debian package
+The reference is described in bench/README.md ("sync"): the Debian package
 ``syncthing``, two instances with separate ``--home`` directories, listening on 127.0.0.1
 only, with global and local discovery, relays, NAT traversal, usage and crash reporting and
 upgrade checks all disabled, paired and given one shared folder through the REST API.

@@ -269,7 +269,7 @@ def schema_as_json() -> dict[str, Any]:
 def encode(message: Message) -> bytes:
     values = [getattr(message, f.name) for f in message.FIELDS]
     for spec, value in zip(message.FIELDS, values, strict=True):
-        _validate(spec, value, type(message).__name__)
+        validate_field(spec, value, type(message).__name__)
     return encoding.pack([message.TYPE, *values])
 
 
@@ -289,11 +289,13 @@ def decode(data: bytes) -> Message:
             f"{cls.__name__} has {len(cls.FIELDS)} fields, this one has {len(values)}"
         )
     for spec, value in zip(cls.FIELDS, values, strict=True):
-        _validate(spec, value, cls.__name__)
+        validate_field(spec, value, cls.__name__)
     return cls(*values)
 
 
-def _validate(spec: FieldSpec, value: Any, where: str) -> None:
+def validate_field(spec: FieldSpec, value: Any, where: str) -> None:
+    """Check one decoded value against its spec (:class:`ProtocolError` if it does not fit);
+    ``where`` names the message for the error. Shared with the relay's codec."""
     name = f"{where}.{spec.name}"
     if spec.kind == "uint":
         ok = type(value) is int and 0 <= value <= spec.max
@@ -307,13 +309,13 @@ def _validate(spec: FieldSpec, value: Any, where: str) -> None:
         ok = isinstance(value, list) and len(value) <= spec.max
         if ok and len(spec.items) == 1:  # an array of plain values
             for item in value:
-                _validate(spec.items[0], item, name)
+                validate_field(spec.items[0], item, name)
         elif ok:  # an array of fixed-size records
             for item in value:
                 if not isinstance(item, list) or len(item) != len(spec.items):
                     raise ProtocolError(f"{name}: an entry does not have {len(spec.items)} fields")
                 for item_spec, item_value in zip(spec.items, item, strict=True):
-                    _validate(item_spec, item_value, name)
+                    validate_field(item_spec, item_value, name)
     if not ok:
         raise ProtocolError(f"{name} is not a valid {spec.kind} (limit {spec.max})")
 

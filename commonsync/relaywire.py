@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 from . import encoding
 from .device_id import DeviceId
 from .errors import EncodingError, ProtocolError, RelayProtocolError
-from .messages import FieldSpec, _validate
+from .messages import FieldSpec, validate_field
 
 #: The relay protocol version this document describes (preamble byte, schema file).
 RELAY_VERSION = 1
@@ -194,7 +194,7 @@ def encode(message: RelayMessage) -> bytes:
     values = [getattr(message, f.name) for f in message.FIELDS]
     try:
         for spec, value in zip(message.FIELDS, values, strict=True):
-            _validate(spec, value, type(message).__name__)
+            validate_field(spec, value, type(message).__name__)
     except ProtocolError as exc:
         raise RelayProtocolError(str(exc)) from None
     return encoding.pack([message.TYPE, *values])
@@ -218,7 +218,7 @@ def decode(data: bytes) -> RelayMessage:
         )
     try:
         for spec, value in zip(cls.FIELDS, values, strict=True):
-            _validate(spec, value, cls.__name__)
+            validate_field(spec, value, cls.__name__)
     except ProtocolError as exc:
         raise RelayProtocolError(str(exc)) from None
     return cls(*values)

@@ -11,6 +11,7 @@ A periodic full rescan is the safety net.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import time
@@ -39,7 +40,7 @@ DEBOUNCE_MS = 100
 SCAN_DEFERRAL = 30.0
 #: How often the watcher's thread looks up from the OS's notifications (and at its stop
 #: event), in milliseconds: a trade between idle CPU and latency.
-WATCH_STEP_MS = 50
+WATCH_STEP_MS = 100
 #: How long the watcher's thread waits for a change before handing back to Python.
 WATCH_TIMEOUT_MS = 10_000
 
@@ -238,8 +239,14 @@ class FolderRunner:
             log.warning("folder %s: cannot watch for changes: %s", self.label, exc)
 
     async def _forward_events(self, folder: Folder) -> None:
-        async for event in folder.events():
+        events = folder.events()
+        async for event in events:
             self._publish(event)
+            # Whatever else is already there, without a trip through the scheduler each
+            # (a sync of 10,000 files makes 20,000 events).
+            with contextlib.suppress(anyio.WouldBlock):
+                while True:
+                    self._publish(events.receive_nowait())
 
     def _publish(self, event: Event) -> None:
         if event.kind in (EventKind.IDLE, EventKind.SCANNED):
