@@ -530,7 +530,7 @@ class Folder:
             matching = await anyio.to_thread.run_sync(
                 self._matching, [c for c, _ in got], [d for _, d in got]
             )
-            if not matching:
+            if len(matching) < len(got):
                 self._tampered(peer)
             for chunk, data in got:
                 if chunk.id in matching:
