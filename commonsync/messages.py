@@ -10,6 +10,7 @@ fields, wrong types and out-of-range values all raise :class:`ProtocolError`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, ClassVar
@@ -267,35 +268,47 @@ def schema_as_json() -> dict[str, Any]:
 
 
 def encode(message: Message) -> bytes:
+    return encode_typed(message)
+
+
+def decode(data: bytes) -> Message:
+    message: Message = decode_typed(data, SCHEMA, max_size=MAX_MESSAGE, what="message")
+    return message
+
+
+def encode_typed(message: Any) -> bytes:
+    """``[TYPE, field, ...]`` of a message class with ``TYPE`` and ``FIELDS``, every field
+    validated first (:class:`ProtocolError`). Shared by the wire and the relay's messages."""
     values = [getattr(message, f.name) for f in message.FIELDS]
     for spec, value in zip(message.FIELDS, values, strict=True):
         validate_field(spec, value, type(message).__name__)
     return encoding.pack([message.TYPE, *values])
 
 
-def decode(data: bytes) -> Message:
+def decode_typed(data: bytes, schema: Mapping[int, type[Any]], *, max_size: int, what: str) -> Any:
+    """The message of ``schema`` that ``data`` encodes, every field validated before it is
+    built; :class:`ProtocolError` (naming ``what``) on anything else."""
     try:
-        obj = encoding.unpack(data, max_size=MAX_MESSAGE, what="message")
+        obj = encoding.unpack(data, max_size=max_size, what=what)
     except EncodingError as exc:
         raise ProtocolError(str(exc)) from exc
     if not isinstance(obj, list) or not obj or type(obj[0]) is not int:
-        raise ProtocolError("a message is an array starting with its type")
-    cls = SCHEMA.get(obj[0])
+        raise ProtocolError(f"a {what} is an array starting with its type")
+    cls = schema.get(obj[0])
     if cls is None:
-        raise ProtocolError(f"unknown message type {obj[0]}")
+        raise ProtocolError(f"unknown {what} type {obj[0]}")
     values = obj[1:]
-    if len(values) != len(cls.FIELDS):
-        raise ProtocolError(
-            f"{cls.__name__} has {len(cls.FIELDS)} fields, this one has {len(values)}"
-        )
-    for spec, value in zip(cls.FIELDS, values, strict=True):
+    specs: tuple[FieldSpec, ...] = cls.FIELDS
+    if len(values) != len(specs):
+        raise ProtocolError(f"{cls.__name__} has {len(specs)} fields, this one has {len(values)}")
+    for spec, value in zip(specs, values, strict=True):
         validate_field(spec, value, cls.__name__)
     return cls(*values)
 
 
 def validate_field(spec: FieldSpec, value: Any, where: str) -> None:
     """Check one decoded value against its spec (:class:`ProtocolError` if it does not fit);
-    ``where`` names the message for the error. Shared with the relay's codec."""
+    ``where`` names the message for the error."""
     name = f"{where}.{spec.name}"
     if spec.kind == "uint":
         ok = type(value) is int and 0 <= value <= spec.max
@@ -337,5 +350,8 @@ __all__ = [
     "Ping",
     "Pong",
     "decode",
+    "decode_typed",
     "encode",
+    "encode_typed",
+    "validate_field",
 ]

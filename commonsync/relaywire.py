@@ -23,10 +23,9 @@ import enum
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from . import encoding
 from .device_id import DeviceId
-from .errors import EncodingError, ProtocolError, RelayProtocolError
-from .messages import FieldSpec, validate_field
+from .errors import ProtocolError, RelayProtocolError
+from .messages import FieldSpec, decode_typed, encode_typed
 
 #: The relay protocol version this document describes (preamble byte, schema file).
 RELAY_VERSION = 1
@@ -191,37 +190,21 @@ def schema_as_json() -> dict[str, Any]:
 
 
 def encode(message: RelayMessage) -> bytes:
-    values = [getattr(message, f.name) for f in message.FIELDS]
     try:
-        for spec, value in zip(message.FIELDS, values, strict=True):
-            validate_field(spec, value, type(message).__name__)
+        return encode_typed(message)
     except ProtocolError as exc:
         raise RelayProtocolError(str(exc)) from None
-    return encoding.pack([message.TYPE, *values])
 
 
 def decode(data: bytes) -> RelayMessage:
     """One control message, validated; :class:`RelayProtocolError` on anything else."""
     try:
-        obj = encoding.unpack(data, max_size=MAX_RELAY_MESSAGE, what="relay message")
-    except EncodingError as exc:
-        raise RelayProtocolError(str(exc)) from None
-    if not isinstance(obj, list) or not obj or type(obj[0]) is not int:
-        raise RelayProtocolError("a relay message is an array starting with its type")
-    cls = SCHEMA.get(obj[0])
-    if cls is None:
-        raise RelayProtocolError(f"unknown relay message type {obj[0]}")
-    values = obj[1:]
-    if len(values) != len(cls.FIELDS):
-        raise RelayProtocolError(
-            f"{cls.__name__} has {len(cls.FIELDS)} fields, this one has {len(values)}"
+        message: RelayMessage = decode_typed(
+            data, SCHEMA, max_size=MAX_RELAY_MESSAGE, what="relay message"
         )
-    try:
-        for spec, value in zip(cls.FIELDS, values, strict=True):
-            validate_field(spec, value, cls.__name__)
     except ProtocolError as exc:
         raise RelayProtocolError(str(exc)) from None
-    return cls(*values)
+    return message
 
 
 # -- the session connection --------------------------------------------------------------------

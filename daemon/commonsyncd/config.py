@@ -168,17 +168,7 @@ class Config:
 
     @classmethod
     def load(cls, path: Path) -> Config:
-        try:
-            with path.open("rb") as stream:
-                data = stream.read(MAX_CONFIG_BYTES + 1)
-        except FileNotFoundError:
-            raise ConfigError(f"{path} does not exist; run `commonsync init` first") from None
-        if len(data) > MAX_CONFIG_BYTES:
-            raise ConfigError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes")
-        try:
-            raw = tomllib.loads(data.decode("utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+        raw = read_toml(path, missing="run `commonsync init` first")
         try:
             return cls._from_dict(raw)
         except (KeyError, TypeError, ValueError, DeviceIdError) as exc:
@@ -289,6 +279,22 @@ def _number(value: Any, name: str) -> float:
 
 def _table(value: Any, name: str) -> dict[str, Any]:
     return _typed(value, dict, name)  # type: ignore[no-any-return]
+
+
+def read_toml(path: Path, *, missing: str) -> dict[str, Any]:
+    """A configuration file's table, at most :data:`MAX_CONFIG_BYTES`; ``missing`` is the
+    hint given when the file does not exist."""
+    try:
+        with path.open("rb") as stream:
+            data = stream.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist; {missing}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
 
 
 def _describe(exc: Exception) -> str:

@@ -25,7 +25,6 @@ copy buffer per direction while bytes flow.
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from commonsync import DeviceId
 from commonsync.errors import DeviceIdError
 from commonsync.relaywire import DEFAULT_RELAY_PORT
 
-from .config import MAX_CONFIG_BYTES, ConfigError, _describe, _number, _table, _typed, parse_address
+from .config import ConfigError, _describe, _number, _table, _typed, parse_address, read_toml
 
 
 @dataclass
@@ -76,17 +75,7 @@ class RelayServerConfig:
 
     @classmethod
     def load(cls, path: Path) -> RelayServerConfig:
-        try:
-            with path.open("rb") as stream:
-                data = stream.read(MAX_CONFIG_BYTES + 1)
-        except FileNotFoundError:
-            raise ConfigError(f"{path} does not exist") from None
-        if len(data) > MAX_CONFIG_BYTES:
-            raise ConfigError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes")
-        try:
-            raw = tomllib.loads(data.decode("utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+        raw = read_toml(path, missing="run `commonsync relay id` first")
         try:
             config = cls(
                 listen=_typed(raw.get("listen", cls.listen), str, "listen"),
