@@ -21,6 +21,7 @@ import anyio
 import pytest
 
 from commonsync import DeviceIdentity, FolderKey, Session, connect_channel, encoding
+from commonsync.chunks import chunk_id
 from commonsync.layout import METADATA_DIR, is_conflict_copy, is_internal
 from commonsync.messages import (
     ChunkBatchRequest,
@@ -440,5 +441,57 @@ async def test_hostile_records_and_chunks_are_refused(tmp_path: Path, anyio_back
         assert any("does not match its ID" in e["detail"] for e in errors)
         refusals = [line for line in victim.log if "refused a record" in line]
         assert len(refusals) == 2, victim.log
+    finally:
+        victim.stop()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_a_batch_with_one_forged_chunk_keeps_the_good_files(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    """Of the small files fetched in one batch, those whose chunks match are written; the one
+    whose chunk was forged is not, and the peer is reported."""
+    key = FolderKey.generate()
+    victim = Device("victim", tmp_path, key)
+    mallory = Device("mallory", tmp_path, key)
+    good = os.urandom(3000)
+    good_id = chunk_id(key.chunk_id_key, good)
+    bad_id = chunk_id(key.chunk_id_key, os.urandom(3000))
+    victim.start([mallory], listen=True)
+    try:
+        channel = await connect_channel(
+            "127.0.0.1", victim.port, mallory.identity, accept=lambda d: True
+        )
+        session = Session(channel)
+        await session.send(Hello(1, [], "mallory", "test"))
+        proof = folder_proof(key, channel.handshake_hash, sender_is_initiator=True)
+        await session.send(Folders([[proof, bytes(16), 0]]))
+        records = [
+            forged(mallory.identity, key, "good.txt", [[good_id, len(good)]]),
+            forged(mallory.identity, key, "forged.txt", [[bad_id, 3000]]),
+        ]
+        await session.send(
+            Index(key.folder_id, b"m" * 16, [[n + 1, r] for n, r in enumerate(records)], 2)
+        )
+        with anyio.fail_after(30):
+            async for message in session:
+                if isinstance(message, ChunkBatchRequest):
+                    assert sorted(message.chunks) == sorted([[good_id, 3000], [bad_id, 3000]])
+                    answers: list[list[object]] = [
+                        [0, good if chunk == good_id else b"x" * size]
+                        for chunk, size in message.chunks
+                    ]
+                    await session.send(ChunkBatchResponse(message.request_id, answers))
+                    break
+            while not (victim.root / "good.txt").exists():
+                await anyio.sleep(0.05)
+            await anyio.sleep(0.5)
+        await session.close()
+        victim.stop()
+        assert (victim.root / "good.txt").read_bytes() == good
+        assert not (victim.root / "forged.txt").exists()
+        errors = [e for e in victim.events if e.get("event") == "error"]
+        assert any("does not match its ID" in e["detail"] for e in errors)
     finally:
         victim.stop()
