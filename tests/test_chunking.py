@@ -16,7 +16,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyfastcdc import FastCDC
 
-from commonsync.chunking import CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, ChunkHasher, iter_chunks
+from commonsync.chunking import (
+    _CHUNKER,
+    CHUNK_AVG,
+    CHUNK_MAX,
+    CHUNK_MIN,
+    ChunkHasher,
+    iter_chunks,
+)
 from commonsync.chunks import chunk_id
 from commonsync.keys import FolderKey
 
@@ -138,6 +145,17 @@ def test_boundaries_do_not_depend_on_read_sizes(size: int, step: int) -> None:
     assert whole == trickled
     assert sum(n for _, n in whole) == size
     assert all(CHUNK_MIN <= n <= CHUNK_MAX for _, n in whole[:-1])
+
+
+def test_cutting_a_stream_in_buffers_gives_the_cuts_of_the_whole() -> None:
+    """A stream several read buffers long is cut exactly where FastCDC cuts the whole of it
+    at once, whatever the reads return."""
+    data = seed("buffers", 45 * 1024 * 1024 + 17)
+    whole = [(c.offset, c.length) for c in _CHUNKER.cut_buf(data)]
+    assert [(o, len(d)) for o, d in iter_chunks(io.BytesIO(data))] == whole
+    trickled = iter_chunks(_Trickle(data, 3 * 1024 * 1024 + 5))  # type: ignore[arg-type]
+    assert [(o, len(d)) for o, d in trickled] == whole
+    assert b"".join(d for _, d in iter_chunks(io.BytesIO(data))) == data
 
 
 def test_hasher_gives_the_ids_of_the_plain_chunks_in_order() -> None:
