@@ -284,6 +284,15 @@ class Folder:
         exchange = PeerExchange(session, [self], device_name=self.device_name)
         await exchange.run()
 
+    async def _resume_pending(self) -> None:
+        """Queue the remote versions this folder took before it last stopped and did not
+        write: the peers that sent them will not send them again. (What was decided about a
+        conflict copy is not kept: if the file changed meanwhile, applying makes one.)"""
+        for entry in await self.store.not_on_disk(self.folder_id):
+            self._pending[entry.record.path] = RemoteRecord(entry.record, entry.signed)
+        if self._pending:
+            self._pending_changed.set()
+
     async def run_puller(self) -> None:
         """Apply the remote versions we decided to take, forever (run it in a task)."""
         while True:
@@ -648,6 +657,7 @@ async def open_folder(
     await anyio.to_thread.run_sync(scanner.init_folder, root)
     await store.add_folder(key.folder_id, label or root.name)
     folder = Folder(root, key, identity, store, device_name=device_name)
+    await folder._resume_pending()
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(folder.run_puller)
         try:

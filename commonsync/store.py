@@ -489,6 +489,20 @@ class IndexStore:
 
         return await self._run(since)
 
+    async def not_on_disk(self, folder_id: bytes) -> list[IndexEntry]:
+        """The remote versions taken but not written yet (``on_disk=False``): what a puller
+        that was stopped must still apply, since their peers will not send them again."""
+
+        def pending(conn: sqlite3.Connection) -> list[IndexEntry]:
+            rows = conn.execute(
+                "SELECT signed, on_disk, local_seq FROM records"
+                " WHERE folder_id = ? AND on_disk = 0 ORDER BY local_seq",
+                (folder_id,),
+            )
+            return [_entry(row) for row in rows]
+
+        return await self._run(pending)
+
     async def signed_since(
         self, folder_id: bytes, after: int, limit: int = 1000
     ) -> list[SignedRow]:

@@ -21,7 +21,8 @@ from commonsync import DeviceIdentity, Folder, FolderKey, Session, open_folder
 from commonsync.channel import accept_channel, connect_channel
 from commonsync.exchange import PeerExchange, RemoteRecord
 from commonsync.messages import ChunkBatchRequest, ChunkRequest, Message
-from commonsync.store import open_store
+from commonsync.records import decode_verified
+from commonsync.store import IndexEntry, PeerProgress, open_store
 
 pytestmark = pytest.mark.anyio
 TIMEOUT = 30
@@ -152,7 +153,8 @@ async def test_a_device_that_lost_its_index_gets_its_own_files_back(tmp_path: Pa
     async with a.opened() as fa, b.opened() as fb:
         await fa.scan()
         async with connected(a, fa, b, fb):
-            await until(lambda: same(a, b))
+            # Until b has recorded the files as written (not only written them).
+            await until(lambda: fb.stats.files_applied == 5)
     # The same device, reinstalled: its index and its copy of the folder are gone.
     os.remove(a.state)
     for suffix in ("-wal", "-shm"):
@@ -163,3 +165,33 @@ async def test_a_device_that_lost_its_index_gets_its_own_files_back(tmp_path: Pa
     async with a.opened() as fa, b.opened() as fb, connected(a, fa, b, fb):
         await until(lambda: tree(tmp_path / "a") == expected)
     assert {r.record.author for r in a.received} == {identity.public_key}
+
+
+async def test_versions_taken_before_a_restart_are_still_written(tmp_path: Path) -> None:
+    """A device stopped after it took versions from a peer (and recorded how far it had seen)
+    but before writing them writes them when it starts again: the peer will not send them
+    twice."""
+    key = FolderKey.generate()
+    a = Side("a", tmp_path, key, DeviceIdentity.generate())
+    b = Side("b", tmp_path, key, DeviceIdentity.generate())
+    (tmp_path / "a").mkdir()
+    for n in range(3):
+        (tmp_path / "a" / f"{n}.txt").write_bytes(os.urandom(2000))
+    (tmp_path / "a" / "big.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    async with a.opened() as fa:
+        await fa.scan()
+        index_id, sequence = await fa.index_state()
+        taken = [
+            IndexEntry(decode_verified(row.signed), row.signed, on_disk=False)
+            for row in await fa.records_since(0, 100)
+        ]
+    # b's state when it stopped: the versions stored as taken, a's index seen to its end.
+    async with open_store(b.state) as store:
+        await store.add_folder(key.folder_id, "b")
+        await store.put(key.folder_id, taken)
+        progress = PeerProgress(index_id, sequence)
+        await store.set_peer_progress(key.folder_id, a.identity.device_id, progress)
+    async with a.opened() as fa, b.opened() as fb, connected(a, fa, b, fb):
+        await until(lambda: same(a, b))
+        await until(lambda: fb.stats.files_applied == 4)
+    assert b.received == []  # nothing was sent again: b wrote what it had taken
