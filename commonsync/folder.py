@@ -458,12 +458,16 @@ class Folder:
         try:
             state = await self._write(record, expected)
         except LocalChangedError as exc:
+            now = await anyio.to_thread.run_sync(_local_state, self.root / record.path)
+            if now is not None and await anyio.to_thread.run_sync(
+                _holds_version, self.root / record.path, record, now, self._key.chunk_id_key
+            ):
+                return now  # already this version (written before a stop, not recorded)
             # Someone changed the path after it was scanned. Their change must survive: a
             # changed file becomes a conflict copy (ours, published by the next scan); for a
             # deletion or a directory, whatever is there now is what we replace (a replaced
             # file still goes to the versions folder).
             self._emit(EventKind.CONFLICT, record.path, str(exc))
-            now = await anyio.to_thread.run_sync(_local_state, self.root / record.path)
             if now is not None and stat.S_ISREG(now.mode) and not record.deleted:
                 copy = conflict_name(record.path, now.mtime_ns, self.identity.device_id.short_str)
                 await apply.conflict_copy(self.root, record.path, copy, now)
@@ -626,6 +630,33 @@ def _local_state(path: Path) -> LocalFile | None:
         return LocalFile.from_stat(path.lstat())
     except FileNotFoundError:
         return None
+
+
+def _holds_version(path: Path, record: Record, state: LocalFile, key: bytes) -> bool:
+    """Whether the regular file at ``path``, still as ``state`` says, holds exactly the
+    version ``record``: its size, then every chunk against its ID (in a worker thread)."""
+    if record.kind is not Kind.FILE or record.deleted or not stat.S_ISREG(state.mode):
+        return False
+    if state.size != record.size:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        if LocalFile.from_stat(os.fstat(fd)) != state:
+            return False
+        offset = 0
+        for chunk in record.chunks:
+            data = os.pread(fd, chunk.size, offset)
+            if len(data) != chunk.size or chunk_id(key, data) != chunk.id:
+                return False
+            offset += chunk.size
+        return LocalFile.from_stat(os.fstat(fd)) == state
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _read_at(path: Path, offset: int, size: int) -> bytes | None:

@@ -8,6 +8,7 @@ channel on loopback.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,6 +21,7 @@ from commonsyncd.demo import tree
 from commonsync import DeviceIdentity, Folder, FolderKey, Session, open_folder
 from commonsync.channel import accept_channel, connect_channel
 from commonsync.exchange import PeerExchange, RemoteRecord
+from commonsync.layout import is_conflict_copy
 from commonsync.messages import ChunkBatchRequest, ChunkRequest, Message
 from commonsync.records import decode_verified
 from commonsync.store import IndexEntry, PeerProgress, open_store
@@ -167,10 +169,14 @@ async def test_a_device_that_lost_its_index_gets_its_own_files_back(tmp_path: Pa
     assert {r.record.author for r in a.received} == {identity.public_key}
 
 
-async def test_versions_taken_before_a_restart_are_still_written(tmp_path: Path) -> None:
+@pytest.mark.parametrize("written", [False, True], ids=["not written", "written"])
+async def test_versions_taken_before_a_restart_are_still_written(
+    tmp_path: Path, written: bool
+) -> None:
     """A device stopped after it took versions from a peer (and recorded how far it had seen)
     but before writing them writes them when it starts again: the peer will not send them
-    twice."""
+    twice. Stopped after writing them but before recording that, it records them, without
+    taking its own writing for a local change (no conflict copies)."""
     key = FolderKey.generate()
     a = Side("a", tmp_path, key, DeviceIdentity.generate())
     b = Side("b", tmp_path, key, DeviceIdentity.generate())
@@ -185,6 +191,8 @@ async def test_versions_taken_before_a_restart_are_still_written(tmp_path: Path)
             IndexEntry(decode_verified(row.signed), row.signed, on_disk=False)
             for row in await fa.records_since(0, 100)
         ]
+    if written:
+        shutil.copytree(tmp_path / "a", tmp_path / "b", ignore=shutil.ignore_patterns(".*"))
     # b's state when it stopped: the versions stored as taken, a's index seen to its end.
     async with open_store(b.state) as store:
         await store.add_folder(key.folder_id, "b")
@@ -195,3 +203,4 @@ async def test_versions_taken_before_a_restart_are_still_written(tmp_path: Path)
         await until(lambda: same(a, b))
         await until(lambda: fb.stats.files_applied == 4)
     assert b.received == []  # nothing was sent again: b wrote what it had taken
+    assert not [p for p in os.listdir(b.root) if is_conflict_copy(p)]
