@@ -34,6 +34,27 @@ def command(name: str) -> list[str]:
     return [sys.executable, "-m", module]
 
 
+def run_commonsync(
+    home: Path, args: Sequence[str], *, on: str, prefix: Sequence[str] = (), check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """``commonsync --home HOME ARGS`` as a person types it; with ``check``, a non-zero exit
+    fails the test with the command's output (``on`` names who ran it)."""
+    done = subprocess.run(
+        [*prefix, *command("commonsync"), "--home", str(home), *args],
+        capture_output=True,
+        text=True,
+        timeout=STEP,
+        env=ENV,
+        check=False,
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(
+            f"commonsync {' '.join(args)} on {on} exited {done.returncode}:\n"
+            f"{done.stdout}{done.stderr}"
+        )
+    return done
+
+
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = STEP) -> float:
     started = time.monotonic()
     while not condition():
@@ -56,20 +77,7 @@ class Device:
         self.device_id = ""
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            [*self.prefix, *command("commonsync"), "--home", str(self.home), *args],
-            capture_output=True,
-            text=True,
-            timeout=STEP,
-            env=ENV,
-            check=False,
-        )
-        if check and done.returncode != 0:
-            raise AssertionError(
-                f"commonsync {' '.join(args)} on {self.name} exited {done.returncode}:\n"
-                f"{done.stdout}{done.stderr}"
-            )
-        return done
+        return run_commonsync(self.home, args, on=self.name, prefix=self.prefix, check=check)
 
     def json(self, *args: str) -> Any:
         return json.loads(self.run(*args, "--json").stdout)

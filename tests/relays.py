@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.daemons import ENV, STEP, command, wait_for
+from tests.daemons import ENV, command, run_commonsync, wait_for
 
 __all__ = ["RelayProcess"]
 
@@ -25,20 +25,7 @@ class RelayProcess:
         self.relay_id = ""
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            [*command("commonsync"), "--home", str(self.home), "relay", *args],
-            capture_output=True,
-            text=True,
-            timeout=STEP,
-            env=ENV,
-            check=False,
-        )
-        if check and done.returncode != 0:
-            raise AssertionError(
-                f"commonsync relay {' '.join(args)} exited {done.returncode}:\n"
-                f"{done.stdout}{done.stderr}"
-            )
-        return done
+        return run_commonsync(self.home, ["relay", *args], on="the relay", check=check)
 
     def init(self, *members: str) -> str:
         self.relay_id = self.run("id").stdout.strip()

@@ -397,6 +397,23 @@ def forged(
     return seal_record(key, encoding.pack([body, signature]))
 
 
+async def hostile_session(
+    victim: Device, mallory: Device, key: FolderKey, records: list[bytes]
+) -> Session:
+    """Mallory's session with the victim, past the greetings, with ``records`` sent as one
+    index batch."""
+    channel = await connect_channel(
+        "127.0.0.1", victim.port, mallory.identity, accept=lambda d: True
+    )
+    session = Session(channel)
+    await session.send(Hello(1, [], "mallory", "test"))
+    proof = folder_proof(key, channel.handshake_hash, sender_is_initiator=True)
+    await session.send(Folders([[proof, bytes(16), 0]]))
+    batch = [[n + 1, record] for n, record in enumerate(records)]
+    await session.send(Index(key.folder_id, b"m" * 16, batch, len(records)))
+    return session
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["trio"])
 async def test_hostile_records_and_chunks_are_refused(tmp_path: Path, anyio_backend: str) -> None:
@@ -406,22 +423,12 @@ async def test_hostile_records_and_chunks_are_refused(tmp_path: Path, anyio_back
     outside = tmp_path / "outside"
     victim.start([mallory], listen=True)
     try:
-        channel = await connect_channel(
-            "127.0.0.1", victim.port, mallory.identity, accept=lambda d: True
-        )
-        session = Session(channel)
-        await session.send(Hello(1, [], "mallory", "test"))
-        proof = folder_proof(key, channel.handshake_hash, sender_is_initiator=True)
-        await session.send(Folders([[proof, bytes(16), 0]]))
         bad_chunk = ChunkEntry(os.urandom(32), 100)
-        records = [
+        session = await hostile_session(victim, mallory, key, [
             forged(mallory.identity, key, "../outside", [[os.urandom(32), 10]]),
             forged(mallory.identity, key, str(outside), [[os.urandom(32), 10]]),
             forged(mallory.identity, key, "bad-chunk.bin", [[bad_chunk.id, bad_chunk.size]]),
-        ]
-        await session.send(
-            Index(key.folder_id, b"m" * 16, [[n + 1, r] for n, r in enumerate(records)], 3)
-        )
+        ])  # fmt: skip
         with anyio.fail_after(30):
             async for message in session:
                 # A file of one chunk is fetched in a batch (with others, were there others).
@@ -460,20 +467,10 @@ async def test_a_batch_with_one_forged_chunk_keeps_the_good_files(
     bad_id = chunk_id(key.chunk_id_key, os.urandom(3000))
     victim.start([mallory], listen=True)
     try:
-        channel = await connect_channel(
-            "127.0.0.1", victim.port, mallory.identity, accept=lambda d: True
-        )
-        session = Session(channel)
-        await session.send(Hello(1, [], "mallory", "test"))
-        proof = folder_proof(key, channel.handshake_hash, sender_is_initiator=True)
-        await session.send(Folders([[proof, bytes(16), 0]]))
-        records = [
+        session = await hostile_session(victim, mallory, key, [
             forged(mallory.identity, key, "good.txt", [[good_id, len(good)]]),
             forged(mallory.identity, key, "forged.txt", [[bad_id, 3000]]),
-        ]
-        await session.send(
-            Index(key.folder_id, b"m" * 16, [[n + 1, r] for n, r in enumerate(records)], 2)
-        )
+        ])  # fmt: skip
         with anyio.fail_after(30):
             async for message in session:
                 if isinstance(message, ChunkBatchRequest):
