@@ -127,6 +127,7 @@ class Folder:
         #: During a round: the chunks some local file holds (None: ask).
         self._local_sources: dict[bytes, list[ChunkLocation]] | None = None
         self._scan_lock = anyio.Lock()
+        self._racy_scanned = anyio.Event()
         self._events_in, self._events_out = anyio.create_memory_object_stream[Event](EVENT_BUFFER)
 
     @property
@@ -186,7 +187,25 @@ class Folder:
             )
         self._notify_change()
         self._emit(EventKind.SCANNED, detail=str(report))
+        if report.racy:
+            self._racy_scanned.set()
         return report
+
+    async def _rescan_racy(self) -> None:
+        """Scan again once the racy window of the files a scan hashed just after they were
+        written has passed, so that their local state is recorded (run it in a task).
+
+        Without it such a file has no local state until some later scan, and the applier
+        would take it for a local change when a remote version of it arrives."""
+        while True:
+            await self._racy_scanned.wait()
+            self._racy_scanned = anyio.Event()
+            await anyio.sleep(scanner.RACY_WINDOW_NS / 1e9 + RACY_RESCAN_MARGIN)
+            try:
+                await self.scan()
+            except CommonsyncError as exc:
+                # The owner's next scan reports it (the folder may be gone, or held back).
+                log.debug("rescan after the racy window failed: %s", exc)
 
     def _notify_change(self) -> None:
         self._changed.set()
@@ -463,6 +482,14 @@ class Folder:
                 _holds_version, self.root / record.path, record, now, self._key.chunk_id_key
             ):
                 return now  # already this version (written before a stop, not recorded)
+            if (
+                expected is None
+                and now is not None
+                and await self._holds_last_scanned(record.path, now)
+            ):
+                # Scanned within its racy window (so no local state was kept) and unchanged
+                # since: what is there is the version the index holds, not a local change.
+                return await self._write(record, now)
             # Someone changed the path after it was scanned. Their change must survive: a
             # changed file becomes a conflict copy (ours, published by the next scan); for a
             # deletion or a directory, whatever is there now is what we replace (a replaced
@@ -483,6 +510,16 @@ class Folder:
         if published_copy:
             self._publish_copies = True  # by a scan once the batch is recorded
         return state
+
+    async def _holds_last_scanned(self, path: str, state: LocalFile) -> bool:
+        """Whether the file at ``path`` holds exactly the chunks of the version last
+        recorded as on disk there."""
+        chunks = await self.store.chunks_at(self.folder_id, path)
+        if not chunks:
+            return False  # nothing recorded (or an empty file): cannot tell
+        return await anyio.to_thread.run_sync(
+            _holds_chunks, self.root / path, chunks, state, self._key.chunk_id_key
+        )
 
     async def _write(self, record: Record, expected: LocalFile | None) -> LocalFile | None:
         if record.deleted:
@@ -577,6 +614,8 @@ APPLY_BATCH = 200
 GROUP_FILES = 128
 #: A file this size or smaller is "small": a chunk or two.
 SMALL_FILE = 2 * 1024 * 1024
+#: Seconds past the racy window before the rescan that records local states.
+RACY_RESCAN_MARGIN = 0.2
 
 
 class _Marker(enum.Enum):
@@ -635,9 +674,15 @@ def _local_state(path: Path) -> LocalFile | None:
 def _holds_version(path: Path, record: Record, state: LocalFile, key: bytes) -> bool:
     """Whether the regular file at ``path``, still as ``state`` says, holds exactly the
     version ``record``: its size, then every chunk against its ID (in a worker thread)."""
-    if record.kind is not Kind.FILE or record.deleted or not stat.S_ISREG(state.mode):
+    if record.kind is not Kind.FILE or record.deleted:
         return False
-    if state.size != record.size:
+    return _holds_chunks(path, record.chunks, state, key)
+
+
+def _holds_chunks(path: Path, chunks: Sequence[ChunkEntry], state: LocalFile, key: bytes) -> bool:
+    """Whether the regular file at ``path``, still as ``state`` says, holds exactly
+    ``chunks``: its size, then every chunk against its ID (in a worker thread)."""
+    if not stat.S_ISREG(state.mode) or state.size != sum(c.size for c in chunks):
         return False
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
@@ -647,7 +692,7 @@ def _holds_version(path: Path, record: Record, state: LocalFile, key: bytes) -> 
         if LocalFile.from_stat(os.fstat(fd)) != state:
             return False
         offset = 0
-        for chunk in record.chunks:
+        for chunk in chunks:
             data = os.pread(fd, chunk.size, offset)
             if len(data) != chunk.size or chunk_id(key, data) != chunk.id:
                 return False
@@ -691,6 +736,7 @@ async def open_folder(
     await folder._resume_pending()
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(folder.run_puller)
+        tasks.start_soon(folder._rescan_racy)
         try:
             yield folder
         finally:

@@ -151,6 +151,9 @@ class ScanReport:
     skipped: list[SkippedPath] = field(default_factory=list)
     #: All skipped entries, also those beyond the :data:`MAX_REPORTED` listed.
     skipped_count: int = 0
+    #: Entries recorded without a local state because they were modified within
+    #: :data:`RACY_WINDOW_NS` of being read: a scan after the window records it.
+    racy: int = 0
 
     @property
     def changing(self) -> list[str]:
@@ -728,8 +731,8 @@ class _Scan:
         change = self._change(found, state, Kind.FILE, hashed.chunks, st, LocalFile.from_stat(st))
         await self._add(change)
 
-    @staticmethod
     def _change(
+        self,
         found: _Found,
         state: PathState | None,
         kind: Kind,
@@ -739,6 +742,7 @@ class _Scan:
     ) -> _Change:
         if time.time_ns() - st.st_mtime_ns < RACY_WINDOW_NS:
             local = None
+            self.report.racy += 1
         content = _Content(
             kind, chunks, found.target, st.st_mtime_ns, stat.S_IMODE(st.st_mode), local
         )

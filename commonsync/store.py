@@ -626,6 +626,21 @@ class IndexStore:
 
         return await self._run(sources)
 
+    async def chunks_at(self, folder_id: bytes, path: str) -> list[ChunkEntry]:
+        """The chunks of the version last recorded as on disk at ``path``, in file order (a
+        remote version stored but not yet written leaves them as they were): what the file
+        holds if nobody changed it since."""
+
+        def chunks_at(conn: sqlite3.Connection) -> list[ChunkEntry]:
+            rows = conn.execute(
+                "SELECT chunk_id, size FROM chunk_locations"
+                " WHERE folder_id = ? AND path = ? ORDER BY offset",
+                (folder_id, path),
+            )
+            return [ChunkEntry(chunk_id, size) for chunk_id, size in rows]
+
+        return await self._run(chunks_at)
+
     async def read_with_sources(
         self,
         folder_id: bytes,

@@ -204,3 +204,46 @@ async def test_versions_taken_before_a_restart_are_still_written(
         await until(lambda: fb.stats.files_applied == 4)
     assert b.received == []  # nothing was sent again: b wrote what it had taken
     assert not [p for p in os.listdir(b.root) if is_conflict_copy(p)]
+
+
+async def test_editing_a_file_just_received_is_not_a_conflict(tmp_path: Path) -> None:
+    """Sequential edits, each made right after the other's arrived (within the scanner's racy
+    window, so no local state was recorded for them): never a conflict copy."""
+    key = FolderKey.generate()
+    a = Side("a", tmp_path, key, DeviceIdentity.generate())
+    b = Side("b", tmp_path, key, DeviceIdentity.generate())
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "f.txt").write_bytes(b"written on a")
+    async with a.opened() as fa, b.opened() as fb:
+        await fa.scan()
+        async with connected(a, fa, b, fb):
+            await until(lambda: same(a, b))
+            for n in range(3):
+                for side, folder, other in ((b, fb, a), (a, fa, b)):
+                    text = f"edit {n} on {side.name}".encode()
+                    (side.root / "f.txt").write_bytes(text)
+                    await folder.scan()
+                    await until(lambda o=other, t=text: (o.root / "f.txt").read_bytes() == t)
+            await until(lambda: fa.progress().idle and fb.progress().idle)
+    for side in (a, b):
+        names = sorted(p.name for p in side.root.iterdir() if not p.name.startswith("."))
+        assert names == ["f.txt"], f"{side.name} holds {names}"
+    assert fa.stats.conflicts == fb.stats.conflicts == 0
+
+
+async def test_a_file_scanned_in_its_racy_window_gets_its_local_state_soon(
+    tmp_path: Path,
+) -> None:
+    """The scanner keeps no local state for a file written just before it was hashed; the
+    folder scans again once the window has passed, without being asked, and records it."""
+    key = FolderKey.generate()
+    a = Side("a", tmp_path, key, DeviceIdentity.generate())
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "new.txt").write_bytes(b"just written")
+    async with a.opened() as fa:
+        report = await fa.scan()
+        assert report.racy == 1
+        assert await fa.store.local_file(key.folder_id, "new.txt") is None
+        with anyio.fail_after(TIMEOUT):
+            while await fa.store.local_file(key.folder_id, "new.txt") is None:
+                await anyio.sleep(0.1)
