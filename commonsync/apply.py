@@ -87,6 +87,7 @@ __all__ = [
     "apply_deletion",
     "apply_directory",
     "apply_file",
+    "apply_metadata",
     "apply_small_files",
     "apply_symlink",
     "conflict_copy",
@@ -191,6 +192,25 @@ async def apply_file(
         temp = _fit_temp_name(target.name, record.content_digest())
         await _assemble(target, temp, record, read_chunk, chunk_id_key, write_key)
         return await target.run(partial(_place_file, target, temp, expected, versions, clock_ns))
+    finally:
+        target.close()
+
+
+async def apply_metadata(root: Path, record: Record, expected: LocalState) -> LocalState:
+    """Give the file at ``record.path``, which already holds exactly ``record``'s content (the
+    caller knows it: the index says so and ``expected`` is still what is there), the record's
+    mode and mtime in place; returns its new state.
+
+    Nothing is fetched, copied or kept in the versions folder: a permission change on a
+    large folder must not send or duplicate its content. :class:`LocalChangedError` if the
+    file is not what ``expected`` says."""
+    _require(record, Kind.FILE, "apply_metadata")
+    _refuse_internal(record.path)
+    target = await _open_existing(root, record.path)
+    if target is None:
+        raise _changed(record.path, expected, None)
+    try:
+        return await target.run(partial(_set_metadata, target, record, expected))
     finally:
         target.close()
 
@@ -912,10 +932,32 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
 
 def _finish_temp(fd: int, record: Record) -> None:
     os.ftruncate(fd, record.size)
+    _set_mode_and_mtime(fd, record)
+    os.fsync(fd)
+
+
+def _set_mode_and_mtime(fd: int, record: Record) -> None:
     # Only the permission bits: a remote device must not make local setuid programs.
     os.fchmod(fd, record.mode & 0o777)
     os.utime(fd, ns=(record.mtime_ns, record.mtime_ns))
-    os.fsync(fd)
+
+
+def _set_metadata(target: _Target, record: Record, expected: LocalState) -> LocalState:
+    """:func:`apply_metadata`, in a worker thread: the file is opened without following a
+    link and checked against ``expected`` on the open descriptor, so what is changed is the
+    file that was checked."""
+    _check(target, expected)
+    with _naming(target.path):
+        fd = os.open(target.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=target.fd)
+    try:
+        st = os.fstat(fd)
+        if not _same(expected, st):
+            raise _changed(target.path, expected, st)
+        _set_mode_and_mtime(fd, record)
+        os.fsync(fd)
+        return LocalFile.from_stat(os.fstat(fd))
+    finally:
+        os.close(fd)
 
 
 # -- putting entries in place ---------------------------------------------------------------

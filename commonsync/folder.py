@@ -395,6 +395,10 @@ class Folder:
     async def _apply_group(self, group: list[RemoteRecord], batch: _AppliedBatch) -> None:
         """Apply files of at most one chunk each, together (see :meth:`_apply_small`)."""
         expected = await self.store.local_files_of(self.folder_id, (r.record.path for r in group))
+        holding = await self._holding_content([r.record for r in group], expected)
+        for remote in [r for r in group if r.record.path in holding]:
+            await self._apply_one(remote, batch)  # metadata only: nothing to fetch
+        group = [r for r in group if r.record.path not in holding]
         chunks = {c.id: c for r in group for c in r.record.chunks}
         found = await self._fetch_chunks(list(chunks.values()))
         ready = [r for r in group if all(c.id in found for c in r.record.chunks)]
@@ -474,8 +478,12 @@ class Folder:
             await apply.conflict_copy(self.root, record.path, copy, expected)
             self._emit(EventKind.CONFLICT, copy, "kept the local version as a conflict copy")
             expected, published_copy = None, True
+        state: LocalFile | None
         try:
-            state = await self._write(record, expected)
+            if expected is not None and await self._holds_content(record, expected):
+                state = await apply.apply_metadata(self.root, record, expected)
+            else:
+                state = await self._write(record, expected)
         except LocalChangedError as exc:
             now = await anyio.to_thread.run_sync(_local_state, self.root / record.path)
             if now is not None and await anyio.to_thread.run_sync(
@@ -510,6 +518,28 @@ class Folder:
         if published_copy:
             self._publish_copies = True  # by a scan once the batch is recorded
         return state
+
+    async def _holds_content(self, record: Record, expected: LocalFile) -> bool:
+        """Whether the file the scanner last saw at the record's path (``expected``) holds
+        the record's content already: a permission or mtime change, or the same content
+        under another version. Such a version changes metadata only: nothing is fetched,
+        and the versions folder gets no copy of what is still there."""
+        return bool(await self._holding_content([record], {record.path: expected}))
+
+    async def _holding_content(
+        self, records: Sequence[Record], expected: dict[str, LocalFile]
+    ) -> set[str]:
+        """The paths among ``records`` whose file already holds the record's content (see
+        :meth:`_holds_content`), looked up in one trip."""
+        candidates = [
+            r for r in records
+            if r.kind is Kind.FILE and not r.deleted and (state := expected.get(r.path))
+            and stat.S_ISREG(state.mode) and state.size == r.size
+        ]  # fmt: skip
+        if not candidates:
+            return set()
+        on_disk = await self.store.chunks_at_many(self.folder_id, (r.path for r in candidates))
+        return {r.path for r in candidates if tuple(on_disk[r.path]) == r.chunks}
 
     async def _holds_last_scanned(self, path: str, state: LocalFile) -> bool:
         """Whether the file at ``path`` holds exactly the chunks of the version last

@@ -631,13 +631,16 @@ class IndexStore:
         remote version stored but not yet written leaves them as they were): what the file
         holds if nobody changed it since."""
 
-        def chunks_at(conn: sqlite3.Connection) -> list[ChunkEntry]:
-            rows = conn.execute(
-                "SELECT chunk_id, size FROM chunk_locations"
-                " WHERE folder_id = ? AND path = ? ORDER BY offset",
-                (folder_id, path),
-            )
-            return [ChunkEntry(chunk_id, size) for chunk_id, size in rows]
+        return (await self.chunks_at_many(folder_id, [path]))[path]
+
+    async def chunks_at_many(
+        self, folder_id: bytes, paths: Iterable[str]
+    ) -> dict[str, list[ChunkEntry]]:
+        """:meth:`chunks_at` for many paths in one trip."""
+        wanted = list(dict.fromkeys(paths))
+
+        def chunks_at(conn: sqlite3.Connection) -> dict[str, list[ChunkEntry]]:
+            return {path: _chunks_at(conn, folder_id, path) for path in wanted}
 
         return await self._run(chunks_at)
 
@@ -757,6 +760,15 @@ def _sources(conn: sqlite3.Connection, folder_id: bytes, chunk_id: bytes) -> lis
         (folder_id, chunk_id),
     )
     return [ChunkLocation(*row) for row in rows]
+
+
+def _chunks_at(conn: sqlite3.Connection, folder_id: bytes, path: str) -> list[ChunkEntry]:
+    rows = conn.execute(
+        "SELECT chunk_id, size FROM chunk_locations"
+        " WHERE folder_id = ? AND path = ? ORDER BY offset",
+        (folder_id, path),
+    )
+    return [ChunkEntry(chunk_id, size) for chunk_id, size in rows]
 
 
 def _replace_locations(

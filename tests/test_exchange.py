@@ -247,3 +247,77 @@ async def test_a_file_scanned_in_its_racy_window_gets_its_local_state_soon(
         with anyio.fail_after(TIMEOUT):
             while await fa.store.local_file(key.folder_id, "new.txt") is None:
                 await anyio.sleep(0.1)
+
+
+async def saw_all(one: Folder, other: Folder) -> bool:
+    """Whether ``one`` has received ``other``'s whole index."""
+    progress = await one.peer_progress(other.identity.device_id)
+    return progress is not None and progress[1] >= (await other.index_state())[1]
+
+
+def versions_kept(side: Side) -> list[str]:
+    versions = side.root / ".commonsync" / "versions"
+    return sorted(str(p.relative_to(versions)) for p in versions.rglob("*") if p.is_file())
+
+
+async def test_a_permission_change_sends_and_keeps_no_content(tmp_path: Path) -> None:
+    """chmod on files (small ones, applied in groups, and a large one) changes their mode on
+    the other device in place: no chunk travels or is copied, no version is kept."""
+    key = FolderKey.generate()
+    a = Side("a", tmp_path, key, DeviceIdentity.generate())
+    b = Side("b", tmp_path, key, DeviceIdentity.generate())
+    (tmp_path / "a").mkdir()
+    names = [f"{n}.txt" for n in range(5)] + ["big.bin"]
+    for name in names:
+        size = 3 * 1024 * 1024 if name == "big.bin" else 3000
+        (tmp_path / "a" / name).write_bytes(os.urandom(size))
+        os.utime(tmp_path / "a" / name, (1_700_000_000, 1_700_000_000))  # not racy
+    async with a.opened() as fa, b.opened() as fb:
+        await fa.scan()
+        async with connected(a, fa, b, fb):
+            await until(lambda: same(a, b))
+            await until(lambda: fb.stats.files_applied == len(names))
+            received, local = fb.stats.chunk_bytes_received, fb.stats.chunk_bytes_local
+            for name in names:
+                (a.root / name).chmod(0o600)
+            report = await fa.scan()
+            assert report.changed == len(names)
+            await until(
+                lambda: all((b.root / n).stat().st_mode & 0o777 == 0o600 for n in names)
+            )
+            await until(lambda: fb.progress().idle)
+        assert (fb.stats.chunk_bytes_received, fb.stats.chunk_bytes_local) == (received, local)
+        assert versions_kept(b) == []
+        assert (await fb.scan()).changed == 0  # and b publishes nothing back
+
+
+async def test_a_device_that_lost_its_index_leaves_no_duplicate_versions(
+    tmp_path: Path,
+) -> None:
+    """A device whose index was lost rescans and publishes its files anew; the other device
+    already holds exactly that content, and keeps no copy of it as a replaced version."""
+    key = FolderKey.generate()
+    a = Side("a", tmp_path, key, DeviceIdentity.generate())
+    b = Side("b", tmp_path, key, DeviceIdentity.generate())
+    (tmp_path / "a").mkdir()
+    for n in range(5):
+        (tmp_path / "a" / f"{n}.bin").write_bytes(os.urandom(5000))
+        os.utime(tmp_path / "a" / f"{n}.bin", (1_700_000_000, 1_700_000_000))
+    async with a.opened() as fa, b.opened() as fb:
+        await fa.scan()
+        async with connected(a, fa, b, fb):
+            await until(lambda: fb.stats.files_applied == 5)
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(f"{a.state}{suffix}"):
+            os.remove(f"{a.state}{suffix}")
+    await anyio.sleep(1.1)  # a's new version counters (in seconds) are then newer than its old
+    async with a.opened() as fa, b.opened() as fb:
+        await fa.scan()
+        async with connected(a, fa, b, fb):
+            for one, other in ((fa, fb), (fb, fa)):
+                with anyio.fail_after(TIMEOUT):
+                    while not await saw_all(one, other):
+                        await anyio.sleep(0.05)
+            await until(lambda: fa.progress().idle and fb.progress().idle)
+        assert same(a, b)
+    assert versions_kept(a) == versions_kept(b) == []
