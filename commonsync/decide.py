@@ -87,6 +87,11 @@ def decide(local: Record | None, remote: Record, *, me: bytes) -> Decision:
     copy = None
     if local.author == me and not local.deleted:
         copy = conflict_copy_path(local)
+        if copy == local.path:
+            # A conflict on a conflict copy whose losing version carries the copy's own mark:
+            # it cannot be renamed to itself, so it is kept as every other replaced version
+            # is, in the versions folder.
+            copy = None
     return Decision(Action.TAKE, conflict=True, conflict_copy=copy, reason="conflict: remote wins")
 
 

@@ -34,6 +34,7 @@ from .decide import Action, decide
 from .device_id import DeviceId
 from .errors import (
     CommonsyncError,
+    ConflictCopyExistsError,
     DirectoryNotEmptyError,
     LocalChangedError,
     MissingChunkError,
@@ -472,11 +473,16 @@ class Folder:
         :data:`_WAIT` (chunks missing: later), :data:`_DONE` (nothing to record)."""
         record = remote.record
         expected = await self.store.local_file(self.folder_id, record.path)
+        if expected is None:
+            expected = await self._scanned_state(record.path)
         copy = self._conflict_copies.pop(record.path, None)
         published_copy = False
-        if copy is not None and expected is not None and not record.deleted:
-            await apply.conflict_copy(self.root, record.path, copy, expected)
-            self._emit(EventKind.CONFLICT, copy, "kept the local version as a conflict copy")
+        if (
+            copy is not None
+            and expected is not None
+            and not record.deleted
+            and await self._keep_conflict_copy(record.path, copy, expected)
+        ):
             expected, published_copy = None, True
         state: LocalFile | None
         try:
@@ -490,14 +496,6 @@ class Folder:
                 _holds_version, self.root / record.path, record, now, self._key.chunk_id_key
             ):
                 return now  # already this version (written before a stop, not recorded)
-            if (
-                expected is None
-                and now is not None
-                and await self._holds_last_scanned(record.path, now)
-            ):
-                # Scanned within its racy window (so no local state was kept) and unchanged
-                # since: what is there is the version the index holds, not a local change.
-                return await self._write(record, now)
             # Someone changed the path after it was scanned. Their change must survive: a
             # changed file becomes a conflict copy (ours, published by the next scan); for a
             # deletion or a directory, whatever is there now is what we replace (a replaced
@@ -505,8 +503,8 @@ class Folder:
             self._emit(EventKind.CONFLICT, record.path, str(exc))
             if now is not None and stat.S_ISREG(now.mode) and not record.deleted:
                 copy = conflict_name(record.path, now.mtime_ns, self.identity.device_id.short_str)
-                await apply.conflict_copy(self.root, record.path, copy, now)
-                now, published_copy = None, True
+                if await self._keep_conflict_copy(record.path, copy, now):
+                    now, published_copy = None, True
             state = await self._write(record, now)
         except MissingChunkError:
             return _WAIT
@@ -518,6 +516,27 @@ class Folder:
         if published_copy:
             self._publish_copies = True  # by a scan once the batch is recorded
         return state
+
+    async def _keep_conflict_copy(self, path: str, copy: str, expected: LocalFile) -> bool:
+        """Move our losing version at ``path`` to its conflict copy ``copy``; False if that
+        name is taken (by the very file, for a conflict on a conflict copy whose name would
+        not change, or by another one): then the version that replaces ours keeps ours in the
+        versions folder instead, so that nothing is lost and nothing is retried for ever."""
+        if copy != path:
+            try:
+                await apply.conflict_copy(self.root, path, copy, expected)
+            except ConflictCopyExistsError:
+                pass
+            else:
+                self._emit(EventKind.CONFLICT, copy, "kept the local version as a conflict copy")
+                return True
+        self._emit(
+            EventKind.CONFLICT,
+            path,
+            f"the conflict copy's name {copy!r} is taken: the local version was kept in "
+            "the versions folder instead",
+        )
+        return False
 
     async def _holds_content(self, record: Record, expected: LocalFile) -> bool:
         """Whether the file the scanner last saw at the record's path (``expected``) holds
@@ -541,15 +560,23 @@ class Folder:
         on_disk = await self.store.chunks_at_many(self.folder_id, (r.path for r in candidates))
         return {r.path for r in candidates if tuple(on_disk[r.path]) == r.chunks}
 
-    async def _holds_last_scanned(self, path: str, state: LocalFile) -> bool:
-        """Whether the file at ``path`` holds exactly the chunks of the version last
-        recorded as on disk there."""
+    async def _scanned_state(self, path: str) -> LocalFile | None:
+        """The state of the file at ``path`` if it holds exactly the chunks of the version
+        last recorded as on disk there, else None.
+
+        For a file the scanner hashed within its racy window, and so kept no local state
+        for: unchanged since, it is the version the index holds, not a local change (and if
+        that version loses a conflict, it still gets its conflict copy)."""
+        now = await anyio.to_thread.run_sync(_local_state, self.root / path)
+        if now is None or not stat.S_ISREG(now.mode):
+            return None
         chunks = await self.store.chunks_at(self.folder_id, path)
         if not chunks:
-            return False  # nothing recorded (or an empty file): cannot tell
-        return await anyio.to_thread.run_sync(
-            _holds_chunks, self.root / path, chunks, state, self._key.chunk_id_key
+            return None  # nothing recorded (or an empty file): cannot tell
+        holds = await anyio.to_thread.run_sync(
+            _holds_chunks, self.root / path, chunks, now, self._key.chunk_id_key
         )
+        return now if holds else None
 
     async def _write(self, record: Record, expected: LocalFile | None) -> LocalFile | None:
         if record.deleted:

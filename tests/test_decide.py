@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from commonsync import DeviceIdentity
-from commonsync.decide import Action, decide, wins
+from commonsync.decide import Action, conflict_copy_path, decide, wins
 from commonsync.hashing import blake2b
 from commonsync.layout import is_conflict_copy
 from commonsync.records import ChunkEntry, Kind, Record
@@ -85,6 +85,19 @@ def test_a_conflict_keeps_the_losers_copy_on_its_authors_device() -> None:
     on_carol = decide(mine, theirs, me=DEVICES[2].public_key)
     assert on_carol.action is Action.TAKE
     assert on_carol.conflict_copy is None
+
+
+def test_a_conflict_lost_by_a_conflict_copy_as_made_makes_no_copy_of_itself() -> None:
+    """Alice's conflict copy, as she made it, loses a concurrent edit of that copy: its
+    conflict name would be its own name, so it goes to the versions folder instead."""
+    copy_path = conflict_copy_path(make(ALICE, "f.txt", b"a", base=None, mtime=5 * 10**9,
+                                        sequence=1))  # fmt: skip
+    copy = make(ALICE, copy_path, b"a", base=None, mtime=5 * 10**9, sequence=2)
+    theirs = make(BOB, copy_path, b"bob edited it", base=None, mtime=9 * 10**9, sequence=1)
+    on_alice = decide(copy, theirs, me=ALICE.public_key)
+    assert on_alice.action is Action.TAKE
+    assert on_alice.conflict
+    assert on_alice.conflict_copy is None
 
 
 def test_an_edit_wins_over_a_concurrent_deletion() -> None:
@@ -204,8 +217,8 @@ class ThreeDevices(RuleBasedStateMachine):
     def send(self, source: Device, destination: Device, paths: set[str] | None) -> bool:
         changed = False
         for path, record in sorted(source.index.items()):
-            wanted = paths is None or path in paths or (
-                "conflicts" in paths and is_conflict_copy(path)
+            wanted = (
+                paths is None or path in paths or ("conflicts" in paths and is_conflict_copy(path))
             )
             if wanted and self.receive(destination, record):
                 changed = True

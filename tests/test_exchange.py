@@ -321,3 +321,37 @@ async def test_a_device_that_lost_its_index_leaves_no_duplicate_versions(
             await until(lambda: fa.progress().idle and fb.progress().idle)
         assert same(a, b)
     assert versions_kept(a) == versions_kept(b) == []
+
+
+async def test_a_conflict_copy_edited_on_another_device_converges(tmp_path: Path) -> None:
+    """The losing device makes a conflict copy of a version it had just written; the other
+    device edits that copy at once: the losing device takes the edit (its copy was not a local
+    change) and both settle, with one copy."""
+    key = FolderKey.generate()
+    a = Side("a", tmp_path, key, DeviceIdentity.generate())
+    b = Side("b", tmp_path, key, DeviceIdentity.generate())
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "f.txt").write_bytes(b"original")
+    async with a.opened() as fa, b.opened() as fb:
+        await fa.scan()
+        async with connected(a, fa, b, fb):
+            await until(lambda: same(a, b))
+        (a.root / "f.txt").write_bytes(b"edit on a")
+        await fa.scan()
+        await anyio.sleep(0.05)
+        (b.root / "f.txt").write_bytes(b"edit on b, later: it wins")
+        await fb.scan()
+
+        def copies(side: Side) -> list[str]:
+            return [p.name for p in side.root.iterdir() if is_conflict_copy(p.name)]
+
+        async with connected(a, fa, b, fb):
+            await until(lambda: bool(copies(b)) and same(a, b))
+            (copy,) = copies(a)
+            (b.root / copy).write_bytes(b"b edits the copy")
+            await fb.scan()
+            await until(lambda: (a.root / copy).read_bytes() == b"b edits the copy")
+            await until(lambda: fa.progress().idle and fb.progress().idle)
+            assert same(a, b)
+        assert copies(a) == copies(b) == [copy]
+        assert fa.stats.conflicts == 1  # the first, real one
