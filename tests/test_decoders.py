@@ -11,13 +11,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from commonsync import encoding, padding
+from commonsync import encoding, messages, padding, relaywire
 from commonsync.chunks import open_chunk, seal_chunk
+from commonsync.device_id import DeviceId
 from commonsync.errors import CommonsyncError, EncodingError, FolderKeyError
 from commonsync.identity import DeviceIdentity
 from commonsync.keys import FolderKey, FolderKeyring, Purpose
 from commonsync.records import Kind, Record, open_and_verify, seal, verify_record
 from commonsync.versionvector import VersionVector
+
+from .fuzzing import fuzz
 
 KEY = FolderKey.generate()
 RING = FolderKeyring([KEY])
@@ -46,11 +49,16 @@ DECODERS = {
     "folder key": lambda b: FolderKey.from_bytes(b),
     "version vector": lambda b: VersionVector.from_wire(encoding.unpack(b, max_size=1 << 16)),
     "padding": lambda b: padding.unpad(b, 16),
+    "wire message": lambda b: messages.decode(b),
+    "relay message": lambda b: relaywire.decode(b),
+    "relay preamble": lambda b: relaywire.parse_preamble(b),
+    "device ID": lambda b: DeviceId.parse(b.decode("utf-8", "replace")),
 }
 
 
+@pytest.mark.fuzz
 @pytest.mark.parametrize("name", DECODERS)
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzz(300)
 @given(data=st.binary(max_size=2048))
 def test_random_bytes_raise_only_library_errors(name: str, data: bytes) -> None:
     with contextlib.suppress(CommonsyncError):
@@ -71,7 +79,8 @@ def _mutate(data: bytes, draw: st.DataObject) -> bytes:
     return bytes(mutated)
 
 
-@settings(max_examples=300, deadline=None)
+@pytest.mark.fuzz
+@fuzz(300)
 @given(st.data())
 def test_mutated_valid_inputs_are_refused_cleanly(data: st.DataObject) -> None:
     """Authenticated formats refuse every real change; the others may decode a mutation

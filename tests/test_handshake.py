@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from commonsync import DeviceIdentity
@@ -19,6 +19,8 @@ from commonsync.errors import (
 )
 from commonsync.handshake import ChannelHandshake, State
 from commonsync.transport import TransportCore
+
+from .fuzzing import fuzz
 
 ALICE = DeviceIdentity.from_seed(b"a" * 32)
 BOB = DeviceIdentity.from_seed(b"b" * 32)
@@ -163,7 +165,7 @@ def test_a_device_id_accept_policy_sees_device_ids() -> None:
 # -- fuzzing -----------------------------------------------------------------------------------
 
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = fuzz(300)
 
 
 def _feed(core: ChannelHandshake, chunks: list[bytes]) -> None:
@@ -176,18 +178,21 @@ def _feed(core: ChannelHandshake, chunks: list[bytes]) -> None:
             return
 
 
+@pytest.mark.fuzz
 @FUZZ
 @given(st.lists(st.binary(max_size=300), max_size=5))
 def test_random_bytes_into_a_responder(chunks: list[bytes]) -> None:
     _feed(ChannelHandshake(BOB, initiator=False, accept=allow(ALICE)), chunks)
 
 
+@pytest.mark.fuzz
 @FUZZ
 @given(st.lists(st.binary(max_size=300), max_size=5))
 def test_random_bytes_into_an_initiator(chunks: list[bytes]) -> None:
     _feed(ChannelHandshake(ALICE, initiator=True, accept=allow(BOB)), chunks)
 
 
+@pytest.mark.fuzz
 @FUZZ
 @given(st.integers(0, 3), st.data())
 def test_mutated_handshake_messages(index: int, data: st.DataObject) -> None:
@@ -223,6 +228,7 @@ def test_mutated_handshake_messages(index: int, data: st.DataObject) -> None:
         assert len(wire[index]) > len(original[0])
 
 
+@pytest.mark.fuzz
 @FUZZ
 @given(st.lists(st.binary(max_size=200), max_size=6))
 def test_random_bytes_into_a_transport(chunks: list[bytes]) -> None:

@@ -7,12 +7,13 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from commonsync import encoding, messages
 from commonsync.errors import ProtocolError
 
+from .fuzzing import fuzz
 from .vectors import PROTOCOL, load
 
 
@@ -81,7 +82,8 @@ def test_encoding_refuses_invalid_values_too() -> None:
         messages.encode(messages.Ping(2**40))
 
 
-@settings(max_examples=500, deadline=None)
+@pytest.mark.fuzz
+@fuzz(500)
 @given(st.binary(max_size=300))
 def test_random_bytes_only_raise_protocol_errors(data: bytes) -> None:
     try:
@@ -91,7 +93,8 @@ def test_random_bytes_only_raise_protocol_errors(data: bytes) -> None:
     assert messages.encode(decoded) == data
 
 
-@settings(max_examples=300, deadline=None)
+@pytest.mark.fuzz
+@fuzz(300)
 @given(st.data())
 def test_mutated_messages_only_raise_protocol_errors(data: st.DataObject) -> None:
     case = data.draw(st.sampled_from(load("messages.json")["cases"]))

@@ -7,13 +7,14 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from commonsync import encoding, messages, relaywire
 from commonsync.device_id import DeviceId
 from commonsync.errors import ProtocolError, RelayError, RelayProtocolError
 
+from .fuzzing import fuzz
 from .vectors import PROTOCOL, load
 
 
@@ -133,7 +134,8 @@ def test_join_status_bytes() -> None:
             relaywire.join_status(data)
 
 
-@settings(max_examples=500, deadline=None)
+@pytest.mark.fuzz
+@fuzz(500)
 @given(st.binary(max_size=200))
 def test_random_bytes_only_raise_relay_protocol_errors(data: bytes) -> None:
     try:
@@ -143,7 +145,8 @@ def test_random_bytes_only_raise_relay_protocol_errors(data: bytes) -> None:
     assert relaywire.encode(decoded) == data
 
 
-@settings(max_examples=300, deadline=None)
+@pytest.mark.fuzz
+@fuzz(300)
 @given(st.data())
 def test_mutated_vectors_only_raise_relay_protocol_errors(data: st.DataObject) -> None:
     case = data.draw(st.sampled_from(load("relay.json")["cases"]))
