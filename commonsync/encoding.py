@@ -8,8 +8,8 @@ come back byte for byte if it were encoded again. Every decode has an explicit s
 
 Chunks of a MiB travel inside messages, so neither direction copies them more than it must:
 :func:`pack` copies a large ``bytes`` item of the outer array once (msgpack alone copies it
-twice), and :func:`unpack` checks canonical form by size, not by encoding again (see
-:func:`_canonical_size`).
+twice), and :func:`unpack` checks canonical form with one walk over the headers, not by
+encoding again (see :func:`_check_canonical`).
 """
 
 from __future__ import annotations
@@ -78,8 +78,9 @@ def unpack(data: bytes, *, max_size: int, what: str = "message") -> Any:
     """
     if len(data) > max_size:
         raise EncodingError(f"{what} is {len(data)} bytes, over the limit of {max_size}")
+    _check_canonical(data, what)
     try:
-        obj = msgpack.unpackb(
+        return msgpack.unpackb(
             data,
             raw=False,
             use_list=True,
@@ -99,48 +100,92 @@ def unpack(data: bytes, *, max_size: int, what: str = "message") -> Any:
         RecursionError,
     ) as exc:
         raise EncodingError(f"{what} is not valid msgpack: {exc}") from exc
-    if _canonical_size(obj, what) != len(data):
-        raise EncodingError(f"{what} is not canonically encoded")
-    return obj
 
 
-def _canonical_size(obj: Any, what: str, depth: int = 0) -> int:
-    """The size of ``obj``'s canonical encoding, without encoding it; refuses what a
-    commonsync structure may not hold (maps, floats, deep nesting) on the way.
+def _check_canonical(data: bytes, what: str) -> None:
+    """Refuse ``data`` unless it is one msgpack object in canonical form: every header the
+    shortest for its value, and only what a commonsync structure may hold (arrays, ints,
+    bools, None, bytes, str; no maps, floats or extensions; at most :data:`_MAX_DEPTH` deep).
 
-    The size is enough to tell canonical input from any other: msgpack's canonical form of
-    each value is its shortest, so any other encoding of the same decoded structure is
-    longer. (A test checks this function against :func:`pack` on generated structures.)
+    A walk over the headers, skipping payloads: it costs one step per item, whatever the
+    bytes a chunk holds, and it needs nothing decoded. (Comparing sizes is not enough: a
+    signed form of a positive integer can be as long as the unsigned one.)
     """
-    if isinstance(obj, list):
-        if depth >= _MAX_DEPTH:
+    size = len(data)
+    position = 0
+    #: Items still to read in each open array, innermost last.
+    open_arrays = [1]
+    while open_arrays:
+        if open_arrays[-1] == 0:
+            open_arrays.pop()
+            continue
+        open_arrays[-1] -= 1
+        if position >= size:
+            raise EncodingError(f"{what} is not valid msgpack: it ends early")
+        marker = data[position]
+        form = _FORMS.get(marker)
+        if form is None:  # fixint, fixstr, fixarray, nil, bool
+            if 0x90 <= marker <= 0x9F:
+                open_arrays.append(marker & 0x0F)
+                position += 1
+            elif 0xA0 <= marker <= 0xBF:
+                position += 1 + (marker & 0x1F)
+            elif marker <= 0x7F or marker >= 0xE0 or marker in (0xC0, 0xC2, 0xC3):
+                position += 1
+            else:
+                raise EncodingError(f"{what} {_refused(marker)}")
+        else:
+            kind, width, smallest = form
+            if position + 1 + width > size:
+                raise EncodingError(f"{what} is not valid msgpack: it ends early")
+            value = int.from_bytes(
+                data[position + 1 : position + 1 + width], "big", signed=kind == "int"
+            )
+            if (value >= smallest) if kind == "int" else (value < smallest):
+                raise EncodingError(f"{what} is not canonically encoded")
+            position += 1 + width
+            if kind == "array":
+                open_arrays.append(value)
+            elif kind == "payload":
+                position += value
+        if len(open_arrays) > _MAX_DEPTH + 1:
             raise EncodingError(f"{what} is nested more than {_MAX_DEPTH} levels deep")
-        count = len(obj)
-        header = 1 if count < 16 else 3 if count < 1 << 16 else 5
-        return header + sum(_canonical_size(item, what, depth + 1) for item in obj)
-    if isinstance(obj, bytes):
-        n = len(obj)
-        return n + (2 if n < 1 << 8 else 3 if n < 1 << 16 else 5)
-    if isinstance(obj, str):
-        n = len(obj.encode("utf-8", "surrogatepass"))
-        return n + (1 if n < 32 else 2 if n < 1 << 8 else 3 if n < 1 << 16 else 5)
-    if obj is None or isinstance(obj, bool):
-        return 1
-    if isinstance(obj, int):
-        return _int_size(obj)
-    if isinstance(obj, dict):
-        raise EncodingError(f"{what} contains a map; commonsync structures use arrays")
-    if isinstance(obj, float):
-        raise EncodingError(f"{what} contains a float; commonsync structures use integers")
-    raise EncodingError(f"{what} holds a {type(obj).__name__}, which commonsync does not use")
+    if position != size:
+        raise EncodingError(f"{what} is not valid msgpack: bytes follow the object")
 
 
-def _int_size(n: int) -> int:
-    if -32 <= n < 128:
-        return 1
-    if n >= 0:
-        return 2 if n < 1 << 8 else 3 if n < 1 << 16 else 5 if n < 1 << 32 else 9
-    return 2 if n >= -(1 << 7) else 3 if n >= -(1 << 15) else 5 if n >= -(1 << 31) else 9
+#: Header forms with a value after the marker: (what the value is, its width in bytes, the
+#: bound that makes the form the shortest one). "uint" and the lengths of "payload" and
+#: "array" must be at least the bound; a signed "int" must be below it (a non-negative value
+#: or a small negative one has a shorter form).
+_FORMS: dict[int, tuple[str, int, int]] = {
+    0xCC: ("uint", 1, 1 << 7),
+    0xCD: ("uint", 2, 1 << 8),
+    0xCE: ("uint", 4, 1 << 16),
+    0xCF: ("uint", 8, 1 << 32),
+    0xD0: ("int", 1, -32),
+    0xD1: ("int", 2, -(1 << 7)),
+    0xD2: ("int", 4, -(1 << 15)),
+    0xD3: ("int", 8, -(1 << 31)),
+    0xC4: ("payload", 1, 0),  # bin 8
+    0xC5: ("payload", 2, 1 << 8),
+    0xC6: ("payload", 4, 1 << 16),
+    0xD9: ("payload", 1, 32),  # str 8
+    0xDA: ("payload", 2, 1 << 8),
+    0xDB: ("payload", 4, 1 << 16),
+    0xDC: ("array", 2, 16),
+    0xDD: ("array", 4, 1 << 16),
+}
+
+
+def _refused(marker: int) -> str:
+    if 0x80 <= marker <= 0x8F or marker in (0xDE, 0xDF):
+        return "contains a map; commonsync structures use arrays"
+    if marker in (0xCA, 0xCB):
+        return "contains a float; commonsync structures use integers"
+    if marker in (0xC7, 0xC8, 0xC9) or 0xD4 <= marker <= 0xD8:
+        return f"contains a msgpack extension type (0x{marker:02x}), which is not allowed"
+    return f"is not valid msgpack: 0x{marker:02x} is no msgpack type"
 
 
 def _refuse_ext(code: int, data: bytes) -> Any:

@@ -163,6 +163,12 @@ def test_canonical_form_is_msgpacks_own_and_round_trips(value: object) -> None:
         b"\xc5\x00\x01a",  # bin16 holding one byte
         b"\xdc\x00\x01\x01",  # array16 holding one item
         b"\x92\x01\xcd\x00\x05",  # canonical but for its last item
+        # Signed forms of positive integers, as long as the unsigned ones: a size check
+        # alone lets them through.
+        b"\xd1\x10\x92",  # int16 holding 4242
+        b"\xd2\x00\x01\x00\x00",  # int32 holding 65536
+        b"\xd3\x00\x00\x00\x01\x00\x00\x00\x00",  # int64 holding 2**32
+        b"\x92\x24\xd1\x10\x92",  # a relay Ping whose nonce is such an int16
     ],
 )
 def test_every_longer_form_is_refused(encoded: bytes) -> None:
