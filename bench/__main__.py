@@ -19,12 +19,19 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from . import channel, scan, sync
+from . import channel, reliability, scan, slowlink, sync
 from .report import Benchmark, BenchmarkError, Options, Report, default_json_path, utc_now
 from .report import write_json as write_results
 
 BENCHMARKS: dict[str, Benchmark] = {
-    b.name: b for b in (scan.BENCHMARK, channel.BENCHMARK, sync.BENCHMARK)
+    b.name: b
+    for b in (
+        scan.BENCHMARK,
+        channel.BENCHMARK,
+        sync.BENCHMARK,
+        slowlink.BENCHMARK,
+        reliability.BENCHMARK,
+    )
 }
 
 
@@ -66,15 +73,17 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m bench",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
         parents=[common],
-        epilog="Without BENCHMARK: list the benchmarks, then run them all.",
+        epilog="Without BENCHMARK: list the benchmarks, then run them all (not the long ones).",
     )
     commands = parser.add_subparsers(dest="command", metavar="BENCHMARK")
     commands.add_parser("list", help="list the benchmarks and exit")
-    commands.add_parser("all", help="run every benchmark", parents=[common])
+    commands.add_parser("all", help="run every benchmark but the long ones", parents=[common])
     for bench in BENCHMARKS.values():
-        commands.add_parser(
+        command = commands.add_parser(
             bench.name, help=bench.summary, description=bench.summary, parents=[common]
         )
+        if bench.arguments is not None:
+            bench.arguments(command)
     return parser
 
 
@@ -95,10 +104,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command in (None, "all"):
         print(f"benchmarks:\n{_listing()}\n")
-        names = list(BENCHMARKS)
+        names = [name for name, bench in BENCHMARKS.items() if bench.in_all]
     else:
         names = [args.command]
-    options = Options(quick=getattr(args, "quick", False), repeat=getattr(args, "repeat", 3))
+    shared = {"command", "quick", "repeat", "json"}
+    options = Options(
+        quick=getattr(args, "quick", False),
+        repeat=getattr(args, "repeat", 3),
+        settings={k: v for k, v in vars(args).items() if k not in shared},
+    )
     started = utc_now()
     signal.signal(signal.SIGTERM, _terminate)
 
@@ -115,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             results.append(result)
             print(f"\n{result.table()}\n", flush=True)
+            # A report that judges its own figures (reliability's targets) fails the run.
+            failed = failed or getattr(result, "ok", True) is False
     except KeyboardInterrupt:
         print(
             "\ninterrupted: temporary files and processes cleaned up, no results written",

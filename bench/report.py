@@ -9,13 +9,14 @@ figures beside it.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import statistics
 import textwrap
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -44,6 +45,8 @@ class Options:
 
     quick: bool = False
     repeat: int = 3
+    #: The options a benchmark adds for itself (``Benchmark.arguments``), by their dest.
+    settings: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Report(Protocol):
@@ -63,6 +66,11 @@ class Benchmark:
     name: str
     summary: str
     run: Callable[[Options], Report]
+    #: Whether ``python -m bench`` (all) runs it; a long scenario runs only by its name.
+    in_all: bool = True
+    #: Adds the benchmark's own options to its subcommand's parser (they reach ``run`` as
+    #: ``Options.settings``).
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None
 
 
 class Budget:

@@ -48,7 +48,13 @@ from typing import TypeVar
 import anyio
 import anyio.to_thread
 
-from . import layout, paths
+from . import layout, modes, paths
+from .beneath import DIR_FLAGS as _DIR_FLAGS
+from .beneath import enter as _enter
+from .beneath import lstat_at as _lstat
+from .beneath import naming as _naming
+from .beneath import open_root as _open_root
+from .beneath import walk as _walk
 from .chunks import chunk_id
 from .errors import (
     ChunkTamperedError,
@@ -56,6 +62,7 @@ from .errors import (
     ConflictCopyExistsError,
     DirectoryNotEmptyError,
     FolderMissingError,
+    InsufficientSpaceError,
     InternalPathError,
     LocalChangedError,
     LocalFileError,
@@ -67,13 +74,16 @@ from .errors import (
 )
 from .hashing import blake2b
 from .records import ChunkEntry, Kind, Record
+from .space import DiskReserve
 from .store import LocalFile
 
 __all__ = [
     "ChunkReader",
     "ConflictCopyExistsError",
     "DirectoryNotEmptyError",
+    "DiskReserve",
     "FolderMissingError",
+    "InsufficientSpaceError",
     "InternalPathError",
     "LocalChangedError",
     "LocalFile",
@@ -92,22 +102,21 @@ __all__ = [
     "apply_symlink",
     "conflict_copy",
     "discard_partial",
+    "discard_temp",
     "prune_versions",
     "safe_path",
+    "temp_path",
 ]
 
 #: Fetches the plaintext of one chunk (from a peer, a relay or a local file). It may raise
 #: :class:`MissingChunkError`; whatever it returns is verified against the chunk's ID.
 ChunkReader = Callable[[ChunkEntry], Awaitable[bytes]]
 
-#: Errors with which a file system refuses a *name* (rather than the operation).
-_NAME_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL})
 #: Errors with which a file system says it has no hard links (FAT, some network and FUSE
 #: file systems), or Linux's protected_hardlinks refuses one.
 _NO_HARD_LINKS = frozenset(
     {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS}
 )
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 _NAME_MAX = paths.MAX_COMPONENT_BYTES
 _SECOND_NS = 1_000_000_000
 #: Chunks of one file fetched at the same time. Memory held is at most this many chunks.
@@ -118,6 +127,8 @@ _VERSION_SLOTS = 1000
 #: Versions examined per worker-thread call while pruning.
 _PRUNE_BATCH = 256
 _T = TypeVar("_T")
+#: The reserve kept unless the caller says otherwise: 1 % of the disk (commonsync.space).
+DEFAULT_RESERVE = DiskReserve()
 _VERSION_STAMP = re.compile(r"~(\d{8}-\d{6})(?:\.[^.]*)?$")
 
 
@@ -162,6 +173,7 @@ async def apply_file(
     versions: bool = True,
     clock_ns: Callable[[], int] = time.time_ns,
     reader_checks: bool = False,
+    reserve: DiskReserve = DEFAULT_RESERVE,
 ) -> LocalState:
     """Make the file version ``record`` real at ``root / record.path``; returns its new state.
 
@@ -176,6 +188,11 @@ async def apply_file(
 
     With ``reader_checks``, ``read_chunk`` promises to return only chunks it checked against
     their IDs (as :class:`commonsync.folder.Folder`'s does), and they are not hashed again.
+
+    Nothing is fetched for a file of several chunks, and nothing written for any file, that
+    would leave less free space than ``reserve`` keeps (:mod:`commonsync.space`): then
+    :class:`InsufficientSpaceError` (so is a full disk met while writing); what the
+    temporary file holds stays, for when space returns.
     """
     _require(record, Kind.FILE, "apply_file")
     write_key = None if reader_checks else chunk_id_key
@@ -185,12 +202,16 @@ async def apply_file(
         # the file work in one trip to a worker thread (each trip costs about a millisecond
         # here: most of a small file's time).
         data = await read_chunk(record.chunks[0]) if record.chunks else b""
-        work = partial(_write_whole, root, record, data, write_key, expected, versions, clock_ns)
+        work = partial(
+            _write_whole, root, record, data, write_key, expected, versions, clock_ns, reserve
+        )
         return await _run(root, record.path, work)
     target = await _open_target(root, record.path)
     try:
         temp = _fit_temp_name(target.name, record.content_digest())
-        await _assemble(target, temp, record, read_chunk, chunk_id_key, write_key)
+        # Before anything is fetched: room for what the temporary file does not hold yet.
+        await target.run(partial(_check_room, target, temp, record, reserve))
+        await _assemble(target, temp, record, read_chunk, chunk_id_key, write_key, reserve)
         return await target.run(partial(_place_file, target, temp, expected, versions, clock_ns))
     finally:
         target.close()
@@ -226,9 +247,9 @@ async def apply_directory(
     """Make ``root / record.path`` a directory with the record's permission bits.
 
     An existing directory keeps its entries; a file there goes to the versions folder, a
-    symlink is removed. The owner always keeps ``rwx`` (the engine must be able to sync into
-    it) and setuid/setgid/sticky bits are not applied. Directory mtimes are not set: they
-    follow their entries.
+    symlink is removed. The bits are masked by the umask (:mod:`commonsync.modes`), the owner
+    always keeps ``rwx`` (the engine must be able to sync into it) and setuid/setgid/sticky
+    bits are not applied. Directory mtimes are not set: they follow their entries.
     """
     _require(record, Kind.DIRECTORY, "apply_directory")
     _refuse_internal(record.path)
@@ -326,6 +347,28 @@ async def conflict_copy(root: Path, path: str, copy_path: str, expected: LocalSt
         source.close()
 
 
+def temp_path(record: Record) -> str:
+    """The folder-relative path of the temporary file that assembles ``record``'s version."""
+    parent, _, name = record.path.rpartition("/")
+    temp = _fit_temp_name(name, record.content_digest())
+    return f"{parent}/{temp}" if parent else temp
+
+
+async def discard_temp(root: Path, path: str) -> bool:
+    """Remove the temporary file at ``path`` (a name of :func:`commonsync.layout.temp_name`
+    form, reached without following a symlink); whether there was one. For the engine, when
+    it finds one that belongs to no version still to be written."""
+    if not layout.is_temp(path):
+        raise InternalPathError(f"{path!r} is not a temporary file of commonsync's")
+    target = await _open_existing(root, path)
+    if target is None:
+        return False
+    try:
+        return await target.run(partial(_unlink_if_present, target.fd, target.name))
+    finally:
+        target.close()
+
+
 async def discard_partial(root: Path, record: Record) -> bool:
     """Remove the temporary file of ``record``'s version, if an attempt left one; returns
     whether there was one. For the engine, when it gives up on a version (superseded)."""
@@ -373,13 +416,15 @@ async def apply_small_files(
     versions: bool = True,
     clock_ns: Callable[[], int] = time.time_ns,
     checked: bool = False,
+    reserve: DiskReserve = DEFAULT_RESERVE,
 ) -> list[LocalState | CommonsyncError]:
     """:func:`apply_file` for many files of at most one chunk each, whose bytes are at hand,
     in one trip to a worker thread (for a file of a few KiB, the trip costs more than the
     writing). Each file is checked, written and placed exactly as :func:`apply_file` would,
     and fails on its own: the result for each is its new state or the error that stopped it
-    (:class:`LocalChangedError`, :class:`ChunkTamperedError`, …). With ``checked``, the
-    caller promises it checked every file's bytes against its chunk ID already.
+    (:class:`LocalChangedError`, :class:`ChunkTamperedError`,
+    :class:`InsufficientSpaceError`, …). With ``checked``, the caller promises it checked
+    every file's bytes against its chunk ID already.
     """
     for record, _data, _expected in files:
         _require(record, Kind.FILE, "apply_small_files")
@@ -398,7 +443,7 @@ async def apply_small_files(
             by_parent.setdefault(record.path.rpartition("/")[0], []).append(n)
         for in_parent in by_parent.values():
             key = None if checked else chunk_id_key
-            _write_in_parent(root, files, in_parent, results, key, versions, clock_ns)
+            _write_in_parent(root, files, in_parent, results, key, versions, clock_ns, reserve)
         return [results[n] for n in range(len(files))]
 
     return await anyio.to_thread.run_sync(write_each)
@@ -473,80 +518,14 @@ def _open_directory(root: Path) -> int | None:
         os.close(root_fd)
 
 
-def _open_root(root: Path) -> int:
-    try:
-        return os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    except (FileNotFoundError, NotADirectoryError) as exc:
-        raise FolderMissingError(
-            f"the folder root {str(root)!r} is missing or not a directory (a disk not "
-            "mounted?); nothing was written: mount it or remove the folder"
-        ) from exc
-
-
-def _walk(root_fd: int, root: Path, path: str, *, create: bool) -> tuple[int, str] | None:
-    """Open the parent directory of ``path`` one component at a time, never following a
-    symlink; returns ``(parent_fd, name)``, or ``None`` if a parent is missing and ``create``
-    is false. Missing parents are created as real directories (mode from the umask)."""
-    parts = path.split("/")
-    fd = os.dup(root_fd)
-    try:
-        for depth, part in enumerate(parts[:-1], start=1):
-            child = _enter(fd, part, root, "/".join(parts[:depth]), create=create)
-            if child is None:
-                os.close(fd)
-                return None
-            os.close(fd)
-            fd = child
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, parts[-1]
-
-
-def _enter(fd: int, name: str, root: Path, sofar: str, *, create: bool) -> int | None:
-    for _ in range(3):
-        try:
-            with _naming(sofar):
-                return os.open(name, _DIR_FLAGS, dir_fd=fd)
-        except FileNotFoundError:
-            if not create:
-                return None
-            with _naming(sofar):
-                try:
-                    os.mkdir(name, 0o777, dir_fd=fd)
-                except FileExistsError:
-                    continue  # created meanwhile by someone else: open it (and check it)
-            os.fsync(fd)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
-                raise
-            st = _lstat(fd, name)
-            what = "a symlink" if st is not None and stat.S_ISLNK(st.st_mode) else "not a directory"
-            raise UnsafePathError(
-                f"{sofar!r} in {root} is {what}; commonsync never writes through one. "
-                "Make it a real directory to sync what the folder has below it"
-            ) from exc
-    raise UnsafePathError(f"{sofar!r} in {root} keeps changing while it is being created")
-
-
-def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
-    try:
-        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-
-
 def _refuse_internal(path: str) -> None:
     """Records may not name the engine's own files, nor reach them through a directory named
     like one; compared case-folded too, for case-insensitive file systems."""
-    parts = path.split("/")
-    for depth in range(1, len(parts) + 1):
-        prefix = "/".join(parts[:depth])
-        if layout.is_internal(prefix) or layout.is_internal(prefix.casefold()):
-            raise InternalPathError(
-                f"{path!r} is one of commonsync's own paths ({layout.METADATA_DIR}/ or a "
-                "temporary file); a record may not write there, so it is refused"
-            )
+    if layout.reaches_internal(path):
+        raise InternalPathError(
+            f"{path!r} is one of commonsync's own paths ({layout.METADATA_DIR}/ or a "
+            "temporary file); a record may not write there, so it is refused"
+        )
 
 
 def _require(record: Record, kind: Kind, function: str) -> None:
@@ -559,26 +538,18 @@ def _require(record: Record, kind: Kind, function: str) -> None:
 
 
 @contextlib.contextmanager
-def _naming(path: str) -> Iterator[None]:
-    """Turn a file system's refusal of a name into :class:`UnrepresentableNameError`."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno not in _NAME_ERRNOS:
-            raise
-        raise UnrepresentableNameError(
-            f"the local file system cannot hold the name {path!r} ({exc.strerror}); it is not "
-            "synced here. Rename it on a device that can hold the new name",
-            path,
-        ) from exc
-
-
-@contextlib.contextmanager
 def _reported(root: Path, path: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
         code = errno.errorcode.get(exc.errno or 0, "?")
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise InsufficientSpaceError(
+                f"cannot apply {path!r} in {root}: {exc.strerror or exc} ({code}); the "
+                "version waits until space is freed",
+                needed=0,
+                free=0,
+            ) from exc
         raise LocalFileError(
             f"cannot apply {path!r} in {root}: {exc.strerror or exc} ({code}); the version "
             "will be tried again",
@@ -673,9 +644,11 @@ async def _assemble(
     read_chunk: ChunkReader,
     key: bytes,
     write_key: bytes | None,
+    reserve: DiskReserve,
 ) -> None:
     """Fill the temporary file ``temp`` with ``record``'s chunks, keeping those already there,
-    then fix its size, mode and mtime and fsync it.
+    then fix its size, mode and mtime and fsync it. Before each write, ``reserve`` is checked
+    (the disk may fill meanwhile): :class:`InsufficientSpaceError` stops the file.
 
     Up to :data:`FETCH_WINDOW` chunks are fetched at once (each written at its offset as it
     arrives), so that several peers and the round trip to each stay busy while memory stays
@@ -700,18 +673,29 @@ async def _assemble(
         async def fetch(index: int, offset: int, entry: ChunkEntry) -> None:
             data = await read_chunk(entry)
             await target.run(
-                partial(_write_chunk, fd, offset, entry, data, write_key, record.path, index)
+                partial(
+                    _write_chunk, fd, offset, entry, data, write_key, record.path, index, reserve
+                )
             )
 
         await _fetch_all(missing, fetch)
         for index, offset, entry in repeated:
             source = first_offset[entry.id]
-            if not await target.run(partial(_copy_chunk, fd, source, offset, entry, key)):
+            copy = partial(_copy_chunk, fd, source, offset, entry, key, reserve, record.path)
+            if not await target.run(copy):
                 await fetch(index, offset, entry)
         await target.run(partial(_finish_temp, fd, record))
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(os.close, fd)
+
+
+def _check_room(target: _Target, temp: str, record: Record, reserve: DiskReserve) -> None:
+    """Raise :class:`InsufficientSpaceError` unless the rest of ``record``'s file fits (what
+    an earlier attempt's temporary file holds already is not counted twice)."""
+    held = _lstat(target.fd, temp)
+    have = held.st_size if held is not None and stat.S_ISREG(held.st_mode) else 0
+    reserve.check(target.fd, record.size - min(have, record.size), record.path)
 
 
 async def _fetch_all(
@@ -759,12 +743,13 @@ def _write_whole(
     expected: LocalState | None,
     versions: bool,
     clock_ns: Callable[[], int],
+    reserve: DiskReserve,
 ) -> LocalState:
     """:func:`apply_file` for a file of at most one chunk (``data``), in one thread."""
     target = _locate(root, record.path, create=True)
     assert target is not None  # with create=True every parent exists or an error was raised
     try:
-        return _write_in(target, record, data, key, expected, versions, clock_ns)
+        return _write_in(target, record, data, key, expected, versions, clock_ns, reserve)
     finally:
         target.close()
 
@@ -777,6 +762,7 @@ def _write_in_parent(
     key: bytes | None,
     versions: bool,
     clock_ns: Callable[[], int],
+    reserve: DiskReserve,
 ) -> None:
     """Write ``files[n]`` for each ``n`` of ``in_parent`` (all in one directory) into
     ``results[n]``: the directory is reached once, and made durable once for all of them."""
@@ -796,7 +782,7 @@ def _write_in_parent(
             try:
                 with _reported(root, record.path):
                     results[n] = _write_in(
-                        target, record, data, key, expected, versions, clock_ns,
+                        target, record, data, key, expected, versions, clock_ns, reserve,
                         sync_directory=False,
                     )  # fmt: skip
             except CommonsyncError as exc:
@@ -819,14 +805,16 @@ def _write_in(
     expected: LocalState | None,
     versions: bool,
     clock_ns: Callable[[], int],
+    reserve: DiskReserve,
     *,
     sync_directory: bool = True,
 ) -> LocalState:
     temp = _fit_temp_name(target.name, record.content_digest())
+    reserve.check(target.fd, len(data), record.path)
     fd, _have = _open_temp(target, temp)
     try:
         if record.chunks:
-            _write_chunk(fd, 0, record.chunks[0], data, key, record.path, 0)
+            _write_chunk(fd, 0, record.chunks[0], data, key, record.path, 0, reserve)
         _finish_temp(fd, record)
     finally:
         os.close(fd)
@@ -895,20 +883,36 @@ def _holds(fd: int, offset: int, entry: ChunkEntry, key: bytes) -> bool:
     return len(data) == entry.size and hmac.compare_digest(chunk_id(key, data), entry.id)
 
 
-def _copy_chunk(fd: int, source: int, offset: int, entry: ChunkEntry, key: bytes) -> bool:
+def _copy_chunk(
+    fd: int,
+    source: int,
+    offset: int,
+    entry: ChunkEntry,
+    key: bytes,
+    reserve: DiskReserve,
+    path: str,
+) -> bool:
     """Copy a chunk that occurs earlier in the same file instead of fetching it again."""
     data = os.pread(fd, entry.size, source)
     if len(data) != entry.size or not hmac.compare_digest(chunk_id(key, data), entry.id):
         return False
+    reserve.check(fd, len(data), path)
     _pwrite_all(fd, data, offset)
     return True
 
 
 def _write_chunk(
-    fd: int, offset: int, entry: ChunkEntry, data: bytes, key: bytes | None, path: str, index: int
+    fd: int,
+    offset: int,
+    entry: ChunkEntry,
+    data: bytes,
+    key: bytes | None,
+    path: str,
+    index: int,
+    reserve: DiskReserve,
 ) -> None:
     """Write a chunk at its offset, after checking it against its ID (unless ``key`` is None:
-    the caller checked it)."""
+    the caller checked it) and that the disk keeps its reserve."""
     if len(data) != entry.size:
         raise ChunkTamperedError(
             f"chunk {index} of {path!r} came as {len(data)} bytes, its record says "
@@ -919,6 +923,7 @@ def _write_chunk(
             f"chunk {index} of {path!r} does not match its ID; refused, nothing was replaced "
             "(fetch it from another device)"
         )
+    reserve.check(fd, len(data), path)
     _pwrite_all(fd, data, offset)
 
 
@@ -937,8 +942,9 @@ def _finish_temp(fd: int, record: Record) -> None:
 
 
 def _set_mode_and_mtime(fd: int, record: Record) -> None:
-    # Only the permission bits: a remote device must not make local setuid programs.
-    os.fchmod(fd, record.mode & 0o777)
+    # Only the permission bits, masked by the umask: a remote device must not make local
+    # setuid programs, nor files other users may write (commonsync.modes).
+    os.fchmod(fd, modes.applied_mode(Kind.FILE, record.mode))
     os.utime(fd, ns=(record.mtime_ns, record.mtime_ns))
 
 
@@ -1134,7 +1140,7 @@ def _place_directory(
             raise
         raise _changed(target.path, expected, _lstat(target.fd, target.name)) from exc
     try:
-        os.fchmod(fd, (record.mode & 0o777) | 0o700)
+        os.fchmod(fd, modes.applied_mode(Kind.DIRECTORY, record.mode))
         state = LocalFile.from_stat(os.fstat(fd))
     finally:
         os.close(fd)

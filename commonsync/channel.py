@@ -8,15 +8,23 @@ transport core. It works under trio and asyncio alike, since it only awaits anyi
 Back-pressure is the stream's: :meth:`Channel.send` returns once the kernel took the bytes, so a
 peer that stops reading stalls the sender instead of filling its memory, and
 :meth:`Channel.receive` reads at most one frame ahead.
+
+Cancellation never leaves half a frame on the wire: a send cancelled while it waits for its
+turn sends nothing, and once its frame has started the frame is finished first (the
+cancellation takes effect when it returns). Only a frame that the peer does not take within
+:data:`SEND_GRACE` seconds after the cancellation (it stopped reading), or that
+:meth:`Channel.aclose` cuts short, leaves the channel unable to send.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Sequence
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from .device_id import DeviceId
 from .errors import (
@@ -36,6 +44,9 @@ _MAX_READ = 4 * 1024 * 1024
 #: ciphertext to join them costs more than a second write.
 _COALESCE = 64 * 1024
 _CONNECTION_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
+#: Seconds a frame already started may still take after its sender was cancelled (by a
+#: deadline) before it is cut short and the channel can no longer send.
+SEND_GRACE = 5.0
 
 
 class Channel(anyio.abc.ObjectStream[bytes]):
@@ -61,30 +72,56 @@ class Channel(anyio.abc.ObjectStream[bytes]):
         self._eof_sent = False
         self._send_broken = False
         self._closed = False
+        #: The scope of the frame being written (shielded), so that closing can cut it short.
+        self._frame: anyio.CancelScope | None = None
         #: Bytes written to and read from the connection (frames, headers and tags included),
         #: for a daemon's counters and benchmarks.
         self.bytes_sent = 0
         self.bytes_received = 0
+        #: When bytes last arrived (``anyio.current_time()``): a peer's progress, also in
+        #: the middle of a long frame.
+        self.last_received = anyio.current_time()
 
     async def send(self, item: bytes) -> None:
-        """Send one message. Cancelling it may leave part of a frame on the wire, after which
-        the peer cannot read on, so the channel then refuses to send (like trio's
-        ``SSLStream``): close it and open a new one."""
+        """Send one message.
+
+        Cancelled while it waits for an earlier send, it sends nothing. Once its frame has
+        started it is shielded: the frame is written whole and the cancellation takes effect
+        at the caller's next checkpoint, so that other senders can go on (a requester that
+        gives up must not break the channel for everyone). A frame that the peer does not
+        take within :data:`SEND_GRACE` seconds past the caller's deadline, or that
+        :meth:`aclose` cuts short, leaves part of a frame on the wire: the channel then
+        refuses to send (like trio's ``SSLStream``): close it and open a new one."""
         async with self._send_lock:
             if self._eof_sent or self._closed:
                 raise anyio.ClosedResourceError
             if self._send_broken:
                 raise ChannelError("an earlier send was interrupted; this channel cannot send")
+            # Read before the shield hides it: -inf when the caller is cancelled already.
+            deadline = anyio.current_effective_deadline()
             head, sealed = self._core.seal_parts(item)
             self._send_broken = True
-            try:
-                if len(sealed) < _COALESCE:
-                    await self._stream.send(head + sealed)
-                else:
-                    await self._stream.send(head)
-                    await self._stream.send(sealed)
-            except _CONNECTION_ERRORS as exc:
-                raise ChannelError(f"the connection to {self.peer} broke: {exc}") from exc
+            with anyio.CancelScope(shield=True) as frame:
+                if deadline != math.inf:
+                    frame.deadline = max(deadline, anyio.current_time()) + SEND_GRACE
+                self._frame = frame
+                try:
+                    if len(sealed) < _COALESCE:
+                        await self._stream.send(head + sealed)
+                    else:
+                        await self._stream.send(head)
+                        await self._stream.send(sealed)
+                except _CONNECTION_ERRORS as exc:
+                    raise ChannelError(f"the connection to {self.peer} broke: {exc}") from exc
+                finally:
+                    self._frame = None
+            if frame.cancelled_caught:
+                # The caller's cancellation (if any) wins; else the channel was closed.
+                await anyio.lowlevel.checkpoint()
+                raise ChannelError(
+                    f"a message to {self.peer} was cut short (the peer stopped reading, or "
+                    "the channel was closed); this channel cannot send"
+                )
             self._send_broken = False
             self.bytes_sent += len(head) + len(sealed)
 
@@ -111,7 +148,9 @@ class Channel(anyio.abc.ObjectStream[bytes]):
                 except _CONNECTION_ERRORS as exc:
                     await self.aclose()
                     raise ChannelError(f"the connection to {self.peer} broke: {exc}") from exc
-                self.bytes_received += len(data)
+                if data:
+                    self.bytes_received += len(data)
+                    self.last_received = anyio.current_time()
                 self._core.receive_data(data)
 
     async def send_eof(self) -> None:
@@ -133,6 +172,8 @@ class Channel(anyio.abc.ObjectStream[bytes]):
         with anyio.CancelScope(shield=True), anyio.move_on_after(1):
             await self.send_eof()
         self._closed = True
+        if self._frame is not None:
+            self._frame.cancel()  # a frame the peer does not take holds the stream no longer
         await self._stream.aclose()
 
     def __repr__(self) -> str:

@@ -30,8 +30,12 @@ from dataclasses import dataclass
 
 from . import layout
 from .device_id import DeviceId
+from .errors import VersionVectorError
 from .records import Record
-from .versionvector import Ordering
+from .versionvector import Ordering, check_received
+
+#: Why a record that names the engine's own files is refused (SPEC.md §13).
+REFUSED_INTERNAL = "it names commonsync's own files (.commonsync/ or a temporary file)"
 
 
 class Action(enum.Enum):
@@ -51,6 +55,20 @@ class Decision:
     conflict_copy: str | None = None
     #: Why, in words, for logs and events.
     reason: str = ""
+
+
+def refusal(remote: Record, *, me: int, now_seconds: int) -> str | None:
+    """Why ``remote`` must be refused outright, before any decision, or None (SPEC.md §13):
+    it would write into the engine's own files, or its version vector is one this device must
+    not take (:func:`commonsync.versionvector.check_received`; ``me`` is this device's short
+    ID). A refused record is not stored, so it is neither retried nor forwarded."""
+    if layout.reaches_internal(remote.path):
+        return REFUSED_INTERNAL
+    try:
+        check_received(remote.version, me=me, now_seconds=now_seconds)
+    except VersionVectorError as exc:
+        return str(exc)
+    return None
 
 
 def decide(local: Record | None, remote: Record, *, me: bytes) -> Decision:

@@ -7,6 +7,7 @@ for the person who will read them: they say what was wrong and, where possible, 
 
 from __future__ import annotations
 
+import errno
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -61,6 +62,11 @@ class InvalidPathError(RecordError):
     """A path is not an acceptable folder-relative path (absolute, ``..``, NUL, not NFC, ...)."""
 
 
+class VersionVectorError(RecordError):
+    """A version vector cannot be taken or grown: a counter too large to bump, or a counter
+    of this device's own that it never issued (SPEC.md §6)."""
+
+
 class SignatureError(RecordError):
     """A record's signature does not verify against its author's key."""
 
@@ -71,6 +77,15 @@ class RecordTamperedError(RecordError):
 
 class StoreError(CommonsyncError):
     """The index store cannot be opened or used."""
+
+
+class IndexFullError(StoreError):
+    """The index cannot be written: the disk (or file system) holding it is full.
+
+    Nothing of the refused transaction was written. It is a passing state, not damage: the
+    same write succeeds once space is freed (:meth:`commonsync.store.IndexStore.check_writable`
+    says when), so a caller waits and retries rather than giving up.
+    """
 
 
 class HandshakeError(CommonsyncError):
@@ -123,6 +138,11 @@ class ProtocolError(ChannelError):
 
 class PeerOverloadError(ProtocolError):
     """The peer requested more chunk data than the flow-control budget allows."""
+
+
+class PeerStalledError(CommonsyncError):
+    """A peer owes us requested data and sent nothing at all for the session's stall timeout,
+    so a request waiting on it was given up (the session itself goes on)."""
 
 
 class IndexChangedError(StoreError):
@@ -235,6 +255,17 @@ class LocalFileError(ApplyError):
     def __init__(self, message: str, errno: int | None) -> None:
         super().__init__(message)
         self.errno = errno
+
+
+class InsufficientSpaceError(LocalFileError):
+    """Writing a version would leave less free space than the folder's reserve (or the file
+    system said it is full): nothing more is written, and it is tried again once space
+    returns. ``needed`` and ``free`` are in bytes (``free`` beyond the reserve)."""
+
+    def __init__(self, message: str, *, needed: int, free: int) -> None:
+        super().__init__(message, errno.ENOSPC)
+        self.needed = needed
+        self.free = free
 
 
 class MissingChunkError(ChunkError):

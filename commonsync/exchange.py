@@ -18,10 +18,9 @@ from typing import Protocol
 
 import anyio
 import anyio.abc
-from anyio.streams.memory import MemoryObjectSendStream
 
 from .device_id import DeviceId
-from .errors import ChannelError, CommonsyncError, ProtocolError, RecordError
+from .errors import ChannelError, CommonsyncError, PeerStalledError, ProtocolError, RecordError
 from .keys import FolderKey, FolderKeyring
 from .messages import (
     PROTOCOL_VERSION,
@@ -46,14 +45,22 @@ from .store import SignedRow
 
 log = logging.getLogger(__name__)
 
+#: Refused records logged one by one per session; beyond, one line per
+#: :data:`REFUSALS_PER_SUMMARY`.
+LOGGED_REFUSALS = 10
+REFUSALS_PER_SUMMARY = 1000
 CLIENT = "commonsync 0.1.0"
 #: Records per Index message, and the sealed bytes one message may carry.
 INDEX_BATCH = 500
 INDEX_BATCH_BYTES = 8 * 1024 * 1024
 #: Chunk requests from the peer that we serve at once.
 SERVING_CONCURRENCY = 8
-#: How long a chunk request may take before we give up on this peer for that chunk.
-CHUNK_TIMEOUT = 60.0
+#: A request this peer has not answered after this many seconds (or a few times what its
+#: measured rate predicts, if more) is also sent to another peer that may hold the chunks.
+HEDGE_AFTER = 1.0
+HEDGE_FACTOR = 3.0
+#: A peer that owes us data and sends nothing for this many seconds is asked after the others.
+SUSPECT_AFTER = 2.0
 
 
 @dataclass(frozen=True)
@@ -156,10 +163,18 @@ class PeerExchange:
         self._device_name = device_name
         self.shared: dict[bytes, FolderEndpoint] = {}
         self.peer_hello: Hello | None = None
-        self._waiters: dict[int, MemoryObjectSendStream[_Response]] = {}
+        self._waiters: dict[int, _Waiter] = {}
+        #: Our requests that went out, were given up on (another peer answered first, or
+        #: this one stalled), and are still unanswered: a peer that lets them pile up is
+        #: asked last (see :attr:`unanswered`).
+        self._abandoned: set[int] = set()
+        self._stall_reported = False
         self._serving = anyio.Semaphore(SERVING_CONCURRENCY)
+        #: The folders whose index we push to this peer (one push each per session).
+        self._pushing: set[bytes] = set()
         self._tasks: anyio.abc.TaskGroup | None = None
         self._shared_ready = anyio.Event()
+        self._records_refused = 0
 
     def __repr__(self) -> str:
         return f"<PeerExchange with {self.peer.short_str}>"
@@ -172,10 +187,17 @@ class PeerExchange:
         try:
             async with anyio.create_task_group() as tasks:
                 self._tasks = tasks
-                await self.session.send(Hello(PROTOCOL_VERSION, [], self._device_name[:64], CLIENT))
-                await self.session.send(Folders(self._proofs()))
-                await self._read()
-                tasks.cancel_scope.cancel()
+                try:
+                    hello = Hello(PROTOCOL_VERSION, [], self._device_name[:64], CLIENT)
+                    await self.session.send(hello)
+                    await self.session.send(Folders(self._proofs()))
+                    await self._read()
+                finally:
+                    tasks.cancel_scope.cancel()
+                    # Before waiting for the tasks: one may be in the middle of a frame, which
+                    # a cancellation lets finish; closing the channel cuts it short.
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                        await self.session.channel.aclose()
         except BaseExceptionGroup as group:
             raise _session_error(group) from None
         finally:
@@ -218,6 +240,11 @@ class PeerExchange:
             await self._on_folders(message)
         elif isinstance(message, IndexRequest):
             folder = self._shared(message.folder_id)
+            if message.folder_id in self._pushing:
+                # One push per folder per session, which lasts as long as the session: a
+                # peer sends one IndexRequest per shared folder (SPEC.md §13).
+                raise ProtocolError("a second IndexRequest for the same folder")
+            self._pushing.add(message.folder_id)
             index_id, _ = await folder.index_state()
             # A peer that knew another incarnation of our index gets all of this one.
             after = message.after if message.index_id == index_id else 0
@@ -230,9 +257,10 @@ class PeerExchange:
             self._tasks.start_soon(self._serve_chunks, message)
         elif isinstance(message, ChunkResponse | ChunkBatchResponse):
             waiter = self._waiters.pop(message.request_id, None)
-            if waiter is not None:  # None: we gave up on it (timeout) already
-                with waiter:
-                    await waiter.send(message)
+            if waiter is not None:  # None: we gave up on it already
+                waiter.deliver(message)
+            self._abandoned.discard(message.request_id)
+            self._stall_reported = False
         elif isinstance(message, Ping):
             await self.session.send(Pong(message.nonce))
         elif isinstance(message, Offer):
@@ -313,8 +341,16 @@ class PeerExchange:
             _open_records, folder, [sealed for _sequence, sealed in message.records]
         )
         for error in refused:
-            # A forged or tampered record is refused; its neighbours still count.
-            log.warning("refused a record from %s: %s", self.peer.short_str, error)
+            # A forged or tampered record is refused; its neighbours still count. Logged
+            # one by one up to a bound, then counted: a peer must not flood the log.
+            self._records_refused += 1
+            if self._records_refused <= LOGGED_REFUSALS:
+                log.warning("refused a record from %s: %s", self.peer.short_str, error)
+            elif self._records_refused % REFUSALS_PER_SUMMARY == 0:
+                log.warning(
+                    "refused %d records from %s in this session so far (the last: %s)",
+                    self._records_refused, self.peer.short_str, error,
+                )  # fmt: skip
         if verified:
             await folder.receive_records(self, verified)
         last = message.records[-1][0] if message.records else message.max_sequence
@@ -345,9 +381,28 @@ class PeerExchange:
         finally:
             self._serving.release()
 
+    @property
+    def unanswered(self) -> int:
+        """How many of our requests this peer left unanswered after we gave up on them: 0
+        for a peer that answers (even late), growing for one that is silent."""
+        return len(self._abandoned)
+
+    @property
+    def stalled(self) -> bool:
+        """Whether it owes us data and sent not a byte for :data:`SUSPECT_AFTER` seconds."""
+        return self.session.stalled_for() >= SUSPECT_AFTER
+
+    def hedge_delay(self, size: int) -> float:
+        """How long to wait for this peer's answer to a request of ``size`` bytes before
+        asking another peer too: a few times what its measured rate predicts, at least
+        :data:`HEDGE_AFTER` seconds (also before anything is measured)."""
+        expected = self.session.expected_wait(size)
+        return HEDGE_AFTER if expected is None else max(HEDGE_AFTER, HEDGE_FACTOR * expected)
+
     async def request_chunk(self, folder_id: bytes, chunk: ChunkEntry) -> bytes | None:
         """Ask the peer for a chunk; its bytes (unverified: the caller checks the ID), or None
-        if the peer does not have it, is gone, or takes too long."""
+        if the peer does not have it, is gone, or stalls (sends nothing for the session's
+        stall timeout; a slow peer that keeps sending is waited for)."""
         request_id = self.session.new_request_id()
         response = await self._request(ChunkRequest(request_id, folder_id, chunk.id, chunk.size))
         if not isinstance(response, ChunkResponse) or response.status != 0:
@@ -359,7 +414,7 @@ class PeerExchange:
     ) -> list[bytes | None]:
         """Ask the peer for many chunks at once (at most :data:`MAX_BATCH_CHUNKS`, of
         :data:`MAX_BATCH_BYTES` in all): each one's bytes (unverified), or None for those the
-        peer does not have (all None if it is gone or takes too long)."""
+        peer does not have (all None if it is gone or stalls)."""
         request_id = self.session.new_request_id()
         wanted: list[list[object]] = [[chunk.id, chunk.size] for chunk in chunks]
         response = await self._request(ChunkBatchRequest(request_id, folder_id, wanted))
@@ -368,17 +423,60 @@ class PeerExchange:
         return [data if status == 0 else None for status, data in response.chunks]
 
     async def _request(self, request: ChunkRequest | ChunkBatchRequest) -> _Response | None:
-        send, receive = anyio.create_memory_object_stream[_Response](1)
-        self._waiters[request.request_id] = send
+        """Send ``request`` and wait for its answer while the peer makes progress.
+
+        Cancelling the caller only abandons the wait: the request, once its frame started,
+        still goes out whole, and its answer is dropped when it comes (the session's send
+        and the waiter here are built for that)."""
+        session = self.session
+        if session.stalled_for() >= session.stall_timeout:
+            return None  # it owes us data already and sends nothing: do not queue behind that
+        waiter = _Waiter()
+        request_id = request.request_id
+        self._waiters[request_id] = waiter
         try:
-            with receive, anyio.move_on_after(CHUNK_TIMEOUT):
-                await self.session.send(request)
-                return await receive.receive()
+            await session.send(request)
+            if await session.wait_progressing(waiter.event):
+                return waiter.response
+            self._report_stall()
+            return None
+        except PeerStalledError:
+            self._report_stall()
+            return None
         except (CommonsyncError, anyio.EndOfStream, anyio.ClosedResourceError):
             return None
         finally:
-            self._waiters.pop(request.request_id, None)
-        return None
+            self._waiters.pop(request_id, None)
+            if waiter.response is None and session.awaiting(request_id):
+                self._abandoned.add(request_id)
+
+    def _report_stall(self) -> None:
+        if not self._stall_reported:
+            self._stall_reported = True
+            log.warning(
+                "%s sent nothing for %g s while it owed us %d bytes of chunks; asking other "
+                "peers instead",
+                self.peer.short_str,
+                self.session.stall_timeout,
+                self.session.outstanding_bytes,
+            )
+
+
+class _Waiter:
+    """Where the reader puts the answer to one request: delivering never blocks nor fails,
+    whether or not the requester still waits (it may have been cancelled meanwhile)."""
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.response: _Response | None = None
+
+    def deliver(self, response: _Response) -> None:
+        self.response = response
+        self.event.set()
+
+    def close(self) -> None:
+        """The session ended: no answer will come."""
+        self.event.set()
 
 
 _Response = ChunkResponse | ChunkBatchResponse

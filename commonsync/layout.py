@@ -36,7 +36,24 @@ def is_internal(path: str) -> bool:
     first, _, _ = path.partition("/")
     if first == METADATA_DIR:
         return True
+    return is_temp(path)
+
+
+def is_temp(path: str) -> bool:
+    """Whether ``path`` names one of the applier's temporary files (:func:`temp_name`)."""
     return _TEMP.fullmatch(path.rpartition("/")[2]) is not None
+
+
+def reaches_internal(path: str) -> bool:
+    """Whether a record for ``path`` would write into the engine's own files: the path, or a
+    directory on the way to it, is internal (:func:`is_internal`), also compared case-folded
+    for case-insensitive file systems. Such a record is refused, never applied."""
+    parts = path.split("/")
+    for depth in range(1, len(parts) + 1):
+        prefix = "/".join(parts[:depth])
+        if is_internal(prefix) or is_internal(prefix.casefold()):
+            return True
+    return False
 
 
 def temp_name(name: str, content_digest: bytes | None = None) -> str:

@@ -17,9 +17,16 @@ What the scanner refuses to do, on purpose:
   ``.stfolder``); the marker is checked again before any batch that records deletions;
 - follow a symlink (it is recorded as a link, whatever it points to) or read a FIFO, socket or
   device (reported and skipped);
-- mangle a name: a name that is not valid UTF-8, or a name not in Unicode NFC on a file system
-  that would tell the two forms apart, is reported and skipped (renaming it would sync the
-  new name everywhere, and recording it under another name would make two devices disagree);
+- leave the folder: directories are listed and files opened through directory descriptors
+  (:class:`~commonsync.beneath.DirectoryChain`), one component at a time with
+  ``O_NOFOLLOW``, never by a path string, so that a directory swapped for a symlink during
+  the scan (a peer's record can do that) never makes it list, hash or publish what the link
+  points to;
+- mangle a name: a name that is not valid UTF-8 is reported and skipped. A name not in
+  Unicode NFC, on a file system that tells the two forms apart, is renamed to its NFC form
+  (which looks the same), since records carry NFC names and recording it under a name it
+  does not have on disk would make devices disagree; if the NFC name is another entry's, it
+  is reported and skipped;
 - publish a torn version: a file whose size or mtime moves while it is hashed is reported as
   *changing* and left for the next scan;
 - overwrite what it has not seen: every write is conditional on the index still holding what
@@ -53,20 +60,24 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import anyio
 import anyio.from_thread
 import anyio.to_thread
 
-from . import layout, paths
+from . import layout, modes, paths
+from .beneath import DirectoryChain
 from .chunking import ChunkHasher
 from .errors import (
+    EncodingError,
     FolderError,
     FolderMissingError,
     IndexChangedError,
     InvalidPathError,
     MassDeletionError,
+    RecordError,
 )
 from .identity import DeviceIdentity
 from .ignore import IgnoreRules
@@ -113,6 +124,7 @@ class SkipReason(enum.Enum):
     TOO_LARGE = "too large"
     PENDING_REMOTE = "local change to a path with a remote version pending"
     INDEX_CHANGED = "index changed during the scan"
+    UNVERSIONABLE = "no new version can be made"
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +166,16 @@ class ScanReport:
     #: Entries recorded without a local state because they were modified within
     #: :data:`RACY_WINDOW_NS` of being read: a scan after the window records it.
     racy: int = 0
+    #: Entries renamed from another Unicode normalisation form to NFC (SPEC.md §8.4).
+    normalized: int = 0
+    #: Temporary files of the applier found, with their ``st_ctime_ns`` (at most
+    #: :data:`MAX_REPORTED`): those of no pending version are left over from a crash or a
+    #: superseded version, for the folder to remove.
+    temp_files: list[tuple[str, int]] = field(default_factory=list)
+
+    def found_temp(self, path: str, st: os.stat_result) -> None:
+        if len(self.temp_files) < MAX_REPORTED:
+            self.temp_files.append((path, st.st_ctime_ns))
 
     @property
     def changing(self) -> list[str]:
@@ -242,7 +264,9 @@ def _fsync_directory(directory: Path) -> None:
 
 @dataclass(frozen=True, slots=True)
 class _Found:
-    """A file, directory or symlink to compare with the index."""
+    """A file, directory or symlink to compare with the index. ``local_path`` is its
+    root-relative path as the names are on disk, to reach it through a
+    :class:`~commonsync.beneath.DirectoryChain`."""
 
     path: str
     local_path: str
@@ -283,12 +307,18 @@ class _Walker:
     """
 
     def __init__(
-        self, root: str, ignore: IgnoreRules, skip: Collection[str], report: ScanReport
+        self,
+        root: Path,
+        chain: DirectoryChain,
+        ignore: IgnoreRules,
+        skip: Collection[str],
+        report: ScanReport,
     ) -> None:
+        self._chain = chain
         self._ignore = ignore
         self._skip = skip
         self._report = report
-        listed = self._list(root, "")
+        listed = self._list("", "")
         if listed is None:
             # Reading nothing would take every indexed path for deleted.
             raise FolderError(f"cannot read the folder {root}")
@@ -316,24 +346,52 @@ class _Walker:
 
     def _list(self, local_dir: str, prefix: str) -> list[_Item] | None:
         """The sorted items of one directory; None if it cannot be read (reported), so that
-        nothing indexed below it is taken for deleted. A directory that vanished is empty."""
+        nothing indexed below it is taken for deleted. A directory that vanished is empty.
+
+        The directory is opened through the chain, never through a symlink: one swapped for
+        a link since its parent was listed is *changing* (left as indexed until the next
+        scan), and its link's target is never listed."""
         try:
-            with os.scandir(local_dir) as listing:
+            fd = self._chain.directory(local_dir)
+            with os.scandir(fd) as listing:
                 entries = list(listing)
-        except (FileNotFoundError, NotADirectoryError):
+        except FileNotFoundError:
             return []
+        except NotADirectoryError:
+            if not self._is_link(local_dir):
+                return []  # a file in its place: what was below it is gone
+            self._report.skip(prefix[:-1], SkipReason.CHANGING, "replaced by a symlink")
+            return None
         except OSError as exc:
             self._report.skip(prefix[:-1], SkipReason.UNREADABLE, exc.strerror or str(exc))
             return None
         names = {entry.name for entry in entries}
         items: list[_Item] = []
         for entry in entries:
-            self._add(entry, prefix, names, items)
+            # An entry of a listing by descriptor is named relative to it, and its stat()
+            # goes through that descriptor: nothing here follows a link.
+            local = f"{local_dir}/{entry.name}" if local_dir else entry.name
+            self._add(entry, fd, local, prefix, names, items)
         items.sort(key=lambda item: item[0])
         return items
 
+    def _is_link(self, local_path: str) -> bool:
+        """Whether ``local_path`` is a symlink now (a component on the way being one too)."""
+        try:
+            return stat.S_ISLNK(self._chain.lstat(local_path).st_mode)
+        except NotADirectoryError:
+            return True  # a parent was swapped in turn
+        except OSError:
+            return False
+
     def _add(
-        self, entry: os.DirEntry[str], prefix: str, names: set[str], items: list[_Item]
+        self,
+        entry: os.DirEntry[str],
+        dir_fd: int,
+        local: str,
+        prefix: str,
+        names: set[str],
+        items: list[_Item],
     ) -> None:
         shown = prefix + entry.name
         try:
@@ -342,16 +400,17 @@ class _Walker:
             self._report.skip(shown, SkipReason.INVALID_NAME, str(exc))
             return
         name = path.rpartition("/")[2]
-        if name != entry.name and not self._same_entry(entry, name, names):
-            self._report.skip(
-                shown,
-                SkipReason.INVALID_NAME,
-                "the name is not in Unicode NFC and this file system tells the two forms "
-                "apart; rename it",
-            )
-            return
+        disk_name = entry.name
+        if name != entry.name and not self._same_entry(entry, dir_fd, name, names):
+            if not self._normalize(entry, dir_fd, name, names, shown):
+                return
+            disk_name = name
+            local = f"{local.rpartition('/')[0]}/{name}" if "/" in local else name
         try:
-            st = entry.stat(follow_symlinks=False)
+            if disk_name == entry.name:
+                st = entry.stat(follow_symlinks=False)
+            else:
+                st = os.stat(disk_name, dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             return  # gone since it was listed: as if it had never been there
         except OSError as exc:
@@ -362,45 +421,84 @@ class _Walker:
         if path in self._skip:
             items.append((path, _Keep(path)))
             if is_dir:
-                items.append((path + "/", _Descend(path + "/", entry.path)))
+                items.append((path + "/", _Descend(path + "/", local)))
             return
         if self._ignore.matches(path, is_dir):
             if not layout.is_internal(path):
                 self._report.ignored += 1
+            elif stat.S_ISREG(st.st_mode) and layout.is_temp(path):
+                self._report.found_temp(path, st)
             items.append((path, _Keep(path)))
             if is_dir:
                 items.append((path + "/", _Keep(path + "/", subtree=True)))
             return
         if stat.S_ISREG(st.st_mode):
-            items.append((path, _Found(path, entry.path, st)))
+            items.append((path, _Found(path, local, st)))
         elif is_dir:
-            items.append((path, _Found(path, entry.path, st)))
-            items.append((path + "/", _Descend(path + "/", entry.path)))
+            items.append((path, _Found(path, local, st)))
+            items.append((path + "/", _Descend(path + "/", local)))
         elif stat.S_ISLNK(st.st_mode):
-            target = self._link_target(entry, path)
-            items.append(
-                (path, _Keep(path) if target is None else _Found(path, entry.path, st, target))
-            )
+            target = self._link_target(dir_fd, disk_name, path)
+            items.append((path, _Keep(path) if target is None else _Found(path, local, st, target)))
         else:
             self._report.skip(path, SkipReason.UNSUPPORTED_TYPE, _type_name(st.st_mode))
             items.append((path, _Keep(path)))
 
+    def _normalize(
+        self, entry: os.DirEntry[str], dir_fd: int, nfc_name: str, names: set[str], shown: str
+    ) -> bool:
+        """Rename an entry whose name is not in Unicode NFC (as macOS and some Linux tools
+        write names) to its NFC form, on a file system that tells the two apart; whether it
+        did. Records carry NFC names (SPEC.md §8.4), and every device must hold the file
+        under the name the others write to, so the name is normalised here, once, as
+        Syncthing does. The two forms look the same to a person. Refused (reported, left as
+        it is) if the NFC name is another entry's: nothing is ever replaced."""
+        if nfc_name in names:
+            self._report.skip(
+                shown,
+                SkipReason.INVALID_NAME,
+                f"the name is not in Unicode NFC, and its NFC form {nfc_name!r} is another "
+                "entry beside it: rename one of them",
+            )
+            return False
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                if _exists(dir_fd, nfc_name):
+                    raise FileExistsError(nfc_name)
+                os.rename(entry.name, nfc_name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            else:
+                # A hard link fails if the name was taken meanwhile, where a rename replaces.
+                os.link(entry.name, nfc_name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd,
+                        follow_symlinks=False)  # fmt: skip
+                os.unlink(entry.name, dir_fd=dir_fd)
+        except OSError as exc:
+            self._report.skip(
+                shown,
+                SkipReason.INVALID_NAME,
+                f"the name is not in Unicode NFC and could not be renamed to it "
+                f"({exc.strerror or exc}): rename it",
+            )
+            return False
+        names.add(nfc_name)
+        self._report.normalized += 1
+        return True
+
     @staticmethod
-    def _same_entry(entry: os.DirEntry[str], nfc_name: str, names: set[str]) -> bool:
+    def _same_entry(entry: os.DirEntry[str], dir_fd: int, nfc_name: str, names: set[str]) -> bool:
         """Whether the NFC form of a non-NFC name reaches the same file: true on file systems
         that ignore the difference (macOS), false where both names could coexist (Linux)."""
         if nfc_name in names:
             return False
         try:
             mine = entry.stat(follow_symlinks=False)
-            other = os.lstat(os.path.join(os.path.dirname(entry.path), nfc_name))
+            other = os.stat(nfc_name, dir_fd=dir_fd, follow_symlinks=False)
         except OSError:
             return False
         return (mine.st_dev, mine.st_ino) == (other.st_dev, other.st_ino)
 
-    def _link_target(self, entry: os.DirEntry[str], path: str) -> str | None:
+    def _link_target(self, dir_fd: int, name: str, path: str) -> str | None:
         try:
-            target = os.readlink(entry.path)
+            target = os.readlink(name, dir_fd=dir_fd)
         except OSError as exc:
             self._report.skip(path, SkipReason.UNREADABLE, exc.strerror or str(exc))
             return None
@@ -413,6 +511,14 @@ class _Walker:
             self._report.skip(path, SkipReason.TOO_LARGE, "symlink target over 4096 bytes")
             return None
         return target
+
+
+def _exists(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _type_name(mode: int) -> str:
@@ -443,21 +549,24 @@ class _Unhashed:
 
 
 def _hash_file(
-    local_path: str, hasher: ChunkHasher, on_chunk: Callable[[int], None]
+    chain: DirectoryChain, local_path: str, hasher: ChunkHasher, on_chunk: Callable[[int], None]
 ) -> _Hashed | _Unhashed:
     """Chunk and hash one file, and make sure it did not move while it was read.
 
-    Opened without following symlinks and checked to be a regular file, so that an entry
-    swapped for a link or a FIFO since the walk is neither followed nor blocked on. The
-    content counts only if size and mtime are the same before and after, on the open file
-    and at its path, and the bytes read match the size.
+    Opened through ``chain`` (no symlink followed at any component of the path) and checked
+    to be a regular file, so that an entry swapped for a link or a FIFO since the walk, or a
+    directory above it swapped for a link, is neither followed nor blocked on. The content
+    counts only if size and mtime are the same before and after, on the open file and at its
+    path, and the bytes read match the size.
     """
     try:
-        fd = os.open(local_path, _OPEN_FLAGS)
-    except (FileNotFoundError, NotADirectoryError):
+        fd = chain.open(local_path, _OPEN_FLAGS)
+    except FileNotFoundError:
         return _Unhashed(SkipReason.CHANGING, "disappeared while scanned")
+    except NotADirectoryError:
+        return _Unhashed(SkipReason.CHANGING, "a directory above it was replaced while scanned")
     except OSError as exc:
-        if stat.S_ISLNK(_lstat_mode(local_path)):
+        if stat.S_ISLNK(_lstat_mode(chain, local_path)):
             return _Unhashed(SkipReason.CHANGING, "replaced by a symlink while scanned")
         return _Unhashed(SkipReason.UNREADABLE, exc.strerror or str(exc))
     with os.fdopen(fd, "rb", buffering=0) as stream:
@@ -476,7 +585,7 @@ def _hash_file(
             return _Unhashed(SkipReason.UNREADABLE, exc.strerror or str(exc))
         after = os.fstat(fd)
     try:
-        now = os.lstat(local_path)
+        now = chain.lstat(local_path)
     except OSError:
         return _Unhashed(SkipReason.CHANGING, "disappeared while scanned")
     if (
@@ -493,9 +602,9 @@ def _moved(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_size, a.st_mtime_ns) != (b.st_size, b.st_mtime_ns)
 
 
-def _lstat_mode(local_path: str) -> int:
+def _lstat_mode(chain: DirectoryChain, local_path: str) -> int:
     try:
-        return os.lstat(local_path).st_mode
+        return chain.lstat(local_path).st_mode
     except OSError:
         return 0
 
@@ -513,6 +622,8 @@ class _Content:
     mtime_ns: int
     mode: int
     local: LocalFile | None
+    #: The permission bits stored with the path's local state before this scan (None: none).
+    seen_mode: int | None = None
 
     def same_as(self, record: Record) -> bool:
         return (
@@ -520,7 +631,8 @@ class _Content:
             and record.kind is self.kind
             and record.chunks == self.chunks
             and record.symlink_target == self.target
-            and record.mode == self.mode
+            # A peer's bits as this device's umask wrote them are still the peer's version.
+            and modes.holds_mode(self.kind, record.mode, self.mode, self.seen_mode)
         )
 
 
@@ -584,8 +696,10 @@ class _Scan:
         hasher: ChunkHasher,
         max_deleted_share: float | None,
         published: Callable[[], None] | None,
+        chain: DirectoryChain,
     ) -> None:
         self.root = root
+        self.chain = chain
         self.published = published
         self.max_deleted_share = max_deleted_share
         self._deletions: list[_Change] = []
@@ -610,7 +724,7 @@ class _Scan:
 
     async def run(self) -> ScanReport:
         walker = await anyio.to_thread.run_sync(
-            _Walker, os.fspath(self.root), self.ignore, self.skip, self.report
+            _Walker, self.root, self.chain, self.ignore, self.skip, self.report
         )
         async with aclosing(self.store.path_states(self.folder_id, batch=INDEX_STEP)) as states:
             cursor = _StoreCursor(states)
@@ -701,7 +815,7 @@ class _Scan:
                 return
             self._report_progress()
             hashed = await anyio.to_thread.run_sync(
-                _hash_file, found.local_path, self.hasher, self._on_chunk
+                _hash_file, self.chain, found.local_path, self.hasher, self._on_chunk
             )
             await self._hashed(found, state, hashed)
             return
@@ -713,9 +827,9 @@ class _Scan:
         waiting, self._to_hash, self._to_hash_bytes = self._to_hash, [], 0
         if not waiting:
             return
-        hasher, on_chunk = self.hasher, self._on_chunk
+        chain, hasher, on_chunk = self.chain, self.hasher, self._on_chunk
         results = await anyio.to_thread.run_sync(
-            lambda: [_hash_file(found.local_path, hasher, on_chunk) for found, _ in waiting]
+            lambda: [_hash_file(chain, found.local_path, hasher, on_chunk) for found, _ in waiting]
         )
         for (found, state), hashed in zip(waiting, results, strict=True):
             await self._hashed(found, state, hashed)
@@ -743,8 +857,9 @@ class _Scan:
         if time.time_ns() - st.st_mtime_ns < RACY_WINDOW_NS:
             local = None
             self.report.racy += 1
+        seen = None if state is None or state.local is None else stat.S_IMODE(state.local.mode)
         content = _Content(
-            kind, chunks, found.target, st.st_mtime_ns, stat.S_IMODE(st.st_mode), local
+            kind, chunks, found.target, st.st_mtime_ns, stat.S_IMODE(st.st_mode), local, seen
         )
         return _Change(found.path, 0 if state is None else state.local_sequence, content)
 
@@ -826,7 +941,11 @@ class _Scan:
             if content is None:
                 if old is None:
                     continue
-                batch.entries.append(self._tombstone(old.record, next(numbers)))
+                tombstone = partial(self._tombstone, old.record, next(numbers))
+                entry = self._versioned(change.path, tombstone)
+                if entry is None:
+                    continue
+                batch.entries.append(entry)
                 outcome = "deleted"
             elif old is not None and content.same_as(old.record):
                 # Same content as indexed: a touch, or the remote version already in place.
@@ -842,12 +961,25 @@ class _Scan:
                 )
                 continue
             else:
-                batch.entries.append(self._version(change.path, content, old, next(numbers)))
+                version = partial(self._version, change.path, content, old, next(numbers))
+                entry = self._versioned(change.path, version)
+                if entry is None:
+                    continue
+                batch.entries.append(entry)
                 batch.local_files.append((change.path, content.local))
                 outcome = "added" if old is None or old.record.deleted else "changed"
             batch.expected[change.path] = change.expected
             batch.outcome[change.path] = outcome
         return batch
+
+    def _versioned(self, path: str, make: Callable[[], IndexEntry]) -> IndexEntry | None:
+        """``make()``, or None (the path reported as skipped) if no version can be made
+        of it: one path whose version counter cannot grow must not stop the batch."""
+        try:
+            return make()
+        except (RecordError, EncodingError) as exc:
+            self.report.skip(path, SkipReason.UNVERSIONABLE, str(exc))
+            return None
 
     def _version(
         self, path: str, content: _Content, old: IndexEntry | None, sequence: int
@@ -929,13 +1061,18 @@ async def scan(
     await store.folder(key.folder_id)  # a clear error now if the folder is not registered
     if ignore is None:
         ignore = await anyio.to_thread.run_sync(IgnoreRules.load, root)
+    try:
+        chain = await anyio.to_thread.run_sync(DirectoryChain.at, root)
+    except OSError as exc:
+        raise FolderError(f"cannot read the folder {root}: {exc.strerror or exc}") from exc
     hasher = ChunkHasher(key.chunk_id_key, workers=min(4, os.cpu_count() or 2))
     try:
         scanner = _Scan(
             root, store, key, identity, ignore, skip, progress, clock_ns, hasher,
-            max_deleted_share, published,
+            max_deleted_share, published, chain,
         )  # fmt: skip
         return await scanner.run()
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(hasher.close)
+            chain.close()

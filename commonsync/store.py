@@ -33,6 +33,7 @@ Databases of an older schema are migrated in place, in one transaction, when ope
 
 from __future__ import annotations
 
+import enum
 import os
 import sqlite3
 import threading
@@ -46,14 +47,17 @@ import anyio
 import anyio.to_thread
 
 from .device_id import DeviceId
-from .errors import IndexChangedError, StoreError
+from .errors import IndexChangedError, IndexFullError, StoreError
 from .records import ChunkEntry, Kind, Record, decode_verified
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Records returned by one :meth:`IndexStore.records_since` call at most.
 MAX_BATCH = 10_000
+#: Free space below which the index's disk counts as full (:meth:`IndexStore.check_writable`):
+#: room for a few transactions' worth of write-ahead log.
+MIN_FREE_BYTES = 1024 * 1024
 
 _LOCAL_FILES = """CREATE TABLE IF NOT EXISTS local_files (
     folder_id BLOB NOT NULL REFERENCES folders(folder_id) ON DELETE CASCADE,
@@ -64,6 +68,23 @@ _LOCAL_FILES = """CREATE TABLE IF NOT EXISTS local_files (
     mode      INTEGER NOT NULL,
     PRIMARY KEY (folder_id, path)
 ) WITHOUT ROWID"""
+
+#: What the puller knows of a remote version not yet on disk, beyond its record: how often it
+#: was tried and when to try again, why it was refused for good, the conflict copy to make
+#: first. A row speaks for the version whose ``local_seq`` it names, and for no later one.
+_PULL_STATE = """CREATE TABLE IF NOT EXISTS pull_state (
+    folder_id     BLOB NOT NULL REFERENCES folders(folder_id) ON DELETE CASCADE,
+    path          TEXT NOT NULL,
+    local_seq     INTEGER NOT NULL,
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    retry_at      REAL NOT NULL DEFAULT 0,
+    refused       TEXT,
+    conflict_copy TEXT,
+    PRIMARY KEY (folder_id, path)
+) WITHOUT ROWID"""
+#: The versions not on disk, in path order, with what the puller pages and counts by.
+_NOT_ON_DISK = """CREATE INDEX IF NOT EXISTS records_not_on_disk
+    ON records (folder_id, path, local_seq, kind, deleted, size, on_disk) WHERE on_disk = 0"""
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS folders (
@@ -104,6 +125,8 @@ _SCHEMA = (
     ) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS chunk_locations_by_path ON chunk_locations (folder_id, path)",
     _LOCAL_FILES,
+    _PULL_STATE,
+    _NOT_ON_DISK,
 )
 
 #: From schema version N to N + 1: statements run in the same transaction as the version bump.
@@ -117,9 +140,22 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         " WHERE records.folder_id = folders.folder_id)",
         _LOCAL_FILES.replace("IF NOT EXISTS ", ""),
     ),
+    2: (_PULL_STATE.replace("IF NOT EXISTS ", ""), _NOT_ON_DISK.replace("IF NOT EXISTS ", "")),
 }
 _I64 = 2**63
 _FOLDER_COLUMNS = "folder_id, label, index_id, sequence, own_sequence"
+#: A pending version's pull state, if it has one (a row about an older version is ignored).
+_PULL_JOIN = (
+    "LEFT JOIN pull_state p ON p.folder_id = r.folder_id AND p.path = r.path"
+    " AND p.local_seq = r.local_seq"
+)
+#: Seconds before a version waiting for its chunks is tried again, after its first failure;
+#: the wait doubles with each further failure, up to :data:`RETRY_MAX`.
+RETRY_FIRST = 1.0
+RETRY_MAX = 300.0
+#: ... and for a record larger than this many signed bytes, as many times longer as it is
+#: larger (a record of 400,000 chunks, 16 MB, waits a minute before its second try).
+RETRY_SCALE_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -182,6 +218,42 @@ class PathState:
     local: LocalFile | None
 
 
+class PullPhase(enum.Enum):
+    """The puller's passes over pending versions, in this order: directories and symlinks
+    (parents first), then files, then deletions (children first, in reverse path order, after
+    every new file has read the chunks it needed from the old ones)."""
+
+    DIRECTORIES_AND_LINKS = "r.deleted = 0 AND r.kind != 0"
+    FILES = "r.deleted = 0 AND r.kind = 0"
+    DELETIONS = "r.deleted = 1"
+
+
+@dataclass(frozen=True, slots=True)
+class PendingVersion:
+    """A remote version taken but not on disk, as the puller pages through them: what it
+    needs to plan (no decoded record: a record of 400,000 chunks costs no more here than an
+    empty one). ``signed_size`` is the length of its signed bytes, what decoding it costs."""
+
+    path: str
+    local_sequence: int
+    kind: Kind
+    deleted: bool
+    size: int
+    signed_size: int
+    attempts: int
+    conflict_copy: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingSummary:
+    """What is left to write: versions not on disk and not refused, the bytes of the live
+    files among them, and when the first of them is due to be tried (None: nothing waits)."""
+
+    files: int
+    bytes: int
+    next_try: float | None
+
+
 @dataclass(frozen=True, slots=True)
 class PeerProgress:
     """How much of a remote device's index we have: its index ID and last sequence seen."""
@@ -200,9 +272,14 @@ class SignedRow(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class ChunkLocation:
+    """Where a local file holds a chunk. ``local`` is the file's local state when it was
+    last hashed (None: not stored, e.g. a file modified just before): a reader that finds
+    the file still as ``local`` reads what was hashed, else it must check the bytes."""
+
     path: str
     offset: int
     size: int
+    local: LocalFile | None = None
 
 
 class _Abandoned(Exception):
@@ -219,6 +296,9 @@ class IndexStore:
         self._state_lock = threading.Lock()  # guards _running, for interrupt()
         self._running: threading.Event | None = None
         self._limiter = anyio.CapacityLimiter(1)
+        #: Why the last write was refused for lack of space, until a write succeeds: what a
+        #: daemon shows and waits on (:meth:`check_writable`) instead of failing again.
+        self.full: IndexFullError | None = None
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -249,6 +329,7 @@ class IndexStore:
                     raise _Abandoned
                 self._running = abandoned
             try:
+                changes = self._conn.total_changes
                 self._conn.execute("BEGIN IMMEDIATE")
                 try:
                     result = operation(self._conn)
@@ -262,12 +343,34 @@ class IndexStore:
                     if self._conn.in_transaction:
                         self._conn.execute("ROLLBACK")
                     raise
+                if self._conn.total_changes != changes:
+                    self.full = None
                 return result
             except sqlite3.Error as exc:
+                if _is_full(exc, self.path):
+                    self.full = IndexFullError(_full_message(self.path))
+                    raise self.full from exc
                 raise StoreError(f"index database {self.path}: {exc}") from exc
             finally:
                 with self._state_lock:
                     self._running = None
+
+    async def check_writable(self) -> None:
+        """Raise :class:`~commonsync.errors.IndexFullError` unless the index can take a write
+        now: its disk has :data:`MIN_FREE_BYTES` free and a small write commits. A caller
+        refused for lack of space polls this before it tries again."""
+        free = await anyio.to_thread.run_sync(_free_bytes, self.path.parent)
+        if free is not None and free < MIN_FREE_BYTES:
+            self.full = IndexFullError(_full_message(self.path))
+            raise self.full
+
+        def probe(conn: sqlite3.Connection) -> None:
+            # Rewrites the header page: a real write, which a full disk refuses.
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            conn.execute(f"PRAGMA user_version = {int(version)}")
+
+        await self._run(probe)
+        self.full = None
 
     async def close(self) -> None:
         def close() -> None:
@@ -393,10 +496,14 @@ class IndexStore:
         return await self._run(get)
 
     async def get_many(self, folder_id: bytes, paths: Iterable[str]) -> dict[str, IndexEntry]:
-        """The current entries of ``paths`` (those that have one), read in one transaction."""
+        """The current entries of ``paths`` (those that have one), read in one transaction.
+
+        They are decoded in another worker thread, after the transaction: decoding a record
+        of 400,000 chunks takes a second or more, and the store must not stall every other
+        operation meanwhile."""
         wanted = list(paths)
 
-        def get_many(conn: sqlite3.Connection) -> dict[str, IndexEntry]:
+        def get_many(conn: sqlite3.Connection) -> dict[str, tuple[bytes, int, int]]:
             found = {}
             for path in wanted:
                 row = conn.execute(
@@ -405,10 +512,15 @@ class IndexStore:
                     (folder_id, path),
                 ).fetchone()
                 if row is not None:
-                    found[path] = _entry(row)
+                    found[path] = row
             return found
 
-        return await self._run(get_many)
+        rows = await self._run(get_many)
+        if not rows:
+            return {}
+        return await anyio.to_thread.run_sync(
+            lambda: {path: _entry(row) for path, row in rows.items()}
+        )
 
     async def entries(
         self, folder_id: bytes, *, batch: int = 500
@@ -489,25 +601,183 @@ class IndexStore:
 
         return await self._run(since)
 
-    async def not_on_disk(self, folder_id: bytes) -> list[IndexEntry]:
-        """The remote versions taken but not written yet (``on_disk=False``): what a puller
-        that was stopped must still apply, since their peers will not send them again."""
+    # -- pending remote versions (the puller's queue, on disk) -------------------------------
 
-        def pending(conn: sqlite3.Connection) -> list[IndexEntry]:
-            rows = conn.execute(
-                "SELECT signed, on_disk, local_seq FROM records"
-                " WHERE folder_id = ? AND on_disk = 0 ORDER BY local_seq",
+    async def pending(
+        self,
+        folder_id: bytes,
+        phase: PullPhase,
+        *,
+        after: str | None = None,
+        due: float | None = None,
+        limit: int = 1000,
+    ) -> list[PendingVersion]:
+        """A page of the remote versions taken but not written yet (``on_disk=False``) and
+        not refused, in ``phase``'s order, starting after path ``after``; with ``due``, only
+        those whose next try is at or before it (a time in seconds, as given to
+        :meth:`retry_later`). Versions taken before a stop are here too: their peers will
+        not send them again."""
+        limit = max(1, min(limit, MAX_BATCH))
+        descending = phase is PullPhase.DELETIONS
+        cursor = "" if after is None else ("AND r.path < ?" if descending else "AND r.path > ?")
+        due_clause = "" if due is None else "AND coalesce(p.retry_at, 0) <= ?"
+        query = (
+            "SELECT r.path, r.local_seq, r.kind, r.deleted, r.size, length(r.signed),"
+            " coalesce(p.attempts, 0), p.conflict_copy"
+            f" FROM records r INDEXED BY records_not_on_disk {_PULL_JOIN}"
+            f" WHERE r.folder_id = ? AND r.on_disk = 0 AND p.refused IS NULL AND {phase.value}"
+            f" {cursor} {due_clause}"
+            f" ORDER BY r.path {'DESC' if descending else 'ASC'} LIMIT ?"
+        )
+        parameters: list[object] = [folder_id]
+        parameters += [] if after is None else [after]
+        parameters += [] if due is None else [due]
+        parameters.append(limit)
+
+        def page(conn: sqlite3.Connection) -> list[PendingVersion]:
+            return [
+                PendingVersion(path, seq, Kind(kind), bool(deleted), size, signed, tries, copy)
+                for path, seq, kind, deleted, size, signed, tries, copy in conn.execute(
+                    query, parameters
+                )
+            ]
+
+        return await self._run(page)
+
+    async def pending_summary(self, folder_id: bytes) -> PendingSummary:
+        """How much is left to write (one pass over an index of the pending versions only)."""
+
+        def summary(conn: sqlite3.Connection) -> PendingSummary:
+            files, size, next_try = conn.execute(
+                "SELECT count(*),"
+                " coalesce(sum(CASE WHEN r.kind = 0 AND r.deleted = 0 THEN r.size END), 0),"
+                " min(coalesce(p.retry_at, 0))"
+                f" FROM records r INDEXED BY records_not_on_disk {_PULL_JOIN}"
+                " WHERE r.folder_id = ? AND r.on_disk = 0 AND p.refused IS NULL",
+                (folder_id,),
+            ).fetchone()
+            return PendingSummary(files, size, next_try)
+
+        return await self._run(summary)
+
+    async def retry_later(
+        self, folder_id: bytes, versions: Sequence[tuple[str, int]], *, now: float
+    ) -> None:
+        """Count a failed try of each pending version ``(path, local_seq)``, and set its next
+        try :data:`RETRY_FIRST` seconds after ``now`` (longer for a large record, see
+        :data:`RETRY_SCALE_BYTES`), doubling with each failure up to :data:`RETRY_MAX`. A
+        path whose version changed meanwhile is left alone."""
+
+        def retry(conn: sqlite3.Connection) -> None:
+            for path, local_seq in versions:
+                row = _pull_row(conn, folder_id, path, local_seq)
+                if row is None:
+                    continue
+                attempts = row[0] + 1
+                # A larger record costs more to decode and plan at each try: waited on longer.
+                (signed,) = conn.execute(
+                    "SELECT length(signed) FROM records WHERE folder_id = ? AND path = ?",
+                    (folder_id, path),
+                ).fetchone()
+                scale = max(1.0, signed / RETRY_SCALE_BYTES)
+                delay = min(RETRY_FIRST * scale * 2 ** min(attempts - 1, 32), RETRY_MAX)
+                _set_pull_row(conn, folder_id, path, local_seq, attempts, now + delay, *row[2:])
+
+        await self._run(retry)
+
+    async def refuse(self, folder_id: bytes, versions: Sequence[tuple[str, int, str]]) -> None:
+        """Mark pending versions ``(path, local_seq, reason)`` as refused for good: they leave
+        the pending versions (and the puller's work) until a newer version of the path
+        arrives. A path whose version changed meanwhile is left alone."""
+
+        def refuse(conn: sqlite3.Connection) -> None:
+            for path, local_seq, reason in versions:
+                row = _pull_row(conn, folder_id, path, local_seq)
+                if row is not None:
+                    _set_pull_row(conn, folder_id, path, local_seq, row[0], 0.0, reason, None)
+
+        await self._run(refuse)
+
+    async def set_conflict_copies(
+        self, folder_id: bytes, copies: Sequence[tuple[str, int, str | None]]
+    ) -> None:
+        """Record (or, with None, clear) the conflict copy to make of the local file before
+        the pending version ``(path, local_seq)`` is written (see
+        :func:`commonsync.decide.decide`)."""
+
+        def store(conn: sqlite3.Connection) -> None:
+            for path, local_seq, copy in copies:
+                row = _pull_row(conn, folder_id, path, local_seq)
+                if row is not None:
+                    _set_pull_row(conn, folder_id, path, local_seq, *row[:3], copy)
+
+        await self._run(store)
+
+    async def retry_now(self, folder_id: bytes, paths: Iterable[str] | None = None) -> None:
+        """Make the waiting versions of ``paths`` (None: all of them) due now: a peer that may
+        hold their chunks connected, or announced them again. Refused versions stay refused."""
+        wanted = None if paths is None else list(paths)
+
+        def retry(conn: sqlite3.Connection) -> None:
+            update = "UPDATE pull_state SET retry_at = 0 WHERE folder_id = ? AND refused IS NULL"
+            if wanted is None:
+                conn.execute(update, (folder_id,))
+            else:
+                conn.executemany(update + " AND path = ?", [(folder_id, p) for p in wanted])
+
+        await self._run(retry)
+
+    async def forget_stale_pull_state(self, folder_id: bytes) -> None:
+        """Drop what the puller kept about versions that are on disk or superseded now."""
+
+        def forget(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "DELETE FROM pull_state WHERE folder_id = ? AND NOT EXISTS (SELECT 1 FROM"
+                " records r WHERE r.folder_id = pull_state.folder_id AND r.path = pull_state.path"
+                " AND r.local_seq = pull_state.local_seq AND r.on_disk = 0)",
                 (folder_id,),
             )
-            return [_entry(row) for row in rows]
 
-        return await self._run(pending)
+        await self._run(forget)
+
+    async def refused(self, folder_id: bytes, path: str) -> str | None:
+        """Why the current version of ``path`` was refused for good, or None."""
+
+        def refused(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                f"SELECT p.refused FROM records r {_PULL_JOIN}"
+                " WHERE r.folder_id = ? AND r.path = ? AND r.on_disk = 0",
+                (folder_id, path),
+            ).fetchone()
+            return None if row is None else row[0]
+
+        return await self._run(refused)
+
+    async def signed_sizes(self, folder_id: bytes, paths: Iterable[str]) -> dict[str, int]:
+        """The length of the stored signed record of each of ``paths`` that has one: what
+        decoding it would cost, so that callers decode a bounded amount at a time."""
+        wanted = list(paths)
+
+        def sizes(conn: sqlite3.Connection) -> dict[str, int]:
+            found = {}
+            for path in wanted:
+                row = conn.execute(
+                    "SELECT length(signed) FROM records WHERE folder_id = ? AND path = ?",
+                    (folder_id, path),
+                ).fetchone()
+                if row is not None:
+                    found[path] = int(row[0])
+            return found
+
+        return await self._run(sizes)
 
     async def signed_since(
-        self, folder_id: bytes, after: int, limit: int = 1000
+        self, folder_id: bytes, after: int, limit: int = 1000, *, max_bytes: int | None = None
     ) -> list[SignedRow]:
         """:meth:`records_since` as stored, not decoded: what a device sends its peers (they
-        decode and verify them anyway)."""
+        decode and verify them anyway). With ``max_bytes``, the rows stop once their signed
+        bytes reach it (at least one row): records of 16 MB each must not be read by the
+        hundred."""
         limit = max(1, min(limit, MAX_BATCH))
 
         def since(conn: sqlite3.Connection) -> list[SignedRow]:
@@ -516,7 +786,14 @@ class IndexStore:
                 " WHERE folder_id = ? AND local_seq > ? ORDER BY local_seq LIMIT ?",
                 (folder_id, after, limit),
             )
-            return [SignedRow(*row) for row in rows]
+            found: list[SignedRow] = []
+            size = 0
+            for row in rows:
+                found.append(SignedRow(*row))
+                size += len(row[2])
+                if max_bytes is not None and size >= max_bytes:
+                    break
+            return found
 
         return await self._run(since)
 
@@ -673,6 +950,14 @@ async def open_store(path: Path) -> AsyncIterator[IndexStore]:
 
 def _connect(path: Path) -> IndexStore:
     try:
+        # The index names every file of the folder: owner-only, whatever the umask and the
+        # directory. SQLite gives its -wal and -shm files the database file's mode.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StoreError(f"cannot create the index database {path}: {exc.strerror}") from exc
+    try:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open the index database {path}: {exc}") from exc
@@ -694,6 +979,31 @@ def _connect(path: Path) -> IndexStore:
         conn.close()
         raise
     return IndexStore(conn, path)
+
+
+def _is_full(exc: sqlite3.Error, path: Path) -> bool:
+    """Whether SQLite refused a write for lack of space (``SQLITE_FULL``, or an I/O error on
+    a disk with no space left)."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if code == sqlite3.SQLITE_FULL:
+        return True
+    if code != sqlite3.SQLITE_IOERR:
+        return False
+    free = _free_bytes(path.parent)
+    return free is not None and free < MIN_FREE_BYTES
+
+
+def _full_message(path: Path) -> str:
+    return f"the index {path} cannot be written: its disk is full; free some space there"
+
+
+def _free_bytes(directory: Path) -> int | None:
+    """Bytes an unprivileged writer can still use on the file system of ``directory``."""
+    try:
+        info = os.statvfs(directory)
+    except OSError:
+        return None
+    return info.f_bavail * info.f_frsize
 
 
 def _prepare_schema(conn: sqlite3.Connection, path: Path) -> None:
@@ -742,6 +1052,46 @@ def _entry(row: tuple[bytes, int, int]) -> IndexEntry:
     return IndexEntry(decode_verified(signed), signed, bool(on_disk), local_seq)
 
 
+def _pull_row(
+    conn: sqlite3.Connection, folder_id: bytes, path: str, local_seq: int
+) -> tuple[int, float, str | None, str | None] | None:
+    """The pull state of ``path`` if its current version is ``local_seq`` and not on disk
+    (zeros if it has none yet); None if the path has another version now, or none."""
+    if (
+        conn.execute(
+            "SELECT 1 FROM records WHERE folder_id = ? AND path = ? AND local_seq = ?"
+            " AND on_disk = 0",
+            (folder_id, path, local_seq),
+        ).fetchone()
+        is None
+    ):
+        return None
+    row = conn.execute(
+        "SELECT attempts, retry_at, refused, conflict_copy FROM pull_state"
+        " WHERE folder_id = ? AND path = ? AND local_seq = ?",
+        (folder_id, path, local_seq),
+    ).fetchone()
+    return (0, 0.0, None, None) if row is None else (row[0], row[1], row[2], row[3])
+
+
+def _set_pull_row(
+    conn: sqlite3.Connection,
+    folder_id: bytes,
+    path: str,
+    local_seq: int,
+    attempts: int,
+    retry_at: float,
+    refused: str | None,
+    conflict_copy: str | None,
+) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO pull_state"
+        " (folder_id, path, local_seq, attempts, retry_at, refused, conflict_copy)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (folder_id, path, local_seq, attempts, retry_at, refused, conflict_copy),
+    )
+
+
 def _file_chunks(record: Record) -> Iterable[tuple[ChunkEntry, int]]:
     if record.deleted or record.kind is not Kind.FILE:
         return ()
@@ -755,11 +1105,16 @@ def _file_chunks(record: Record) -> Iterable[tuple[ChunkEntry, int]]:
 
 def _sources(conn: sqlite3.Connection, folder_id: bytes, chunk_id: bytes) -> list[ChunkLocation]:
     rows = conn.execute(
-        "SELECT path, offset, size FROM chunk_locations"
-        " WHERE folder_id = ? AND chunk_id = ? ORDER BY path, offset",
+        "SELECT c.path, c.offset, c.size, l.inode, l.size, l.mtime_ns, l.mode"
+        " FROM chunk_locations c LEFT JOIN local_files l"
+        " ON l.folder_id = c.folder_id AND l.path = c.path"
+        " WHERE c.folder_id = ? AND c.chunk_id = ? ORDER BY c.path, c.offset",
         (folder_id, chunk_id),
     )
-    return [ChunkLocation(*row) for row in rows]
+    return [
+        ChunkLocation(path, offset, size, None if inode is None else _local(inode, *state))
+        for path, offset, size, inode, *state in rows
+    ]
 
 
 def _chunks_at(conn: sqlite3.Connection, folder_id: bytes, path: str) -> list[ChunkEntry]:

@@ -6,6 +6,11 @@ nor after each other are CONCURRENT, which is what a conflict is.
 
 Bumping sets our counter to ``max(old + 1, now_in_seconds)`` rather than ``old + 1``: after a
 database wipe plain counters restart low and lose against stale versions (Syncthing #3876).
+
+Counters come from the network, and only the device they name ever bumps them: a receiver
+refuses (:func:`check_received`) a vector with a counter it could not bump, or one that claims
+a version of the receiver itself that it cannot have made. Otherwise one forged counter of
+``2**64 - 1`` for a device would stop that device from ever publishing that path again.
 """
 
 from __future__ import annotations
@@ -15,10 +20,18 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from .errors import EncodingError
+from .errors import EncodingError, VersionVectorError
 
 MAX_ENTRIES = 1024
 _U64 = 2**64 - 1
+#: The largest counter a receiver accepts (SPEC.md §6): any counter it accepts can still be
+#: bumped about 2**63 times before it would overflow 64 bits.
+MAX_COUNTER = 2**63 - 1
+#: How far (in seconds) a receiver's own counter may be ahead of its clock. Its bumps are
+#: ``max(old + 1, now)``, so a counter runs ahead of the clock only by the edits made faster
+#: than one a second: 2**32 s (136 years) is never reached by real edits, nor by a clock that
+#: fell back to 1970, and keeps 2**63 bumps of room.
+OWN_COUNTER_AHEAD = 2**32
 
 
 class Ordering(Enum):
@@ -80,7 +93,13 @@ class VersionVector:
     def bump(self, device: int, now_seconds: int) -> VersionVector:
         """A vector just after this one, for a change made by ``device``."""
         counters = self.as_dict()
-        counters[device] = max(counters.get(device, 0) + 1, now_seconds)
+        counter = max(counters.get(device, 0) + 1, now_seconds)
+        if counter > _U64:
+            raise VersionVectorError(
+                f"the version counter of device {device:016x} is at its maximum and cannot "
+                "grow; this path cannot get a new version from that device"
+            )
+        counters[device] = counter
         return VersionVector.from_mapping(counters)
 
     def to_wire(self) -> list[list[int]]:
@@ -101,3 +120,21 @@ class VersionVector:
                 raise EncodingError("version vector entry is not [device, counter]")
             entries.append((item[0], item[1]))
         return cls(tuple(entries))
+
+
+def check_received(vector: VersionVector, *, me: int, now_seconds: int) -> None:
+    """Refuse (:class:`VersionVectorError`) a vector from the network that this device must
+    not take (SPEC.md §6): a counter above :data:`MAX_COUNTER`, or a counter for ``me`` (this
+    device's short ID) more than :data:`OWN_COUNTER_AHEAD` seconds ahead of ``now_seconds``.
+    Only this device bumps its own counter, so such a version was forged, and taking it would
+    make this device's next edit of the path overflow or lose."""
+    for device, counter in vector.entries:
+        if counter > MAX_COUNTER:
+            raise VersionVectorError(
+                "its version vector holds a counter above 2^63 - 1, which could not be incremented"
+            )
+        if device == me and counter > max(now_seconds, 0) + OWN_COUNTER_AHEAD:
+            raise VersionVectorError(
+                "its version vector claims a version of this device that this device never "
+                "made (a counter far ahead of its clock)"
+            )

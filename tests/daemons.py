@@ -94,10 +94,14 @@ class Device:
     def status(self) -> dict[str, Any]:
         return self.client.request("GET", "/status")  # type: ignore[no-any-return]
 
-    def start(self) -> None:
+    def start(self, *, nofile: int | None = None) -> None:
+        """Start the daemon; ``nofile`` caps the file descriptors it may open (soft and hard
+        limit, through util-linux's ``prlimit``), so that a test can exhaust them with a few
+        hundred sockets."""
+        limit = [] if nofile is None else ["prlimit", f"--nofile={nofile}:{nofile}", "--"]
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [*self.prefix, *command("commonsyncd"), "--home", str(self.home)],
+                [*self.prefix, *limit, *command("commonsyncd"), "--home", str(self.home)],
                 stdout=log,
                 stderr=log,
                 env=ENV,

@@ -2,6 +2,7 @@
 
     python -m tests.device --root DIR --db FILE --seed HEX --key HEX --accept HEX [...]
                            [--listen] [--connect PORT ...] [--rescan SECONDS]
+                           [--stall-timeout SECONDS]
 
 It opens the folder through the library's :func:`commonsync.folder.open_folder`, scans it,
 then (``--listen``) serves peers on 127.0.0.1 and/or (``--connect``) keeps a connection to each
@@ -26,6 +27,7 @@ from commonsync import DeviceIdentity, FolderKey, Session, accept_channel, conne
 from commonsync.device_id import DeviceId
 from commonsync.errors import CommonsyncError
 from commonsync.folder import Folder, open_folder
+from commonsync.session import STALL_TIMEOUT
 from commonsync.store import open_store
 
 
@@ -33,27 +35,29 @@ def emit(**fields: object) -> None:
     print(json.dumps(fields), flush=True)
 
 
-async def serve(folder: Folder, accepts: set[DeviceId]) -> None:
+async def serve(folder: Folder, accepts: set[DeviceId], stall_timeout: float) -> None:
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
     emit(port=listener.extra(anyio.abc.SocketAttribute.local_port))
 
     async def handle(stream: anyio.abc.ByteStream) -> None:
         try:
             channel = await accept_channel(stream, folder.identity, accept=accepts.__contains__)
-            await folder.sync(Session(channel))
+            await folder.sync(Session(channel, stall_timeout=stall_timeout))
         except CommonsyncError as exc:
             emit(event="peer error", detail=str(exc))
 
     await listener.serve(handle)
 
 
-async def keep_connected(folder: Folder, port: int, accepts: set[DeviceId]) -> None:
+async def keep_connected(
+    folder: Folder, port: int, accepts: set[DeviceId], stall_timeout: float
+) -> None:
     while True:
         try:
             channel = await connect_channel(
                 "127.0.0.1", port, folder.identity, accept=accepts.__contains__
             )
-            await folder.sync(Session(channel))
+            await folder.sync(Session(channel, stall_timeout=stall_timeout))
         except (CommonsyncError, OSError) as exc:
             emit(event="peer error", detail=str(exc))
         await anyio.sleep(0.2)
@@ -88,9 +92,9 @@ async def main(args: argparse.Namespace) -> None:
         tasks.start_soon(report, folder)
         await folder.scan()
         if args.listen:
-            tasks.start_soon(serve, folder, accepts)
+            tasks.start_soon(serve, folder, accepts, args.stall_timeout)
         for port in args.connect:
-            tasks.start_soon(keep_connected, folder, port, accepts)
+            tasks.start_soon(keep_connected, folder, port, accepts, args.stall_timeout)
         if args.rescan:
             tasks.start_soon(rescan, folder, args.rescan)
 
@@ -106,6 +110,7 @@ if __name__ == "__main__":
     parser.add_argument("--listen", action="store_true")
     parser.add_argument("--connect", type=int, action="append", default=[])
     parser.add_argument("--rescan", type=float, default=0.3)
+    parser.add_argument("--stall-timeout", type=float, default=STALL_TIMEOUT)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     arguments = parser.parse_args()
     try:

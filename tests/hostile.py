@@ -18,8 +18,13 @@ invited device does, from the victim's ``Offer`` inside the channel.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import os
+import selectors
+import socket
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -29,6 +34,7 @@ import anyio
 import anyio.to_thread
 
 from commonsync import DeviceIdentity, FolderKey, Session, connect_channel, encoding
+from commonsync.errors import RefusedByPeerError
 from commonsync.messages import (
     ChunkBatchRequest,
     ChunkBatchResponse,
@@ -48,7 +54,17 @@ from commonsync.versionvector import VersionVector
 
 from .daemons import Device, pair_and_share, wait_for
 
-__all__ = ["Member", "forge", "invite", "member_session", "receive_offer", "scene", "still_syncs"]
+__all__ = [
+    "IdleFlood",
+    "Member",
+    "forge",
+    "invite",
+    "member_session",
+    "receive_offer",
+    "scene",
+    "still_syncs",
+    "stranger_is_served",
+]
 
 _SIGNATURE_CONTEXT = b"commonsync record v1\x00"
 _M = TypeVar("_M", bound=Message)
@@ -103,19 +119,25 @@ def victim_port(victim: Device) -> int:
 
 
 async def invite(
-    victim: Device, member: DeviceIdentity, label: str, *, timeout: float = 30
+    victim: Device,
+    member: DeviceIdentity,
+    label: str,
+    *,
+    timeout: float = 30,
+    path: Path | None = None,
 ) -> FolderKey:
-    """Have the victim accept ``member`` as a device, add its folder (``victim.folder``,
-    created if needed) as ``label`` unless it has it, and share it with the member; then
-    connect as the member and return the folder key the victim offers."""
+    """Have the victim accept ``member`` as a device, add its folder (``path``, by default
+    ``victim.folder``, created if needed) as ``label`` unless it has it, and share it with
+    the member; then connect as the member and return the folder key the victim offers."""
     member_id = str(member.device_id)
+    where = victim.folder if path is None else path
 
     def set_up() -> None:
         victim.run("device", "add", member_id, "--name", "mallory")
         labels = {f["label"] for f in victim.json("folder", "list")["folders"]}
         if label not in labels:
-            victim.folder.mkdir(parents=True, exist_ok=True)
-            victim.run("folder", "add", str(victim.folder), "--label", label)
+            where.mkdir(parents=True, exist_ok=True)
+            victim.run("folder", "add", str(where), "--label", label)
         victim.run("share", label, member_id)
 
     await anyio.to_thread.run_sync(set_up)
@@ -207,9 +229,16 @@ class Member:
 
 @asynccontextmanager
 async def member_session(
-    victim: Device, member: DeviceIdentity, key: FolderKey, *, name: str = "mallory"
+    victim: Device,
+    member: DeviceIdentity,
+    key: FolderKey,
+    *,
+    name: str = "mallory",
+    read: bool = True,
 ) -> AsyncIterator[Member]:
-    """A session of ``member`` with the victim proving it holds ``key``'s folder."""
+    """A session of ``member`` with the victim proving it holds ``key``'s folder. Unless
+    ``read``, the member reads nothing the victim sends (a member that lets the victim's
+    sends pile up: :meth:`Member.next` then waits in vain)."""
     port = await anyio.to_thread.run_sync(victim_port, victim)
     channel = await connect_channel("127.0.0.1", port, member, accept=lambda _d: True)
     session = Session(channel)
@@ -218,7 +247,8 @@ async def member_session(
     await session.send(Folders([[proof, bytes(16), 0]]))
     member_ = Member(session, key)
     async with anyio.create_task_group() as tasks:
-        tasks.start_soon(member_._read)
+        if read:
+            tasks.start_soon(member_._read)
         try:
             yield member_
         finally:
@@ -231,14 +261,18 @@ LOOPBACK = ("--listen", "127.0.0.1:0", "--no-discovery")
 
 
 @contextlib.contextmanager
-def scene(base: Path, label: str = "shared") -> Iterator[tuple[Device, Device]]:
+def scene(
+    base: Path, label: str = "shared", *, victim_nofile: int | None = None
+) -> Iterator[tuple[Device, Device]]:
     """A victim daemon and a well-behaved peer daemon (bob) that share the folder ``label``,
-    synced once; both are killed at the end. Invite the hostile member with :func:`invite`."""
+    synced once; both are killed at the end. Invite the hostile member with :func:`invite`.
+    ``victim_nofile`` caps the victim's file descriptors (:meth:`Device.start`)."""
     victim, bob = Device(base, "victim"), Device(base, "bob")
     try:
         for device in (victim, bob):
             device.init(*LOOPBACK)
-            device.start()
+        victim.start(nofile=victim_nofile)
+        bob.start()
         pair_and_share(victim, bob, label)
         (victim.folder / "before.txt").write_text("synced before the attack\n")
         wait_for(lambda: (bob.folder / "before.txt").exists(), "the first sync to bob")
@@ -271,3 +305,126 @@ def _holds(path: Path, payload: bytes) -> bool:
         return path.read_bytes() == payload
     except OSError:
         return False
+
+
+async def stranger_is_served(port: int, *, timeout: float = 20) -> bool:
+    """A device nobody knows connects (again, until ``timeout``, while its connection is
+    closed unanswered): True once the victim ran the handshake with it (and refused it, as
+    it refuses strangers), False if that never happened."""
+    stranger = DeviceIdentity.generate()
+    with anyio.move_on_after(timeout):
+        while True:
+            try:
+                channel = await connect_channel("127.0.0.1", port, stranger, accept=lambda _d: True)
+            except RefusedByPeerError:
+                return True
+            except Exception:
+                await anyio.sleep(0.2)
+                continue
+            await channel.aclose()
+            return True
+    return False
+
+
+class IdleFlood:
+    """A stranger's idle connections: ``count`` TCP connections to ``127.0.0.1:port`` that
+    never send a byte, spread over the ``sources`` (addresses in 127.0.0.0/8 to bind to),
+    held by a thread until :meth:`stop`. With ``reopen``, each one the victim closes is
+    opened again (at most ``reopen_per_second`` in all), as a persistent attacker would.
+
+    :attr:`closed` counts the connections the victim closed, :attr:`open` those held now."""
+
+    def __init__(
+        self,
+        port: int,
+        count: int,
+        sources: Sequence[str] = ("127.0.0.1",),
+        *,
+        reopen: bool = False,
+        reopen_per_second: float = 200.0,
+    ) -> None:
+        self.port = port
+        self.count = count
+        self.sources = list(sources)
+        self.reopen = reopen
+        self.reopen_per_second = reopen_per_second
+        self.opened = 0
+        self.closed = 0
+        self.failed = 0
+        self._selector = selectors.DefaultSelector()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="idle-flood", daemon=True)
+
+    @property
+    def open(self) -> int:
+        with self._lock:
+            return len(self._selector.get_map())
+
+    def start(self) -> IdleFlood:
+        for i in range(self.count):
+            self._open(self.sources[i % len(self.sources)])
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        with self._lock:
+            for key in list(self._selector.get_map().values()):
+                self._selector.unregister(key.fileobj)
+                key.fileobj.close()  # type: ignore[union-attr]
+        self._selector.close()
+
+    def __enter__(self) -> IdleFlood:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def _open(self, source: str) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.bind((source, 0))
+            sock.setblocking(False)
+            code = sock.connect_ex(("127.0.0.1", self.port))
+            if code not in (0, errno.EINPROGRESS):
+                raise OSError(code, os.strerror(code))
+        except OSError:
+            sock.close()
+            self.failed += 1
+            return
+        with self._lock:
+            self._selector.register(sock, selectors.EVENT_READ, source)
+        self.opened += 1
+
+    def _run(self) -> None:
+        owed: list[str] = []
+        budget, stamp = 0.0, time.monotonic()
+        while not self._stop.is_set():
+            with self._lock:
+                events = self._selector.select(timeout=0.05)
+                for key, _mask in events:
+                    sock = key.fileobj
+                    assert isinstance(sock, socket.socket)
+                    try:
+                        data = sock.recv(4096)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        data = b""
+                    if data:
+                        continue  # a handshake reply: ignore it, say nothing
+                    self._selector.unregister(sock)
+                    sock.close()
+                    self.closed += 1
+                    if self.reopen:
+                        owed.append(key.data)
+            now = time.monotonic()
+            budget = min(budget + (now - stamp) * self.reopen_per_second, 50.0)
+            stamp = now
+            while owed and budget >= 1:
+                budget -= 1
+                self._open(owed.pop())
+            if not events:
+                time.sleep(0.01)  # select under the lock returned at once: let stop() in

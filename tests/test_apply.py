@@ -29,7 +29,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from commonsync import apply, layout
+from commonsync import apply, layout, modes
 from commonsync.apply import (
     ConflictCopyExistsError,
     DirectoryNotEmptyError,
@@ -209,6 +209,24 @@ async def test_mode_bits_and_mtime_are_set(folder: Path, mode: int, applied: int
     st = os.lstat(folder / "tool")
     assert stat.S_IMODE(st.st_mode) == applied  # never setuid/setgid from a remote device
     assert st.st_mtime_ns == MTIME + 7
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+async def test_a_remote_mode_is_masked_by_the_local_umask(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, umask: int
+) -> None:
+    # A peer asks for world-writable entries; this device's umask has the last word.
+    monkeypatch.setattr(modes, "UMASK", umask)
+    small, source = file_record("open.sh", b"#!/bin/sh\n", mode=0o777)
+    await put(folder, small, source)
+    large, source = file_record("open.bin", os.urandom(3 * MIB), mode=0o777)
+    assert len(large.chunks) > 1
+    await put(folder, large, source)
+    shared = await apply_directory(folder, record("shared", Kind.DIRECTORY, mode=0o777), None)
+    for name in ("open.sh", "open.bin"):
+        assert stat.S_IMODE(os.lstat(folder / name).st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE(shared.mode) == (0o777 & ~umask) | 0o700
+    assert stat.S_IMODE(os.lstat(folder / "shared").st_mode) == (0o777 & ~umask) | 0o700
 
 
 async def test_a_repeated_chunk_is_fetched_once(folder: Path) -> None:

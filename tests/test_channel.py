@@ -6,22 +6,25 @@ behaved or hostile as each test asks. Both backends are driven: trio and asyncio
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
+import random
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 
 from commonsync import DeviceIdentity, FolderKey, encoding, messages
-from commonsync.channel import Channel, connect_channel
+from commonsync.channel import Channel, accept_channel, connect_channel
 from commonsync.errors import (
     ChannelError,
     FrameTooLargeError,
@@ -426,3 +429,79 @@ async def test_a_closing_peer_gives_its_reason(me: DeviceIdentity) -> None:
         outcome = peer.outcome()
     assert outcome["type"] == "SessionClosedError"
     assert "protocol error" in outcome["message"]
+
+
+# -- cancelled senders -------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def channel_pair(me: DeviceIdentity) -> AsyncIterator[tuple[Channel, Channel]]:
+    """Two ends of a channel in this process, over a real TCP connection on loopback."""
+    other = DeviceIdentity.generate()
+    accepted: list[Channel] = []
+    ready = anyio.Event()
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+
+    async def handle(stream: anyio.abc.ByteStream) -> None:
+        accepted.append(await accept_channel(stream, other, accept=lambda d: True))
+        ready.set()
+        await anyio.sleep_forever()
+
+    async with listener, anyio.create_task_group() as tasks:
+        tasks.start_soon(listener.serve, handle)
+        near = await connect_channel("127.0.0.1", port, me, accept=lambda d: True)
+        await ready.wait()
+        try:
+            yield near, accepted[0]
+        finally:
+            tasks.cancel_scope.cancel()
+            with anyio.CancelScope(shield=True):
+                await near.aclose()
+                await accepted[0].aclose()
+
+
+async def test_a_sender_cancelled_mid_send_never_breaks_the_channel(
+    me: DeviceIdentity, anyio_backend: str
+) -> None:
+    """Cancelling a send abandons it before its frame starts or lets the frame finish: never
+    half a frame on the wire. Four senders of large messages to a slow reader, each send
+    cancelled at a random moment."""
+    rng = random.Random(1311)
+    sent: set[int] = set()  # sends that returned
+    abandoned: set[int] = set()  # sends cancelled before their frame started
+    deferred: set[int] = set()  # sends whose cancellation came while their frame was written
+    received: list[int] = []
+
+    async def read(channel: Channel) -> None:
+        while (data := await channel.receive()) != b"end":
+            n = int.from_bytes(data[:4], "big")
+            assert data[4:] == bytes([n % 251]) * (len(data) - 4), f"message {n} is damaged"
+            received.append(n)
+            if rng.random() < 0.3:
+                await anyio.sleep(0.005)  # a slow reader: senders block mid-frame
+
+    async def send_some(channel: Channel, first: int) -> None:
+        for n in range(first, first + 40):
+            data = n.to_bytes(4, "big") + bytes([n % 251]) * rng.randint(0, 3 * 1024 * 1024)
+            with anyio.move_on_after(rng.random() * 0.01) as scope:
+                await channel.send(data)
+                sent.add(n)
+            if scope.cancelled_caught:
+                abandoned.add(n)
+            elif scope.cancel_called:
+                deferred.add(n)
+
+    with anyio.fail_after(60):
+        async with channel_pair(me) as (near, far), anyio.create_task_group() as tasks:
+            tasks.start_soon(read, far)
+            async with anyio.create_task_group() as senders:
+                for first in range(0, 160, 40):
+                    senders.start_soon(send_some, near, first)
+            await near.send(b"end")
+    assert set(received) == sent, "a send that returned did not arrive, or an abandoned one did"
+    for first in range(0, 160, 40):
+        mine = [n for n in received if first <= n < first + 40]
+        assert mine == sorted(mine), "one sender's messages arrived out of order"
+    assert abandoned, "no send was abandoned: the test did not test that"
+    assert deferred, "no cancellation came mid-frame: the test did not test that"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import unicodedata
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,13 +19,15 @@ import anyio.abc
 import pytest
 from commonsyncd.demo import tree
 
-from commonsync import DeviceIdentity, Folder, FolderKey, Session, open_folder
+from commonsync import DeviceIdentity, Folder, FolderKey, Session, apply, open_folder
 from commonsync.channel import accept_channel, connect_channel
 from commonsync.exchange import PeerExchange, RemoteRecord
 from commonsync.layout import is_conflict_copy
 from commonsync.messages import ChunkBatchRequest, ChunkRequest, Message
-from commonsync.records import decode_verified
+from commonsync.records import ChunkEntry, decode_verified
 from commonsync.store import IndexEntry, PeerProgress, open_store
+
+from .conftest import make_entry, make_record
 
 pytestmark = pytest.mark.anyio
 TIMEOUT = 30
@@ -282,9 +285,7 @@ async def test_a_permission_change_sends_and_keeps_no_content(tmp_path: Path) ->
                 (a.root / name).chmod(0o600)
             report = await fa.scan()
             assert report.changed == len(names)
-            await until(
-                lambda: all((b.root / n).stat().st_mode & 0o777 == 0o600 for n in names)
-            )
+            await until(lambda: all((b.root / n).stat().st_mode & 0o777 == 0o600 for n in names))
             await until(lambda: fb.progress().idle)
         assert (fb.stats.chunk_bytes_received, fb.stats.chunk_bytes_local) == (received, local)
         assert versions_kept(b) == []
@@ -355,3 +356,45 @@ async def test_a_conflict_copy_edited_on_another_device_converges(tmp_path: Path
             assert same(a, b)
         assert copies(a) == copies(b) == [copy]
         assert fa.stats.conflicts == 1  # the first, real one
+
+
+async def test_a_name_written_decomposed_is_synced(tmp_path: Path) -> None:
+    """A file named in Unicode NFD (as macOS writes names) reaches the other device: it is
+    renamed to NFC where it was written, and held under that name everywhere."""
+    key = FolderKey.generate()
+    a = Side("a", tmp_path, key, DeviceIdentity.generate())
+    b = Side("b", tmp_path, key, DeviceIdentity.generate())
+    (tmp_path / "a").mkdir()
+    nfd = unicodedata.normalize("NFD", "Chorprobe März.txt")
+    (tmp_path / "a" / nfd).write_bytes(b"singen")
+    if (tmp_path / "a" / unicodedata.normalize("NFC", nfd)).exists():
+        pytest.skip("this file system does not tell NFC and NFD names apart")
+    async with a.opened() as fa, b.opened() as fb:
+        await fa.scan()
+        async with connected(a, fa, b, fb):
+            await until(lambda: (b.root / "Chorprobe März.txt").exists())
+    assert (b.root / "Chorprobe März.txt").read_bytes() == b"singen"
+    assert same(a, b)
+
+
+async def test_left_over_temporary_files_are_removed_by_a_scan(tmp_path: Path) -> None:
+    """Temporary files of no version still to be written (a crash, a superseded version) are
+    removed by the next scan; the one of a version still to be written is kept, to resume."""
+    key = FolderKey.generate()
+    a = Side("a", tmp_path, key, DeviceIdentity.generate())
+    (tmp_path / "a" / "docs").mkdir(parents=True)
+    stale = [tmp_path / "a" / ".gone.txt.cs-tmp-0123456789abcdef",
+             tmp_path / "a" / "docs" / ".old.bin.cs-tmp-fedcba9876543210"]  # fmt: skip
+    for temp in stale:
+        temp.write_bytes(b"half a version")
+    async with a.opened() as fa:
+        fa.temp_grace = 0
+        other = DeviceIdentity.generate()
+        record = make_record(other, "docs/big.bin", (ChunkEntry(os.urandom(32), 10),))
+        pending = make_entry(other, key.folder_id, record, on_disk=False)
+        await fa.store.put(key.folder_id, [pending])
+        kept = tmp_path / "a" / apply.temp_path(record)
+        kept.write_bytes(b"resumable")
+        await fa.scan()
+        assert [t.exists() for t in stale] == [False, False]
+        assert kept.exists()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import unicodedata
 from pathlib import Path
 
@@ -10,7 +12,13 @@ import pytest
 
 from commonsync import layout
 from commonsync.errors import IgnoreFileError, InvalidPathError
-from commonsync.ignore import IGNORE_FILE, MAX_IGNORE_FILE_SIZE, IgnoreRules
+from commonsync.ignore import (
+    IGNORE_FILE,
+    LAST_GOOD_FILE,
+    MAX_IGNORE_FILE_SIZE,
+    FolderRules,
+    IgnoreRules,
+)
 
 
 def rules(root: Path, text: str | bytes) -> IgnoreRules:
@@ -134,3 +142,94 @@ def test_rules_from_patterns_directly() -> None:
     assert ignore.ignores("x.o", False)
     assert not ignore.ignores("main.o", False)
     assert "*.o" in repr(ignore)
+
+
+# -- a rule file chosen by a peer (issue 12, item 2) --------------------------------------------
+
+
+def _load_within(root: Path, seconds: float = 10) -> IgnoreRules | BaseException:
+    """``IgnoreRules.load(root)`` in a thread, so that a load that blocks fails the test
+    instead of hanging it; returns the rules or the exception raised."""
+    outcome: list[IgnoreRules | BaseException] = []
+
+    def load() -> None:
+        try:
+            outcome.append(IgnoreRules.load(root))
+        except BaseException as exc:  # handed to the test
+            outcome.append(exc)
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, "reading .csignore blocked"
+    return outcome[0]
+
+
+def test_ignore_file_that_is_a_symlink_is_not_followed(tmp_path: Path) -> None:
+    (tmp_path / "real rules").write_text("*.log\n")
+    (tmp_path / IGNORE_FILE).symlink_to(tmp_path / "real rules")
+    with pytest.raises(IgnoreFileError, match=r"symlink.*never follows"):
+        IgnoreRules.load(tmp_path)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/ptmx"), reason="needs /dev/ptmx")
+def test_ignore_file_linked_to_a_device_neither_blocks_nor_is_read(tmp_path: Path) -> None:
+    (tmp_path / IGNORE_FILE).symlink_to("/dev/ptmx")
+    outcome = _load_within(tmp_path)
+    assert isinstance(outcome, IgnoreFileError)
+    assert "symlink" in str(outcome)
+
+
+def test_ignore_file_that_is_a_fifo_does_not_block(tmp_path: Path) -> None:
+    fifo = tmp_path / IGNORE_FILE
+    os.mkfifo(fifo)
+    try:
+        outcome = _load_within(tmp_path)
+    finally:
+        # Release a reader stuck in open() (before the fix), so the thread ends.
+        with contextlib.suppress(OSError):  # nobody was waiting
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert isinstance(outcome, IgnoreFileError)
+    assert "a FIFO, not a regular file" in str(outcome)
+
+
+def test_folder_rules_keep_the_last_good_rules(tmp_path: Path) -> None:
+    layout_dir = tmp_path / ".commonsync"
+    layout_dir.mkdir()
+    (tmp_path / IGNORE_FILE).write_text("*.secret\n")
+    kept = FolderRules(tmp_path)
+    good = kept.load()
+    assert good.error is None
+    assert good.problem == ""
+    assert good.rules.ignores("a.secret", False)
+    (tmp_path / IGNORE_FILE).write_bytes(b"*.log\n\xff\n")
+    broken = kept.load()
+    assert isinstance(broken.error, IgnoreFileError)
+    assert broken.last_good
+    assert broken.rules.ignores("a.secret", False)
+    assert not broken.rules.ignores("a.log", False)
+    assert "line 2: not valid UTF-8" in broken.problem
+    assert "last rules that could be used" in broken.problem
+    # A restart (a new FolderRules) with the rule file still broken: the copy kept in the
+    # metadata directory is the last good rules.
+    assert (tmp_path / LAST_GOOD_FILE).read_bytes() == b"*.secret\n"
+    again = FolderRules(tmp_path).load()
+    assert again.last_good
+    assert again.rules.ignores("a.secret", False)
+    # Fixed: the new rules apply, and become the last good ones.
+    (tmp_path / IGNORE_FILE).write_text("*.log\n")
+    fixed = kept.load()
+    assert fixed.error is None
+    assert fixed.rules.ignores("a.log", False)
+    assert (tmp_path / LAST_GOOD_FILE).read_bytes() == b"*.log\n"
+
+
+def test_folder_rules_with_no_good_rules_ever_use_none(tmp_path: Path) -> None:
+    (tmp_path / ".commonsync").mkdir()
+    (tmp_path / IGNORE_FILE).write_text("ok\n!\n")
+    broken = FolderRules(tmp_path).load()
+    assert isinstance(broken.error, IgnoreFileError)
+    assert not broken.last_good
+    assert broken.rules.patterns == ()
+    assert "line 2" in broken.problem
+    assert "no rules apply" in broken.problem

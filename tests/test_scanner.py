@@ -13,14 +13,14 @@ import stat
 import time
 import unicodedata
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
-from commonsync import layout, scanner
+from commonsync import apply, layout, modes, scanner
 from commonsync.chunking import ChunkHasher
 from commonsync.errors import FolderMissingError, IgnoreFileError, MassDeletionError, StoreError
 from commonsync.identity import DeviceIdentity
@@ -589,25 +589,40 @@ async def test_names_that_are_not_utf8_are_skipped_not_mangled(env: Env) -> None
     assert "caf\\xe9.txt" in str(skipped)
 
 
-async def test_names_not_in_nfc_are_skipped_where_the_file_system_tells_them_apart(
+async def test_names_not_in_nfc_are_renamed_to_nfc_where_the_file_system_tells_them_apart(
     env: Env,
 ) -> None:
+    """macOS and some tools write names decomposed (NFD); records carry NFC names, so the
+    entry is renamed to the NFC form (it looks the same) and synced, directories too."""
     nfd = unicodedata.normalize("NFD", "résumé.txt")
     write(env.root / nfd, "decomposed")
     if (env.root / "résumé.txt").exists():
         pytest.skip("this file system does not tell NFC and NFD names apart")
+    nfd_dir = unicodedata.normalize("NFD", "café")
+    write(env.root / nfd_dir / "menu.txt", "inside")
     write(env.root / "ok.txt", "x")
     report = await env.scan()
-    assert set(await env.index()) == {"ok.txt"}
-    (skipped,) = report.skipped
-    assert skipped.path == nfd
-    assert skipped.reason is SkipReason.INVALID_NAME
-    assert "NFC" in skipped.detail
-    # Both forms side by side: the NFC one is the record, the NFD one is reported.
+    assert set(await env.index()) == {"ok.txt", "résumé.txt", "café", "café/menu.txt"}
+    assert report.skipped == []
+    assert report.normalized == 2
+    assert sorted(os.listdir(env.root)) == sorted([".commonsync", "café", "ok.txt", "résumé.txt"])
+    assert (env.root / "résumé.txt").read_text() == "decomposed"
+    assert (await env.get("résumé.txt")).record.chunks == chunks_of(b"decomposed")
+
+
+async def test_a_name_whose_nfc_form_is_taken_is_reported_and_left_alone(env: Env) -> None:
+    nfd = unicodedata.normalize("NFD", "résumé.txt")
+    write(env.root / nfd, "decomposed")
+    if (env.root / "résumé.txt").exists():
+        pytest.skip("this file system does not tell NFC and NFD names apart")
     write(env.root / "résumé.txt", "composed")
     report = await env.scan()
     assert (await env.get("résumé.txt")).record.chunks == chunks_of(b"composed")
-    assert [s.path for s in report.skipped] == [nfd]
+    (skipped,) = report.skipped
+    assert skipped.path == nfd
+    assert skipped.reason is SkipReason.INVALID_NAME
+    assert "another entry" in skipped.detail
+    assert (env.root / nfd).read_text() == "decomposed"  # nothing replaced or renamed
 
 
 async def test_symlinked_directory_is_a_link_never_entered(env: Env, tmp_path: Path) -> None:
@@ -649,13 +664,14 @@ async def test_unreadable_directory_keeps_its_indexed_entries(
     age(env.root)
     await env.scan()
     before = await env.index()
-    private = os.fspath(env.root / "private")
+    private = os.stat(env.root / "private")
     real_scandir = os.scandir
 
     def scandir(path: Any = ".") -> Any:
-        # The same refusal chmod 000 gives an ordinary user (the tests may run as root).
-        if os.fspath(path) == private:
-            raise PermissionError(13, "Permission denied", private)
+        # The same refusal chmod 000 gives an ordinary user (the tests may run as root). The
+        # scanner lists directories by descriptor: recognise this one by its inode.
+        if isinstance(path, int) and os.path.samestat(os.fstat(path), private):
+            raise PermissionError(13, "Permission denied", "private")
         return real_scandir(path)
 
     monkeypatch.setattr(os, "scandir", scandir)
@@ -678,7 +694,8 @@ async def test_unreadable_file_is_reported_and_kept(
         real_open = os.open
 
         def refusing_open(file: Any, flags: int, *args: Any, **kw: Any) -> int:
-            if os.fspath(file) == os.fspath(path):
+            # The scanner opens it by name in its directory's descriptor.
+            if os.fspath(file) == os.fspath(path) or (file == path.name and "dir_fd" in kw):
                 raise PermissionError(13, "Permission denied", os.fspath(path))
             return real_open(file, flags, *args, **kw)
 
@@ -965,3 +982,64 @@ async def test_asyncio_smoke(env: Env) -> None:
     assert seen[-1].bytes_hashed == 1024 * 1024
     (env.root / "x" / "y.bin").unlink()
     assert (await env.scan()).deleted == 1
+
+
+# -- modes a peer chose, as this device's umask wrote them (issue 12, item 10) ---------------
+
+
+async def _applied_remote(env: Env, path: str, kind: Kind, mode: int) -> Record:
+    """A peer's version of ``path`` with ``mode``, applied here and stored as the engine does."""
+    data = b"#!/bin/sh\necho shared\n"
+    record = replace(
+        remote_entry(path, data if kind is Kind.FILE else None, on_disk=True).record,
+        kind=kind,
+        deleted=False,
+        mode=mode,
+    )
+    if kind is Kind.FILE:
+
+        async def read(chunk: ChunkEntry) -> bytes:
+            return data
+
+        state = await apply.apply_file(
+            env.root, record, expected=None, read_chunk=read, chunk_id_key=KEY.chunk_id_key
+        )
+    else:
+        state = await apply.apply_directory(env.root, record, None)
+    entry = IndexEntry(record, sign_record(PEER, FOLDER, record), on_disk=True)
+    await env.store.put(FOLDER, [entry], local_files=[(path, state)])
+    return record
+
+
+async def test_a_remote_mode_the_umask_masked_is_not_published_back(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(modes, "UMASK", 0o022)
+    script = await _applied_remote(env, "run.sh", Kind.FILE, 0o777)
+    shared = await _applied_remote(env, "shared", Kind.DIRECTORY, 0o777)
+    assert stat.S_IMODE(os.lstat(env.root / "run.sh").st_mode) == 0o755
+    assert stat.S_IMODE(os.lstat(env.root / "shared").st_mode) == 0o755
+    # The file is touched (hashed again, same content) and the directory gets an entry (its
+    # own mtime moves): both are compared with their records, modes included.
+    os.utime(env.root / "run.sh", ns=(PAST_NS + 10**9, PAST_NS + 10**9))
+    write(env.root / "shared" / "new.txt", "new")
+    age(env.root)
+    report = await env.scan()
+    assert (report.added, report.changed, report.deleted) == (1, 0, 0)
+    assert (await env.get("run.sh")).record == script
+    assert (await env.get("shared")).record == shared
+    assert (await env.scan()).changed == 0
+
+
+async def test_a_local_chmod_to_the_masked_mode_is_published(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(modes, "UMASK", 0o022)
+    write(env.root / "tool.sh", "#!/bin/sh\n", mode=0o777)
+    age(env.root)
+    await env.scan()
+    assert (await env.get("tool.sh")).record.mode == 0o777
+    (env.root / "tool.sh").chmod(0o755)
+    report = await env.scan()
+    assert report.changed == 1
+    assert (await env.get("tool.sh")).record.mode == 0o755

@@ -11,6 +11,7 @@ import random
 import selectors
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -34,6 +35,7 @@ from commonsync.store import (
     LocalFile,
     PathState,
     PeerProgress,
+    PullPhase,
     open_store,
 )
 
@@ -99,6 +101,19 @@ async def test_wal_mode_and_connection_settings(store: IndexStore, tmp_path: Pat
         other.close()
     assert await store._run(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]) == 2  # FULL
     assert await store._run(lambda c: c.execute("PRAGMA foreign_keys").fetchone()[0]) == 1
+
+
+async def test_database_and_its_wal_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    previous = os.umask(0o022)  # the usual umask: files 0644 unless asked otherwise
+    try:
+        async with open_store(tmp_path / "index.db") as store:
+            await store.add_folder(FOLDER, "Documents")  # a write: the -wal and -shm exist
+            made = sorted(p.name for p in tmp_path.iterdir())
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    finally:
+        os.umask(previous)
+    assert made == ["index.db", "index.db-shm", "index.db-wal"]
+    assert modes == dict.fromkeys(made, 0o600)
 
 
 async def test_other_schema_version_is_refused(tmp_path: Path) -> None:
@@ -585,6 +600,70 @@ async def test_entries_and_path_states_in_path_order(store: IndexStore) -> None:
     assert many["a"] == got_a
 
 
+# -- pending remote versions ------------------------------------------------------------------
+
+
+async def test_pending_versions_are_paged_in_the_pullers_order(store: IndexStore) -> None:
+    await store.put(FOLDER, [entry("on-disk")])
+    await store.put(
+        FOLDER,
+        [entry(p, on_disk=False) for p in ("b", "a/x", "c")]
+        + [entry(p, kind=Kind.DIRECTORY, on_disk=False) for p in ("a", "d")]
+        + [entry(p, deleted=True, on_disk=False) for p in ("e", "e/f", "e/f/g", "e-h")],
+    )
+
+    async def paths(phase: PullPhase, **kw: object) -> list[str]:
+        return [v.path for v in await store.pending(FOLDER, phase, **kw)]  # type: ignore[arg-type]
+
+    assert await paths(PullPhase.DIRECTORIES_AND_LINKS) == ["a", "d"]
+    assert await paths(PullPhase.FILES) == ["a/x", "b", "c"]
+    assert await paths(PullPhase.FILES, after="a/x", limit=1) == ["b"]
+    # Children before their parents.
+    assert await paths(PullPhase.DELETIONS) == ["e/f/g", "e/f", "e-h", "e"]
+    assert await paths(PullPhase.DELETIONS, after="e/f") == ["e-h", "e"]
+    summary = await store.pending_summary(FOLDER)
+    assert (summary.files, summary.bytes, summary.next_try) == (9, 3000, 0)
+
+
+async def test_a_pending_version_waits_longer_after_each_failure(store: IndexStore) -> None:
+    (seq,) = await store.put(FOLDER, [entry("f", on_disk=False)])
+    for attempt, wait in enumerate([1, 2, 4, 8], start=1):
+        await store.retry_later(FOLDER, [("f", seq)], now=1000.0)
+        (version,) = await store.pending(FOLDER, PullPhase.FILES)
+        assert version.attempts == attempt
+        assert await store.pending(FOLDER, PullPhase.FILES, due=1000.0 + wait - 0.5) == []
+        assert len(await store.pending(FOLDER, PullPhase.FILES, due=1000.0 + wait)) == 1
+    assert (await store.pending_summary(FOLDER)).next_try == 1008.0
+    await store.retry_now(FOLDER, ["f"])
+    assert len(await store.pending(FOLDER, PullPhase.FILES, due=1000.0)) == 1
+    # A newer version of the path starts afresh; the old state is ignored, then dropped.
+    await store.put(FOLDER, [entry("f", on_disk=False, sequence=2)])
+    (version,) = await store.pending(FOLDER, PullPhase.FILES, due=0.0)
+    assert version.attempts == 0
+    await store.retry_later(FOLDER, [("f", seq)], now=1000.0)  # about the old one: ignored
+    assert (await store.pending(FOLDER, PullPhase.FILES))[0].attempts == 0
+
+
+async def test_a_refused_version_is_no_longer_pending(store: IndexStore) -> None:
+    seqs = await store.put(FOLDER, [entry("f", on_disk=False), entry("g", on_disk=False)])
+    await store.refuse(FOLDER, [("f", seqs[0], "a reason")])
+    assert [v.path for v in await store.pending(FOLDER, PullPhase.FILES)] == ["g"]
+    assert (await store.pending_summary(FOLDER)).files == 1
+    assert await store.refused(FOLDER, "f") == "a reason"
+    await store.retry_now(FOLDER)
+    assert await store.refused(FOLDER, "f") == "a reason"  # refused stays refused
+    await store.put(FOLDER, [entry("f", on_disk=False, sequence=2)])
+    assert await store.refused(FOLDER, "f") is None
+    assert (await store.pending_summary(FOLDER)).files == 2
+
+
+async def test_records_are_read_to_send_within_a_byte_budget(store: IndexStore) -> None:
+    await store.put(FOLDER, [entry(f"f{n}") for n in range(5)])
+    one = len((await store.signed_since(FOLDER, 0, 1))[0].signed)
+    assert len(await store.signed_since(FOLDER, 0, 100, max_bytes=2 * one)) == 2
+    assert len(await store.signed_since(FOLDER, 0, 100, max_bytes=1)) == 1
+
+
 # -- schema migration -------------------------------------------------------------------------
 
 #: The schema as version 1 of commonsync created it.
@@ -653,7 +732,9 @@ async def test_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
         assert await store.put(FOLDER, [entry("d")], local_files=[("d", local(2))]) == [4]
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        assert {"pull_state", "records_not_on_disk"} <= tables
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
     finally:

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ from commonsync.messages import (
 from commonsync.records import ChunkEntry, Kind, seal_record
 from commonsync.session import folder_proof
 from commonsync.versionvector import VersionVector
+
+from .slowlink import slow_link
 
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
@@ -65,12 +68,17 @@ class Device:
         self._lines: queue.Queue[dict[str, Any]] = queue.Queue()
 
     def start(
-        self, accepts: list[Device], *, listen: bool = False, connect: Sequence[int] = ()
+        self,
+        accepts: list[Device],
+        *,
+        listen: bool = False,
+        connect: Sequence[int] = (),
+        options: Sequence[str] = (),
     ) -> None:
         command = [
             sys.executable, "-m", "tests.device",
             "--root", str(self.root), "--db", str(self.db), "--name", self.name,
-            "--seed", self.identity.seed.hex(), "--key", self.key.to_bytes().hex(),
+            "--seed", self.identity.seed.hex(), "--key", self.key.to_bytes().hex(), *options,
         ]  # fmt: skip
         for peer in accepts:
             command += ["--accept", peer.identity.public_key.hex()]
@@ -342,6 +350,47 @@ def test_a_change_reaches_a_device_through_another(tmp_path: Path) -> None:
         wait_until(converged(a, b, c), what="c's file to reach a")
 
 
+@pytest.mark.slow
+def test_a_middle_device_relays_files_it_is_still_fetching_without_a_session_break(
+    tmp_path: Path,
+) -> None:
+    """c gets a's files through b while b is still fetching them: b's fetches that learn
+    "not found" cancel the others, and no cancelled request or answer may break a session."""
+    with devices(tmp_path, "a", "b", "c") as (a, b, c):
+        a.start([b], listen=True)
+        b.start([a, c], listen=True, connect=[a.port])
+        c.start([b], connect=[b.port])
+        for n in range(40):
+            write_random(a.root / f"batch/file-{n:02}.bin", 3 * MiB)
+        wait_until(converged(a, b, c), what="a's files to reach c through b")
+        for device in (a, b, c):
+            breaks = [e for e in device.events if e.get("event") == "peer error"]
+            assert not breaks, f"{device.name}: {breaks}"
+            assert not [line for line in device.log if "ChannelError" in line], device.log
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_a_slow_link_is_slow_never_stuck(tmp_path: Path, anyio_backend: str) -> None:
+    """Through a 100 KB/s link a chunk takes seconds, far beyond the 2 s stall timeout these
+    devices run with: a request is given up for lack of progress (no byte at all), never for
+    lack of a whole chunk, so the files arrive. (With a time limit per request, every chunk
+    was abandoned before it could arrive, for ever, and nothing said so.)"""
+    options = ["--stall-timeout", "2"]
+    with devices(tmp_path, "a", "b") as (a, b):
+        write_random(a.root / "large.bin", 2 * MiB + 1000)  # fetched chunk by chunk
+        write_random(a.root / "small.bin", 300 * 1000)  # fetched in a batch
+        a.start([b], listen=True, options=options)
+        async with slow_link(a.port, rate=100_000) as port:
+            b.start([a], connect=[port], options=options)
+            await anyio.to_thread.run_sync(
+                partial(wait_until, converged(a, b), 100, "the files through the slow link")
+            )
+        breaks = [e for e in b.events if e.get("event") == "peer error"]
+        assert not breaks, breaks
+
+
 # -- 7. a file being written ----------------------------------------------------------------------
 
 
@@ -384,16 +433,22 @@ def test_a_file_being_written_is_never_published_torn(tmp_path: Path) -> None:
 
 
 def forged(
-    identity: DeviceIdentity, key: FolderKey, path: str, chunks: list[list[object]]
+    identity: DeviceIdentity,
+    key: FolderKey,
+    path: str,
+    chunks: list[list[object]],
+    *,
+    signer: DeviceIdentity | None = None,
 ) -> bytes:
-    """A record for ``path``, validly signed and sealed, bypassing the library's checks."""
+    """A record for ``path``, validly signed (by ``signer``: another key makes a forgery)
+    and sealed, bypassing the library's checks."""
     body = encoding.pack([
         1, path, int(Kind.FILE), sum(int(c[1]) for c in chunks),
         1_700_000_000 * 10**9, 0o644, False,
         VersionVector().bump(identity.device_id.short, 1_700_000_000).to_wire(), chunks, "",
         identity.public_key, 1, b"",
     ])  # fmt: skip
-    signature = identity.sign(b"commonsync record v1\x00" + key.folder_id + body)
+    signature = (signer or identity).sign(b"commonsync record v1\x00" + key.folder_id + body)
     return seal_record(key, encoding.pack([body, signature]))
 
 
@@ -450,6 +505,34 @@ async def test_hostile_records_and_chunks_are_refused(tmp_path: Path, anyio_back
         assert len(refusals) == 2, victim.log
     finally:
         victim.stop()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_a_flood_of_forged_records_is_logged_at_a_bounded_rate(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    """3,000 records whose signatures do not verify cost a bounded number of log lines."""
+    key = FolderKey.generate()
+    victim = Device("victim", tmp_path, key)
+    mallory = Device("mallory", tmp_path, key)
+    impostor = DeviceIdentity.generate()
+    victim.start([mallory], listen=True)
+    try:
+        records = [
+            forged(mallory.identity, key, f"f{n}.txt", [[os.urandom(32), 10]], signer=impostor)
+            for n in range(3000)
+        ]
+        session = await hostile_session(victim, mallory, key, records)
+        await session.send(Index(key.folder_id, b"m" * 16, [], len(records)))
+        with anyio.fail_after(30):
+            while not any("refused 3000 records" in line for line in victim.log):
+                await anyio.sleep(0.1)
+        await session.close()
+    finally:
+        victim.stop()
+    refusals = [line for line in victim.log if "refused" in line and "record" in line]
+    assert len(refusals) <= 15, refusals[:20]
 
 
 @pytest.mark.anyio

@@ -2,12 +2,14 @@
 
     commonsyncd [--home DIR] [--log-level LEVEL]
 
-Stops cleanly on SIGTERM or SIGINT. Logs go to standard error, one JSON object per line.
+Stops cleanly on SIGTERM or SIGINT. Logs go to standard error, one JSON object per line
+(also the one sentence that says why it could not start, and a crash's traceback).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,6 +22,11 @@ from .daemon import run_daemon
 from .home import Home
 from .logs import setup_logging
 
+log = logging.getLogger(__name__)
+
+#: The exit code of a program stopped by an unexpected error (a bug): BSD's EX_SOFTWARE.
+EXIT_CRASHED = 70
+
 
 def run(home: Home, log_level: str = "info", *, watch: bool = True) -> int:
     setup_logging(log_level)
@@ -30,25 +37,30 @@ def run_process(main: Callable[[], Awaitable[None]], name: str) -> int:
     """Run a long-lived trio program (the daemon, a relay) until it stops; its exit code.
 
     0 when it stopped on a signal, 2 when it could not start (a start-up error is one
-    sentence, prefixed with ``name``), 130 on Ctrl-C."""
+    sentence, prefixed with ``name``), 130 on Ctrl-C, :data:`EXIT_CRASHED` on a bug. Each is
+    logged, so that standard error holds nothing but JSON lines."""
     try:
         trio.run(main)
     except CommonsyncError as exc:
-        print(f"{name}: {exc}", file=sys.stderr)
+        log.error("%s: %s", name, exc)
         return 2
     except BaseExceptionGroup as group:
         # A task could not start (the port is taken, another daemon runs with this home):
         # say so in one sentence; anything else is a bug and keeps its traceback.
         leaves = _leaves(group)
         if not all(isinstance(e, CommonsyncError | KeyboardInterrupt) for e in leaves):
-            raise
+            log.critical("%s stopped on an unexpected error", name, exc_info=group)
+            return EXIT_CRASHED
         errors = [e for e in leaves if isinstance(e, CommonsyncError)]
         if not errors:
             return 130
-        print(f"{name}: {errors[0]}", file=sys.stderr)
+        log.error("%s: %s", name, errors[0])
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        log.critical("%s stopped on an unexpected error", name, exc_info=exc)
+        return EXIT_CRASHED
     return 0
 
 
@@ -66,11 +78,12 @@ def main(argv: list[str] | None = None) -> int:
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     args = parser.parse_args(argv)
+    setup_logging(args.log_level)
     try:
         home = Home.resolve(args.home)
         home.require_initialised()
     except CommonsyncError as exc:
-        print(f"commonsyncd: {exc}", file=sys.stderr)
+        log.error("commonsyncd: %s", exc)
         return 2
     return run(home, args.log_level)
 

@@ -15,8 +15,9 @@
     GET  /conflicts                   conflict copies on disk, per folder
     GET  /events                      a stream of events, one JSON object per line
 
-Errors are JSON ``{"error": ..., "hint": ...}`` with a 4xx status; the CLI prints them as
-they are.
+Errors are JSON ``{"error": ..., "hint": ...}`` with a 4xx status, or 503 when a folder
+cannot do it now (a rescan of a folder whose disk is away: the error says why, the hint what
+to do; the CLI's exit code is then 1); the CLI prints them as they are.
 """
 
 from __future__ import annotations

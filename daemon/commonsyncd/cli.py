@@ -33,6 +33,7 @@ import trio
 from rich.console import Console
 from rich.progress_bar import ProgressBar
 from rich.table import Table
+from rich.text import Text
 
 from commonsync import CommonsyncError, DeviceId, DeviceIdentity
 from commonsync.errors import DeviceIdError
@@ -40,6 +41,7 @@ from commonsync.errors import DeviceIdError
 from .config import Config, ConfigError, parse_address
 from .control import ControlClient, ControlError, DaemonNotRunningError
 from .home import Home
+from .terminal import json_visible, visible
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
@@ -211,22 +213,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class Output:
-    """Tables in a terminal, tab-separated lines in a pipe, JSON on request."""
+    """Tables in a terminal, tab-separated lines in a pipe, JSON on request.
+
+    Much of what is printed was chosen by others (file names, labels, device names, error
+    details): every line and cell goes through :func:`~commonsyncd.terminal.visible`, and
+    nothing is read as rich markup or emoji codes."""
 
     def __init__(self, as_json: bool) -> None:
         self.json = as_json
-        self.console = Console(highlight=False, soft_wrap=True)
-        self.errors = Console(stderr=True, highlight=False, soft_wrap=True)
+        self.console = Console(highlight=False, soft_wrap=True, emoji=False)
+        self.errors = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
     @property
     def rich(self) -> bool:
         return self.console.is_terminal and not self.json
 
     def data(self, value: Any) -> None:
-        print(json.dumps(value, indent=1, ensure_ascii=False))
+        print(json_visible(json.dumps(value, indent=1, ensure_ascii=False)))
 
     def line(self, text: str) -> None:
-        self.console.print(text, markup=False)
+        self.console.print(visible(text, keep_lines=True), markup=False)
 
     def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         if self.rich:
@@ -234,16 +240,16 @@ class Output:
             for column in columns:
                 table.add_column(column)
             for row in rows:
-                table.add_row(*[c if isinstance(c, ProgressBar) else str(c) for c in row])
+                table.add_row(*[c if isinstance(c, ProgressBar) else Text(visible(c)) for c in row])
             self.console.print(table)
             return
         for row in rows:
-            print("\t".join("" if isinstance(c, ProgressBar) else str(c) for c in row))
+            print("\t".join("" if isinstance(c, ProgressBar) else visible(c) for c in row))
 
     def error(self, message: str, hint: str = "") -> None:
-        self.errors.print(f"commonsync: {message}", markup=False)
+        self.errors.print(f"commonsync: {visible(message, keep_lines=True)}", markup=False)
         if hint:
-            self.errors.print(f"hint: {hint}", markup=False)
+            self.errors.print(f"hint: {visible(hint, keep_lines=True)}", markup=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -333,7 +339,7 @@ def run_command(args: argparse.Namespace, home: Home, out: Output) -> int:
         case "events":
             for event in client.stream("/events?replay=1" if args.replay else "/events"):
                 if out.json:
-                    print(json.dumps(event, ensure_ascii=False), flush=True)
+                    print(json_visible(json.dumps(event, ensure_ascii=False)), flush=True)
                 else:
                     out.line(_event_line(event))
             return EXIT_OK
@@ -617,13 +623,15 @@ def show_status(status: dict[str, Any], out: Output) -> None:
             f"folder {offer['label']} is offered to this device; accept it with "
             f"`commonsync folder accept {offer['label']} PATH`"
         )
+    for notice in status.get("notices", []):
+        out.line(notice)
 
 
 def _event_line(event: dict[str, Any]) -> str:
     when = time.strftime("%H:%M:%S", time.localtime(event["time"]))
     parts = [when, event.get("folder") or "-", event["kind"]]
     parts += [event[k] for k in ("path", "peer", "detail") if event.get(k)]
-    return "  ".join(parts)
+    return "  ".join(visible(p) for p in parts)  # a newline in a name cannot forge a line
 
 
 if __name__ == "__main__":

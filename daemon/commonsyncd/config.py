@@ -7,6 +7,7 @@ the device and of its folders live beside the state (:mod:`commonsyncd.home`), n
     listen = "0.0.0.0:22070"
     rescan_interval = 3600        # seconds between full rescans (changes are watched anyway)
     max_deleted_share = 0.5       # a scan that finds more of a folder gone asks first
+    min_free = "1%"               # free disk space kept; a remote file that would eat into it waits
     relays = ["K7GQ2ZC-…@relay.example.org:22071"]   # community relays: RELAYID@HOST:PORT
 
     [discovery]
@@ -31,7 +32,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import anyio
 import anyio.abc
@@ -40,6 +41,7 @@ import tomli_w
 from commonsync import CommonsyncError, DeviceId
 from commonsync.errors import DeviceIdError
 from commonsync.relaywire import DEFAULT_RELAY_PORT
+from commonsync.space import MinFree
 
 DEFAULT_PORT = 22070
 #: The largest configuration file read (a TOML bomb is not a configuration).
@@ -131,6 +133,8 @@ class Config:
     listen: str = f"0.0.0.0:{DEFAULT_PORT}"
     rescan_interval: float = 3600.0
     max_deleted_share: float = 0.5
+    #: Free space kept on each folder's disk: "1%", "10 GB", or bytes (commonsync.space).
+    min_free: str = "1%"
     discovery_enabled: bool = True
     discovery_interfaces: list[str] = field(default_factory=list)
     devices: list[DeviceConfig] = field(default_factory=list)
@@ -178,7 +182,7 @@ class Config:
         """Write the whole file anew, then rename it into place (never half a config)."""
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         temp = path.with_suffix(".tmp")
-        with temp.open("wb") as stream:
+        with private_file(temp) as stream:
             tomli_w.dump(self._to_dict(), stream)
             stream.flush()
             os.fsync(stream.fileno())
@@ -192,6 +196,7 @@ class Config:
             listen=_typed(raw.get("listen", cls.listen), str, "listen"),
             rescan_interval=_number(raw.get("rescan_interval", 3600), "rescan_interval"),
             max_deleted_share=_number(raw.get("max_deleted_share", 0.5), "max_deleted_share"),
+            min_free=str(_typed(raw.get("min_free", "1%"), (str, int, float), "min_free")),
             discovery_enabled=_typed(discovery.get("enabled", True), bool, "discovery.enabled"),
             discovery_interfaces=[
                 _typed(i, str, "discovery.interfaces")
@@ -203,6 +208,7 @@ class Config:
             raise ValueError("max_deleted_share must be between 0 and 1")
         if config.rescan_interval < 1:
             raise ValueError("rescan_interval must be at least 1 second")
+        MinFree.parse(config.min_free)  # a ValueError that says what is wrong
         for text in _typed(raw.get("relays", []), list, "relays"):
             try:
                 config.relays.append(RelayConfig.parse(_typed(text, str, "relays")))
@@ -244,6 +250,7 @@ class Config:
             "listen": self.listen,
             "rescan_interval": self.rescan_interval,
             "max_deleted_share": self.max_deleted_share,
+            "min_free": self.min_free,
             "relays": [str(r) for r in self.relays],
             "discovery": {
                 "enabled": self.discovery_enabled,
@@ -279,6 +286,19 @@ def _number(value: Any, name: str) -> float:
 
 def _table(value: Any, name: str) -> dict[str, Any]:
     return _typed(value, dict, name)  # type: ignore[no-any-return]
+
+
+def private_file(path: Path) -> BinaryIO:
+    """``path`` opened for writing, created or truncated, readable by its owner only (a
+    configuration names devices, folders and addresses), whatever the umask. A leftover of
+    an interrupted write gets its mode fixed too; a symlink there is refused."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    except OSError:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "wb")
 
 
 def read_toml(path: Path, *, missing: str) -> dict[str, Any]:

@@ -190,6 +190,19 @@ def _prepare_directory(directory: Path) -> None:
         )
 
 
+@contextlib.contextmanager
+def daemon_lock(socket_path: Path) -> Iterator[None]:
+    """Hold, for a moment, the lock a running daemon holds (:func:`serve_control`): for work
+    at start that must not happen under another daemon of the same home (setting its index
+    aside). Raises :class:`ControlSocketError` if another daemon runs."""
+    _prepare_directory(socket_path.parent)
+    fd = _lock(socket_path)
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
 def _lock(socket_path: Path) -> int:
     """Hold a lock beside the socket for the daemon's life, so that two daemons starting at
     once cannot both decide the socket is stale and take it from each other."""

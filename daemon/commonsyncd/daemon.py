@@ -26,6 +26,8 @@ from commonsync import DeviceId, DeviceIdentity, FolderKey, IndexStore, open_sto
 from commonsync.errors import CommonsyncError, DeviceIdError, FolderKeyError
 from commonsync.layout import METADATA_DIR
 from commonsync.messages import Offer
+from commonsync.scanner import ScanReport
+from commonsync.space import MinFree
 
 from .config import (
     Config,
@@ -38,8 +40,9 @@ from .config import (
 )
 from .control import ControlError, serve_control
 from .events import EventBus
-from .folders import FolderRunner
+from .folders import FolderRunner, FolderUnavailableError
 from .home import Home
+from .index_check import recover_index
 from .peers import Peers
 
 log = logging.getLogger(__name__)
@@ -80,6 +83,8 @@ class Daemon:
         self._watch = watch
         self._lock = anyio.Lock()
         self._tasks: anyio.abc.TaskGroup | None = None
+        #: Sentences for `status` about something the daemon did by itself (an index rebuilt).
+        self.notices: list[str] = []
 
     @property
     def device_name(self) -> str:
@@ -100,8 +105,10 @@ class Daemon:
             # First, since its lock says whether another daemon already runs with this home.
             await tasks.start(serve_control, self.home.socket_path, ControlApi(self).handle)
             listener = await self._listen()
-            for folder in self.config.folders:
-                await self._start_folder(folder)
+            # Every folder is in status at once ("starting"), each until it has run or failed.
+            runners = [await self._make_runner(folder) for folder in self.config.folders]
+            for runner in runners:
+                await tasks.start(_run_folder, runner, False)
             tasks.start_soon(self.peers.run, listener)
             if self.config.discovery_enabled:
                 tasks.start_soon(self._discover)
@@ -127,6 +134,11 @@ class Daemon:
 
     async def _start_folder(self, config: FolderConfig, *, create: bool = False) -> FolderRunner:
         assert self._tasks is not None
+        runner = await self._make_runner(config)
+        await self._tasks.start(_run_folder, runner, create)
+        return runner
+
+    async def _make_runner(self, config: FolderConfig) -> FolderRunner:
         try:
             key = await anyio.to_thread.run_sync(self.home.load_folder_key, config.folder_id)
         except (CommonsyncError, OSError) as exc:
@@ -140,11 +152,18 @@ class Daemon:
             device_name=self.device_name,
             rescan_interval=self.config.rescan_interval,
             max_deleted_share=self.config.max_deleted_share,
+            min_free=MinFree.parse(self.config.min_free),
             watch=self._watch,
+            on_change=lambda: self._folder_changed(config),
         )
         self.runners[config.folder_id] = runner
-        await self._tasks.start(_run_folder, runner, create)
         return runner
+
+    def _folder_changed(self, config: FolderConfig) -> None:
+        """A folder stopped (its disk away, its index full) or runs again: the sessions with
+        its devices start again, without it or with it."""
+        for device in config.devices:
+            self.peers.restart(device)
 
     async def _discover(self) -> None:
         from .discovery import LanDiscovery, Sighting
@@ -212,12 +231,16 @@ class Daemon:
             label = offer.label or offer.folder_id.hex()[:8]
             existing = self.config.folder(offer.folder_id)
             if existing is not None:
-                existing.devices.extend(d for d in offer.offered_by if d not in existing.devices)
-                self._save()
-                del self.offers[offer.folder_id]
-                for device in offer.offered_by:
-                    self.peers.restart(device)
-                return self.runners[offer.folder_id]
+                # Accepting must not quietly add the offering devices to a folder chosen for
+                # others (nor ignore the path given): sharing with them is its own decision.
+                devices = ", ".join(sorted(d.short_str for d in offer.offered_by))
+                raise ControlError(
+                    409,
+                    f"this device already syncs folder {existing.label} at {existing.path}; "
+                    f"{devices} offered the same folder",
+                    hint=f"to sync it with {devices} too: commonsync share {existing.label} "
+                    "DEVICE_ID",
+                )
             if path.exists() and not path.is_dir():
                 raise ControlError(409, f"{path} exists and is not a directory")
             self._check_new_folder(path, label)
@@ -306,18 +329,23 @@ class Daemon:
                 )
             folder.devices.append(device.device_id)
             self._save()
+            offer = self.offers.get(folder.folder_id)
+            if offer is not None:  # its offer of this folder is answered now
+                offer.offered_by.discard(device.device_id)
+                if not offer.offered_by:
+                    del self.offers[folder.folder_id]
         self.peers.restart(device.device_id)
         return folder, device
 
     async def confirm_deletions(self, reference: str) -> dict[str, Any]:
         runner = self._runner_for(reference)
-        report = await runner.scan(confirm_deletions=True)
-        return {"folder": runner.status(), "deleted": report.deleted if report else 0}
+        report = await _asked_scan(runner, confirm_deletions=True)
+        return {"folder": runner.status(), "deleted": report.deleted}
 
     async def rescan(self, reference: str) -> dict[str, Any]:
         runner = self._runner_for(reference)
-        report = await runner.scan()
-        return {"folder": runner.status(), "report": str(report) if report else ""}
+        report = await _asked_scan(runner)
+        return {"folder": runner.status(), "report": str(report)}
 
     # -- lookups ---------------------------------------------------------------------------------
 
@@ -402,6 +430,7 @@ class Daemon:
             "devices": self.peers.status(),
             "relays": self.peers.relays.status(),
             "pending_devices": self.peers.pending_status(),
+            "notices": self.notices,
             "offered_folders": [
                 {
                     "id": o.folder_id.hex(),
@@ -420,6 +449,14 @@ async def _run_folder(
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     await runner.run(create=create, task_status=task_status)
+
+
+async def _asked_scan(runner: FolderRunner, *, confirm_deletions: bool = False) -> ScanReport:
+    """A scan a person asked for; a 503 (exit code 1 in the command) when it did not run."""
+    try:
+        return await runner.rescan(confirm_deletions=confirm_deletions)
+    except FolderUnavailableError as exc:
+        raise ControlError(503, str(exc), hint=exc.hint) from None
 
 
 def _folder_path(path: Path) -> Path:
@@ -450,8 +487,11 @@ async def run_daemon(home: Home, *, watch: bool = True) -> None:
     config = Config.load(home.config_file)
     identity = home.load_identity()
     home.make_dirs()
+    rebuild = await anyio.to_thread.run_sync(recover_index, home.state_file, home.socket_path)
     async with open_store(home.state_file) as store, anyio.create_task_group() as tasks:
         daemon = Daemon(home, config, identity, store, watch=watch)
+        if rebuild is not None:
+            daemon.notices.append(rebuild.notice())
         await tasks.start(daemon.run)
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:

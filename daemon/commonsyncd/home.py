@@ -14,16 +14,20 @@ identity and configuration in the same places under other names (``relay.key``,
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
 
 from commonsync import CommonsyncError, DeviceIdentity, FolderKey
+from commonsync.errors import InsecureKeyFileError
 
 APP = "commonsync"
 #: Linux refuses Unix socket paths longer than this (sun_path holds 108 bytes with the NUL).
 MAX_SOCKET_PATH = 107
+#: A folder key file is a few dozen bytes; more is not one.
+_MAX_KEY_FILE = 4096
 
 
 class HomeError(CommonsyncError):
@@ -131,14 +135,31 @@ class Home:
         os.replace(temp, path)
 
     def load_folder_key(self, folder_id: bytes) -> FolderKey:
+        """A folder's key, checked as the device key is: a regular file (never through a
+        symlink, never a FIFO to block on) that no other user can read or write."""
         path = self.folder_key_file(folder_id)
         try:
-            data = path.read_bytes()
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             raise HomeError(
                 f"the key of folder {folder_id.hex()} is missing from {self.keys_dir}; "
                 "remove the folder and accept it again from a device that has it"
             ) from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise HomeError(f"the folder key file {path} is not a regular file")
+            if info.st_mode & 0o077:
+                raise InsecureKeyFileError(
+                    f"the folder key file {path} is accessible to other users "
+                    f"(mode {stat.S_IMODE(info.st_mode):04o}); the folder's key may have "
+                    f"leaked. If you trust this machine's other users, run `chmod 600 {path}`"
+                )
+            data = os.read(fd, _MAX_KEY_FILE + 1)
+        finally:
+            os.close(fd)
+        if len(data) > _MAX_KEY_FILE:
+            raise HomeError(f"{path} is not a folder key (too large)")
         key = FolderKey.from_bytes(data)
         if key.folder_id != folder_id:
             raise HomeError(f"{path} holds the key of another folder")

@@ -25,6 +25,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import anyio
@@ -37,9 +38,12 @@ from commonsync.messages import Offer
 from commonsync.relay_client import accept_relayed_channel, open_relayed_channel
 from commonsync.relaywire import Invitation, RefuseReason
 
+from . import inbound
 from .config import Config, parse_address, remote_address
 from .events import EventBus
 from .folders import FolderRunner
+from .inbound import Admission, Ticket
+from .lograte import LogRate
 from .relay_links import RelayLink, RelayLinks
 
 log = logging.getLogger(__name__)
@@ -52,8 +56,28 @@ RECONNECT_DELAY = 0.3
 MAX_PENDING = 64
 #: Bytes of a folder label sent in an offer (the wire format's limit).
 MAX_LABEL_BYTES = 256
-#: Relay invitations being joined at once (each is a connection and a handshake).
+#: Relay invitations being joined at once (each is a connection and a handshake) ...
 MAX_RELAYED_JOINS = 8
+#: ... for one requester (as the relay names it), so that a member that joins sessions and
+#: stays silent cannot take every slot ...
+MAX_JOINS_PER_REQUESTER = 2
+#: ... and for all the requesters this device does not know, together.
+MAX_STRANGER_JOINS = 2
+#: Seconds a relayed join may take in all: the relay splicing it (up to its join timeout,
+#: 10 s by default) and the handshake.
+RELAYED_JOIN_TIMEOUT = 20.0
+#: Inbound connections still in their handshake, from one source (an IPv4 address or an
+#: IPv6 /64) and in all (fewer when the process may open few files:
+#: :func:`~commonsyncd.inbound.greeting_capacity`); beyond, a connection is closed at once.
+MAX_HANDSHAKES_PER_SOURCE = 8
+MAX_HANDSHAKES = 128
+#: Seconds an inbound connection (direct or relayed) has for its handshake: two round trips
+#: and a few signatures take far less; a stranger that says nothing frees its place sooner.
+INBOUND_HANDSHAKE_TIMEOUT = 5.0
+#: LAN-discovered addresses remembered per device (the newest and the ones that worked) ...
+MAX_DISCOVERED_ADDRESSES = 8
+#: ... and devices whose discovered addresses are remembered (known ones first).
+MAX_DISCOVERED_DEVICES = 256
 
 
 class PeerHost(Protocol):
@@ -102,7 +126,7 @@ class Peers:
         self._host = host
         self.links: dict[DeviceId, Link] = {}
         self.pending: dict[DeviceId, PendingDevice] = {}
-        self.discovered: dict[DeviceId, list[str]] = {}
+        self.discovered: dict[DeviceId, DiscoveredAddresses] = {}
         self._dialers: set[DeviceId] = set()
         self._wake: dict[DeviceId, anyio.Event] = {}
         self._tasks: anyio.abc.TaskGroup | None = None
@@ -115,6 +139,15 @@ class Peers:
             on_invitation=self._on_invitation,
         )
         self._relayed_joins = 0
+        self._joins_by_requester: dict[DeviceId, int] = {}
+        self._stranger_joins = 0
+        self.admission = Admission(
+            MAX_HANDSHAKES_PER_SOURCE, inbound.greeting_capacity(MAX_HANDSHAKES)
+        )
+        #: What strangers cause is logged a few times per source and minute, then summed up.
+        self._refusals = LogRate(log, "connections refused")
+        self._strangers = LogRate(log, "unknown devices")
+        self._ignored = LogRate(log, "invitations ignored")
 
     @property
     def me(self) -> DeviceId:
@@ -125,7 +158,17 @@ class Peers:
         async with anyio.create_task_group() as tasks:
             self._tasks = tasks
             if listener is not None:
-                tasks.start_soon(listener.serve, self._handle_inbound)
+                tasks.start_soon(
+                    partial(
+                        inbound.serve,
+                        listener,
+                        self._handle_inbound,
+                        self.admission,
+                        on_refused=self._refused_at_once,
+                    )
+                )
+            for rate in (self._refusals, self._strangers, self._ignored):
+                tasks.start_soon(rate.run)
             tasks.start_soon(self.relays.run)
             for device in self._host.config.devices:
                 self.dial(device.device_id)
@@ -170,7 +213,9 @@ class Peers:
                     await link.closed.wait()
                     await anyio.sleep(RECONNECT_DELAY)
                     continue
-                addresses = device.addresses + self.discovered.get(device_id, [])
+                addresses = device.addresses + [
+                    a for a in self.discovered_addresses(device_id) if a not in device.addresses
+                ]
                 relays = self.relays.connected()
                 if not addresses and not relays:
                     await self._sleep_unless_woken(device_id, math.inf)
@@ -201,6 +246,9 @@ class Peers:
             except (OSError, CommonsyncError) as exc:
                 log.debug("cannot reach %s at %s: %s", device_id.short_str, address, exc)
                 continue
+            found = self.discovered.get(device_id)
+            if found is not None:
+                found.worked(address)
             await self._run_session(channel, address, initiator=True)
             return True
         return False
@@ -227,59 +275,112 @@ class Peers:
 
     # -- accepting -----------------------------------------------------------------------------
 
-    async def _handle_inbound(self, stream: anyio.abc.SocketStream) -> None:
+    async def _handle_inbound(self, stream: anyio.abc.SocketStream, ticket: Ticket) -> None:
         address = remote_address(stream)
         try:
             channel = await accept_channel(
-                stream, self._host.identity, accept=self._accept_from([address], "connected")
+                stream,
+                self._host.identity,
+                accept=self._accept_from([address], "connected", ticket.source),
+                timeout=INBOUND_HANDSHAKE_TIMEOUT,
             )
         except CommonsyncError as exc:
-            log.info("refused a connection from %s: %s", address, exc)
+            self._refusals.log(
+                logging.INFO, ticket.source, "refused a connection from %s: %s", address, exc
+            )
             return
+        finally:
+            ticket.release()
         await self._run_session(channel, address, initiator=False)
 
+    def _refused_at_once(self, source: str, why: str) -> None:
+        self._refusals.log(
+            logging.INFO,
+            source,
+            "closed a connection from %s at once: %s still in their handshake",
+            source,
+            why,
+        )
+
     def _on_invitation(self, link: RelayLink, invitation: Invitation) -> None:
-        """A relay says a device wants a session: join it (bounded), and let the handshake
-        decide, as for an inbound connection."""
+        """A relay says a device wants a session: join it (bounded in all, per requester and
+        for strangers together), and let the handshake decide, as for an inbound
+        connection."""
         if self._tasks is None:
             return
+        requester = invitation.requester_id
+        known = self._host.config.device(requester) is not None
+        why = ""
         if self._relayed_joins >= MAX_RELAYED_JOINS:
-            log.info("%s: too many invitations at once; ignored one", link.name)
+            why = "too many invitations at once"
+        elif self._joins_by_requester.get(requester, 0) >= MAX_JOINS_PER_REQUESTER:
+            why = f"{requester.short_str} already has {MAX_JOINS_PER_REQUESTER} being joined"
+        elif not known and self._stranger_joins >= MAX_STRANGER_JOINS:
+            why = "too many invitations from unknown devices at once"
+        if why:
+            key = f"{link.name}/{requester.short_str}"
+            self._ignored.log(logging.INFO, key, "%s: ignored an invitation: %s", link.name, why)
             return
         self._relayed_joins += 1
-        self._tasks.start_soon(self._join_relayed, link, invitation)
+        self._joins_by_requester[requester] = self._joins_by_requester.get(requester, 0) + 1
+        self._stranger_joins += not known
+        self._tasks.start_soon(self._join_relayed, link, invitation, known)
 
-    async def _join_relayed(self, link: RelayLink, invitation: Invitation) -> None:
+    async def _join_relayed(self, link: RelayLink, invitation: Invitation, known: bool) -> None:
+        requester = invitation.requester_id
         try:
             control = link.control
             if control is None:
                 return
-            channel = await accept_relayed_channel(
-                control,
-                self._host.identity,
-                invitation,
-                accept=self._accept_from([], f"invited through {link.name}"),
+            with anyio.fail_after(RELAYED_JOIN_TIMEOUT):
+                channel = await accept_relayed_channel(
+                    control,
+                    self._host.identity,
+                    invitation,
+                    accept=self._accept_from([], f"invited through {link.name}", link.name),
+                    timeout=INBOUND_HANDSHAKE_TIMEOUT,
+                )
+        except (CommonsyncError, TimeoutError) as exc:
+            why = str(exc) or f"not done within {RELAYED_JOIN_TIMEOUT:g} s"
+            self._ignored.log(
+                logging.INFO,
+                f"{link.name}/{requester.short_str}",
+                "no session with %s through %s: %s",
+                requester.short_str,
+                link.name,
+                why,
             )
-        except CommonsyncError as exc:
-            requester = invitation.requester_id.short_str
-            log.info("no session with %s through %s: %s", requester, link.name, exc)
             return
         finally:
             self._relayed_joins -= 1
+            self._stranger_joins -= not known
+            left = self._joins_by_requester.pop(requester, 0) - 1
+            if left > 0:
+                self._joins_by_requester[requester] = left
         await self._run_session(channel, _relayed(link), initiator=False, relay=link.relay_id)
 
-    def _accept_from(self, addresses: list[str], how: str) -> Callable[[DeviceId], bool]:
+    def _accept_from(
+        self, addresses: list[str], how: str, source: str
+    ) -> Callable[[DeviceId], bool]:
         def accept(device_id: DeviceId) -> bool:
             if self._host.config.device(device_id) is not None:
                 return True
-            self.note_pending(device_id, addresses, how=how)
+            self.note_pending(device_id, addresses, how=how, source=source)
             return False
 
         return accept
 
     def note_pending(
-        self, device_id: DeviceId, addresses: list[str], *, how: str, name: str = ""
+        self,
+        device_id: DeviceId,
+        addresses: list[str],
+        *,
+        how: str,
+        name: str = "",
+        source: str = "",
     ) -> None:
+        """Remember a device nobody accepted yet, for a person to accept; ``source`` (where
+        it came from) bounds how often this is logged and published."""
         if device_id == self.me:
             return
         known = self.pending.get(device_id)
@@ -288,25 +389,67 @@ class Peers:
                 oldest = min(self.pending.values(), key=lambda p: p.last_seen)
                 del self.pending[oldest.device_id]
             self.pending[device_id] = PendingDevice(device_id, addresses, name, how=how)
-            self._host.events.publish("", "device pending", peer=str(device_id), detail=how)
-            log.info("unknown device %s (%s) is pending", device_id, how)
+            if self._strangers.log(
+                logging.INFO,
+                source or how,
+                "unknown device %s (%s) is pending",
+                device_id,
+                how,
+            ):
+                self._host.events.publish("", "device pending", peer=str(device_id), detail=how)
         else:
             known.addresses, known.last_seen = addresses, time.time()
 
     # -- discovery ---------------------------------------------------------------------------------
 
     def on_sighting(self, device_id: DeviceId, addresses: list[str]) -> None:
-        """A device announced itself on the LAN at ``addresses`` (``host:port``)."""
+        """A device announced itself on the LAN at ``addresses`` (``host:port``).
+
+        Anyone on the LAN can announce any device ID, so an announcement only adds
+        addresses to try: it never replaces a configured one or one that worked, and what
+        is remembered is bounded (:data:`MAX_DISCOVERED_ADDRESSES` per device,
+        :data:`MAX_DISCOVERED_DEVICES` devices). The handshake proves who answers."""
         if device_id == self.me:
             return
+        known = self._host.config.device(device_id) is not None
+        found = self.discovered.get(device_id)
+        if found is None:
+            if len(self.discovered) >= MAX_DISCOVERED_DEVICES and not self._forget_a_sighting(
+                known
+            ):
+                return  # full of known devices, and this one is a stranger
+            found = self.discovered[device_id] = DiscoveredAddresses()
         # Kept for strangers too: once a person accepts one, it is dialled there.
-        if self.discovered.get(device_id) != addresses:
-            self.discovered[device_id] = addresses
-            log.info("found %s on the LAN at %s", device_id.short_str, ", ".join(addresses))
-        if self._host.config.device(device_id) is None:
-            self.note_pending(device_id, addresses, how="discovered on the LAN")
+        if found.add(addresses):
+            self._strangers.log(
+                logging.INFO,
+                f"the LAN/{device_id.short_str}" if known else "the LAN",
+                "found %s on the LAN at %s",
+                device_id.short_str,
+                ", ".join(addresses),
+            )
+        if not known:
+            self.note_pending(device_id, addresses, how="discovered on the LAN", source="the LAN")
             return
         self.dial(device_id)
+
+    def _forget_a_sighting(self, for_known: bool) -> bool:
+        """Make room for one device: forget the stalest stranger, or (to make room for a
+        known device) the stalest known one; False if there is nothing it may forget."""
+        config = self._host.config
+        candidates = [d for d in self.discovered if config.device(d) is None]
+        if not candidates and for_known:
+            candidates = list(self.discovered)
+        if not candidates:
+            return False
+        stalest = min(candidates, key=lambda d: self.discovered[d].last_seen)
+        del self.discovered[stalest]
+        return True
+
+    def discovered_addresses(self, device_id: DeviceId) -> list[str]:
+        """Where LAN discovery says a device is, those that worked first, then the newest."""
+        found = self.discovered.get(device_id)
+        return found.in_order() if found is not None else []
 
     # -- sessions ----------------------------------------------------------------------------
 
@@ -410,7 +553,7 @@ class Peers:
                     "id": str(device.device_id),
                     "name": device.name,
                     "addresses": device.addresses,
-                    "discovered": self.discovered.get(device.device_id, []),
+                    "discovered": self.discovered_addresses(device.device_id),
                     "connected": link is not None,
                     "address": link.address if link else "",
                     "via": "" if link is None else "relay" if link.relay else "direct",
@@ -432,6 +575,44 @@ class Peers:
                 "last_seen": p.last_seen,
             }
             for p in self.pending.values()
+        ]
+
+
+@dataclass
+class DiscoveredAddresses:
+    """The addresses LAN announcements gave for one device: a bounded set, in which the
+    ones that led to a session are kept over new ones (a forged announcement cannot push
+    them out)."""
+
+    #: address → when it was last announced (monotonic seconds).
+    seen: dict[str, float] = field(default_factory=dict)
+    working: set[str] = field(default_factory=set)
+    last_seen: float = field(default_factory=time.monotonic)
+
+    def add(self, addresses: list[str]) -> bool:
+        """Remember ``addresses`` as just announced; True if one of them is new."""
+        now = self.last_seen = time.monotonic()
+        new = False
+        for address in addresses[:MAX_DISCOVERED_ADDRESSES]:
+            new |= address not in self.seen
+            self.seen.pop(address, None)
+            self.seen[address] = now  # newest last
+        while len(self.seen) > MAX_DISCOVERED_ADDRESSES:
+            # The stalest that never worked goes (the just-announced are the newest).
+            others = [a for a in self.seen if a not in self.working] or list(self.seen)
+            stale = min(others, key=self.seen.__getitem__)
+            del self.seen[stale]
+            self.working.discard(stale)
+        return new
+
+    def worked(self, address: str) -> None:
+        if address in self.seen:
+            self.working = {address}  # the one that works now; the others are ordinary again
+
+    def in_order(self) -> list[str]:
+        newest_first = sorted(self.seen, key=self.seen.__getitem__, reverse=True)
+        return [a for a in newest_first if a in self.working] + [
+            a for a in newest_first if a not in self.working
         ]
 
 

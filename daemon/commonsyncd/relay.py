@@ -58,16 +58,22 @@ from commonsync.relaywire import (
     RelayMessage,
 )
 
+from . import inbound
 from .config import ConfigError, format_address, parse_address, remote_address
 from .home import Home
+from .inbound import Admission, Ticket
+from .lograte import LogRate
 from .logs import setup_logging
 from .relay_config import RelayLimits, RelayServerConfig
 
 log = logging.getLogger(__name__)
 
-#: Connections still in their first phase (handshake or preamble) at once; more are closed
-#: at once, so that a flood of idle sockets cannot crowd out the members.
+#: Connections still in their first phase (handshake or preamble) at once, in all and from
+#: one source (an IPv4 address or an IPv6 /64: :mod:`commonsyncd.inbound`); more are closed
+#: at once, so that a flood of idle sockets cannot crowd out the members, and one source
+#: cannot take every place (16 leaves room for a small office's devices behind one NAT).
 MAX_GREETING = 256
+MAX_GREETING_PER_SOURCE = 16
 #: Seconds a new connection has to send its first byte, then its whole preamble.
 GREETING_TIMEOUT = 10.0
 #: A control connection on which nothing arrived for this long is closed (devices ping every
@@ -172,7 +178,17 @@ class RelayServer:
         self._sessions: dict[DeviceId, int] = {}
         self._session_total = 0
         self._buckets: dict[DeviceId, TokenBucket] = {}
-        self._greeting = 0
+        self._admission = Admission(
+            MAX_GREETING_PER_SOURCE, inbound.greeting_capacity(MAX_GREETING)
+        )
+        #: What strangers cause is logged a few times per source and minute, then summed up.
+        self._refusals = LogRate(log, "connections refused")
+        self._refused_requests = LogRate(log, "session requests refused")
+
+    @property
+    def _greeting(self) -> int:
+        """Connections still greeting."""
+        return self._admission.greeting
 
     @property
     def limits(self) -> RelayLimits:
@@ -182,24 +198,36 @@ class RelayServer:
         return self._open_override or self.config.admits(device)
 
     async def serve(self, listener: anyio.abc.Listener[anyio.abc.SocketStream]) -> None:
-        await listener.serve(self._handle)
+        """Serve ``listener`` until cancelled (surviving a lack of file descriptors)."""
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(self._refusals.run)
+            tasks.start_soon(self._refused_requests.run)
+            await inbound.serve(
+                listener, self._handle, self._admission, on_refused=self._refused_at_once
+            )
 
     # -- a new connection ------------------------------------------------------------------
 
-    async def _handle(self, stream: anyio.abc.SocketStream) -> None:
+    def _refused_at_once(self, source: str, why: str) -> None:
+        self._refusals.log(
+            logging.WARNING,
+            source,
+            "closed a connection from %s at once: %s greeting at once",
+            source,
+            why,
+        )
+
+    async def _handle(self, stream: anyio.abc.SocketStream, ticket: Ticket) -> None:
         address = remote_address(stream)
+        source = ticket.source
         try:
-            if self._greeting >= MAX_GREETING:
-                log.warning("too many connections greeting at once; closed one from %s", address)
-                return
             _tcp_keepalive(stream)
-            self._greeting += 1
             try:
-                greeted = await self._greet(stream)
+                greeted = await self._greet(stream, source)
             finally:
-                self._greeting -= 1
+                ticket.release()
             if isinstance(greeted, bytes):
-                await self._join(stream, greeted, address)
+                await self._join(stream, greeted, address, source)
             elif greeted is not None:
                 await self._control(greeted, address)
         except TimeoutError:
@@ -209,33 +237,35 @@ class RelayServer:
         except PeerRefusedError:
             pass  # logged by _admit
         except CommonsyncError as exc:
-            log.info("connection from %s ended: %s", address, exc)
+            self._refusals.log(logging.INFO, source, "connection from %s ended: %s", address, exc)
         except Exception:
             log.exception("unexpected error with a connection from %s", address)
         finally:
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
 
-    async def _greet(self, stream: anyio.abc.SocketStream) -> bytes | Channel | None:
+    async def _greet(self, stream: anyio.abc.SocketStream, source: str) -> bytes | Channel | None:
         """A connection's first phase: a session connection's token, a control connection's
         channel, or None after a malformed preamble (answered already)."""
         with anyio.fail_after(GREETING_TIMEOUT):
             first = await stream.receive(1)
         if wire.is_session_start(first[0]):
             with anyio.fail_after(GREETING_TIMEOUT):
-                return await self._read_preamble(stream, first)
+                return await self._read_preamble(stream, first, source)
         await self._reload_if_changed()
         return await accept_channel(
             _Replayed(stream, first),
             self.identity,
-            accept=self._admit,
+            accept=partial(self._admit, source),
             max_message_size=wire.MAX_RELAY_MESSAGE,
         )
 
-    def _admit(self, device: DeviceId) -> bool:
+    def _admit(self, source: str, device: DeviceId) -> bool:
         if self.admits(device):
             return True
-        log.info("refused device %s: not a member of this relay", device)
+        self._refusals.log(
+            logging.INFO, source, "refused device %s: not a member of this relay", device
+        )
         return False
 
     async def _reload_if_changed(self) -> None:
@@ -343,9 +373,12 @@ class RelayServer:
 
         def refuse(reason: RefuseReason, detail: str = "") -> None:
             names = f"{requester.short_str} → {target.short_str}"
-            # Devices keep asking for peers that are offline: that is no news for the log.
+            # Devices keep asking for peers that are offline: that is no news for the log;
+            # one that keeps asking past a limit is told once in a while.
             level = logging.DEBUG if reason is RefuseReason.OFFLINE else logging.INFO
-            log.log(level, "session %s refused: %s", names, detail or reason.text)
+            self._refused_requests.log(
+                level, requester.short_str, "session %s refused: %s", names, detail or reason.text
+            )
             control.queue(Refused(request.request_id, int(reason), detail or reason.text))
 
         if request.request_id == 0:
@@ -414,23 +447,34 @@ class RelayServer:
 
     # -- session connections ---------------------------------------------------------------
 
-    async def _read_preamble(self, stream: anyio.abc.SocketStream, first: bytes) -> bytes | None:
+    async def _read_preamble(
+        self, stream: anyio.abc.SocketStream, first: bytes, source: str
+    ) -> bytes | None:
         data = bytearray(first)
         while len(data) < wire.PREAMBLE_SIZE:
             data += await stream.receive(wire.PREAMBLE_SIZE - len(data))
         try:
             return wire.parse_preamble(bytes(data))
         except RelayProtocolError as exc:
-            log.info("bad session preamble: %s", exc)
+            self._refusals.log(
+                logging.INFO, source, "bad session preamble from %s: %s", source, exc
+            )
             await stream.send(bytes([JoinStatus.UNSUPPORTED]))
             return None
 
-    async def _join(self, stream: anyio.abc.SocketStream, token: bytes, address: str) -> None:
+    async def _join(
+        self, stream: anyio.abc.SocketStream, token: bytes, address: str, source: str
+    ) -> None:
         now = self._clock()
         self._sweep(now)
         pending = self._pending.get(token)
         if pending is None or pending.deadline <= now:
-            log.info("a session connection from %s presented an unknown token", address)
+            self._refusals.log(
+                logging.INFO,
+                source,
+                "a session connection from %s presented an unknown token",
+                address,
+            )
             await stream.send(bytes([JoinStatus.UNKNOWN_TOKEN]))
             return
         if pending.first is None:

@@ -35,7 +35,16 @@ from commonsync import DeviceId
 from commonsync.errors import DeviceIdError
 from commonsync.relaywire import DEFAULT_RELAY_PORT
 
-from .config import ConfigError, _describe, _number, _table, _typed, parse_address, read_toml
+from .config import (
+    ConfigError,
+    _describe,
+    _number,
+    _table,
+    _typed,
+    parse_address,
+    private_file,
+    read_toml,
+)
 
 
 @dataclass
@@ -95,7 +104,7 @@ class RelayServerConfig:
         """Write the whole file anew, then rename it into place (never half a config)."""
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         temp = path.with_suffix(".tmp")
-        with temp.open("wb") as stream:
+        with private_file(temp) as stream:
             tomli_w.dump(
                 {
                     "listen": self.listen,
