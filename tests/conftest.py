@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 
 from commonsync.identity import DeviceIdentity
 from commonsync.records import ChunkEntry, Kind, Record, sign_record
 from commonsync.store import IndexEntry
 from commonsync.versionvector import VersionVector
+from tests.daemons import LOOPBACK, Device
 
 
 def make_record(
@@ -48,3 +53,17 @@ def make_entry(
 ) -> IndexEntry:
     """``record`` signed by ``identity`` for ``folder_id``, as the store keeps it."""
     return IndexEntry(record, sign_record(identity, folder_id, record), on_disk)
+
+
+@pytest.fixture
+def two(tmp_path: Path) -> Iterator[tuple[Device, Device]]:
+    """Two daemons, alice and bob, set up and started on loopback (not yet paired)."""
+    a, b = Device(tmp_path, "alice"), Device(tmp_path, "bob")
+    for device in (a, b):
+        device.init(*LOOPBACK)
+        device.start()
+    try:
+        yield a, b
+    finally:
+        for device in (a, b):
+            device.kill()

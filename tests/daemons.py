@@ -16,11 +16,14 @@ from typing import Any
 from commonsyncd.control import ControlClient, DaemonNotRunningError
 from commonsyncd.demo import tree
 
-__all__ = ["Device", "pair_and_share", "tree", "wait_for"]
+__all__ = ["LOOPBACK", "Device", "pair_and_share", "tree", "wait_for"]
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+#: ``commonsync init`` options for a daemon reached only on loopback: an ephemeral port, no
+#: LAN discovery (whose announcements would leave this machine).
+LOOPBACK = ("--listen", "127.0.0.1:0", "--no-discovery")
 #: Bound on any single step, so that a hang fails the test instead of eating the CI budget.
 STEP = 60.0
 

@@ -52,7 +52,7 @@ from commonsync.records import Kind, seal_record
 from commonsync.session import folder_proof
 from commonsync.versionvector import VersionVector
 
-from .daemons import Device, pair_and_share, wait_for
+from .daemons import LOOPBACK, Device, pair_and_share, wait_for
 
 __all__ = [
     "IdleFlood",
@@ -255,9 +255,6 @@ async def member_session(
             tasks.cancel_scope.cancel()
             with anyio.CancelScope(shield=True), anyio.move_on_after(1):
                 await channel.aclose()
-
-
-LOOPBACK = ("--listen", "127.0.0.1:0", "--no-discovery")
 
 
 @contextlib.contextmanager

@@ -15,30 +15,14 @@ import statistics
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.daemons import ENV, Device, command, pair_and_share, tree, wait_for
+from tests.daemons import ENV, LOOPBACK, Device, command, pair_and_share, tree, wait_for
 from tests.netns import Lan, lan
 
 __all__ = ["lan"]  # a fixture, used by name
-
-LOOPBACK = ("--listen", "127.0.0.1:0", "--no-discovery")
-
-
-@pytest.fixture
-def two(tmp_path: Path) -> Iterator[tuple[Device, Device]]:
-    a, b = Device(tmp_path, "alice"), Device(tmp_path, "bob")
-    for device in (a, b):
-        device.init(*LOOPBACK)
-        device.start()
-    try:
-        yield a, b
-    finally:
-        for device in (a, b):
-            device.kill()
 
 
 @pytest.mark.slow

@@ -22,23 +22,8 @@ from commonsync import DeviceIdentity, scanner
 from commonsync.errors import IndexFullError
 from commonsync.store import open_store
 from tests.conftest import make_entry, make_record
-from tests.daemons import Device, pair_and_share, tree, wait_for
+from tests.daemons import LOOPBACK, Device, pair_and_share, tree, wait_for
 from tests.tmpfs import mounted_or_skip
-
-LOOPBACK = ("--listen", "127.0.0.1:0", "--no-discovery")
-
-
-@pytest.fixture
-def two(tmp_path: Path) -> Iterator[tuple[Device, Device]]:
-    a, b = Device(tmp_path, "alice"), Device(tmp_path, "bob")
-    for device in (a, b):
-        device.init(*LOOPBACK)
-        device.start()
-    try:
-        yield a, b
-    finally:
-        for device in (a, b):
-            device.kill()
 
 
 @pytest.fixture
