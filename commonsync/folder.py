@@ -155,6 +155,10 @@ class Folder:
         #: the store: what waits is on disk, not in memory), and their conflict copies.
         self._window: dict[str, PendingVersion] = {}
         self._conflict_copies: dict[str, str | None] = {}
+        #: The temporary files of pending versions replaced by newer ones before they were
+        #: written (an attempt at one, stopped mid-write, left it): the puller removes them
+        #: between windows, when nothing is being written.
+        self._superseded: list[str] = []
         self._pending_changed = anyio.Event()
         #: When to make every waiting version due again (a peer connected), if pending.
         self._retry_all_at: float | None = None
@@ -409,6 +413,8 @@ class Folder:
             for path, (remote, _copy, reason) in taken.items():
                 entry = stored.get(path)
                 replaced = entry is not None and not entry.on_disk
+                if entry is not None and replaced and _may_leave_temp(entry.record, remote.record):
+                    self._superseded.append(apply.temp_path(entry.record))
                 self._left = Progress(
                     self._left.files + (0 if replaced else 1),
                     max(0, self._left.bytes + _bytes(remote.record)
@@ -541,6 +547,7 @@ class Folder:
         """
         batch = _AppliedBatch()
         due = time.time()
+        await self._discard_superseded()
         for phase in PullPhase:
             after: str | None = None
             while True:
@@ -562,6 +569,7 @@ class Folder:
         one at a time (each fetches a window of chunks at once). Then record what was
         applied (one transaction, and one fsync of the index, per batch instead of per
         file), and when to try again what was not."""
+        await self._discard_superseded()
         entries = await self.store.get_many(self.folder_id, [v.path for v in versions])
         self._window = {v.path: v for v in versions}
         self._conflict_copies = {v.path: v.conflict_copy for v in versions if v.conflict_copy}
@@ -587,6 +595,16 @@ class Folder:
             await self._settle(batch)
         finally:
             self._window, self._conflict_copies = {}, {}
+
+    async def _discard_superseded(self) -> None:
+        """Remove the temporary files that attempts at superseded versions left: no attempt
+        will finish them, and the scan would only clear them after :data:`TEMP_GRACE`."""
+        superseded, self._superseded = self._superseded, []
+        for temp in superseded:
+            if not os.path.lexists(self.root / temp):  # the usual case: no attempt was made
+                continue
+            with contextlib.suppress(CommonsyncError, OSError):
+                await apply.discard_temp(self.root, temp)
 
     async def _with_sources(
         self, remotes: list[RemoteRecord], work: Callable[[], Awaitable[None]]
@@ -1192,6 +1210,14 @@ def _windows(versions: list[PendingVersion]) -> Iterator[list[PendingVersion]]:
         size += version.signed_size
     if window:
         yield window
+
+
+def _may_leave_temp(old: Record, new: Record) -> bool:
+    """Whether replacing pending ``old`` by ``new`` can strand a temporary file of ``old``
+    (one of the same content has the same name, and ``new``'s attempt goes on with it)."""
+    return (
+        old.kind is Kind.FILE and not old.deleted and old.content_digest() != new.content_digest()
+    )
 
 
 def _bytes(record: Record) -> int:
