@@ -124,8 +124,8 @@ def test_a_mutated_stream_never_yields_a_forged_message(
     messages: list[bytes], data: st.DataObject
 ) -> None:
     """Flip, cut, duplicate or insert bytes anywhere in an honest stream: the receiver yields
-        an honest prefix of the messages, then a ChannelError; never a forged message, and never a
-    clean end."""
+    an honest prefix of the messages, then a ChannelError; never a forged message, and never
+    a clean end."""
     a, b = pair()
     stream = bytearray(b"".join(a.seal(m) for m in messages) + a.close())
     honest = bytes(stream)
