@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from commonsync import layout
+from commonsync.sync import layout
 
 from .blobs import damage, digest
 from .editing import Ledger

@@ -289,7 +289,8 @@ def run(options: Options) -> Result:
         f"{_rate(nbytes, receiver_seconds['tcp'])}",
         "encryption: the same total on 1 MiB buffers in this process, one core; raw AEAD = "
         "PyNaCl crypto_aead_xchacha20poly1305_ietf_encrypt; push/pull = "
-        "crypto_secretstream_xchacha20poly1305_push/pull, as commonsync/transport.py calls them",
+        "crypto_secretstream_xchacha20poly1305_push/pull, as commonsync/wire/transport.py "
+        "calls them",
         "MB/s with 1 MB = 10^6 bytes; median of the rounds; contenders alternate within a "
         "round, the order rotating each round",
     ]

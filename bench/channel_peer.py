@@ -40,8 +40,8 @@ import anyio
 import anyio.abc
 
 from commonsync import DeviceIdentity
-from commonsync.channel import accept_channel, connect_channel
-from commonsync.device_id import DeviceId
+from commonsync.formats.device_id import DeviceId
+from commonsync.wire.channel import accept_channel, connect_channel
 
 #: Plain TCP reads ask for this much at a time (about what the channel asks for per frame).
 TCP_READ = 1 << 20

@@ -21,10 +21,10 @@ from pathlib import Path
 
 from nacl.bindings import crypto_aead_xchacha20poly1305_ietf_encrypt
 
-from commonsync.chunking import ChunkHasher, iter_chunks
-from commonsync.chunks import seal_chunk
-from commonsync.hashing import blake2b
-from commonsync.keys import FolderKey
+from commonsync.formats.chunking import ChunkHasher, iter_chunks
+from commonsync.formats.chunks import seal_chunk
+from commonsync.formats.hashing import blake2b
+from commonsync.formats.keys import FolderKey
 
 from .report import (
     Benchmark,

@@ -18,19 +18,19 @@ The library's building blocks, importable from here:
 Every error raised on purpose derives from :class:`CommonsyncError`.
 """
 
-from .channel import Channel, accept_channel, connect_channel, open_channel
-from .chunking import ChunkHasher, ChunkRef
-from .chunks import chunk_id, open_chunk, seal_chunk, verify_chunk
-from .device_id import DeviceId
 from .errors import CommonsyncError
-from .folder import Event, EventKind, Folder, Progress, open_folder
-from .identity import DeviceIdentity
-from .keys import FolderKey, FolderKeyring
-from .records import ChunkEntry, Kind, Record, open_and_verify, seal
-from .relay_client import RelayControl, accept_relayed_channel, connect_relay, open_relayed_channel
-from .session import Session, folder_proof
-from .store import IndexStore, open_store
-from .versionvector import Ordering, VersionVector
+from .formats.chunking import ChunkHasher, ChunkRef
+from .formats.chunks import chunk_id, open_chunk, seal_chunk, verify_chunk
+from .formats.device_id import DeviceId
+from .formats.identity import DeviceIdentity
+from .formats.keys import FolderKey, FolderKeyring
+from .formats.records import ChunkEntry, Kind, Record, open_and_verify, seal
+from .formats.versionvector import Ordering, VersionVector
+from .relay.client import RelayControl, accept_relayed_channel, connect_relay, open_relayed_channel
+from .sync.folder import Event, EventKind, Folder, Progress, open_folder
+from .sync.store import IndexStore, open_store
+from .wire.channel import Channel, accept_channel, connect_channel, open_channel
+from .wire.session import Session, folder_proof
 
 __version__ = "0.1.0"
 

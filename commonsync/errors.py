@@ -3,15 +3,15 @@
 Every error the library raises on purpose is a subclass of :class:`CommonsyncError`, so a tool
 can catch the library's failures in one place and still tell them apart. Messages are written
 for the person who will read them: they say what was wrong and, where possible, what to do.
+
+This module is the library's floor: it imports nothing of commonsync, so every layer can raise
+these. An error that must carry a higher layer's value is defined in that layer
+(:class:`commonsync.wire.handshake.PeerRefusedError` carries a device ID).
 """
 
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .device_id import DeviceId
 
 
 class CommonsyncError(Exception):
@@ -83,21 +83,13 @@ class IndexFullError(StoreError):
     """The index cannot be written: the disk (or file system) holding it is full.
 
     Nothing of the refused transaction was written. It is a passing state, not damage: the
-    same write succeeds once space is freed (:meth:`commonsync.store.IndexStore.check_writable`
+    same write succeeds once space is freed (:meth:`commonsync.sync.store.IndexStore.check_writable`
     says when), so a caller waits and retries rather than giving up.
     """
 
 
 class HandshakeError(CommonsyncError):
     """A Noise handshake failed: bad message, wrong key, or protocol misuse."""
-
-
-class PeerRefusedError(HandshakeError):
-    """We refused the peer: its device ID is not one we accept."""
-
-    def __init__(self, message: str, device_id: DeviceId) -> None:
-        super().__init__(message)
-        self.device_id = device_id
 
 
 class RefusedByPeerError(HandshakeError):
@@ -148,7 +140,7 @@ class PeerStalledError(CommonsyncError):
 class IndexChangedError(StoreError):
     """A conditional write found that the index changed since its caller read it.
 
-    Raised by :meth:`commonsync.store.IndexStore.put` with ``expected`` local sequences, before
+    Raised by :meth:`commonsync.sync.store.IndexStore.put` with ``expected`` local sequences, before
     anything is written; ``paths`` are the paths whose record is no longer the expected one.
     The scanner drops those paths and lets its next pass look at them again, so that it never
     overwrites a version it has not seen.
@@ -190,7 +182,7 @@ class IgnoreFileError(CommonsyncError):
 
 
 class ApplyError(CommonsyncError):
-    """A remote version cannot be made real on the local disk (:mod:`commonsync.apply`)."""
+    """A remote version cannot be made real on the local disk (:mod:`commonsync.sync.apply`)."""
 
 
 class LocalChangedError(ApplyError):

@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from generate_vectors import OUT, _jsonable, seed
 
-from commonsync import relaywire
-from commonsync.identity import DeviceIdentity
-from commonsync.relaywire import RefuseReason
+from commonsync.formats.identity import DeviceIdentity
+from commonsync.relay import wire as relaywire
+from commonsync.relay.wire import RefuseReason
 
 
 def relay_vectors() -> dict[str, Any]:

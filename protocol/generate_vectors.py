@@ -17,15 +17,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from commonsync import encoding, messages, padding, paths
-from commonsync.chunking import iter_chunks
-from commonsync.chunks import CHUNK_PAD_FLOOR, chunk_id, seal_chunk
 from commonsync.errors import CommonsyncError
-from commonsync.handshake import ChannelHandshake, noise_static_key
-from commonsync.hashing import blake2b
-from commonsync.identity import DeviceIdentity
-from commonsync.keys import FolderKey, Purpose
-from commonsync.records import (
+from commonsync.formats import encoding, messages, padding, paths
+from commonsync.formats.chunking import iter_chunks
+from commonsync.formats.chunks import CHUNK_PAD_FLOOR, chunk_id, seal_chunk
+from commonsync.formats.hashing import blake2b
+from commonsync.formats.identity import DeviceIdentity
+from commonsync.formats.keys import FolderKey, Purpose
+from commonsync.formats.records import (
     RECORD_PAD_FLOOR,
     ChunkEntry,
     Kind,
@@ -33,7 +32,8 @@ from commonsync.records import (
     seal_record,
     sign_record,
 )
-from commonsync.versionvector import VersionVector
+from commonsync.formats.versionvector import VersionVector
+from commonsync.wire.handshake import ChannelHandshake, noise_static_key
 
 OUT = Path(__file__).resolve().parent / "vectors"
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from commonsync.identity import DeviceIdentity
-from commonsync.records import ChunkEntry, Kind, Record, sign_record
-from commonsync.store import IndexEntry
-from commonsync.versionvector import VersionVector
+from commonsync.formats.identity import DeviceIdentity
+from commonsync.formats.records import ChunkEntry, Kind, Record, sign_record
+from commonsync.formats.versionvector import VersionVector
+from commonsync.sync.store import IndexEntry
 from tests.daemons import LOOPBACK, Device
 
 

@@ -4,7 +4,7 @@
                            [--listen] [--connect PORT ...] [--rescan SECONDS]
                            [--stall-timeout SECONDS]
 
-It opens the folder through the library's :func:`commonsync.folder.open_folder`, scans it,
+It opens the folder through the library's :func:`commonsync.sync.folder.open_folder`, scans it,
 then (``--listen``) serves peers on 127.0.0.1 and/or (``--connect``) keeps a connection to each
 given port, reconnecting when one drops. It rescans every ``--rescan`` seconds (the daemon
 will watch the file system instead). It prints JSON lines: ``{"port": N}`` first when
@@ -24,11 +24,11 @@ import anyio
 import anyio.abc
 
 from commonsync import DeviceIdentity, FolderKey, Session, accept_channel, connect_channel
-from commonsync.device_id import DeviceId
 from commonsync.errors import CommonsyncError
-from commonsync.folder import Folder, open_folder
-from commonsync.session import STALL_TIMEOUT
-from commonsync.store import open_store
+from commonsync.formats.device_id import DeviceId
+from commonsync.sync.folder import Folder, open_folder
+from commonsync.sync.store import open_store
+from commonsync.wire.session import STALL_TIMEOUT
 
 
 def emit(**fields: object) -> None:

@@ -33,9 +33,10 @@ from typing import TypeVar
 import anyio
 import anyio.to_thread
 
-from commonsync import DeviceIdentity, FolderKey, Session, connect_channel, encoding
+from commonsync import DeviceIdentity, FolderKey, Session, connect_channel
 from commonsync.errors import RefusedByPeerError
-from commonsync.messages import (
+from commonsync.formats import encoding
+from commonsync.formats.messages import (
     ChunkBatchRequest,
     ChunkBatchResponse,
     ChunkRequest,
@@ -48,9 +49,9 @@ from commonsync.messages import (
     Ping,
     Pong,
 )
-from commonsync.records import Kind, seal_record
-from commonsync.session import folder_proof
-from commonsync.versionvector import VersionVector
+from commonsync.formats.records import Kind, seal_record
+from commonsync.formats.versionvector import VersionVector
+from commonsync.wire.session import folder_proof
 
 from .daemons import LOOPBACK, Device, pair_and_share, wait_for
 

@@ -24,11 +24,11 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from commonsync import DeviceIdentity, FolderKey, encoding, messages
-from commonsync.channel import Channel, accept_channel
-from commonsync.device_id import DeviceId
+from commonsync import DeviceIdentity, FolderKey
 from commonsync.errors import CommonsyncError
-from commonsync.messages import (
+from commonsync.formats import encoding, messages
+from commonsync.formats.device_id import DeviceId
+from commonsync.formats.messages import (
     ChunkBatchRequest,
     ChunkBatchResponse,
     ChunkRequest,
@@ -41,7 +41,8 @@ from commonsync.messages import (
     Ping,
     Pong,
 )
-from commonsync.session import Session, folder_proof
+from commonsync.wire.channel import Channel, accept_channel
+from commonsync.wire.session import Session, folder_proof
 
 INDEX_ID = b"i" * 16
 

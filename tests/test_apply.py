@@ -29,8 +29,15 @@ from pathlib import Path
 import anyio
 import pytest
 
-from commonsync import apply, layout, modes
-from commonsync.apply import (
+from commonsync.errors import ChunkTamperedError
+from commonsync.formats.chunking import ChunkHasher
+from commonsync.formats.chunks import chunk_id
+from commonsync.formats.identity import DeviceIdentity
+from commonsync.formats.keys import FolderKey
+from commonsync.formats.records import ChunkEntry, Kind, Record
+from commonsync.formats.versionvector import VersionVector
+from commonsync.sync import apply, layout, modes
+from commonsync.sync.apply import (
     ConflictCopyExistsError,
     DirectoryNotEmptyError,
     FolderMissingError,
@@ -51,13 +58,6 @@ from commonsync.apply import (
     prune_versions,
     safe_path,
 )
-from commonsync.chunking import ChunkHasher
-from commonsync.chunks import chunk_id
-from commonsync.errors import ChunkTamperedError
-from commonsync.identity import DeviceIdentity
-from commonsync.keys import FolderKey
-from commonsync.records import ChunkEntry, Kind, Record
-from commonsync.versionvector import VersionVector
 
 pytestmark = pytest.mark.anyio
 
@@ -577,7 +577,7 @@ async def test_a_symlink_planted_at_the_temporary_name_is_not_followed(
     "path",
     [
         ".commonsync/versions/x",
-        ".commonsync/folder",
+        ".commonsync/sync/folder",
         ".COMMONSYNC/x",
         "a/.b.cs-tmp-0123456789abcdef",
         ".a.cs-tmp-0123456789abcdef/inner",
@@ -868,8 +868,8 @@ from pathlib import Path
 
 import trio
 
-from commonsync.apply import LocalState, apply_file
-from commonsync.records import Record
+from commonsync.sync.apply import LocalState, apply_file
+from commonsync.formats.records import Record
 
 root, record_file, source, key_hex, delay, expected = sys.argv[1:]
 record = Record.decode(bytes.fromhex(Path(record_file).read_text()))

@@ -29,7 +29,7 @@ from zeroconf import ServiceInfo, Zeroconf
 
 from commonsync import DeviceId, DeviceIdentity, Session, accept_channel
 from commonsync.errors import CommonsyncError
-from commonsync.messages import Folders, Hello, Offer, Ping, Pong
+from commonsync.formats.messages import Folders, Hello, Offer, Ping, Pong
 from tests.daemons import Device, wait_for
 
 pytestmark = pytest.mark.anyio

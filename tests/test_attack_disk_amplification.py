@@ -18,7 +18,7 @@ import anyio.to_thread
 import pytest
 
 from commonsync import DeviceIdentity
-from commonsync.chunks import chunk_id
+from commonsync.formats.chunks import chunk_id
 from tests.daemons import wait_for
 from tests.hostile import forge, invite, member_session, scene, still_syncs
 from tests.tmpfs import mounted_or_skip

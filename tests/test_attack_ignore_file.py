@@ -19,8 +19,8 @@ import anyio.to_thread
 import pytest
 
 from commonsync import DeviceIdentity, FolderKey
-from commonsync.chunks import chunk_id
-from commonsync.records import Kind
+from commonsync.formats.chunks import chunk_id
+from commonsync.formats.records import Kind
 from tests.daemons import Device
 from tests.hostile import Member, forge, invite, member_session, scene, still_syncs
 

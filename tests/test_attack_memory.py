@@ -24,12 +24,12 @@ import anyio.to_thread
 import pytest
 
 from commonsync import DeviceIdentity, FolderKey
-from commonsync.exchange import PeerExchange, RemoteRecord
-from commonsync.folder import WINDOW_BYTES, Folder, Progress, open_folder
-from commonsync.messages import IndexRequest
-from commonsync.records import ChunkEntry, Kind, Record, sign_record
-from commonsync.store import IndexStore, open_store
-from commonsync.versionvector import VersionVector
+from commonsync.formats.messages import IndexRequest
+from commonsync.formats.records import ChunkEntry, Kind, Record, sign_record
+from commonsync.formats.versionvector import VersionVector
+from commonsync.sync.exchange import PeerExchange, RemoteRecord
+from commonsync.sync.folder import WINDOW_BYTES, Folder, Progress, open_folder
+from commonsync.sync.store import IndexStore, open_store
 from tests.daemons import Device
 from tests.hostile import forge, invite, member_session, scene, still_syncs
 
@@ -89,7 +89,7 @@ async def test_versions_waiting_for_chunks_are_held_on_disk_not_in_memory(
 ) -> None:
     """40 versions of 20,000 chunks each, whose chunks no peer serves: while the puller tries
     them again and again, the decoded chunk entries alive in the process stay within one
-    window of the puller's (:data:`commonsync.folder.WINDOW_BYTES` of signed records), not
+    window of the puller's (:data:`commonsync.sync.folder.WINDOW_BYTES` of signed records), not
     all 800,000 of them; and tracemalloc sees a few MiB held, not all of them."""
     author = DeviceIdentity.generate()
     count, chunks = 40, 20_000

@@ -14,8 +14,8 @@ import anyio.to_thread
 import pytest
 
 from commonsync import DeviceIdentity
-from commonsync.chunks import chunk_id
-from commonsync.records import Kind
+from commonsync.formats.chunks import chunk_id
+from commonsync.formats.records import Kind
 from tests.hostile import forge, invite, member_session, scene, still_syncs
 
 

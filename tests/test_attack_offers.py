@@ -15,7 +15,7 @@ import anyio.to_thread
 import pytest
 
 from commonsync import DeviceIdentity, Session, connect_channel
-from commonsync.messages import Folders, Hello, Offer
+from commonsync.formats.messages import Folders, Hello, Offer
 from tests.daemons import wait_for
 from tests.hostile import invite, scene, still_syncs, victim_port
 

@@ -21,12 +21,11 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from commonsync import DeviceIdentity, FolderKey, scanner
-from commonsync.chunking import ChunkHasher
-from commonsync.chunks import chunk_id
-from commonsync.folder import Folder
-from commonsync.keys import FolderKeyring
-from commonsync.messages import (
+from commonsync import DeviceIdentity, FolderKey
+from commonsync.formats.chunking import ChunkHasher
+from commonsync.formats.chunks import chunk_id
+from commonsync.formats.keys import FolderKeyring
+from commonsync.formats.messages import (
     ChunkBatchRequest,
     ChunkBatchResponse,
     ChunkResponse,
@@ -34,9 +33,11 @@ from commonsync.messages import (
     IndexRequest,
     Message,
 )
-from commonsync.records import ChunkEntry, Kind, open_and_verify
-from commonsync.scanner import ScanProgress, SkipReason, init_folder
-from commonsync.store import IndexStore, open_store
+from commonsync.formats.records import ChunkEntry, Kind, open_and_verify
+from commonsync.sync import scanner
+from commonsync.sync.folder import Folder
+from commonsync.sync.scanner import ScanProgress, SkipReason, init_folder
+from commonsync.sync.store import IndexStore, open_store
 from tests.daemons import Device
 from tests.hostile import forge, invite, member_session, scene, still_syncs
 

@@ -17,12 +17,12 @@ import anyio.to_thread
 import pytest
 
 from commonsync import DeviceIdentity
-from commonsync.decide import REFUSED_INTERNAL
-from commonsync.exchange import RemoteRecord
-from commonsync.folder import Progress
-from commonsync.records import Kind, Record, sign_record
-from commonsync.store import IndexEntry, open_store
-from commonsync.versionvector import VersionVector
+from commonsync.formats.records import Kind, Record, sign_record
+from commonsync.formats.versionvector import VersionVector
+from commonsync.sync.decide import REFUSED_INTERNAL
+from commonsync.sync.exchange import RemoteRecord
+from commonsync.sync.folder import Progress
+from commonsync.sync.store import IndexEntry, open_store
 from tests.daemons import Device, wait_for
 from tests.hostile import forge, invite, member_session, scene, still_syncs
 from tests.test_attack_memory import FOLDER_KEY, folder_at, source

@@ -24,7 +24,7 @@ from commonsyncd.relay_config import RelayServerConfig
 
 from commonsync import DeviceId, DeviceIdentity
 from commonsync.errors import CommonsyncError, RelayJoinError
-from commonsync.relay_client import RelayControl, connect_relay, join_session, open_relayed_channel
+from commonsync.relay.client import RelayControl, connect_relay, join_session, open_relayed_channel
 from tests.daemons import Device, wait_for
 from tests.hostile import LOOPBACK, IdleFlood, still_syncs
 from tests.relays import RelayProcess

@@ -14,7 +14,7 @@ import anyio.to_thread
 import pytest
 
 from commonsync import DeviceIdentity
-from commonsync.messages import ChunkBatchRequest, ChunkRequest, IndexRequest
+from commonsync.formats.messages import ChunkBatchRequest, ChunkRequest, IndexRequest
 from tests.daemons import wait_for
 from tests.hostile import invite, member_session, scene, still_syncs
 

@@ -17,13 +17,13 @@ import anyio.to_thread
 import pytest
 
 from commonsync import DeviceIdentity
-from commonsync.chunks import chunk_id
-from commonsync.device_id import DeviceId
-from commonsync.exchange import RemoteRecord
-from commonsync.records import Kind, Record, sign_record
-from commonsync.scanner import SkipReason
-from commonsync.store import IndexEntry
-from commonsync.versionvector import MAX_COUNTER, OWN_COUNTER_AHEAD, VersionVector
+from commonsync.formats.chunks import chunk_id
+from commonsync.formats.device_id import DeviceId
+from commonsync.formats.records import Kind, Record, sign_record
+from commonsync.formats.versionvector import MAX_COUNTER, OWN_COUNTER_AHEAD, VersionVector
+from commonsync.sync.exchange import RemoteRecord
+from commonsync.sync.scanner import SkipReason
+from commonsync.sync.store import IndexEntry
 from tests.daemons import Device
 from tests.hostile import forge, invite, member_session, scene, still_syncs
 from tests.test_attack_memory import FOLDER_KEY, ME, folder_at, source

@@ -23,19 +23,18 @@ import anyio
 import anyio.abc
 import pytest
 
-from commonsync import DeviceIdentity, FolderKey, encoding, messages
-from commonsync.channel import Channel, accept_channel, connect_channel
+from commonsync import DeviceIdentity, FolderKey
 from commonsync.errors import (
     ChannelError,
     FrameTooLargeError,
     HandshakeTimeoutError,
-    PeerRefusedError,
     ProtocolError,
     RefusedByPeerError,
     TamperedFrameError,
     TruncatedStreamError,
 )
-from commonsync.messages import (
+from commonsync.formats import encoding, messages
+from commonsync.formats.messages import (
     MAX_BATCH_BYTES,
     ChunkBatchRequest,
     ChunkBatchResponse,
@@ -50,7 +49,9 @@ from commonsync.messages import (
     Ping,
     Pong,
 )
-from commonsync.session import Session, folder_proof
+from commonsync.wire.channel import Channel, accept_channel, connect_channel
+from commonsync.wire.handshake import PeerRefusedError
+from commonsync.wire.session import Session, folder_proof
 
 from .peer import INDEX_ID, chunk_data
 

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyfastcdc import FastCDC
 
-from commonsync.chunking import (
+from commonsync.formats.chunking import (
     _CHUNKER,
     CHUNK_AVG,
     CHUNK_MAX,
@@ -24,8 +24,8 @@ from commonsync.chunking import (
     ChunkHasher,
     iter_chunks,
 )
-from commonsync.chunks import chunk_id
-from commonsync.keys import FolderKey
+from commonsync.formats.chunks import chunk_id
+from commonsync.formats.keys import FolderKey
 
 from .vectors import PROTOCOL, load, seed
 
@@ -179,7 +179,7 @@ def test_memory_stays_bounded_while_hashing_a_large_file(tmp_path: object) -> No
         for _ in range(128):
             f.write(os.urandom(8 * 1024 * 1024))
     program = textwrap.dedent(f"""
-        from commonsync.chunking import ChunkHasher
+        from commonsync.formats.chunking import ChunkHasher
         with ChunkHasher(b"k" * 32, workers=2) as h, open({path!r}, "rb", buffering=0) as f:
             total = sum(r.size for r in h.hash_stream(f))
         # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent.

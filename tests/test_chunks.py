@@ -8,15 +8,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from commonsync.chunks import (
+from commonsync.errors import ChunkError, ChunkTamperedError, UnknownEpochError
+from commonsync.formats.chunks import (
     CHUNK_PAD_FLOOR,
     MAX_CHUNK_SIZE,
     open_chunk,
     seal_chunk,
     verify_chunk,
 )
-from commonsync.errors import ChunkError, ChunkTamperedError, UnknownEpochError
-from commonsync.keys import FolderKey, FolderKeyring
+from commonsync.formats.keys import FolderKey, FolderKeyring
 
 KEY = FolderKey.generate(epoch=3)
 RING = FolderKeyring([KEY])

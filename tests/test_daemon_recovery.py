@@ -18,9 +18,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from commonsync import DeviceIdentity, scanner
+from commonsync import DeviceIdentity
 from commonsync.errors import IndexFullError
-from commonsync.store import open_store
+from commonsync.sync import scanner
+from commonsync.sync.store import open_store
 from tests.conftest import make_entry, make_record
 from tests.daemons import LOOPBACK, Device, pair_and_share, tree, wait_for
 from tests.tmpfs import mounted_or_skip

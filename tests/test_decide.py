@@ -2,7 +2,7 @@
 
 The model keeps, for each simulated device, its index (path → record), its disk (path →
 content) and its versions folder, and plays random edits, deletions, renames and partial
-index exchanges, applying :func:`commonsync.decide.decide` as the engine does. After a final
+index exchanges, applying :func:`commonsync.sync.decide.decide` as the engine does. After a final
 full exchange, every device must hold the same records and the same files, and no edit may be
 lost: each is a live file (at its path or as a conflict copy), or a user knowingly replaced it.
 """
@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from commonsync import DeviceIdentity
-from commonsync.decide import Action, conflict_copy_path, decide, wins
-from commonsync.hashing import blake2b
-from commonsync.layout import is_conflict_copy
-from commonsync.records import ChunkEntry, Kind, Record
-from commonsync.versionvector import VersionVector
+from commonsync.formats.hashing import blake2b
+from commonsync.formats.records import ChunkEntry, Kind, Record
+from commonsync.formats.versionvector import VersionVector
+from commonsync.sync.decide import Action, conflict_copy_path, decide, wins
+from commonsync.sync.layout import is_conflict_copy
 
 DEVICES = [DeviceIdentity.from_seed(bytes([n]) * 32) for n in (1, 2, 3)]
 PATHS = ["a.txt", "b.txt", "dir/c.txt"]

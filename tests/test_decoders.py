@@ -11,14 +11,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from commonsync import encoding, messages, padding, relaywire
-from commonsync.chunks import open_chunk, seal_chunk
-from commonsync.device_id import DeviceId
 from commonsync.errors import CommonsyncError, EncodingError, FolderKeyError
-from commonsync.identity import DeviceIdentity
-from commonsync.keys import FolderKey, FolderKeyring, Purpose
-from commonsync.records import Kind, Record, open_and_verify, seal, verify_record
-from commonsync.versionvector import VersionVector
+from commonsync.formats import encoding, messages, padding
+from commonsync.formats.chunks import open_chunk, seal_chunk
+from commonsync.formats.device_id import DeviceId
+from commonsync.formats.identity import DeviceIdentity
+from commonsync.formats.keys import FolderKey, FolderKeyring, Purpose
+from commonsync.formats.records import Kind, Record, open_and_verify, seal, verify_record
+from commonsync.formats.versionvector import VersionVector
+from commonsync.relay import wire as relaywire
 
 from .fuzzing import fuzz
 

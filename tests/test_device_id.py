@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from commonsync.device_id import DeviceId
 from commonsync.errors import DeviceIdError, MistypedDeviceIdError
-from commonsync.identity import DeviceIdentity
+from commonsync.formats.device_id import DeviceId
+from commonsync.formats.identity import DeviceIdentity
 
 ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 SHAPE = re.compile(r"[A-Z2-7]{7}(-[A-Z2-7]{7}){7}")
@@ -122,7 +122,7 @@ def test_swap_of_last_data_character_and_check_character_is_mistyped(digest: byt
 def test_spare_bits_set_is_mistyped() -> None:
     # 52 characters carry 260 bits; build a last block whose Luhn check is right but whose
     # last data character has spare bits set.
-    from commonsync.device_id import _luhn32
+    from commonsync.formats.device_id import _luhn32
 
     chars = compact(DeviceId(bytes(32)))
     last = chars[42:55]

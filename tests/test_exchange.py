@@ -19,13 +19,14 @@ import anyio.abc
 import pytest
 from commonsyncd.demo import tree
 
-from commonsync import DeviceIdentity, Folder, FolderKey, Session, apply, open_folder
-from commonsync.channel import accept_channel, connect_channel
-from commonsync.exchange import PeerExchange, RemoteRecord
-from commonsync.layout import is_conflict_copy
-from commonsync.messages import ChunkBatchRequest, ChunkRequest, Message
-from commonsync.records import ChunkEntry, decode_verified
-from commonsync.store import IndexEntry, PeerProgress, open_store
+from commonsync import DeviceIdentity, Folder, FolderKey, Session, open_folder
+from commonsync.formats.messages import ChunkBatchRequest, ChunkRequest, Message
+from commonsync.formats.records import ChunkEntry, decode_verified
+from commonsync.sync import apply
+from commonsync.sync.exchange import PeerExchange, RemoteRecord
+from commonsync.sync.layout import is_conflict_copy
+from commonsync.sync.store import IndexEntry, PeerProgress, open_store
+from commonsync.wire.channel import accept_channel, connect_channel
 
 from .conftest import make_entry, make_record
 

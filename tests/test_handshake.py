@@ -9,16 +9,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from commonsync import DeviceIdentity
-from commonsync.device_id import DeviceId
 from commonsync.errors import (
     CommonsyncError,
     HandshakeError,
-    PeerRefusedError,
     RefusedByPeerError,
     UnsupportedVersionError,
 )
-from commonsync.handshake import ChannelHandshake, State
-from commonsync.transport import TransportCore
+from commonsync.formats.device_id import DeviceId
+from commonsync.wire.handshake import ChannelHandshake, PeerRefusedError, State
+from commonsync.wire.transport import TransportCore
 
 from .fuzzing import fuzz
 

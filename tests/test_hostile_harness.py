@@ -12,8 +12,8 @@ import anyio.to_thread
 import pytest
 
 from commonsync import DeviceIdentity
-from commonsync.chunks import chunk_id
-from commonsync.messages import ChunkBatchRequest
+from commonsync.formats.chunks import chunk_id
+from commonsync.formats.messages import ChunkBatchRequest
 from tests.hostile import forge, invite, member_session, scene, still_syncs
 
 

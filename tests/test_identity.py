@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from commonsync.errors import IdentityError, InsecureKeyFileError, SignatureError
-from commonsync.identity import DeviceIdentity, verify_signature
+from commonsync.formats.identity import DeviceIdentity, verify_signature
 
 MAGIC = b"commonsync-identity-v1\n"
 IDENTITY = DeviceIdentity.generate()

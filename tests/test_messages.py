@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from commonsync import encoding, messages
 from commonsync.errors import ProtocolError
+from commonsync.formats import encoding, messages
 
 from .fuzzing import fuzz
 from .vectors import PROTOCOL, load

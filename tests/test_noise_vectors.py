@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from commonsync.errors import HandshakeError
-from commonsync.noise import CipherState, HandshakeState
+from commonsync.wire.noise import CipherState, HandshakeState
 
 from .vectors import PROTOCOL
 

@@ -9,10 +9,10 @@ import anyio
 import pytest
 
 from commonsync import DeviceIdentity
-from commonsync.apply import temp_path
-from commonsync.exchange import RemoteRecord
-from commonsync.records import sign_record
-from commonsync.versionvector import VersionVector
+from commonsync.formats.records import sign_record
+from commonsync.formats.versionvector import VersionVector
+from commonsync.sync.apply import temp_path
+from commonsync.sync.exchange import RemoteRecord
 from tests.test_attack_memory import FOLDER_KEY, folder_at, remote, source
 
 pytestmark = pytest.mark.anyio

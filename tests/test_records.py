@@ -9,7 +9,6 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from commonsync import encoding
 from commonsync.errors import (
     EncodingError,
     InvalidPathError,
@@ -18,9 +17,10 @@ from commonsync.errors import (
     SignatureError,
     UnknownEpochError,
 )
-from commonsync.identity import DeviceIdentity
-from commonsync.keys import FolderKey, FolderKeyring
-from commonsync.records import (
+from commonsync.formats import encoding
+from commonsync.formats.identity import DeviceIdentity
+from commonsync.formats.keys import FolderKey, FolderKeyring
+from commonsync.formats.records import (
     MAX_SEALED_RECORD_SIZE,
     ChunkEntry,
     Kind,
@@ -32,7 +32,7 @@ from commonsync.records import (
     sign_record,
     verify_record,
 )
-from commonsync.versionvector import VersionVector
+from commonsync.formats.versionvector import VersionVector
 
 AUTHOR = DeviceIdentity.generate()
 KEY = FolderKey.generate()

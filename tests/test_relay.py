@@ -21,22 +21,17 @@ from commonsyncd.config import ConfigError
 from commonsyncd.relay import RelayServer, TokenBucket
 from commonsyncd.relay_config import RelayLimits, RelayServerConfig
 
-from commonsync import DeviceIdentity, encoding
-from commonsync.channel import accept_channel, connect_channel
-from commonsync.errors import (
-    ChannelError,
-    RelayError,
-    RelayJoinError,
-    RelayRefusedError,
-)
-from commonsync.relay_client import (
+from commonsync import DeviceIdentity
+from commonsync.errors import ChannelError, RelayError, RelayJoinError, RelayRefusedError
+from commonsync.formats import encoding
+from commonsync.relay.client import (
     RelayControl,
     accept_relayed_channel,
     connect_relay,
     join_session,
     open_relayed_channel,
 )
-from commonsync.relaywire import (
+from commonsync.relay.wire import (
     MAX_RELAY_MESSAGE,
     PREAMBLE_SIZE,
     Granted,
@@ -47,6 +42,7 @@ from commonsync.relaywire import (
     encode,
     preamble,
 )
+from commonsync.wire.channel import accept_channel, connect_channel
 
 pytestmark = pytest.mark.anyio
 

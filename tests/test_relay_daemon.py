@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from commonsync import DeviceIdentity
-from commonsync.relaywire import preamble
+from commonsync.relay.wire import preamble
 from tests.daemons import Device, tree, wait_for
 from tests.relays import RelayProcess
 

@@ -10,9 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from commonsync import encoding, messages, relaywire
-from commonsync.device_id import DeviceId
 from commonsync.errors import ProtocolError, RelayError, RelayProtocolError
+from commonsync.formats import encoding, messages
+from commonsync.formats.device_id import DeviceId
+from commonsync.relay import wire as relaywire
 
 from .fuzzing import fuzz
 from .vectors import PROTOCOL, load

@@ -20,14 +20,15 @@ from typing import Any
 import anyio
 import pytest
 
-from commonsync import apply, layout, modes, scanner
-from commonsync.chunking import ChunkHasher
 from commonsync.errors import FolderMissingError, IgnoreFileError, MassDeletionError, StoreError
-from commonsync.identity import DeviceIdentity
-from commonsync.ignore import IGNORE_FILE, IgnoreRules
-from commonsync.keys import FolderKey
-from commonsync.records import ChunkEntry, Kind, Record, sign_record, verify_record
-from commonsync.scanner import (
+from commonsync.formats.chunking import ChunkHasher
+from commonsync.formats.identity import DeviceIdentity
+from commonsync.formats.keys import FolderKey
+from commonsync.formats.records import ChunkEntry, Kind, Record, sign_record, verify_record
+from commonsync.formats.versionvector import Ordering, VersionVector
+from commonsync.sync import apply, layout, modes, scanner
+from commonsync.sync.ignore import IGNORE_FILE, IgnoreRules
+from commonsync.sync.scanner import (
     ScanProgress,
     ScanReport,
     SkipReason,
@@ -35,8 +36,7 @@ from commonsync.scanner import (
     init_folder,
     scan,
 )
-from commonsync.store import IndexEntry, IndexStore, LocalFile, open_store
-from commonsync.versionvector import Ordering, VersionVector
+from commonsync.sync.store import IndexEntry, IndexStore, LocalFile, open_store
 
 pytestmark = pytest.mark.anyio
 

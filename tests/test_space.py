@@ -14,12 +14,12 @@ from pathlib import Path
 import anyio
 import pytest
 
-from commonsync import layout
-from commonsync.apply import apply_file, apply_small_files
-from commonsync.chunks import chunk_id
 from commonsync.errors import InsufficientSpaceError
-from commonsync.records import ChunkEntry, Record
-from commonsync.space import DiskReserve, MinFree, statvfs_probe
+from commonsync.formats.chunks import chunk_id
+from commonsync.formats.records import ChunkEntry, Record
+from commonsync.sync import layout
+from commonsync.sync.apply import apply_file, apply_small_files
+from commonsync.sync.space import DiskReserve, MinFree, statvfs_probe
 from tests.tmpfs import mounted_or_skip
 
 from .test_apply import KEY, MIB, Source, file_record, record

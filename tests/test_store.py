@@ -24,9 +24,9 @@ import pytest
 import trio
 
 from commonsync.errors import IndexChangedError, StoreError
-from commonsync.identity import DeviceIdentity
-from commonsync.records import ChunkEntry, Kind, verify_record
-from commonsync.store import (
+from commonsync.formats.identity import DeviceIdentity
+from commonsync.formats.records import ChunkEntry, Kind, verify_record
+from commonsync.sync.store import (
     SCHEMA_VERSION,
     ChunkLocation,
     FolderState,
@@ -797,8 +797,8 @@ from collections.abc import Sequence
 
 import trio
 
-from commonsync.identity import DeviceIdentity
-from commonsync.store import IndexEntry, open_store
+from commonsync.formats.identity import DeviceIdentity
+from commonsync.sync.store import IndexEntry, open_store
 from tests.conftest import make_entry, make_record
 
 db, folder_hex, seed_hex, committed, huge, mark = sys.argv[1:]

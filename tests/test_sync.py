@@ -21,10 +21,10 @@ from typing import Any
 import anyio
 import pytest
 
-from commonsync import DeviceIdentity, FolderKey, Session, connect_channel, encoding
-from commonsync.chunks import chunk_id
-from commonsync.layout import METADATA_DIR, is_conflict_copy, is_internal
-from commonsync.messages import (
+from commonsync import DeviceIdentity, FolderKey, Session, connect_channel
+from commonsync.formats import encoding
+from commonsync.formats.chunks import chunk_id
+from commonsync.formats.messages import (
     ChunkBatchRequest,
     ChunkBatchResponse,
     Folders,
@@ -32,9 +32,10 @@ from commonsync.messages import (
     Index,
     IndexRequest,
 )
-from commonsync.records import ChunkEntry, Kind, seal_record
-from commonsync.session import folder_proof
-from commonsync.versionvector import VersionVector
+from commonsync.formats.records import ChunkEntry, Kind, seal_record
+from commonsync.formats.versionvector import VersionVector
+from commonsync.sync.layout import METADATA_DIR, is_conflict_copy, is_internal
+from commonsync.wire.session import folder_proof
 
 from .slowlink import slow_link
 

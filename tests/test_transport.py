@@ -14,7 +14,7 @@ from commonsync.errors import (
     TamperedFrameError,
     TruncatedStreamError,
 )
-from commonsync.transport import END_OF_STREAM, HEADER_SIZE, TransportCore
+from commonsync.wire.transport import END_OF_STREAM, HEADER_SIZE, TransportCore
 
 A_TO_B, B_TO_A = os.urandom(32), os.urandom(32)
 

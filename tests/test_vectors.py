@@ -10,15 +10,14 @@ import io
 
 import pytest
 
-from commonsync import encoding, padding, paths
-from commonsync.chunking import iter_chunks
-from commonsync.chunks import CHUNK_PAD_FLOOR, chunk_id, open_chunk, seal_chunk
-from commonsync.device_id import DeviceId
 from commonsync.errors import CommonsyncError, InvalidPathError
-from commonsync.handshake import ChannelHandshake, noise_static_key
-from commonsync.identity import DeviceIdentity, verify_signature
-from commonsync.keys import FolderKey, FolderKeyring, Purpose
-from commonsync.records import (
+from commonsync.formats import encoding, padding, paths
+from commonsync.formats.chunking import iter_chunks
+from commonsync.formats.chunks import CHUNK_PAD_FLOOR, chunk_id, open_chunk, seal_chunk
+from commonsync.formats.device_id import DeviceId
+from commonsync.formats.identity import DeviceIdentity, verify_signature
+from commonsync.formats.keys import FolderKey, FolderKeyring, Purpose
+from commonsync.formats.records import (
     RECORD_PAD_FLOOR,
     ChunkEntry,
     Kind,
@@ -28,7 +27,8 @@ from commonsync.records import (
     sign_record,
     verify_record,
 )
-from commonsync.versionvector import VersionVector
+from commonsync.formats.versionvector import VersionVector
+from commonsync.wire.handshake import ChannelHandshake, noise_static_key
 
 from .vectors import load, seed
 

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from commonsync import encoding
 from commonsync.errors import EncodingError
-from commonsync.versionvector import Ordering, VersionVector
+from commonsync.formats import encoding
+from commonsync.formats.versionvector import Ordering, VersionVector
 
 vectors = st.dictionaries(st.integers(0, 5), st.integers(1, 4), max_size=5).map(
     VersionVector.from_mapping

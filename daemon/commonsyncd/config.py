@@ -40,8 +40,8 @@ import tomli_w
 
 from commonsync import CommonsyncError, DeviceId
 from commonsync.errors import DeviceIdError
-from commonsync.relaywire import DEFAULT_RELAY_PORT
-from commonsync.space import MinFree
+from commonsync.relay.wire import DEFAULT_RELAY_PORT
+from commonsync.sync.space import MinFree
 
 DEFAULT_PORT = 22070
 #: The largest configuration file read (a TOML bomb is not a configuration).
@@ -133,7 +133,7 @@ class Config:
     listen: str = f"0.0.0.0:{DEFAULT_PORT}"
     rescan_interval: float = 3600.0
     max_deleted_share: float = 0.5
-    #: Free space kept on each folder's disk: "1%", "10 GB", or bytes (commonsync.space).
+    #: Free space kept on each folder's disk: "1%", "10 GB", or bytes (commonsync.sync.space).
     min_free: str = "1%"
     discovery_enabled: bool = True
     discovery_interfaces: list[str] = field(default_factory=list)

@@ -37,9 +37,9 @@ from commonsync import (
     open_chunk,
     seal_chunk,
 )
-from commonsync import paths as cs_paths
-from commonsync.records import seal_record, sign_record
-from commonsync.store import IndexEntry, open_store
+from commonsync.formats import paths as cs_paths
+from commonsync.formats.records import seal_record, sign_record
+from commonsync.sync.store import IndexEntry, open_store
 
 _SAMPLE_BIG = 48 * 1024 * 1024
 

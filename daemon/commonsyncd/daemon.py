@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,12 +21,12 @@ import anyio
 import anyio.abc
 import ifaddr
 
-from commonsync import DeviceId, DeviceIdentity, FolderKey, IndexStore, open_store
+from commonsync import DeviceId, DeviceIdentity, FolderKey, IndexStore
 from commonsync.errors import CommonsyncError, DeviceIdError, FolderKeyError
-from commonsync.layout import METADATA_DIR
-from commonsync.messages import Offer
-from commonsync.scanner import ScanReport
-from commonsync.space import MinFree
+from commonsync.formats.messages import Offer
+from commonsync.sync.layout import METADATA_DIR
+from commonsync.sync.scanner import ScanReport
+from commonsync.sync.space import MinFree
 
 from .config import (
     Config,
@@ -38,11 +37,10 @@ from .config import (
     format_address,
     parse_address,
 )
-from .control import ControlError, serve_control
+from .control import ControlError, Handler, serve_control
 from .events import EventBus
 from .folders import FolderRunner, FolderUnavailableError
 from .home import Home
-from .index_check import recover_index
 from .peers import Peers
 
 log = logging.getLogger(__name__)
@@ -96,14 +94,17 @@ class Daemon:
     # -- running -------------------------------------------------------------------------------
 
     async def run(
-        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+        self,
+        control: Handler,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        from .api import ControlApi  # the API is built on the daemon, not the reverse
-
+        """Run until cancelled, answering the control socket with ``control`` (the API is
+        built on the daemon, not the reverse)."""
         async with anyio.create_task_group() as tasks:
             self._tasks = tasks
             # First, since its lock says whether another daemon already runs with this home.
-            await tasks.start(serve_control, self.home.socket_path, ControlApi(self).handle)
+            await tasks.start(serve_control, self.home.socket_path, control)
             listener = await self._listen()
             # Every folder is in status at once ("starting"), each until it has run or failed.
             runners = [await self._make_runner(folder) for folder in self.config.folders]
@@ -479,22 +480,3 @@ def _local_addresses() -> list[str]:
     return sorted(
         {ip.ip for adapter in ifaddr.get_adapters() for ip in adapter.ips if isinstance(ip.ip, str)}
     )
-
-
-async def run_daemon(home: Home, *, watch: bool = True) -> None:
-    """Run the daemon of ``home`` until SIGTERM or SIGINT."""
-    home.require_initialised()
-    config = Config.load(home.config_file)
-    identity = home.load_identity()
-    home.make_dirs()
-    rebuild = await anyio.to_thread.run_sync(recover_index, home.state_file, home.socket_path)
-    async with open_store(home.state_file) as store, anyio.create_task_group() as tasks:
-        daemon = Daemon(home, config, identity, store, watch=watch)
-        if rebuild is not None:
-            daemon.notices.append(rebuild.notice())
-        await tasks.start(daemon.run)
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                log.info("stopping on %s", signal.Signals(signum).name)
-                break
-        tasks.cancel_scope.cancel()

@@ -37,8 +37,8 @@ from zeroconf import (
     Zeroconf,
 )
 
-from commonsync.device_id import DeviceId
 from commonsync.errors import DeviceIdError
+from commonsync.formats.device_id import DeviceId
 
 log = logging.getLogger(__name__)
 

@@ -35,10 +35,10 @@ from commonsync.errors import (
     MassDeletionError,
     StoreError,
 )
-from commonsync.ignore import IGNORE_FILE
-from commonsync.layout import FOLDER_MARKER, METADATA_DIR, is_conflict_copy, is_internal
-from commonsync.scanner import ScanReport, SkipReason, check_folder
-from commonsync.space import DEFAULT_MIN_FREE, DiskReserve, MinFree
+from commonsync.sync.ignore import IGNORE_FILE
+from commonsync.sync.layout import FOLDER_MARKER, METADATA_DIR, is_conflict_copy, is_internal
+from commonsync.sync.scanner import ScanReport, SkipReason, check_folder
+from commonsync.sync.space import DEFAULT_MIN_FREE, DiskReserve, MinFree
 
 from .config import FolderConfig
 from .events import EventBus
@@ -557,7 +557,7 @@ class FolderRunner:
         rules_problem = self.folder.ignore_problem if self.folder is not None else ""
         if rules_problem:
             words += f"; {rules_problem}"
-        # Said once per device and reason, not once per record (see commonsync.refusals).
+        # Said once per device and reason, not once per record (see commonsync.sync.refusals).
         refused = [str(r) for r in self.folder.refusals()] if self.folder is not None else []
         if refused:
             words = "; ".join([words, *refused[:3]])

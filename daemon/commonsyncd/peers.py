@@ -3,7 +3,7 @@
 Known devices are dialled at their configured addresses and at those LAN discovery found,
 with exponential backoff; any device may dial us, but the handshake accepts only known
 devices, and a stranger that tries is listed as *pending* so that a person can accept it
-(``commonsync device add``). Each session is a :class:`~commonsync.exchange.PeerExchange`
+(``commonsync device add``). Each session is a :class:`~commonsync.sync.exchange.PeerExchange`
 over the folders configured as shared with that device.
 
 A known device that no address reaches is reached through a community relay this device is
@@ -33,10 +33,10 @@ import anyio.abc
 
 from commonsync import Channel, DeviceId, DeviceIdentity, Session, accept_channel, connect_channel
 from commonsync.errors import CommonsyncError, RelayRefusedError
-from commonsync.exchange import OfferHandler, PeerExchange
-from commonsync.messages import Offer
-from commonsync.relay_client import accept_relayed_channel, open_relayed_channel
-from commonsync.relaywire import Invitation, RefuseReason
+from commonsync.formats.messages import Offer
+from commonsync.relay.client import accept_relayed_channel, open_relayed_channel
+from commonsync.relay.wire import Invitation, RefuseReason
+from commonsync.sync.exchange import OfferHandler, PeerExchange
 
 from . import inbound
 from .config import Config, parse_address, remote_address

@@ -39,14 +39,9 @@ import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from commonsync import Channel, DeviceId, DeviceIdentity, accept_channel
-from commonsync import relaywire as wire
-from commonsync.errors import (
-    CommonsyncError,
-    IdentityError,
-    PeerRefusedError,
-    RelayProtocolError,
-)
-from commonsync.relaywire import (
+from commonsync.errors import CommonsyncError, IdentityError, RelayProtocolError
+from commonsync.relay import wire as wire
+from commonsync.relay.wire import (
     Connect,
     Granted,
     Invitation,
@@ -57,6 +52,7 @@ from commonsync.relaywire import (
     RefuseReason,
     RelayMessage,
 )
+from commonsync.wire.handshake import PeerRefusedError
 
 from . import inbound
 from .config import ConfigError, format_address, parse_address, remote_address
@@ -77,7 +73,7 @@ MAX_GREETING_PER_SOURCE = 16
 #: Seconds a new connection has to send its first byte, then its whole preamble.
 GREETING_TIMEOUT = 10.0
 #: A control connection on which nothing arrived for this long is closed (devices ping every
-#: 20 s: :data:`commonsync.relay_client.PING_INTERVAL`).
+#: 20 s: :data:`commonsync.relay.client.PING_INTERVAL`).
 IDLE_TIMEOUT = 60.0
 #: Messages waiting to be written to one device; a device that does not read gets no more.
 OUTBOX = 64

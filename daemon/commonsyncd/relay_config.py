@@ -33,7 +33,7 @@ import tomli_w
 
 from commonsync import DeviceId
 from commonsync.errors import DeviceIdError
-from commonsync.relaywire import DEFAULT_RELAY_PORT
+from commonsync.relay.wire import DEFAULT_RELAY_PORT
 
 from .config import (
     ConfigError,

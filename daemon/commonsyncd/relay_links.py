@@ -21,8 +21,8 @@ import anyio.abc
 
 from commonsync import DeviceId, DeviceIdentity
 from commonsync.errors import CommonsyncError, RelayError, RelayRefusedError
-from commonsync.relay_client import RelayControl, connect_relay
-from commonsync.relaywire import DEFAULT_RELAY_PORT, Invitation
+from commonsync.relay.client import RelayControl, connect_relay
+from commonsync.relay.wire import DEFAULT_RELAY_PORT, Invitation
 
 from .config import RelayConfig, parse_address
 

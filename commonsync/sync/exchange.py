@@ -1,0 +1,497 @@
+"""The sync protocol with one peer: shared folders, index exchange, chunk requests.
+
+A :class:`PeerExchange` runs one :class:`~commonsync.wire.session.Session` for as long as it
+lasts. It proves which folders we hold, learns which the peer holds (SPEC.md §12), asks for
+the records it has not seen yet, pushes ours as they change, answers chunk requests from the
+folder's local files, and lets the folder's puller request chunks from this peer.
+
+What a record *means* is not decided here: records go to the :class:`FolderEndpoint` (in
+practice :class:`commonsync.sync.folder.Folder`), which decides and applies them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import anyio
+import anyio.abc
+
+from ..errors import ChannelError, CommonsyncError, PeerStalledError, ProtocolError, RecordError
+from ..formats.device_id import DeviceId
+from ..formats.keys import FolderKey, FolderKeyring
+from ..formats.messages import (
+    PROTOCOL_VERSION,
+    ChunkBatchRequest,
+    ChunkBatchResponse,
+    ChunkRequest,
+    ChunkResponse,
+    Close,
+    CloseReason,
+    Folders,
+    Hello,
+    Index,
+    IndexRequest,
+    Message,
+    Offer,
+    Ping,
+    Pong,
+)
+from ..formats.records import ChunkEntry, Record, open_record, seal_record, verify_record
+from ..wire.session import Session, folder_proof
+from .store import SignedRow
+
+log = logging.getLogger(__name__)
+
+#: Refused records logged one by one per session; beyond, one line per
+#: :data:`REFUSALS_PER_SUMMARY`.
+LOGGED_REFUSALS = 10
+REFUSALS_PER_SUMMARY = 1000
+CLIENT = "commonsync 0.1.0"
+#: Records per Index message, and the sealed bytes one message may carry.
+INDEX_BATCH = 500
+INDEX_BATCH_BYTES = 8 * 1024 * 1024
+#: Chunk requests from the peer that we serve at once.
+SERVING_CONCURRENCY = 8
+#: A request this peer has not answered after this many seconds (or a few times what its
+#: measured rate predicts, if more) is also sent to another peer that may hold the chunks.
+HEDGE_AFTER = 1.0
+HEDGE_FACTOR = 3.0
+#: A peer that owes us data and sends nothing for this many seconds is asked after the others.
+SUSPECT_AFTER = 2.0
+
+
+@dataclass(frozen=True)
+class RemoteRecord:
+    """A verified record from a peer, with its signed bytes (kept and forwarded as they are)."""
+
+    record: Record
+    signed: bytes
+
+
+class FolderEndpoint(Protocol):
+    """What the exchange needs from a folder (see :class:`commonsync.sync.folder.Folder`)."""
+
+    @property
+    def key(self) -> FolderKey: ...
+
+    @property
+    def keyring(self) -> FolderKeyring: ...
+
+    async def index_state(self) -> tuple[bytes, int]:
+        """Our index ID and highest local sequence."""
+        ...
+
+    async def records_since(self, after: int, limit: int) -> list[SignedRow]:
+        """Our records after local sequence ``after``, oldest first, as stored."""
+        ...
+
+    async def wait_for_change(self, after: int) -> None:
+        """Return once our highest local sequence is above ``after``."""
+        ...
+
+    async def peer_progress(self, peer: DeviceId) -> tuple[bytes, int] | None: ...
+
+    async def set_peer_progress(self, peer: DeviceId, index_id: bytes, sequence: int) -> None: ...
+
+    async def receive_records(self, source: PeerExchange, records: Sequence[RemoteRecord]) -> None:
+        """Decide on and schedule a batch of records from ``source``; must not wait for
+        chunk transfers (the exchange's reader is blocked meanwhile)."""
+        ...
+
+    async def read_local_chunks(
+        self, chunks: Sequence[ChunkEntry], *, verify: bool = True
+    ) -> list[bytes | None]:
+        """For each chunk, its bytes if a local file holds it, else None; checked against the
+        chunk's ID unless ``verify`` is false (when the reader checks them anyway)."""
+        ...
+
+    def attach(self, peer: PeerExchange) -> None: ...
+
+    def detach(self, peer: PeerExchange) -> None: ...
+
+
+def _session_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one error to report for a session whose tasks failed: its first library error,
+    when every failure is the session's (the peer broke the protocol or the connection);
+    otherwise the group itself, since something else went wrong."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        error = pending.pop()
+        if isinstance(error, BaseExceptionGroup):
+            pending.extend(error.exceptions)
+        else:
+            leaves.append(error)
+    session_errors = (CommonsyncError, anyio.BrokenResourceError, anyio.ClosedResourceError)
+    if all(isinstance(e, session_errors) for e in leaves):
+        for error in leaves:
+            if isinstance(error, CommonsyncError):
+                return error
+        return ChannelError(f"the connection broke: {leaves[0]!r}")
+    return group
+
+
+#: What receives the peer's folder offers (the device that sent it, and the offer).
+OfferHandler = Callable[[DeviceId, Offer], Awaitable[None]]
+
+
+class PeerExchange:
+    """The protocol with one connected peer, for every folder both hold.
+
+    ``offers`` are folders we invite this peer to (sent after ``Folders`` for each one the
+    peer does not prove it holds); ``on_offer`` receives the peer's invitations (without it,
+    they are ignored).
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        folders: Sequence[FolderEndpoint],
+        *,
+        device_name: str,
+        offers: Sequence[Offer] = (),
+        on_offer: OfferHandler | None = None,
+    ) -> None:
+        self.session = session
+        self._offers = list(offers)
+        self._on_offer = on_offer
+        self.peer: DeviceId = session.channel.peer
+        self._folders = {f.key.folder_id: f for f in folders}
+        self._device_name = device_name
+        self.shared: dict[bytes, FolderEndpoint] = {}
+        self.peer_hello: Hello | None = None
+        self._waiters: dict[int, _Waiter] = {}
+        #: Our requests that went out, were given up on (another peer answered first, or
+        #: this one stalled), and are still unanswered: a peer that lets them pile up is
+        #: asked last (see :attr:`unanswered`).
+        self._abandoned: set[int] = set()
+        self._stall_reported = False
+        self._serving = anyio.Semaphore(SERVING_CONCURRENCY)
+        #: The folders whose index we push to this peer (one push each per session).
+        self._pushing: set[bytes] = set()
+        self._tasks: anyio.abc.TaskGroup | None = None
+        self._shared_ready = anyio.Event()
+        self._records_refused = 0
+
+    def __repr__(self) -> str:
+        return f"<PeerExchange with {self.peer.short_str}>"
+
+    # -- running -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Speak the protocol until the peer closes (returns) or breaks it (raises the
+        :class:`CommonsyncError` that ended it, not an exception group)."""
+        try:
+            async with anyio.create_task_group() as tasks:
+                self._tasks = tasks
+                try:
+                    hello = Hello(PROTOCOL_VERSION, [], self._device_name[:64], CLIENT)
+                    await self.session.send(hello)
+                    await self.session.send(Folders(self._proofs()))
+                    await self._read()
+                finally:
+                    tasks.cancel_scope.cancel()
+                    # Before waiting for the tasks: one may be in the middle of a frame, which
+                    # a cancellation lets finish; closing the channel cuts it short.
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                        await self.session.channel.aclose()
+        except BaseExceptionGroup as group:
+            raise _session_error(group) from None
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                await self.session.channel.aclose()
+            for folder in self.shared.values():
+                folder.detach(self)
+            for waiter in self._waiters.values():
+                waiter.close()
+
+    async def offer(self, offer: Offer) -> None:
+        """Invite the peer to a folder now (it is sent on later sessions too if it is in
+        the ``offers`` those start with)."""
+        await self._shared_ready.wait()
+        if offer.folder_id not in self.shared:
+            await self.session.send(offer)
+
+    async def close(self, reason: CloseReason = CloseReason.NORMAL, detail: str = "") -> None:
+        await self.session.close(reason, detail)
+
+    def _proofs(self) -> list[list[object]]:
+        channel = self.session.channel
+        return [
+            [folder_proof(f.key, channel.handshake_hash, sender_is_initiator=channel.initiator),
+             bytes(16), 0]
+            for f in self._folders.values()
+        ]  # fmt: skip
+
+    async def _read(self) -> None:
+        async for message in self.session:
+            await self._dispatch(message)
+
+    async def _dispatch(self, message: Message) -> None:
+        assert self._tasks is not None
+        if isinstance(message, Hello):
+            if self.peer_hello is not None:
+                raise ProtocolError("a second Hello")
+            self.peer_hello = message
+        elif isinstance(message, Folders):
+            await self._on_folders(message)
+        elif isinstance(message, IndexRequest):
+            folder = self._shared(message.folder_id)
+            if message.folder_id in self._pushing:
+                # One push per folder per session, which lasts as long as the session: a
+                # peer sends one IndexRequest per shared folder (SPEC.md §13).
+                raise ProtocolError("a second IndexRequest for the same folder")
+            self._pushing.add(message.folder_id)
+            index_id, _ = await folder.index_state()
+            # A peer that knew another incarnation of our index gets all of this one.
+            after = message.after if message.index_id == index_id else 0
+            self._tasks.start_soon(self._push_index, folder, after)
+        elif isinstance(message, Index):
+            await self._on_index(message)
+        elif isinstance(message, ChunkRequest | ChunkBatchRequest):
+            self._shared(message.folder_id)
+            await self._serving.acquire()
+            self._tasks.start_soon(self._serve_chunks, message)
+        elif isinstance(message, ChunkResponse | ChunkBatchResponse):
+            waiter = self._waiters.pop(message.request_id, None)
+            if waiter is not None:  # None: we gave up on it already
+                waiter.deliver(message)
+            self._abandoned.discard(message.request_id)
+            self._stall_reported = False
+        elif isinstance(message, Ping):
+            await self.session.send(Pong(message.nonce))
+        elif isinstance(message, Offer):
+            if self._on_offer is not None:
+                await self._on_offer(self.peer, message)
+        elif isinstance(message, Pong | Close):
+            pass
+
+    def _shared(self, folder_id: bytes) -> FolderEndpoint:
+        folder = self.shared.get(folder_id)
+        if folder is None:
+            raise ProtocolError("a request for a folder the peer did not prove it shares")
+        return folder
+
+    # -- folders and indexes -------------------------------------------------------------------
+
+    async def _on_folders(self, message: Folders) -> None:
+        if self._shared_ready.is_set():
+            raise ProtocolError("a second Folders message")
+        channel = self.session.channel
+        theirs = {entry[0] for entry in message.folders}
+        for folder_id, folder in self._folders.items():
+            proof = folder_proof(
+                folder.key, channel.handshake_hash, sender_is_initiator=not channel.initiator
+            )
+            if proof in theirs:
+                self.shared[folder_id] = folder
+        self._shared_ready.set()
+        for offer in self._offers:
+            if offer.folder_id not in self.shared:
+                await self.session.send(offer)
+        for folder_id, folder in self.shared.items():
+            folder.attach(self)
+            progress = await folder.peer_progress(self.peer)
+            index_id, after = progress if progress is not None else (bytes(16), 0)
+            await self.session.send(IndexRequest(folder_id, index_id, after))
+
+    async def _push_index(self, folder: FolderEndpoint, after: int) -> None:
+        """Send our records after ``after``, then every change as it happens.
+
+        The peer's own records are not sent back to it: it holds those versions or newer
+        ones (echoing them cost it a decryption, a decoding and a signature check each).
+        Except in a push from the start (``after`` is 0, the peer may have lost its index):
+        up to where our index was then, it gets everything, its own records included.
+        """
+        key = folder.key
+        peer_key = self.session.channel.peer_public_key
+        send_all_until = (await folder.index_state())[1] if after == 0 else 0
+        while True:
+            index_id, highest = await folder.index_state()
+            batch = await folder.records_since(after, INDEX_BATCH)
+            if not batch:
+                await folder.wait_for_change(after)
+                continue
+            records: list[list[object]] = []
+            size = 0
+            for sequence, author, signed in batch:
+                if author == peer_key and sequence > send_all_until:
+                    after = sequence
+                    continue
+                sealed = seal_record(key, signed)
+                if records and size + len(sealed) > INDEX_BATCH_BYTES:
+                    break
+                records.append([sequence, sealed])
+                size += len(sealed)
+                after = sequence
+            if records:
+                await self.session.send(Index(key.folder_id, index_id, records, highest))
+            if not records or records[-1][0] != after:
+                # Only records the peer wrote, at the end: tell it how far it has seen.
+                await self.session.send(Index(key.folder_id, index_id, [], after))
+
+    async def _on_index(self, message: Index) -> None:
+        folder = self._shared(message.folder_id)
+        # In a worker thread: libsodium releases the GIL, so a batch's decryptions and
+        # signature checks run beside the event loop instead of stalling it.
+        verified, refused = await anyio.to_thread.run_sync(
+            _open_records, folder, [sealed for _sequence, sealed in message.records]
+        )
+        for error in refused:
+            # A forged or tampered record is refused; its neighbours still count. Logged
+            # one by one up to a bound, then counted: a peer must not flood the log.
+            self._records_refused += 1
+            if self._records_refused <= LOGGED_REFUSALS:
+                log.warning("refused a record from %s: %s", self.peer.short_str, error)
+            elif self._records_refused % REFUSALS_PER_SUMMARY == 0:
+                log.warning(
+                    "refused %d records from %s in this session so far (the last: %s)",
+                    self._records_refused, self.peer.short_str, error,
+                )  # fmt: skip
+        if verified:
+            await folder.receive_records(self, verified)
+        last = message.records[-1][0] if message.records else message.max_sequence
+        await folder.set_peer_progress(self.peer, message.index_id, last)
+
+    # -- chunks --------------------------------------------------------------------------------
+
+    async def _serve_chunks(self, request: ChunkRequest | ChunkBatchRequest) -> None:
+        try:
+            folder = self._shared(request.folder_id)
+            if isinstance(request, ChunkRequest):
+                wanted = [ChunkEntry(request.chunk_id, request.size)]
+            else:
+                wanted = [ChunkEntry(chunk_id, size) for chunk_id, size in request.chunks]
+            # The requester checks every chunk against its ID: hashing it here too would only
+            # halve how fast we serve (a file changed since it was scanned is caught there).
+            found = await folder.read_local_chunks(wanted, verify=False)
+            response: Message
+            if isinstance(request, ChunkRequest):
+                data = found[0]
+                response = ChunkResponse(request.request_id, 1 if data is None else 0, data or b"")
+            else:
+                answers: list[list[object]] = [[1, b""] if d is None else [0, d] for d in found]
+                response = ChunkBatchResponse(request.request_id, answers)
+            await self.session.send(response)
+        except (ChannelError, anyio.ClosedResourceError):
+            pass  # the session is ending; the reader will see why
+        finally:
+            self._serving.release()
+
+    @property
+    def unanswered(self) -> int:
+        """How many of our requests this peer left unanswered after we gave up on them: 0
+        for a peer that answers (even late), growing for one that is silent."""
+        return len(self._abandoned)
+
+    @property
+    def stalled(self) -> bool:
+        """Whether it owes us data and sent not a byte for :data:`SUSPECT_AFTER` seconds."""
+        return self.session.stalled_for() >= SUSPECT_AFTER
+
+    def hedge_delay(self, size: int) -> float:
+        """How long to wait for this peer's answer to a request of ``size`` bytes before
+        asking another peer too: a few times what its measured rate predicts, at least
+        :data:`HEDGE_AFTER` seconds (also before anything is measured)."""
+        expected = self.session.expected_wait(size)
+        return HEDGE_AFTER if expected is None else max(HEDGE_AFTER, HEDGE_FACTOR * expected)
+
+    async def request_chunk(self, folder_id: bytes, chunk: ChunkEntry) -> bytes | None:
+        """Ask the peer for a chunk; its bytes (unverified: the caller checks the ID), or None
+        if the peer does not have it, is gone, or stalls (sends nothing for the session's
+        stall timeout; a slow peer that keeps sending is waited for)."""
+        request_id = self.session.new_request_id()
+        response = await self._request(ChunkRequest(request_id, folder_id, chunk.id, chunk.size))
+        if not isinstance(response, ChunkResponse) or response.status != 0:
+            return None
+        return response.data
+
+    async def request_chunks(
+        self, folder_id: bytes, chunks: Sequence[ChunkEntry]
+    ) -> list[bytes | None]:
+        """Ask the peer for many chunks at once (at most :data:`MAX_BATCH_CHUNKS`, of
+        :data:`MAX_BATCH_BYTES` in all): each one's bytes (unverified), or None for those the
+        peer does not have (all None if it is gone or stalls)."""
+        request_id = self.session.new_request_id()
+        wanted: list[list[object]] = [[chunk.id, chunk.size] for chunk in chunks]
+        response = await self._request(ChunkBatchRequest(request_id, folder_id, wanted))
+        if not isinstance(response, ChunkBatchResponse):
+            return [None] * len(chunks)
+        return [data if status == 0 else None for status, data in response.chunks]
+
+    async def _request(self, request: ChunkRequest | ChunkBatchRequest) -> _Response | None:
+        """Send ``request`` and wait for its answer while the peer makes progress.
+
+        Cancelling the caller only abandons the wait: the request, once its frame started,
+        still goes out whole, and its answer is dropped when it comes (the session's send
+        and the waiter here are built for that)."""
+        session = self.session
+        if session.stalled_for() >= session.stall_timeout:
+            return None  # it owes us data already and sends nothing: do not queue behind that
+        waiter = _Waiter()
+        request_id = request.request_id
+        self._waiters[request_id] = waiter
+        try:
+            await session.send(request)
+            if await session.wait_progressing(waiter.event):
+                return waiter.response
+            self._report_stall()
+            return None
+        except PeerStalledError:
+            self._report_stall()
+            return None
+        except (CommonsyncError, anyio.EndOfStream, anyio.ClosedResourceError):
+            return None
+        finally:
+            self._waiters.pop(request_id, None)
+            if waiter.response is None and session.awaiting(request_id):
+                self._abandoned.add(request_id)
+
+    def _report_stall(self) -> None:
+        if not self._stall_reported:
+            self._stall_reported = True
+            log.warning(
+                "%s sent nothing for %g s while it owed us %d bytes of chunks; asking other "
+                "peers instead",
+                self.peer.short_str,
+                self.session.stall_timeout,
+                self.session.outstanding_bytes,
+            )
+
+
+class _Waiter:
+    """Where the reader puts the answer to one request: delivering never blocks nor fails,
+    whether or not the requester still waits (it may have been cancelled meanwhile)."""
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.response: _Response | None = None
+
+    def deliver(self, response: _Response) -> None:
+        self.response = response
+        self.event.set()
+
+    def close(self) -> None:
+        """The session ended: no answer will come."""
+        self.event.set()
+
+
+_Response = ChunkResponse | ChunkBatchResponse
+
+
+def _open_records(
+    folder: FolderEndpoint, sealed_records: list[bytes]
+) -> tuple[list[RemoteRecord], list[RecordError]]:
+    """Open and verify sealed records: those that pass, and why the others did not."""
+    verified: list[RemoteRecord] = []
+    refused: list[RecordError] = []
+    for sealed in sealed_records:
+        try:
+            signed = open_record(folder.keyring, sealed)
+            verified.append(RemoteRecord(verify_record(folder.key.folder_id, signed), signed))
+        except RecordError as exc:
+            refused.append(exc)
+    return verified, refused

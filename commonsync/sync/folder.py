@@ -1,0 +1,1350 @@
+"""A synced folder: the high-level object a tool uses.
+
+:class:`Folder` ties the parts together: the scanner publishes local changes into the index,
+:class:`~commonsync.sync.exchange.PeerExchange` trades records and chunks with peers,
+:func:`~commonsync.sync.decide.decide` rules on every remote record, and the puller makes the
+chosen versions real on disk through :mod:`commonsync.sync.apply`. Progress and outcomes come out
+of :meth:`Folder.events` as an async iterator.
+
+    async with open_folder(root, key, identity, store) as folder:
+        await folder.scan()
+        await folder.sync(session)        # until the peer closes
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import math
+import os
+import stat
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from ..errors import (
+    CommonsyncError,
+    ConflictCopyExistsError,
+    DirectoryNotEmptyError,
+    IndexChangedError,
+    InsufficientSpaceError,
+    InternalPathError,
+    LocalChangedError,
+    MissingChunkError,
+    RecordError,
+    RecordKindError,
+    UnrepresentableNameError,
+)
+from ..formats.chunks import chunk_id
+from ..formats.device_id import DeviceId
+from ..formats.identity import DeviceIdentity
+from ..formats.keys import FolderKey, FolderKeyring
+from ..formats.messages import MAX_BATCH_BYTES
+from ..formats.records import ChunkEntry, Kind, Record
+from ..wire.session import Session
+from . import apply, layout, scanner
+from .beneath import DirectoryChain
+from .decide import REFUSED_INTERNAL, Action, decide, refusal
+from .exchange import PeerExchange, RemoteRecord
+from .ignore import IGNORE_FILE, FolderRules
+from .layout import conflict_name
+from .refusals import Refusal, Refusals
+from .space import DiskReserve
+from .store import (
+    ChunkLocation,
+    IndexEntry,
+    IndexStore,
+    LocalFile,
+    PeerProgress,
+    PendingVersion,
+    PullPhase,
+    SignedRow,
+)
+
+log = logging.getLogger(__name__)
+
+#: Events kept for a slow reader of :meth:`Folder.events`; older ones are dropped.
+EVENT_BUFFER = 1024
+#: Seconds a temporary file must be left unchanged before it may be taken for a left-over.
+TEMP_GRACE = 60.0
+
+
+class EventKind(enum.Enum):
+    SCANNED = "scanned"
+    REMOTE_CHANGE = "remote change"
+    APPLIED = "applied"
+    DELETED = "deleted"
+    CONFLICT = "conflict"
+    ERROR = "error"
+    IDLE = "idle"
+    PEER_CONNECTED = "peer connected"
+    PEER_DISCONNECTED = "peer disconnected"
+    #: Remote versions wait for disk space (see :attr:`Folder.waiting_for_space`).
+    WAITING = "waiting"
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: EventKind
+    path: str = ""
+    detail: str = ""
+    peer: str = ""
+
+
+@dataclass
+class Stats:
+    """Counters a tool or a benchmark can read."""
+
+    chunk_bytes_received: int = 0
+    chunk_bytes_local: int = 0
+    files_applied: int = 0
+    conflicts: int = 0
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What is left to bring this device up to date with what its peers announced."""
+
+    files: int
+    bytes: int
+
+    @property
+    def idle(self) -> bool:
+        return self.files == 0
+
+
+class Folder:
+    """One synced folder on this device. Create it with :func:`open_folder`."""
+
+    #: A temporary file that changed this recently (seconds) is never taken for a left-over.
+    temp_grace: float = TEMP_GRACE
+
+    def __init__(
+        self,
+        root: Path,
+        key: FolderKey,
+        identity: DeviceIdentity,
+        store: IndexStore,
+        *,
+        device_name: str = "",
+    ) -> None:
+        self.root = Path(root)
+        self._key = key
+        self._keyring = FolderKeyring([key])
+        self.identity = identity
+        self.store = store
+        self.device_name = device_name or identity.device_id.short_str
+        self.stats = Stats()
+        #: The mass-deletion guard of :meth:`scan` (None: off, as for a library user who
+        #: deletes on purpose; the daemon sets it from its configuration).
+        self.max_deleted_share: float | None = None
+        self._peers: list[PeerExchange] = []
+        self._changed = anyio.Event()
+        #: What is left to write, kept up to date as versions are taken and written, and
+        #: counted again from the store after each round of the puller.
+        self._left = Progress(0, 0)
+        #: The pending versions the puller holds right now (one window of them, read from
+        #: the store: what waits is on disk, not in memory), and their conflict copies.
+        self._window: dict[str, PendingVersion] = {}
+        self._conflict_copies: dict[str, str | None] = {}
+        #: The temporary files of pending versions replaced by newer ones before they were
+        #: written (an attempt at one, stopped mid-write, left it): the puller removes them
+        #: between windows, when nothing is being written.
+        self._superseded: list[str] = []
+        self._pending_changed = anyio.Event()
+        #: When to make every waiting version due again (a peer connected), if pending.
+        self._retry_all_at: float | None = None
+        self._retried_all_at = -RETRY_ALL_INTERVAL
+        self._last_applied = -WRITING_QUIET
+        self._refusals = Refusals()
+        self._publish_copies = False
+        #: During a round: the chunks some local file holds (None: ask).
+        self._local_sources: dict[bytes, list[ChunkLocation]] | None = None
+        self._scan_lock = anyio.Lock()
+        #: The free space kept on the folder's disk (the daemon sets it from ``min_free``).
+        self.disk_reserve = DiskReserve()
+        #: Why remote versions wait for disk space, for a person ("" if they do not).
+        self.waiting_for_space = ""
+        self._space_waiters: set[str] = set()  # the paths whose versions wait for space
+        self._space_needed = 0  # the least a waiting version needs
+        self._space_wanted = anyio.Event()
+        self._space_poll = SPACE_POLL  # longer each time space looked back but was not
+        self._room: tuple[float, int] | None = None  # (when measured, bytes) for a second
+        self._rules = FolderRules(self.root)
+        #: What is wrong with the folder's ``.csignore``, for a person ("" if nothing): the
+        #: last scan used the last good rules instead (see :class:`FolderRules`).
+        self.ignore_problem = ""
+        self._racy_scanned = anyio.Event()
+        self._events_in, self._events_out = anyio.create_memory_object_stream[Event](EVENT_BUFFER)
+
+    @property
+    def key(self) -> FolderKey:
+        return self._key
+
+    @property
+    def keyring(self) -> FolderKeyring:
+        return self._keyring
+
+    @property
+    def folder_id(self) -> bytes:
+        return self._key.folder_id
+
+    # -- events ----------------------------------------------------------------------------
+
+    def events(self) -> MemoryObjectReceiveStream[Event]:
+        """What happens in this folder, as it happens (one reader)."""
+        return self._events_out
+
+    def _emit(self, kind: EventKind, path: str = "", detail: str = "", peer: str = "") -> None:
+        # Nobody is reading fast enough: an event stream must never stall syncing.
+        with contextlib.suppress(anyio.WouldBlock):
+            self._events_in.send_nowait(Event(kind, path, detail, peer))
+
+    @property
+    def busy(self) -> bool:
+        """Whether remote versions wait to be written (also those waiting for a peer that
+        has their chunks)."""
+        return self._left.files > 0
+
+    @property
+    def writing(self) -> bool:
+        """Whether remote versions are being written right now: one was written in the last
+        :data:`WRITING_QUIET` seconds. (Versions that only wait for chunks do not count.)"""
+        return time.monotonic() - self._last_applied < WRITING_QUIET
+
+    def progress(self) -> Progress:
+        """Remote versions decided on but not yet on disk (sizes of files still to write);
+        refused versions are not counted (see :meth:`refusals`)."""
+        return self._left
+
+    def refusals(self) -> list[Refusal]:
+        """The remote versions refused since the folder was opened, per device and reason."""
+        return self._refusals.all()
+
+    # -- scanning --------------------------------------------------------------------------
+
+    async def scan(self, *, confirm_deletions: bool = False) -> scanner.ScanReport:
+        """Publish local changes: new, changed and deleted files become records.
+
+        If more than :attr:`max_deleted_share` of the folder vanished, the deletions are not
+        published (:class:`~commonsync.errors.MassDeletionError`) unless ``confirm_deletions``.
+        A ``.csignore`` that cannot be used does not stop the scan: the last good rules apply,
+        and :attr:`ignore_problem` says what is wrong (an ``ERROR`` event too, once).
+        """
+        async with self._scan_lock:
+            rules = await anyio.to_thread.run_sync(self._rules.load)
+            if rules.problem != self.ignore_problem and rules.problem:
+                log.warning("%s: %s", self.root, rules.problem)
+                self._emit(EventKind.ERROR, IGNORE_FILE, rules.problem)
+            self.ignore_problem = rules.problem
+            report = await scanner.scan(
+                self.root,
+                self.store,
+                self._key,
+                self.identity,
+                ignore=rules.rules,
+                skip=set(self._window),
+                max_deleted_share=None if confirm_deletions else self.max_deleted_share,
+                published=self._notify_change,
+            )
+        self._notify_change()
+        self._emit(EventKind.SCANNED, detail=str(report))
+        if report.racy:
+            self._racy_scanned.set()
+        if report.temp_files:
+            await self._remove_stale_temps(report.temp_files)
+        return report
+
+    async def _remove_stale_temps(self, temps: Sequence[tuple[str, int]]) -> None:
+        """Remove the temporary files a scan found that belong to no version still to be
+        written: left by a crash, or by a version superseded or already in place. One that
+        changed in the last :attr:`temp_grace` seconds is left alone (it may be one being
+        written right now, for a version that has just arrived)."""
+        by_target = {_temp_target(path): (path, ctime) for path, ctime in temps}
+        entries = await self.store.get_many(self.folder_id, by_target)
+        now = time.time_ns()
+        removed = 0
+        for target, (path, ctime) in by_target.items():
+            entry = entries.get(target)
+            if entry is not None and not entry.on_disk and apply.temp_path(entry.record) == path:
+                continue  # the temporary file of a version still to be written: resumed later
+            if now - ctime < self.temp_grace * 1e9:
+                continue
+            with contextlib.suppress(CommonsyncError):
+                removed += await apply.discard_temp(self.root, path)
+        if removed:
+            log.info("%s: removed %d left-over temporary files", self.root, removed)
+
+    async def _rescan_racy(self) -> None:
+        """Scan again once the racy window of the files a scan hashed just after they were
+        written has passed, so that their local state is recorded (run it in a task).
+
+        Without it such a file has no local state until some later scan, and the applier
+        would take it for a local change when a remote version of it arrives."""
+        while True:
+            await self._racy_scanned.wait()
+            self._racy_scanned = anyio.Event()
+            await anyio.sleep(scanner.RACY_WINDOW_NS / 1e9 + RACY_RESCAN_MARGIN)
+            try:
+                await self.scan()
+            except CommonsyncError as exc:
+                # The owner's next scan reports it (the folder may be gone, or held back).
+                log.debug("rescan after the racy window failed: %s", exc)
+
+    def _notify_change(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    # -- what the exchange needs -------------------------------------------------------------
+
+    async def index_state(self) -> tuple[bytes, int]:
+        state = await self.store.folder(self.folder_id)
+        return state.index_id, state.sequence
+
+    async def records_since(self, after: int, limit: int) -> list[SignedRow]:
+        """At most ``limit`` records, and not many more than :data:`RECORDS_BYTES` of them."""
+        return await self.store.signed_since(self.folder_id, after, limit, max_bytes=RECORDS_BYTES)
+
+    async def wait_for_change(self, after: int) -> None:
+        while (await self.index_state())[1] <= after:
+            await self._changed.wait()
+
+    async def peer_progress(self, peer: DeviceId) -> tuple[bytes, int] | None:
+        progress = await self.store.peer_progress(self.folder_id, peer)
+        return None if progress is None else (progress.index_id, progress.sequence)
+
+    async def set_peer_progress(self, peer: DeviceId, index_id: bytes, sequence: int) -> None:
+        await self.store.set_peer_progress(self.folder_id, peer, PeerProgress(index_id, sequence))
+
+    def attach(self, peer: PeerExchange) -> None:
+        self._peers.append(peer)
+        self._emit(EventKind.PEER_CONNECTED, peer=peer.peer.short_str)
+        # It may hold the chunks that versions wait for: try them all again soon (at most
+        # once per RETRY_ALL_INTERVAL, so that reconnecting cannot keep the puller busy).
+        if self._retry_all_at is None:
+            self._retry_all_at = max(time.monotonic(), self._retried_all_at + RETRY_ALL_INTERVAL)
+            self._pending_changed.set()
+
+    def detach(self, peer: PeerExchange) -> None:
+        if peer in self._peers:
+            self._peers.remove(peer)
+            self._emit(EventKind.PEER_DISCONNECTED, peer=peer.peer.short_str)
+
+    async def receive_records(self, source: PeerExchange, records: Sequence[RemoteRecord]) -> None:
+        """Rule on each remote record; those we take are stored (not yet on disk), where the
+        puller finds them. Records this device must refuse outright (:func:`refusal`) are
+        counted and reported once per peer, and never stored, so never retried: the peer's
+        progress moves past them."""
+        peer = source.peer.short_str
+        now = int(time.time())
+        me = self.identity.device_id.short
+        accepted = []
+        for remote in records:
+            reason = refusal(remote.record, me=me, now_seconds=now)
+            if reason is None:
+                accepted.append(remote)
+            else:
+                self._refused(peer, reason, remote.record.path)
+        if not accepted:
+            return
+        # Deciding needs the stored versions, decoded: a bounded amount of them at a time.
+        sizes = await self.store.signed_sizes(self.folder_id, (r.record.path for r in accepted))
+        group: list[RemoteRecord] = []
+        size = 0
+        for remote in accepted:
+            stored = sizes.get(remote.record.path, 0)
+            if group and size + stored > DECODE_BYTES:
+                await self._take(peer, group)
+                group, size = [], 0
+            group.append(remote)
+            size += stored
+        await self._take(peer, group)
+
+    async def _take(self, peer: str, remotes: Sequence[RemoteRecord]) -> None:
+        """Decide on ``remotes`` against the stored versions and store those we take, in one
+        transaction that is refused if the index moved since it was read (then decide again:
+        a local change scanned meanwhile must not be overwritten unseen)."""
+        paths = list(dict.fromkeys(r.record.path for r in remotes))
+        while True:
+            stored = await self.store.get_many(self.folder_id, paths)
+            taken: dict[str, tuple[RemoteRecord, str | None, str]] = {}
+            again: list[str] = []
+            conflicts: list[tuple[str, str]] = []
+            for remote in remotes:
+                path = remote.record.path
+                entry = stored.get(path)
+                if path in taken:
+                    local: Record | None = taken[path][0].record
+                else:
+                    local = entry.record if entry is not None else None
+                decision = decide(local, remote.record, me=self.identity.public_key)
+                if decision.action is Action.KEEP:
+                    if entry is not None and not entry.on_disk and entry.record == remote.record:
+                        again.append(path)  # announced again: its chunks may be there now
+                    continue
+                if decision.conflict:
+                    conflicts.append((path, decision.reason))
+                # A second version of the path in the batch keeps the copy the first decided.
+                copy = decision.conflict_copy or (taken[path][1] if path in taken else None)
+                taken[path] = (remote, copy, decision.reason)
+            if not taken:
+                break
+            expected = {p: stored[p].local_sequence if p in stored else 0 for p in taken}
+            entries = [IndexEntry(r.record, r.signed, on_disk=False) for r, _, _ in taken.values()]
+            try:
+                sequences = await self.store.put(self.folder_id, entries, expected=expected)
+            except IndexChangedError:
+                continue
+            copies = [
+                (path, sequence, copy)
+                for (path, (_, copy, _)), sequence in zip(taken.items(), sequences, strict=True)
+                if copy is not None
+            ]
+            if copies:
+                await self.store.set_conflict_copies(self.folder_id, copies)
+            for path, (remote, _copy, reason) in taken.items():
+                entry = stored.get(path)
+                replaced = entry is not None and not entry.on_disk
+                if entry is not None and replaced and _may_leave_temp(entry.record, remote.record):
+                    self._superseded.append(apply.temp_path(entry.record))
+                self._left = Progress(
+                    self._left.files + (0 if replaced else 1),
+                    max(0, self._left.bytes + _bytes(remote.record)
+                        - (_bytes(entry.record) if entry is not None and replaced else 0)),
+                )  # fmt: skip
+                self._emit(EventKind.REMOTE_CHANGE, path, reason, peer)
+            self.stats.conflicts += len(conflicts)
+            for path, reason in conflicts:
+                self._emit(EventKind.CONFLICT, path, reason)
+            self._notify_change()
+            self._pending_changed.set()
+            break
+        if again:
+            await self.store.retry_now(self.folder_id, again)
+            self._pending_changed.set()
+
+    def _refused(self, device: str, reason: str, path: str) -> None:
+        """Count a refused version; say so when it is the first of its kind from ``device``,
+        and then at most once a minute while more come (never once per record)."""
+        report = self._refusals.add(device, reason)
+        if report is not None:
+            text = f"{report} (for example {path!r})"
+            log.warning("%s", text)
+            self._emit(EventKind.ERROR, path, text, device)
+
+    async def read_local_chunks(
+        self, chunks: Sequence[ChunkEntry], *, verify: bool = True
+    ) -> list[bytes | None]:
+        return await self.store.read_with_sources(
+            self.folder_id, [c.id for c in chunks], partial(self._read_each, chunks, verify)
+        )
+
+    def _read_each(
+        self, chunks: Sequence[ChunkEntry], verify: bool, sources: list[list[ChunkLocation]]
+    ) -> list[bytes | None]:
+        try:
+            chain = DirectoryChain.at(self.root)
+        except OSError:
+            return [None] * len(chunks)
+        with chain:
+            return [
+                self._read_first(chain, chunk, verify, places)
+                for chunk, places in zip(chunks, sources, strict=True)
+            ]
+
+    def _read_first(
+        self,
+        chain: DirectoryChain,
+        chunk: ChunkEntry,
+        verify: bool,
+        locations: Sequence[ChunkLocation],
+    ) -> bytes | None:
+        """The chunk's bytes from the first location that still holds them (in a thread).
+
+        Each file is reached below the root without following a symlink at any component,
+        so a directory swapped for a link to somewhere else is never read through. What is
+        read must be what was hashed: the open file's ``fstat`` must equal the local state
+        stored when it was hashed (one ``fstat``, where hashing the chunk would halve how
+        fast chunks are served); a file with no stored state (modified just before its scan)
+        is checked against the chunk ID instead, as every chunk is when ``verify``."""
+        for location in locations:
+            data = _read_at(chain, location, chunk.size)
+            if data is None:
+                continue
+            if (verify or location.local is None) and chunk_id(
+                self._key.chunk_id_key, data
+            ) != chunk.id:
+                continue
+            return data
+        return None
+
+    # -- syncing -------------------------------------------------------------------------------
+
+    async def sync(self, session: Session) -> None:
+        """Sync with the peer at the other end of ``session`` until it closes."""
+        exchange = PeerExchange(session, [self], device_name=self.device_name)
+        await exchange.run()
+
+    async def _resume_pending(self) -> None:
+        """Make the remote versions this folder took before it last stopped, and did not
+        write, due now (the peers that sent them will not send them again), and count what
+        is left. They wait in the store; nothing of them is loaded here."""
+        await self.store.forget_stale_pull_state(self.folder_id)
+        await self.store.retry_now(self.folder_id)
+        summary = await self.store.pending_summary(self.folder_id)
+        self._left = Progress(summary.files, summary.bytes)
+        if summary.files:
+            self._pending_changed.set()
+
+    async def run_puller(self) -> None:
+        """Apply the remote versions we decided to take, forever (run it in a task).
+
+        Each round pages through the pending versions in the store that are due; a version
+        whose chunks no connected peer has is tried again later, after a wait that doubles
+        with each failure (:data:`~commonsync.sync.store.RETRY_MAX` at most), or as soon as a peer
+        announces it again; when a peer connects, every waiting version is tried again (at
+        most once per :data:`RETRY_ALL_INTERVAL`). So a version nobody serves costs a few
+        tries an hour, whatever the size of its chunk list."""
+        while True:
+            self._pending_changed = anyio.Event()
+            if self._retry_all_at is not None and time.monotonic() >= self._retry_all_at:
+                self._retry_all_at, self._retried_all_at = None, time.monotonic()
+                await self.store.retry_now(self.folder_id)
+            progressed = await self._pull_round()
+            summary = await self.store.pending_summary(self.folder_id)
+            self._left = Progress(summary.files, summary.bytes)
+            if progressed:
+                # What the puller kept about the versions it wrote is of no use any more.
+                await self.store.forget_stale_pull_state(self.folder_id)
+                continue
+            if not summary.files:
+                self._emit(EventKind.IDLE)
+            waits = [PULL_IDLE_WAIT]
+            if summary.next_try is not None:
+                waits.append(summary.next_try - time.time())
+            if self._retry_all_at is not None:
+                waits.append(self._retry_all_at - time.monotonic())
+            with anyio.move_on_after(max(min(waits), PULL_MIN_WAIT)):
+                await self._pending_changed.wait()
+
+    async def _pull_round(self) -> bool:
+        """One pass over the pending versions that are due; True if anything was applied.
+
+        Directories and links are made first (parents before children), then files, then
+        deletions (children before parents, after every new file has read the chunks it
+        needed from the old ones): :class:`~commonsync.sync.store.PullPhase`. Each phase is read
+        from the store a page at a time and decoded a window at a time
+        (:data:`WINDOW_BYTES` of records at most, or one larger record), so that memory
+        stays bounded however many versions wait and however large their chunk lists.
+        """
+        batch = _AppliedBatch()
+        due = time.time()
+        await self._discard_superseded()
+        for phase in PullPhase:
+            after: str | None = None
+            while True:
+                page = await self.store.pending(
+                    self.folder_id, phase, after=after, due=due, limit=PULL_PAGE
+                )
+                for window in _windows(page):
+                    await self._pull_window(phase, window, batch)
+                if len(page) < PULL_PAGE:
+                    break
+                after = page[-1].path
+        return batch.progress
+
+    async def _pull_window(
+        self, phase: PullPhase, versions: list[PendingVersion], batch: _AppliedBatch
+    ) -> None:
+        """Apply one window of pending versions: files of a chunk or two, up to
+        :data:`APPLY_CONCURRENCY` at once (their round trips and fsyncs overlap), larger ones
+        one at a time (each fetches a window of chunks at once). Then record what was
+        applied (one transaction, and one fsync of the index, per batch instead of per
+        file), and when to try again what was not."""
+        await self._discard_superseded()
+        entries = await self.store.get_many(self.folder_id, [v.path for v in versions])
+        self._window = {v.path: v for v in versions}
+        self._conflict_copies = {v.path: v.conflict_copy for v in versions if v.conflict_copy}
+        try:
+            remotes = [
+                RemoteRecord(entry.record, entry.signed)
+                for v in versions
+                if (entry := entries.get(v.path)) is not None
+                and not entry.on_disk
+                and entry.local_sequence == v.local_sequence  # else: changed since paged
+            ]
+            del entries
+            if phase is PullPhase.FILES:
+                small = [r for r in remotes if r.record.size <= SMALL_FILE]
+                await self._with_sources(small, partial(self._apply_small, small, batch))
+                for remote in remotes:
+                    if remote.record.size > SMALL_FILE:
+                        await self._with_sources([remote], partial(self._apply_one, remote, batch))
+            else:
+                for remote in remotes:
+                    await self._apply_one(remote, batch)
+            await self._record(batch)
+            await self._settle(batch)
+        finally:
+            self._window, self._conflict_copies = {}, {}
+
+    async def _discard_superseded(self) -> None:
+        """Remove the temporary files that attempts at superseded versions left: no attempt
+        will finish them, and the scan would only clear them after :data:`TEMP_GRACE`."""
+        superseded, self._superseded = self._superseded, []
+        for temp in superseded:
+            if not os.path.lexists(self.root / temp):  # the usual case: no attempt was made
+                continue
+            with contextlib.suppress(CommonsyncError, OSError):
+                await apply.discard_temp(self.root, temp)
+
+    async def _with_sources(
+        self, remotes: list[RemoteRecord], work: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Do ``work`` knowing which chunks of ``remotes`` some local file holds, asked once
+        rather than once per chunk (not for a chunk list too long to look up at once: its
+        chunks are looked up as they are fetched)."""
+        wanted = [c.id for r in remotes for c in r.record.chunks]
+        if len(wanted) <= SOURCES_AT_ONCE:
+            self._local_sources = await self.store.chunk_sources_many(self.folder_id, wanted)
+        try:
+            await work()
+        finally:
+            self._local_sources = None
+
+    async def _settle(self, batch: _AppliedBatch) -> None:
+        """After a window: versions refused for good leave the pending versions; every other
+        one of the window still pending (waiting for chunks, or failed for now) is tried
+        again later, each a little later than the time before."""
+        refused, batch.refused = batch.refused, []
+        if refused:
+            await self.store.refuse(
+                self.folder_id,
+                [(r.record.path, self._window[r.record.path].local_sequence, reason)
+                 for r, reason, _report in refused if r.record.path in self._window],
+            )  # fmt: skip
+            for remote, reason, report in refused:
+                self._left = Progress(
+                    max(0, self._left.files - 1), max(0, self._left.bytes - _bytes(remote.record))
+                )
+                if report:
+                    author = DeviceId.from_public_key(remote.record.author).short_str
+                    self._refused(author, reason, remote.record.path)
+        refused_paths = {r.record.path for r, _, _ in refused}
+        waiting = [
+            (v.path, v.local_sequence) for v in self._window.values() if v.path not in refused_paths
+        ]
+        # The store leaves out those written meanwhile (on disk now) or superseded.
+        await self.store.retry_later(self.folder_id, waiting, now=time.time())
+
+    async def _apply_small(self, remotes: list[RemoteRecord], batch: _AppliedBatch) -> None:
+        """Apply small files: those of one chunk in groups (one chunk request and one trip to
+        a worker thread per group), a few groups at once so that fetching the next group
+        overlaps writing this one; the others (a conflict copy to make first, or two chunks)
+        one by one, several at once."""
+
+        def groupable(remote: RemoteRecord) -> bool:
+            path = remote.record.path
+            return len(remote.record.chunks) <= 1 and self._conflict_copies.get(path) is None
+
+        grouped = [r for r in remotes if groupable(r)]
+        alone = [r for r in remotes if not groupable(r)]
+        slots = anyio.Semaphore(APPLY_CONCURRENCY)
+
+        async def in_slot(work: Callable[[], Awaitable[None]]) -> None:
+            try:
+                await work()
+            finally:
+                slots.release()
+
+        async with anyio.create_task_group() as tasks:
+            for group in _groups(grouped):
+                await slots.acquire()
+                tasks.start_soon(in_slot, partial(self._apply_group, group, batch))
+            for remote in alone:
+                await slots.acquire()
+                tasks.start_soon(in_slot, partial(self._apply_one, remote, batch))
+
+    async def _apply_group(self, group: list[RemoteRecord], batch: _AppliedBatch) -> None:
+        """Apply files of at most one chunk each, together (see :meth:`_apply_small`)."""
+        expected = await self.store.local_files_of(self.folder_id, (r.record.path for r in group))
+        holding = await self._holding_content([r.record for r in group], expected)
+        for remote in [r for r in group if r.record.path in holding]:
+            await self._apply_one(remote, batch)  # metadata only: nothing to fetch
+        group = [r for r in group if r.record.path not in holding]
+        if not group:
+            return
+        try:  # before fetching anything: a disk without room would only throw it away
+            await self._ensure_room(sum(r.record.size for r in group), group[0].record.path)
+        except InsufficientSpaceError as exc:
+            self._wait_for_space(exc, [r.record.path for r in group])
+            return
+        chunks = {c.id: c for r in group for c in r.record.chunks}
+        found = await self._fetch_chunks(list(chunks.values()))
+        ready = [r for r in group if all(c.id in found for c in r.record.chunks)]
+        # The others wait for their chunks: tried again later (see :meth:`_settle`).
+        for remote in ready:
+            self._conflict_copies.pop(remote.record.path, None)  # None: that is why it is here
+        files = [
+            (r.record, b"".join(found[c.id] for c in r.record.chunks), expected.get(r.record.path))
+            for r in ready
+        ]
+        # Every chunk was checked against its ID as it was read or received.
+        results = await apply.apply_small_files(
+            self.root,
+            files,
+            chunk_id_key=self._key.chunk_id_key,
+            checked=True,
+            reserve=self.disk_reserve,
+        )
+        for remote, result in zip(ready, results, strict=True):
+            if isinstance(result, LocalChangedError):
+                await self._apply_one(remote, batch)  # the careful way: it keeps their change
+            elif isinstance(result, InsufficientSpaceError):
+                self._wait_for_space(result, [remote.record.path])
+            elif isinstance(result, CommonsyncError):
+                self._failed(remote, result, batch)
+            else:
+                await self._applied(remote, result, batch)
+
+    async def _apply_one(self, remote: RemoteRecord, batch: _AppliedBatch) -> None:
+        try:
+            applied = await self._apply(remote)
+        except InsufficientSpaceError as exc:
+            # Pending still: tried again, at once when space returns.
+            self._wait_for_space(exc, [remote.record.path])
+            return
+        except CommonsyncError as exc:
+            self._failed(remote, exc, batch)
+            return
+        if applied is _DONE:
+            batch.refused.append((remote, DONE_REASON, False))
+        elif applied is not _WAIT:
+            await self._applied(remote, applied, batch)
+
+    def _failed(self, remote: RemoteRecord, error: CommonsyncError, batch: _AppliedBatch) -> None:
+        """A version that cannot be applied: refused for good if it never can be here (then
+        reported once per author and reason), else tried again later (reported on its first
+        failure only)."""
+        path = remote.record.path
+        reason = _permanent_reason(error)
+        if reason is not None:
+            batch.refused.append((remote, reason, True))
+            return
+        version = self._window.get(path)
+        if version is None or version.attempts == 0:
+            self._emit(EventKind.ERROR, path, str(error))
+            log.warning("cannot apply %r: %s (trying again later)", path, error)
+
+    async def _applied(
+        self, remote: RemoteRecord, state: LocalFile | _Marker | None, batch: _AppliedBatch
+    ) -> None:
+        batch.progress = True
+        self._last_applied = time.monotonic()
+        batch.items.append((remote, state))
+        if len(batch.items) >= APPLY_BATCH:
+            await self._record(batch)
+
+    async def _record(self, batch: _AppliedBatch) -> None:
+        """Store a batch of applied versions as on disk, then announce them. A path that got
+        a newer version while this one was written keeps the newer one (still to write);
+        what was written becomes the local state the newer one replaces."""
+        items, batch.items = batch.items, []
+        written = list(items)
+        while written:
+            try:
+                await self.store.put(
+                    self.folder_id,
+                    [IndexEntry(remote.record, remote.signed, on_disk=True)
+                     for remote, _ in written],
+                    local_files=[(r.record.path, _state(state)) for r, state in written],
+                    expected={
+                        r.record.path: self._window[r.record.path].local_sequence
+                        for r, _ in written if r.record.path in self._window
+                    },
+                )  # fmt: skip
+                break
+            except IndexChangedError as exc:
+                moved = set(exc.paths)
+                await self.store.set_local_files(
+                    self.folder_id,
+                    [(r.record.path, _state(state)) for r, state in written
+                     if r.record.path in moved],
+                )  # fmt: skip
+                written = [(r, state) for r, state in written if r.record.path not in moved]
+        if written:
+            self._notify_change()
+            self._left = Progress(
+                max(0, self._left.files - len(written)),
+                max(0, self._left.bytes - sum(_bytes(r.record) for r, _ in written)),
+            )
+        if self._space_waiters:
+            self._space_waiters.difference_update(r.record.path for r, _ in items)
+            if not self._space_waiters:
+                # Written by an ordinary retry before the space watcher looked: no version
+                # waits for space any more, whatever the disk has left.
+                self.waiting_for_space = ""
+        for remote, _ in items:
+            self.stats.files_applied += 1
+            self._emit(
+                EventKind.DELETED if remote.record.deleted else EventKind.APPLIED,
+                remote.record.path,
+            )
+        if self._publish_copies:
+            self._publish_copies = False
+            await self.scan()
+
+    async def _apply(self, remote: RemoteRecord) -> LocalFile | _Marker | None:
+        """Make ``remote`` real on disk; its new local state (None: nothing there), or
+        :data:`_WAIT` (chunks missing: later), :data:`_DONE` (nothing to record)."""
+        record = remote.record
+        expected = await self.store.local_file(self.folder_id, record.path)
+        if expected is None:
+            expected = await self._scanned_state(record.path)
+        copy = self._conflict_copies.pop(record.path, None)
+        if copy is not None and (version := self._window.get(record.path)) is not None:
+            # Decided once: not again if this version has to wait for its chunks.
+            await self.store.set_conflict_copies(
+                self.folder_id, [(record.path, version.local_sequence, None)]
+            )
+        published_copy = False
+        if (
+            copy is not None
+            and expected is not None
+            and not record.deleted
+            and await self._keep_conflict_copy(record.path, copy, expected)
+        ):
+            expected, published_copy = None, True
+        state: LocalFile | None
+        try:
+            if expected is not None and await self._holds_content(record, expected):
+                state = await apply.apply_metadata(self.root, record, expected)
+            else:
+                state = await self._write(record, expected)
+        except LocalChangedError as exc:
+            now = await anyio.to_thread.run_sync(_local_state, self.root / record.path)
+            if now is not None and await anyio.to_thread.run_sync(
+                _holds_version, self.root / record.path, record, now, self._key.chunk_id_key
+            ):
+                # Already this version (written before a stop, not recorded): a temporary
+                # file of it left by an attempt since is of no use any more.
+                with contextlib.suppress(CommonsyncError):
+                    await apply.discard_partial(self.root, record)
+                return now
+            # Someone changed the path after it was scanned. Their change must survive: a
+            # changed file becomes a conflict copy (ours, published by the next scan); for a
+            # deletion or a directory, whatever is there now is what we replace (a replaced
+            # file still goes to the versions folder).
+            self._emit(EventKind.CONFLICT, record.path, str(exc))
+            if now is not None and stat.S_ISREG(now.mode) and not record.deleted:
+                copy = conflict_name(record.path, now.mtime_ns, self.identity.device_id.short_str)
+                if await self._keep_conflict_copy(record.path, copy, now):
+                    now, published_copy = None, True
+            state = await self._write(record, now)
+        except MissingChunkError:
+            return _WAIT
+        except DirectoryNotEmptyError as exc:
+            # Its remaining entries are unknown to the index yet: they will be scanned and
+            # published, and the directory stays.
+            self._emit(EventKind.ERROR, record.path, str(exc))
+            return _DONE
+        if published_copy:
+            self._publish_copies = True  # by a scan once the batch is recorded
+        return state
+
+    async def _keep_conflict_copy(self, path: str, copy: str, expected: LocalFile) -> bool:
+        """Move our losing version at ``path`` to its conflict copy ``copy``; False if that
+        name is taken (by the very file, for a conflict on a conflict copy whose name would
+        not change, or by another one): then the version that replaces ours keeps ours in the
+        versions folder instead, so that nothing is lost and nothing is retried for ever."""
+        if copy != path:
+            try:
+                await apply.conflict_copy(self.root, path, copy, expected)
+            except ConflictCopyExistsError:
+                pass
+            else:
+                self._emit(EventKind.CONFLICT, copy, "kept the local version as a conflict copy")
+                return True
+        self._emit(
+            EventKind.CONFLICT,
+            path,
+            f"the conflict copy's name {copy!r} is taken: the local version was kept in "
+            "the versions folder instead",
+        )
+        return False
+
+    async def _holds_content(self, record: Record, expected: LocalFile) -> bool:
+        """Whether the file the scanner last saw at the record's path (``expected``) holds
+        the record's content already: a permission or mtime change, or the same content
+        under another version. Such a version changes metadata only: nothing is fetched,
+        and the versions folder gets no copy of what is still there."""
+        return bool(await self._holding_content([record], {record.path: expected}))
+
+    async def _holding_content(
+        self, records: Sequence[Record], expected: dict[str, LocalFile]
+    ) -> set[str]:
+        """The paths among ``records`` whose file already holds the record's content (see
+        :meth:`_holds_content`), looked up in one trip."""
+        candidates = [
+            r for r in records
+            if r.kind is Kind.FILE and not r.deleted and (state := expected.get(r.path))
+            and stat.S_ISREG(state.mode) and state.size == r.size
+        ]  # fmt: skip
+        if not candidates:
+            return set()
+        on_disk = await self.store.chunks_at_many(self.folder_id, (r.path for r in candidates))
+        return {r.path for r in candidates if tuple(on_disk[r.path]) == r.chunks}
+
+    async def _scanned_state(self, path: str) -> LocalFile | None:
+        """The state of the file at ``path`` if it holds exactly the chunks of the version
+        last recorded as on disk there, else None.
+
+        For a file the scanner hashed within its racy window, and so kept no local state
+        for: unchanged since, it is the version the index holds, not a local change (and if
+        that version loses a conflict, it still gets its conflict copy)."""
+        now = await anyio.to_thread.run_sync(_local_state, self.root / path)
+        if now is None or not stat.S_ISREG(now.mode):
+            return None
+        chunks = await self.store.chunks_at(self.folder_id, path)
+        if not chunks:
+            return None  # nothing recorded (or an empty file): cannot tell
+        holds = await anyio.to_thread.run_sync(
+            _holds_chunks, self.root / path, chunks, now, self._key.chunk_id_key
+        )
+        return now if holds else None
+
+    async def _write(self, record: Record, expected: LocalFile | None) -> LocalFile | None:
+        if record.deleted:
+            await apply.apply_deletion(self.root, record, expected)
+            return None
+        if record.kind is Kind.DIRECTORY:
+            return await apply.apply_directory(self.root, record, expected)
+        if record.kind is Kind.SYMLINK:
+            return await apply.apply_symlink(self.root, record, expected)
+        # Before fetching: a record may list one chunk thousands of times (a file far larger
+        # than what crosses the wire); apply_file checks again before every write.
+        await self._ensure_room(record.size, record.path)
+        state = await apply.apply_file(
+            self.root,
+            record,
+            expected=expected,
+            read_chunk=self._fetch_chunk,
+            chunk_id_key=self._key.chunk_id_key,
+            reader_checks=True,  # each chunk it returns matched its ID
+            reserve=self.disk_reserve,
+        )
+        self._space_poll = SPACE_POLL
+        return state
+
+    # -- disk space ----------------------------------------------------------------------------
+
+    async def _ensure_room(self, size: int, path: str) -> None:
+        """Raise :class:`InsufficientSpaceError` if the folder's disk, keeping its reserve,
+        has no room for ``size`` more bytes (measured at most once a second: this is to
+        avoid fetching in vain; the writes themselves check precisely)."""
+        if size <= 0:
+            return
+        now = time.monotonic()
+        if self._room is None or now - self._room[0] > ROOM_FRESH:
+            room = await anyio.to_thread.run_sync(self.disk_reserve.room_at, self.root)
+            self._room = (now, room)
+        self.disk_reserve.check_room(self._room[1], size, path)
+
+    def _wait_for_space(self, error: InsufficientSpaceError, paths: Sequence[str]) -> None:
+        """Versions of ``paths`` wait for disk space: say so once, and have
+        :meth:`_watch_space` make the waiting versions due again as soon as there is room."""
+        self._space_waiters.update(paths)
+        self._room = None
+        needed = max(error.needed, SPACE_SLACK)
+        first = not self.waiting_for_space
+        self._space_needed = needed if first else min(self._space_needed, needed)
+        self.waiting_for_space = str(error)
+        if first:
+            log.warning("%s: waiting for disk space: %s", self.root, error)
+            self._emit(EventKind.WAITING, detail=f"waiting for disk space: {error}")
+            self._space_wanted.set()
+
+    async def _watch_space(self) -> None:
+        """While versions wait for disk space, look every :data:`SPACE_POLL` seconds; once
+        the least of them fits (or none waits any more), make every waiting version due now
+        (run it in a task). If the disk turns out full again at once (a quota, which the file
+        system's figures do not show), the next look comes later, up to a minute."""
+        while True:
+            await self._space_wanted.wait()
+            await anyio.sleep(self._space_poll)
+            try:
+                room = await anyio.to_thread.run_sync(self.disk_reserve.room_at, self.root)
+            except OSError:
+                continue  # the root is away: the folder reports that itself
+            if room < self._space_needed and self.busy:
+                continue
+            self._space_wanted = anyio.Event()
+            self.waiting_for_space, self._room = "", None
+            self._space_waiters.clear()
+            self._space_poll = min(self._space_poll * 2, SPACE_POLL_MAX)
+            if self.busy:
+                log.info("%s: disk space is back; writing what waited for it", self.root)
+                await self.store.retry_now(self.folder_id)
+                self._pending_changed.set()
+
+    async def _fetch_chunk(self, chunk: ChunkEntry) -> bytes:
+        known = self._local_sources
+        if known is None or chunk.id in known:
+            data = (await self.read_local_chunks([chunk]))[0]
+        else:
+            data = None  # looked up for the whole round: no local file has it
+        if data is not None:
+            self.stats.chunk_bytes_local += len(data)
+            return data
+
+        async def ask(peer: PeerExchange, wanted: list[ChunkEntry]) -> list[bytes | None]:
+            return [await peer.request_chunk(self.folder_id, wanted[0])]
+
+        # Start at a different peer for each chunk, so that the chunks of one file, fetched
+        # several at a time, come from every connected peer that has them.
+        found = await self._from_peers([chunk], ask, chunk.id[0])
+        if chunk.id not in found:
+            raise MissingChunkError("no connected peer has this chunk yet")
+        return found[chunk.id]
+
+    async def _fetch_chunks(self, chunks: list[ChunkEntry]) -> dict[bytes, bytes]:
+        """The bytes of as many of ``chunks`` as a local file or a connected peer holds, by
+        chunk ID, each checked against its ID; at most :data:`MAX_BATCH_BYTES` in all."""
+        found: dict[bytes, bytes] = {}
+        known = self._local_sources
+        local = [c for c in chunks if known is None or c.id in known]
+        for chunk, data in zip(local, await self.read_local_chunks(local), strict=True):
+            if data is not None:
+                found[chunk.id] = data
+                self.stats.chunk_bytes_local += len(data)
+        missing = [c for c in chunks if c.id not in found]
+        if missing:
+
+            async def ask(peer: PeerExchange, wanted: list[ChunkEntry]) -> list[bytes | None]:
+                return await peer.request_chunks(self.folder_id, wanted)
+
+            found.update(await self._from_peers(missing, ask, missing[0].id[0]))
+        return found
+
+    async def _from_peers(
+        self,
+        chunks: list[ChunkEntry],
+        ask: Callable[[PeerExchange, list[ChunkEntry]], Awaitable[list[bytes | None]]],
+        start: int,
+    ) -> dict[bytes, bytes]:
+        """``chunks`` from the connected peers (those that answer first, see
+        :meth:`_peers_from`), each checked against its ID.
+
+        A peer is asked for what is still missing; when it does not have some, the next one
+        is asked at once; when it is slow to answer at all (past its
+        :meth:`~commonsync.sync.exchange.PeerExchange.hedge_delay`), the next one is asked too,
+        and the first to answer is taken. So a peer that never answers costs a second, not a
+        timeout per chunk; the requests left waiting are given up (their frames, already on
+        the wire, stay whole), and the silent peer goes to the end of the line."""
+        found: dict[bytes, bytes] = {}
+        line = self._peers_from(start)
+        if not line:
+            return found
+        size = sum(c.size for c in chunks)
+        answers_in, answers = anyio.create_memory_object_stream[
+            tuple[PeerExchange, list[ChunkEntry], list[bytes | None]]
+        ](len(line))
+        asking = 0
+
+        async def one(peer: PeerExchange, wanted: list[ChunkEntry]) -> None:
+            got = await ask(peer, wanted)
+            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+                answers_in.send_nowait((peer, wanted, got))
+
+        async with answers_in, answers, anyio.create_task_group() as tasks:
+
+            def ask_next() -> float:
+                """Ask the next peer in line for what is missing; when to ask another."""
+                nonlocal asking
+                peer = line.pop(0)
+                tasks.start_soon(one, peer, [c for c in chunks if c.id not in found])
+                asking += 1
+                return anyio.current_time() + peer.hedge_delay(size)
+
+            hedge_at = ask_next()
+            while asking:
+                answered = None
+                with anyio.move_on_after(hedge_at - anyio.current_time() if line else math.inf):
+                    answered = await answers.receive()
+                if answered is None:  # slow to answer: ask the next one too
+                    hedge_at = ask_next()
+                    continue
+                asking -= 1
+                peer, wanted, got = answered
+                await self._take_matching(peer, wanted, got, found)
+                if len(found) == len(chunks):
+                    break
+                if not asking and line:
+                    hedge_at = ask_next()
+            tasks.cancel_scope.cancel()
+        return found
+
+    async def _take_matching(
+        self,
+        peer: PeerExchange,
+        wanted: list[ChunkEntry],
+        answers: list[bytes | None],
+        found: dict[bytes, bytes],
+    ) -> None:
+        """Put the chunks in ``answers`` that match their IDs into ``found``."""
+        got = [
+            (c, d) for c, d in zip(wanted, answers, strict=True)
+            if d is not None and c.id not in found
+        ]  # fmt: skip
+        if not got:
+            return
+        # In a thread: hashing a MiB takes a millisecond or two, too long for the loop.
+        matching = await anyio.to_thread.run_sync(
+            self._matching, [c for c, _ in got], [d for _, d in got]
+        )
+        if len(matching) < len(got):
+            self._tampered(peer)
+        for chunk, data in got:
+            if chunk.id in matching and chunk.id not in found:
+                found[chunk.id] = data
+                self.stats.chunk_bytes_received += len(data)
+
+    def _peers_from(self, start: int) -> list[PeerExchange]:
+        """The connected peers to ask, in order: those that answer, beginning at a different
+        one depending on ``start`` (to spread the load), then those that left requests
+        unanswered, the fewest first, and last those that stalled (see
+        :meth:`~commonsync.wire.session.Session.stalled_for`)."""
+        answering = [p for p in self._peers if not p.unanswered and not p.stalled]
+        first = start % len(answering) if answering else 0
+        others = sorted(
+            (p for p in self._peers if p.unanswered or p.stalled),
+            key=lambda p: (p.stalled, p.unanswered),
+        )
+        return answering[first:] + answering[:first] + others
+
+    def _matching(self, chunks: Sequence[ChunkEntry], data: Sequence[bytes]) -> set[bytes]:
+        """The IDs of the chunks whose bytes match them (in a worker thread)."""
+        key = self._key.chunk_id_key
+        return {c.id for c, d in zip(chunks, data, strict=True) if chunk_id(key, d) == c.id}
+
+    def _tampered(self, peer: PeerExchange) -> None:
+        log.warning("%s sent a chunk that does not match its ID", peer.peer.short_str)
+        self._emit(EventKind.ERROR, detail="a peer sent a chunk that does not match its ID",
+                   peer=peer.peer.short_str)  # fmt: skip
+
+
+#: Seconds a measure of free disk space is used for, and between looks while versions wait
+#: for space; the least room that ends a wait for space (for a full disk with no figure).
+ROOM_FRESH = 1.0
+SPACE_POLL = 2.0
+SPACE_POLL_MAX = 60.0
+SPACE_SLACK = 1024 * 1024
+#: Small files (or groups of them) applied at the same time, and applied versions recorded
+#: per transaction.
+APPLY_CONCURRENCY = 8
+APPLY_BATCH = 200
+#: Files of one chunk applied as a group: one chunk request, one trip to a worker thread.
+GROUP_FILES = 128
+#: A file this size or smaller is "small": a chunk or two.
+SMALL_FILE = 2 * 1024 * 1024
+#: Seconds past the racy window before the rescan that records local states.
+RACY_RESCAN_MARGIN = 0.2
+#: Pending versions read from the store per page, and decoded at once: at most
+#: WINDOW_VERSIONS of them and WINDOW_BYTES of signed records (or one larger record alone).
+PULL_PAGE = 1000
+WINDOW_VERSIONS = 1000
+WINDOW_BYTES = 4 * 1024 * 1024
+#: Signed records read at once to push to a peer (one larger record alone).
+RECORDS_BYTES = 8 * 1024 * 1024
+#: Stored records decoded at once to decide on a batch of remote ones.
+DECODE_BYTES = 4 * 1024 * 1024
+#: Chunk sources looked up at once before applying files (more: one lookup per chunk).
+SOURCES_AT_ONCE = 50_000
+#: After a peer connects, every waiting version is tried again, at most this often (s).
+RETRY_ALL_INTERVAL = 60.0
+#: Remote versions are "being written" for this long after one was written (s).
+WRITING_QUIET = 1.0
+#: The puller looks at the store at least this often when idle, and waits at least this
+#: long between two rounds that applied nothing (s).
+PULL_IDLE_WAIT = 600.0
+PULL_MIN_WAIT = 0.05
+#: Why a version is set aside when applying it left nothing to record (a directory to
+#: delete that holds entries the index does not know yet; they will be scanned and synced).
+DONE_REASON = "set aside: the local entries it would remove are not in the index yet"
+
+
+class _Marker(enum.Enum):
+    WAIT = "wait"  # its chunks are not available yet
+    DONE = "done"  # handled, nothing to record
+
+
+_WAIT, _DONE = _Marker.WAIT, _Marker.DONE
+
+
+@dataclass
+class _AppliedBatch:
+    items: list[tuple[RemoteRecord, LocalFile | _Marker | None]] = field(default_factory=list)
+    progress: bool = False
+    #: Versions that can never be applied here, why, and whether to report them.
+    refused: list[tuple[RemoteRecord, str, bool]] = field(default_factory=list)
+
+
+def _windows(versions: list[PendingVersion]) -> Iterator[list[PendingVersion]]:
+    """``versions`` in windows of at most :data:`WINDOW_VERSIONS` and :data:`WINDOW_BYTES`
+    of signed records (a larger record in a window of its own)."""
+    window: list[PendingVersion] = []
+    size = 0
+    for version in versions:
+        if window and (len(window) == WINDOW_VERSIONS or size + version.signed_size > WINDOW_BYTES):
+            yield window
+            window, size = [], 0
+        window.append(version)
+        size += version.signed_size
+    if window:
+        yield window
+
+
+def _may_leave_temp(old: Record, new: Record) -> bool:
+    """Whether replacing pending ``old`` by ``new`` can strand a temporary file of ``old``
+    (one of the same content has the same name, and ``new``'s attempt goes on with it)."""
+    return (
+        old.kind is Kind.FILE and not old.deleted and old.content_digest() != new.content_digest()
+    )
+
+
+def _bytes(record: Record) -> int:
+    """What a version adds to the bytes left to write."""
+    return record.size if record.kind is Kind.FILE and not record.deleted else 0
+
+
+def _state(state: LocalFile | _Marker | None) -> LocalFile | None:
+    return state if isinstance(state, LocalFile) else None
+
+
+def _permanent_reason(error: CommonsyncError) -> str | None:
+    """Why ``error`` means the version can never be applied on this device (None: it may
+    work later, e.g. once the disk has room or the parent directory is there)."""
+    if isinstance(error, InternalPathError):
+        return REFUSED_INTERNAL
+    if isinstance(error, UnrepresentableNameError):
+        return "the local file system cannot hold its name"
+    if isinstance(error, RecordKindError | RecordError):
+        return f"it is not a version this device can apply ({type(error).__name__})"
+    return None
+
+
+def _groups(remotes: list[RemoteRecord]) -> Iterator[list[RemoteRecord]]:
+    """``remotes`` in groups of at most :data:`GROUP_FILES` files and
+    :data:`MAX_BATCH_BYTES` bytes (one chunk request each)."""
+    group: list[RemoteRecord] = []
+    size = 0
+    for remote in remotes:
+        if group and (len(group) == GROUP_FILES or size + remote.record.size > MAX_BATCH_BYTES):
+            yield group
+            group, size = [], 0
+        group.append(remote)
+        size += remote.record.size
+    if group:
+        yield group
+
+
+def _temp_target(temp: str) -> str:
+    """The path whose version a temporary file (``dir/.NAME.cs-tmp-HEX``) was assembling."""
+    parent, _, name = temp.rpartition("/")
+    name = name[1:].rpartition(layout.TEMP_MARK)[0]
+    return f"{parent}/{name}" if parent else name
+
+
+def _local_state(path: Path) -> LocalFile | None:
+    try:
+        return LocalFile.from_stat(path.lstat())
+    except FileNotFoundError:
+        return None
+
+
+def _holds_version(path: Path, record: Record, state: LocalFile, key: bytes) -> bool:
+    """Whether the regular file at ``path``, still as ``state`` says, holds exactly the
+    version ``record``: its size, then every chunk against its ID (in a worker thread)."""
+    if record.kind is not Kind.FILE or record.deleted:
+        return False
+    return _holds_chunks(path, record.chunks, state, key)
+
+
+def _holds_chunks(path: Path, chunks: Sequence[ChunkEntry], state: LocalFile, key: bytes) -> bool:
+    """Whether the regular file at ``path``, still as ``state`` says, holds exactly
+    ``chunks``: its size, then every chunk against its ID (in a worker thread)."""
+    if not stat.S_ISREG(state.mode) or state.size != sum(c.size for c in chunks):
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        if LocalFile.from_stat(os.fstat(fd)) != state:
+            return False
+        offset = 0
+        for chunk in chunks:
+            data = os.pread(fd, chunk.size, offset)
+            if len(data) != chunk.size or chunk_id(key, data) != chunk.id:
+                return False
+            offset += chunk.size
+        return LocalFile.from_stat(os.fstat(fd)) == state
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _read_at(chain: DirectoryChain, location: ChunkLocation, size: int) -> bytes | None:
+    """``size`` bytes at the location, if its file is a regular file below the root and, when
+    a local state is stored for it, still exactly that file (see :meth:`Folder._read_first`)."""
+    try:
+        fd = chain.open(location.path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        if location.local is not None and LocalFile.from_stat(st) != location.local:
+            return None  # changed since it was hashed: not the bytes the index names
+        data = os.pread(fd, size, location.offset)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return data if len(data) == size else None
+
+
+@asynccontextmanager
+async def open_folder(
+    root: Path,
+    key: FolderKey,
+    identity: DeviceIdentity,
+    store: IndexStore,
+    *,
+    label: str = "",
+    device_name: str = "",
+) -> AsyncIterator[Folder]:
+    """Open a folder for syncing (creating its metadata on first use) and run its puller."""
+    root = Path(root)
+    await anyio.to_thread.run_sync(scanner.init_folder, root)
+    await store.add_folder(key.folder_id, label or root.name)
+    folder = Folder(root, key, identity, store, device_name=device_name)
+    await folder._resume_pending()
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(folder.run_puller)
+        tasks.start_soon(folder._watch_space)
+        tasks.start_soon(folder._rescan_racy)
+        try:
+            yield folder
+        finally:
+            tasks.cancel_scope.cancel()
