@@ -1,6 +1,14 @@
 """commonsync: peer-to-peer, end-to-end encrypted file sync.
 
-The library's building blocks, importable from here:
+A whole device, for a tool that wants sync in a few lines:
+
+- :class:`Node` and :class:`NodeConfig`: one device at run time (its folders, the devices it
+  knows and how to reach them, offers, events), configured with plain data; under trio or
+  asyncio (:mod:`commonsync.node`).
+
+The building blocks beneath it, floor by floor (each subpackage imports only from those
+below: :mod:`commonsync.formats`, :mod:`commonsync.wire`, :mod:`commonsync.relay` and
+:mod:`commonsync.sync`), importable from here too:
 
 - :class:`DeviceIdentity` and :class:`DeviceId`: who a device is, and how people name it;
 - :class:`FolderKey` and :class:`FolderKeyring`: a folder's secret per key epoch, and subkeys;
@@ -15,10 +23,11 @@ The library's building blocks, importable from here:
   community relay's client, for channels between devices that cannot reach each other;
 - :class:`Folder` and :func:`open_folder`: a synced folder (scan, sync with peers, events).
 
-Every error raised on purpose derives from :class:`CommonsyncError`.
+Every error raised on purpose derives from :class:`CommonsyncError`; a request a Node cannot
+do raises a :class:`RequestError`.
 """
 
-from .errors import CommonsyncError
+from .errors import CommonsyncError, RequestError
 from .formats.chunking import ChunkHasher, ChunkRef
 from .formats.chunks import chunk_id, open_chunk, seal_chunk, verify_chunk
 from .formats.device_id import DeviceId
@@ -26,6 +35,9 @@ from .formats.identity import DeviceIdentity
 from .formats.keys import FolderKey, FolderKeyring
 from .formats.records import ChunkEntry, Kind, Record, open_and_verify, seal
 from .formats.versionvector import Ordering, VersionVector
+from .node.config import DeviceConfig, FolderConfig, NodeConfig, RelayConfig
+from .node.home import NodeHome
+from .node.node import Node
 from .relay.client import RelayControl, accept_relayed_channel, connect_relay, open_relayed_channel
 from .sync.folder import Event, EventKind, Folder, Progress, open_folder
 from .sync.store import IndexStore, open_store
@@ -40,19 +52,26 @@ __all__ = [
     "ChunkHasher",
     "ChunkRef",
     "CommonsyncError",
+    "DeviceConfig",
     "DeviceId",
     "DeviceIdentity",
     "Event",
     "EventKind",
     "Folder",
+    "FolderConfig",
     "FolderKey",
     "FolderKeyring",
     "IndexStore",
     "Kind",
+    "Node",
+    "NodeConfig",
+    "NodeHome",
     "Ordering",
     "Progress",
     "Record",
+    "RelayConfig",
     "RelayControl",
+    "RequestError",
     "Session",
     "VersionVector",
     "accept_channel",

@@ -290,3 +290,31 @@ class RelayJoinError(RelayError):
 class RelayProtocolError(RelayError, ProtocolError):
     """A relay message or a session preamble breaks the relay protocol (unknown type, bad
     field, oversized, a message sent in the wrong direction)."""
+
+
+class RequestError(CommonsyncError):
+    """A request to a :class:`~commonsync.node.node.Node` (add a folder, accept a device, ...)
+    that cannot be done as asked: the message says why, ``hint`` what to do instead. Nothing
+    was changed. A subclass says which way it failed (the daemon's API answers each with its
+    own HTTP status)."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+class InvalidRequestError(RequestError):
+    """The request is malformed: a device ID that is not one, a missing label."""
+
+
+class NotFoundError(RequestError):
+    """The request names a folder, device or offer this device does not know."""
+
+
+class RequestConflictError(RequestError):
+    """The request clashes with what is there: a folder already added or overlapping
+    another, a device already known, this device's own ID."""
+
+
+class UnavailableError(RequestError):
+    """The request cannot be done now (a folder whose disk is away): it may work later."""

@@ -16,9 +16,9 @@ import signal
 from collections.abc import Sequence
 
 import trio
-from commonsyncd.discovery import LanDiscovery, Sighting
 
 from commonsync import DeviceIdentity
+from commonsync.node.discovery import LanDiscovery, Sighting
 
 
 def _print_line(fields: dict[str, object]) -> None:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from commonsyncd.home import Home
-from commonsyncd.relay import run_relay_process
+from commonsyncd.relay.server import run_relay_process
 
 
 def main() -> int:

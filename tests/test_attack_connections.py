@@ -18,10 +18,10 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 import pytest
-from commonsyncd import inbound
-from commonsyncd.inbound import Admission, Ticket
-from commonsyncd.peers import MAX_HANDSHAKES_PER_SOURCE
 
+from commonsync.node import inbound
+from commonsync.node.inbound import Admission, Ticket
+from commonsync.node.peers import MAX_HANDSHAKES_PER_SOURCE
 from tests.daemons import wait_for
 from tests.hostile import IdleFlood, scene, still_syncs, stranger_is_served, victim_port
 
@@ -121,7 +121,7 @@ async def test_the_accept_loop_survives_running_out_of_file_descriptors(
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
     clients = [socket.socket() for _ in range(3)]
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    caplog.set_level(logging.INFO, logger="commonsyncd.inbound")
+    caplog.set_level(logging.INFO, logger="commonsync.node.inbound")
     try:
         with anyio.fail_after(30):
             async with anyio.create_task_group() as tasks:

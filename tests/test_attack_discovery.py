@@ -21,15 +21,20 @@ import anyio.abc
 import anyio.to_thread
 import pytest
 from commonsyncd.config import Config, DeviceConfig
-from commonsyncd.discovery import SERVICE_TYPE, LanDiscovery
-from commonsyncd.events import EventBus
-from commonsyncd.folders import FolderRunner
-from commonsyncd.peers import MAX_DISCOVERED_ADDRESSES, MAX_DISCOVERED_DEVICES, MAX_PENDING, Peers
 from zeroconf import ServiceInfo, Zeroconf
 
 from commonsync import DeviceId, DeviceIdentity, Session, accept_channel
 from commonsync.errors import CommonsyncError
 from commonsync.formats.messages import Folders, Hello, Offer, Ping, Pong
+from commonsync.node.discovery import SERVICE_TYPE, LanDiscovery
+from commonsync.node.events import EventBus
+from commonsync.node.folders import FolderRunner
+from commonsync.node.peers import (
+    MAX_DISCOVERED_ADDRESSES,
+    MAX_DISCOVERED_DEVICES,
+    MAX_PENDING,
+    Peers,
+)
 from tests.daemons import Device, wait_for
 
 pytestmark = pytest.mark.anyio
@@ -164,12 +169,12 @@ async def test_a_forged_announcement_does_not_displace_a_working_address(
 
 
 class _Host:
-    """What :class:`Peers` needs from a daemon, without the rest of one."""
+    """What :class:`Peers` needs from a node, without the rest of one."""
 
     def __init__(self, known: list[DeviceId]) -> None:
         self.identity = DeviceIdentity.generate()
         self.config = Config(devices=[DeviceConfig(d, "") for d in known])
-        self.events = EventBus()
+        self.event_bus = EventBus()
 
     @property
     def device_name(self) -> str:

@@ -19,8 +19,8 @@ import anyio
 import anyio.to_thread
 import pytest
 from commonsyncd.home import Home
-from commonsyncd.relay import MAX_GREETING_PER_SOURCE
-from commonsyncd.relay_config import RelayServerConfig
+from commonsyncd.relay.config import RelayServerConfig
+from commonsyncd.relay.server import MAX_GREETING_PER_SOURCE
 
 from commonsync import DeviceId, DeviceIdentity
 from commonsync.errors import CommonsyncError, RelayJoinError

@@ -19,10 +19,10 @@ from typing import IO, Any
 
 import pytest
 import trio
-from commonsyncd.discovery import SERVICE_TYPE, LanDiscovery, Sighting
 from zeroconf import ServiceInfo, Zeroconf
 
 from commonsync import DeviceId, DeviceIdentity
+from commonsync.node.discovery import SERVICE_TYPE, LanDiscovery, Sighting
 from tests.netns import Lan, lan
 
 __all__ = ["lan"]  # the fixture, imported to be used here
@@ -223,7 +223,7 @@ def test_malformed_announcements_are_ignored(caplog: pytest.LogCaptureFixture) -
     good = bogus("good", {b"id": str(good_id).encode()}, port=22032)
     sightings: list[Sighting] = []
     stop_time = 0.0
-    caplog.set_level(logging.DEBUG, logger="commonsyncd.discovery")
+    caplog.set_level(logging.DEBUG, logger="commonsync.node.discovery")
 
     async def main() -> None:
         nonlocal stop_time

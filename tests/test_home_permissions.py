@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from commonsyncd.config import Config
 from commonsyncd.home import Home, HomeError
-from commonsyncd.relay_config import RelayServerConfig
+from commonsyncd.relay.config import RelayServerConfig
 
 from commonsync import FolderKey
 from commonsync.errors import InsecureKeyFileError

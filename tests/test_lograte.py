@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 
 import pytest
-from commonsyncd.lograte import OTHERS, LogRate
 from commonsyncd.terminal import json_visible, visible
+
+from commonsync.node.lograte import OTHERS, LogRate
 
 
 class Clock:

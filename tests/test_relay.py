@@ -1,6 +1,6 @@
 """The community relay (SPEC.md §14), server and client over real sockets on 127.0.0.1.
 
-The relay server runs in the test's event loop (``commonsyncd.relay.RelayServer``, the code
+The relay server runs in the test's event loop (``commonsyncd.relay.server.RelayServer``, the code
 ``commonsync relay serve`` runs) with small limits where a test needs them; devices use the
 library's client. ``tests/test_relay_daemon.py`` drives the real processes end to end.
 """
@@ -18,8 +18,8 @@ import anyio
 import anyio.abc
 import pytest
 from commonsyncd.config import ConfigError
-from commonsyncd.relay import RelayServer, TokenBucket
-from commonsyncd.relay_config import RelayLimits, RelayServerConfig
+from commonsyncd.relay.config import RelayLimits, RelayServerConfig
+from commonsyncd.relay.server import RelayServer, TokenBucket
 
 from commonsync import DeviceIdentity
 from commonsync.errors import ChannelError, RelayError, RelayJoinError, RelayRefusedError

@@ -12,7 +12,7 @@ A device talks to a relay in two kinds of connection (SPEC.md §14):
   the relay copies bytes between the two devices that presented the same token, and the
   devices run the channel handshake end to end through it.
 
-Nothing here does I/O: :mod:`commonsync.relay.client` (devices) and ``commonsyncd.relay``
+Nothing here does I/O: :mod:`commonsync.relay.client` (devices) and ``commonsyncd.relay.server``
 (the server) feed it bytes. Every decoder bounds its input and validates every field before a
 value reaches the rest of the code, raising :class:`RelayProtocolError`.
 """

@@ -10,21 +10,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import anyio
 import trio
 
-from commonsync import CommonsyncError, open_store
+from commonsync import CommonsyncError
 
-from .api import ControlApi
-from .config import Config
-from .daemon import Daemon
+from .daemon import run_daemon
 from .home import Home
-from .index_check import recover_index
 from .logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -36,25 +31,6 @@ EXIT_CRASHED = 70
 def run(home: Home, log_level: str = "info", *, watch: bool = True) -> int:
     setup_logging(log_level)
     return run_process(lambda: run_daemon(home, watch=watch), "commonsyncd")
-
-
-async def run_daemon(home: Home, *, watch: bool = True) -> None:
-    """Run the daemon of ``home`` until SIGTERM or SIGINT."""
-    home.require_initialised()
-    config = Config.load(home.config_file)
-    identity = home.load_identity()
-    home.make_dirs()
-    rebuild = await anyio.to_thread.run_sync(recover_index, home.state_file, home.socket_path)
-    async with open_store(home.state_file) as store, anyio.create_task_group() as tasks:
-        daemon = Daemon(home, config, identity, store, watch=watch)
-        if rebuild is not None:
-            daemon.notices.append(rebuild.notice())
-        await tasks.start(daemon.run, ControlApi(daemon).handle)
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                log.info("stopping on %s", signal.Signals(signum).name)
-                break
-        tasks.cancel_scope.cancel()
 
 
 def run_process(main: Callable[[], Awaitable[None]], name: str) -> int:

@@ -26,45 +26,72 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from commonsync.errors import (
+    InvalidRequestError,
+    NotFoundError,
+    RequestConflictError,
+    RequestError,
+    UnavailableError,
+)
+from commonsync.node.node import Node
+
 from .control import ControlError, Request
-from .daemon import Daemon
+
+#: The HTTP status of each way a request to the Node can fail.
+STATUS = {
+    InvalidRequestError: 400,
+    NotFoundError: 404,
+    RequestConflictError: 409,
+    UnavailableError: 503,
+}
 
 
 class ControlApi:
-    def __init__(self, daemon: Daemon) -> None:
-        self._daemon = daemon
+    """The routes above, on a running :class:`~commonsync.node.node.Node`."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
 
     async def handle(self, request: Request) -> Any:
+        try:
+            return await self._route(request)
+        except RequestError as exc:
+            status = next((s for kind, s in STATUS.items() if isinstance(exc, kind)), 400)
+            raise ControlError(status, str(exc), hint=exc.hint) from None
+
+    async def _route(self, request: Request) -> Any:
         route = (request.method, request.path.rstrip("/") or "/")
-        daemon = self._daemon
+        node = self._node
         body = request.body if isinstance(request.body, dict) else {}
         match route:
             case ("GET", "/status"):
-                return daemon.status()
+                return node.status()
             case ("GET", "/folders"):
-                status = daemon.status()
+                status = node.status()
                 return {"folders": status["folders"], "offered": status["offered_folders"]}
             case ("POST", "/folders"):
                 path = Path(_text(body, "path"))
                 label = str(body.get("label") or Path(path).name)
-                runner = await daemon.add_folder(path, label)
+                runner = await node.add_folder(path, label)
                 return runner.status()
             case ("POST", "/folders/accept"):
-                runner = await daemon.accept_folder(
-                    _text(body, "folder"), Path(_text(body, "path"))
-                )
+                runner = await node.accept_folder(_text(body, "folder"), Path(_text(body, "path")))
                 return runner.status()
             case ("POST", "/folders/share"):
-                folder, device = await daemon.share(_text(body, "folder"), _text(body, "device"))
+                folder, device = await node.share(_text(body, "folder"), _text(body, "device"))
                 return {"folder": folder.label, "device": str(device.device_id)}
             case ("POST", "/folders/rescan"):
-                return await daemon.rescan(_text(body, "folder"))
+                reference = _text(body, "folder")
+                report = await node.rescan(reference)
+                return {"folder": node.folder(reference).status(), "report": str(report)}
             case ("POST", "/folders/confirm-deletions"):
-                return await daemon.confirm_deletions(_text(body, "folder"))
+                reference = _text(body, "folder")
+                report = await node.rescan(reference, confirm_deletions=True)
+                return {"folder": node.folder(reference).status(), "deleted": report.deleted}
             case ("GET", "/devices"):
                 return {
-                    "devices": daemon.peers.status(),
-                    "pending": daemon.peers.pending_status(),
+                    "devices": node.peers.status(),
+                    "pending": node.peers.pending_status(),
                 }
             case ("POST", "/devices"):
                 addresses = body.get("addresses") or []
@@ -72,8 +99,8 @@ class ControlApi:
                     isinstance(a, str) for a in addresses
                 ):
                     raise ControlError(400, "addresses must be a list of HOST:PORT strings")
-                device = await daemon.add_device(
-                    _text(body, "device"), str(body.get("name") or ""), addresses
+                device = await node.add_device(
+                    _text(body, "device"), name=str(body.get("name") or ""), addresses=addresses
                 )
                 return {
                     "id": str(device.device_id),
@@ -81,9 +108,9 @@ class ControlApi:
                     "addresses": device.addresses,
                 }
             case ("GET", "/relays"):
-                return {"relays": daemon.peers.relays.status()}
+                return {"relays": node.peers.relays.status()}
             case ("POST", "/relays"):
-                relay = await daemon.add_relay(_text(body, "relay"))
+                relay = await node.add_relay(_text(body, "relay"))
                 return {"id": str(relay.relay_id), "address": relay.address}
             case ("GET", "/conflicts"):
                 return {
@@ -93,7 +120,7 @@ class ControlApi:
                             "path": str(runner.root),
                             "conflicts": runner.conflict_copies(),
                         }
-                        for runner in daemon.runners.values()
+                        for runner in node.runners.values()
                     ]
                 }
             case ("GET", "/events"):
@@ -105,7 +132,7 @@ class ControlApi:
         )
 
     async def _events(self, *, replay: bool) -> AsyncIterator[dict[str, Any]]:
-        async for event in self._daemon.events.subscribe(replay=replay):
+        async for event in self._node.events(replay=replay):
             yield event
 
 

@@ -485,7 +485,7 @@ def device_command(args: argparse.Namespace, client: ControlClient, out: Output)
 
 def relay_host_command(args: argparse.Namespace, home: Home, out: Output) -> int:
     """The hoster's side: the relay's identity and members, and running it."""
-    from .relay import load_or_create, run_relay_process
+    from .relay.server import load_or_create, run_relay_process
 
     if args.relay_command == "serve":
         return run_relay_process(home, args.listen, args.open, args.log_level)

@@ -30,143 +30,50 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import anyio
-import anyio.abc
 import tomli_w
 
-from commonsync import CommonsyncError, DeviceId
+from commonsync import DeviceId
 from commonsync.errors import DeviceIdError
-from commonsync.relay.wire import DEFAULT_RELAY_PORT
+from commonsync.node.config import (
+    DEFAULT_PORT,
+    ConfigError,
+    DeviceConfig,
+    FolderConfig,
+    NodeConfig,
+    RelayConfig,
+    format_address,
+    parse_address,
+    remote_address,
+)
 from commonsync.sync.space import MinFree
 
-DEFAULT_PORT = 22070
+__all__ = [
+    "DEFAULT_PORT",
+    "MAX_CONFIG_BYTES",
+    "Config",
+    "ConfigError",
+    "DeviceConfig",
+    "FolderConfig",
+    "RelayConfig",
+    "format_address",
+    "parse_address",
+    "private_file",
+    "read_toml",
+    "remote_address",
+]
+
 #: The largest configuration file read (a TOML bomb is not a configuration).
 MAX_CONFIG_BYTES = 1024 * 1024
 
 
-class ConfigError(CommonsyncError):
-    """The configuration file is malformed; the message names the file and the field."""
-
-
-def parse_address(text: str, *, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
-    """``host:port``, ``host``, ``[v6]:port`` → (host, port), with a clear error."""
-    text = text.strip()
-    host, port_text = text, ""
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port_text = rest.removeprefix(":")
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-    if not host:
-        raise ConfigError(f"{text!r} is not an address; write it as HOST:PORT")
-    if not port_text:
-        return host, default_port
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ConfigError(f"{text!r} has no valid port; write it as HOST:PORT (0 to 65535)")
-    return host, int(port_text)
-
-
-def format_address(host: str, port: int) -> str:
-    """``host:port``, with an IPv6 host in brackets: what :func:`parse_address` reads."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def remote_address(stream: anyio.abc.SocketStream) -> str:
-    """Who is at the other end of an accepted connection, as ``host:port`` (for logs)."""
-    try:
-        remote = stream.extra(anyio.abc.SocketAttribute.remote_address)
-    except anyio.TypedAttributeLookupError:
-        return "?"
-    if isinstance(remote, str):  # a Unix socket
-        return remote
-    return format_address(remote[0], remote[1])
-
-
 @dataclass
-class DeviceConfig:
-    device_id: DeviceId
-    name: str = ""
-    addresses: list[str] = field(default_factory=list)
-
-
-@dataclass
-class FolderConfig:
-    folder_id: bytes
-    label: str
-    path: Path
-    devices: list[DeviceId] = field(default_factory=list)
-
-
-@dataclass
-class RelayConfig:
-    """A community relay this device keeps a control connection to: its ID, which the
-    connection pins (SPEC.md §14), and its address."""
-
-    relay_id: DeviceId
-    address: str
-
-    @classmethod
-    def parse(cls, text: str) -> RelayConfig:
-        """``RELAYID@HOST:PORT``, as ``commonsync relay add`` takes it (the port defaults
-        to a relay's, 22071)."""
-        relay_text, at, address = text.strip().rpartition("@")
-        if not at or not relay_text.strip() or not address:
-            raise ConfigError(f"{text!r} does not name a relay; write it as RELAYID@HOST:PORT")
-        try:
-            relay_id = DeviceId.parse(relay_text)
-        except DeviceIdError as exc:
-            raise ConfigError(f"{relay_text!r} is not a valid relay ID: {exc}") from None
-        host, port = parse_address(address, default_port=DEFAULT_RELAY_PORT)
-        return cls(relay_id, format_address(host, port))
-
-    def __str__(self) -> str:
-        return f"{self.relay_id}@{self.address}"
-
-
-@dataclass
-class Config:
-    name: str = ""
-    listen: str = f"0.0.0.0:{DEFAULT_PORT}"
-    rescan_interval: float = 3600.0
-    max_deleted_share: float = 0.5
-    #: Free space kept on each folder's disk: "1%", "10 GB", or bytes (commonsync.sync.space).
-    min_free: str = "1%"
-    discovery_enabled: bool = True
-    discovery_interfaces: list[str] = field(default_factory=list)
-    devices: list[DeviceConfig] = field(default_factory=list)
-    folders: list[FolderConfig] = field(default_factory=list)
-    relays: list[RelayConfig] = field(default_factory=list)
-
-    # -- lookups ------------------------------------------------------------------------------
-
-    def relay(self, relay_id: DeviceId) -> RelayConfig | None:
-        return next((r for r in self.relays if r.relay_id == relay_id), None)
-
-    def device(self, device_id: DeviceId) -> DeviceConfig | None:
-        return next((d for d in self.devices if d.device_id == device_id), None)
-
-    def folder(self, folder_id: bytes) -> FolderConfig | None:
-        return next((f for f in self.folders if f.folder_id == folder_id), None)
-
-    def find_folder(self, reference: str) -> FolderConfig:
-        """A folder by label, ID, or unambiguous ID prefix (as people type them)."""
-        by_label = [f for f in self.folders if f.label == reference]
-        if len(by_label) == 1:
-            return by_label[0]
-        prefix = reference.lower()
-        by_id = [f for f in self.folders if f.folder_id.hex().startswith(prefix)] if prefix else []
-        if len(by_id) == 1:
-            return by_id[0]
-        if len(by_label) + len(by_id) > 1:
-            raise ConfigError(f"{reference!r} names several folders; use more of its ID")
-        raise ConfigError(f"no folder is called {reference!r}; `commonsync folder list` shows them")
-
-    def folders_shared_with(self, device_id: DeviceId) -> list[FolderConfig]:
-        return [f for f in self.folders if device_id in f.devices]
+class Config(NodeConfig):
+    """The library's :class:`~commonsync.node.config.NodeConfig`, read from and written to
+    the daemon's TOML file."""
 
     # -- the file -----------------------------------------------------------------------------
 
@@ -193,7 +100,7 @@ class Config:
         discovery = _table(raw.get("discovery", {}), "discovery")
         config = cls(
             name=_typed(raw.get("name", ""), str, "name"),
-            listen=_typed(raw.get("listen", cls.listen), str, "listen"),
+            listen=_typed(raw.get("listen", f"0.0.0.0:{DEFAULT_PORT}"), str, "listen"),
             rescan_interval=_number(raw.get("rescan_interval", 3600), "rescan_interval"),
             max_deleted_share=_number(raw.get("max_deleted_share", 0.5), "max_deleted_share"),
             min_free=str(_typed(raw.get("min_free", "1%"), (str, int, float), "min_free")),

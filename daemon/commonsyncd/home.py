@@ -14,24 +14,19 @@ identity and configuration in the same places under other names (``relay.key``,
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
 
-from commonsync import CommonsyncError, DeviceIdentity, FolderKey
-from commonsync.errors import InsecureKeyFileError
+from commonsync import DeviceIdentity, FolderKey
+from commonsync.node.home import HomeError, NodeHome
+
+__all__ = ["Home", "HomeError"]
 
 APP = "commonsync"
 #: Linux refuses Unix socket paths longer than this (sun_path holds 108 bytes with the NUL).
 MAX_SOCKET_PATH = 107
-#: A folder key file is a few dozen bytes; more is not one.
-_MAX_KEY_FILE = 4096
-
-
-class HomeError(CommonsyncError):
-    """The home directory is missing, not initialised, or cannot be used."""
 
 
 @dataclass(frozen=True)
@@ -73,15 +68,15 @@ class Home:
 
     @property
     def identity_file(self) -> Path:
-        return self.data_dir / "device.key"
+        return self.node_home.identity_file
 
     @property
     def state_file(self) -> Path:
-        return self.data_dir / "state.db"
+        return self.node_home.state_file
 
     @property
     def keys_dir(self) -> Path:
-        return self.data_dir / "folder-keys"
+        return self.node_home.keys_dir
 
     @property
     def relay_config_file(self) -> Path:
@@ -121,49 +116,16 @@ class Home:
         self.require_initialised()
         return DeviceIdentity.load(self.identity_file)
 
+    @property
+    def node_home(self) -> NodeHome:
+        """Where the library's Node keeps this device's secrets and index."""
+        return NodeHome(self.data_dir)
+
     def save_folder_key(self, key: FolderKey) -> None:
-        """Keep a folder's key with the device key (0600, written whole, never in config)."""
-        self.keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = self.folder_key_file(key.folder_id)
-        temp = path.with_suffix(".tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        try:
-            os.write(fd, key.to_bytes())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, path)
+        self.node_home.save_folder_key(key)
 
     def load_folder_key(self, folder_id: bytes) -> FolderKey:
-        """A folder's key, checked as the device key is: a regular file (never through a
-        symlink, never a FIFO to block on) that no other user can read or write."""
-        path = self.folder_key_file(folder_id)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise HomeError(
-                f"the key of folder {folder_id.hex()} is missing from {self.keys_dir}; "
-                "remove the folder and accept it again from a device that has it"
-            ) from None
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise HomeError(f"the folder key file {path} is not a regular file")
-            if info.st_mode & 0o077:
-                raise InsecureKeyFileError(
-                    f"the folder key file {path} is accessible to other users "
-                    f"(mode {stat.S_IMODE(info.st_mode):04o}); the folder's key may have "
-                    f"leaked. If you trust this machine's other users, run `chmod 600 {path}`"
-                )
-            data = os.read(fd, _MAX_KEY_FILE + 1)
-        finally:
-            os.close(fd)
-        if len(data) > _MAX_KEY_FILE:
-            raise HomeError(f"{path} is not a folder key (too large)")
-        key = FolderKey.from_bytes(data)
-        if key.folder_id != folder_id:
-            raise HomeError(f"{path} holds the key of another folder")
-        return key
+        return self.node_home.load_folder_key(folder_id)
 
     def folder_key_file(self, folder_id: bytes) -> Path:
-        return self.keys_dir / f"{folder_id.hex()}.key"
+        return self.node_home.folder_key_file(folder_id)

@@ -2,7 +2,7 @@
 
 One connection per configured relay (``commonsync relay add RELAYID@HOST:PORT``), pinned to
 the relay's ID and kept with exponential backoff. While one is up,
-:class:`~commonsyncd.peers.Peers` can ask that relay for a session with a device it cannot
+:class:`~commonsync.node.peers.Peers` can ask that relay for a session with a device it cannot
 reach directly, and the relay's invitations are handed to it to join. Why a relay is not
 connected (unreachable, not a member, wrong ID) stays in :meth:`RelayLinks.status`, which
 ``commonsync status`` and ``commonsync relay list`` show.
@@ -19,11 +19,11 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from commonsync import DeviceId, DeviceIdentity
-from commonsync.errors import CommonsyncError, RelayError, RelayRefusedError
-from commonsync.relay.client import RelayControl, connect_relay
-from commonsync.relay.wire import DEFAULT_RELAY_PORT, Invitation
-
+from ..errors import CommonsyncError, RelayError, RelayRefusedError
+from ..formats.device_id import DeviceId
+from ..formats.identity import DeviceIdentity
+from ..relay.client import RelayControl, connect_relay
+from ..relay.wire import DEFAULT_RELAY_PORT, Invitation
 from .config import RelayConfig, parse_address
 
 log = logging.getLogger(__name__)

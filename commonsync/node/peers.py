@@ -7,7 +7,7 @@ devices, and a stranger that tries is listed as *pending* so that a person can a
 over the folders configured as shared with that device.
 
 A known device that no address reaches is reached through a community relay this device is
-connected to (:mod:`commonsyncd.relay_links`, SPEC.md §14): the relay splices two fresh
+connected to (:mod:`commonsync.node.relay_links`, SPEC.md §14): the relay splices two fresh
 connections and the session runs over them end to end, exactly as over a direct one. A relay's
 invitation is always joined, and the handshake decides as for an inbound connection: a known
 device gets its session, a stranger is refused and listed as pending (its identity proven by
@@ -31,15 +31,17 @@ from typing import Any, Protocol
 import anyio
 import anyio.abc
 
-from commonsync import Channel, DeviceId, DeviceIdentity, Session, accept_channel, connect_channel
-from commonsync.errors import CommonsyncError, RelayRefusedError
-from commonsync.formats.messages import Offer
-from commonsync.relay.client import accept_relayed_channel, open_relayed_channel
-from commonsync.relay.wire import Invitation, RefuseReason
-from commonsync.sync.exchange import OfferHandler, PeerExchange
-
+from ..errors import CommonsyncError, RelayRefusedError
+from ..formats.device_id import DeviceId
+from ..formats.identity import DeviceIdentity
+from ..formats.messages import Offer
+from ..relay.client import accept_relayed_channel, open_relayed_channel
+from ..relay.wire import Invitation, RefuseReason
+from ..sync.exchange import OfferHandler, PeerExchange
+from ..wire.channel import Channel, accept_channel, connect_channel
+from ..wire.session import Session
 from . import inbound
-from .config import Config, parse_address, remote_address
+from .config import NodeConfig, parse_address, remote_address
 from .events import EventBus
 from .folders import FolderRunner
 from .inbound import Admission, Ticket
@@ -68,7 +70,7 @@ MAX_STRANGER_JOINS = 2
 RELAYED_JOIN_TIMEOUT = 20.0
 #: Inbound connections still in their handshake, from one source (an IPv4 address or an
 #: IPv6 /64) and in all (fewer when the process may open few files:
-#: :func:`~commonsyncd.inbound.greeting_capacity`); beyond, a connection is closed at once.
+#: :func:`~commonsync.node.inbound.greeting_capacity`); beyond, a connection is closed at once.
 MAX_HANDSHAKES_PER_SOURCE = 8
 MAX_HANDSHAKES = 128
 #: Seconds an inbound connection (direct or relayed) has for its handshake: two round trips
@@ -81,11 +83,11 @@ MAX_DISCOVERED_DEVICES = 256
 
 
 class PeerHost(Protocol):
-    """What the connections need from the daemon."""
+    """What the connections need from their :class:`~commonsync.node.node.Node`."""
 
     identity: DeviceIdentity
-    config: Config
-    events: EventBus
+    config: NodeConfig
+    event_bus: EventBus
 
     @property
     def device_name(self) -> str: ...
@@ -396,7 +398,7 @@ class Peers:
                 device_id,
                 how,
             ):
-                self._host.events.publish("", "device pending", peer=str(device_id), detail=how)
+                self._host.event_bus.publish("", "device pending", peer=str(device_id), detail=how)
         else:
             known.addresses, known.last_seen = addresses, time.time()
 
@@ -492,7 +494,7 @@ class Peers:
             address,
             "we dialled" if initiator else "it dialled",
         )
-        self._host.events.publish("", "peer connected", peer=str(peer), detail=address)
+        self._host.event_bus.publish("", "peer connected", peer=str(peer), detail=address)
         try:
             with link.scope:
                 await exchange.run()
@@ -506,7 +508,7 @@ class Peers:
             )
             if self.links.get(peer) is link:
                 del self.links[peer]
-                self._host.events.publish("", "peer disconnected", peer=str(peer))
+                self._host.event_bus.publish("", "peer disconnected", peer=str(peer))
             link.closed.set()
 
     def _prefer(self, new: Link, old: Link) -> bool:

@@ -1,7 +1,8 @@
-"""The daemon's event stream: what happened, for the control API's ``GET /events``.
+"""A Node's event stream: what happened, for :meth:`Node.events` (and so the daemon's
+``GET /events``).
 
 Every subscriber gets its own bounded buffer; one that does not keep up loses events (and is
-told how many) rather than slowing the daemon down. The last events are kept so that a new
+told how many) rather than slowing the node down. The last events are kept so that a new
 subscriber, or ``status``, can see what just happened.
 """
 

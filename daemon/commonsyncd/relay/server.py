@@ -14,7 +14,7 @@ kinds of connection, told apart by their first byte:
   so what passes here is ciphertext, and each device checks the other's identity itself.
 
 Every resource a device can make the relay spend is bounded (limits in
-:class:`~commonsyncd.relay_config.RelayLimits`, constants below): connections still greeting,
+:class:`~commonsyncd.relay.config.RelayLimits`, constants below): connections still greeting,
 control connections, sessions in all and per device, session requests per device (a token
 bucket), how long a token waits, and optionally each session's bandwidth. The relay logs one
 JSON object per line (who connected, sessions and their byte counts), never contents.
@@ -40,6 +40,9 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from commonsync import Channel, DeviceId, DeviceIdentity, accept_channel
 from commonsync.errors import CommonsyncError, IdentityError, RelayProtocolError
+from commonsync.node import inbound
+from commonsync.node.inbound import Admission, Ticket
+from commonsync.node.lograte import LogRate
 from commonsync.relay import wire as wire
 from commonsync.relay.wire import (
     Connect,
@@ -54,18 +57,15 @@ from commonsync.relay.wire import (
 )
 from commonsync.wire.handshake import PeerRefusedError
 
-from . import inbound
-from .config import ConfigError, format_address, parse_address, remote_address
-from .home import Home
-from .inbound import Admission, Ticket
-from .lograte import LogRate
-from .logs import setup_logging
-from .relay_config import RelayLimits, RelayServerConfig
+from ..config import ConfigError, format_address, parse_address, remote_address
+from ..home import Home
+from ..logs import setup_logging
+from .config import RelayLimits, RelayServerConfig
 
 log = logging.getLogger(__name__)
 
 #: Connections still in their first phase (handshake or preamble) at once, in all and from
-#: one source (an IPv4 address or an IPv6 /64: :mod:`commonsyncd.inbound`); more are closed
+#: one source (an IPv4 address or an IPv6 /64: :mod:`commonsync.node.inbound`); more are closed
 #: at once, so that a flood of idle sockets cannot crowd out the members, and one source
 #: cannot take every place (16 leaves room for a small office's devices behind one NAT).
 MAX_GREETING = 256
@@ -681,7 +681,7 @@ def run_relay_process(
 ) -> int:
     """``commonsync relay serve``: the relay in the foreground; its exit code (0 after
     SIGTERM or SIGINT, 2 if it cannot start)."""
-    from .__main__ import run_process
+    from ..__main__ import run_process
 
     setup_logging(log_level)
     if listen:

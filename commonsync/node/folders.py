@@ -1,4 +1,4 @@
-"""One synced folder inside the daemon: the library's :class:`~commonsync.Folder`, plus the
+"""One synced folder of a Node: the engine's :class:`~commonsync.Folder`, plus the
 watcher that notices changes, the scans they trigger, and the status a person reads.
 
 The watcher (watchfiles, which runs on anyio) only says *that* something changed: every
@@ -25,8 +25,7 @@ import anyio.abc
 import anyio.to_thread
 from watchfiles import Change, awatch
 
-from commonsync import DeviceIdentity, Event, EventKind, Folder, FolderKey, IndexStore, open_folder
-from commonsync.errors import (
+from ..errors import (
     CommonsyncError,
     FolderError,
     FolderMissingError,
@@ -34,12 +33,16 @@ from commonsync.errors import (
     IndexFullError,
     MassDeletionError,
     StoreError,
+    UnavailableError,
 )
-from commonsync.sync.ignore import IGNORE_FILE
-from commonsync.sync.layout import FOLDER_MARKER, METADATA_DIR, is_conflict_copy, is_internal
-from commonsync.sync.scanner import ScanReport, SkipReason, check_folder
-from commonsync.sync.space import DEFAULT_MIN_FREE, DiskReserve, MinFree
-
+from ..formats.identity import DeviceIdentity
+from ..formats.keys import FolderKey
+from ..sync.folder import Event, EventKind, Folder, open_folder
+from ..sync.ignore import IGNORE_FILE
+from ..sync.layout import FOLDER_MARKER, METADATA_DIR, is_conflict_copy, is_internal
+from ..sync.scanner import ScanReport, SkipReason, check_folder
+from ..sync.space import DEFAULT_MIN_FREE, DiskReserve, MinFree
+from ..sync.store import IndexStore
 from .config import FolderConfig
 from .events import EventBus
 
@@ -84,13 +87,9 @@ class FolderState(enum.Enum):
     ERROR = "error"
 
 
-class FolderUnavailableError(CommonsyncError):
+class FolderUnavailableError(UnavailableError):
     """A scan a person asked for did not run (or held deletions back): the message says why,
     ``hint`` what to do."""
-
-    def __init__(self, message: str, hint: str) -> None:
-        super().__init__(message)
-        self.hint = hint
 
 
 @dataclass

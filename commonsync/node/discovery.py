@@ -8,9 +8,10 @@ still hostile input: malformed announcements are skipped, and how many are kept 
 at once is bounded.
 
 python-zeroconf is synchronous and runs its own asyncio loop in a thread. We never call its
-blocking methods from trio: registering (which probes the network for ~1.7 s) and resolving
-run as coroutines on zeroconf's loop that trio waits for and cancels, and the browser thread
-hands its events into trio through the trio token without ever blocking on trio.
+blocking methods from our event loop (trio or asyncio, through anyio): registering (which
+probes the network for ~1.7 s) and resolving run as coroutines on zeroconf's loop that we wait
+for and cancel, and the browser thread hands its events to our loop, waiting only for the
+loop to take them (a bounded buffer, never for the work they cause).
 
 Zeroconf is always given the interfaces explicitly: by default it would announce on every
 interface of the machine.
@@ -28,7 +29,12 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
-import trio
+import anyio
+import anyio.abc
+import anyio.from_thread
+import anyio.lowlevel
+import anyio.to_thread
+from anyio.streams.memory import MemoryObjectSendStream
 from zeroconf import (
     BadTypeInNameException,
     ServiceBrowser,
@@ -37,8 +43,8 @@ from zeroconf import (
     Zeroconf,
 )
 
-from commonsync.errors import DeviceIdError
-from commonsync.formats.device_id import DeviceId
+from ..errors import DeviceIdError
+from ..formats.device_id import DeviceId
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +53,7 @@ SERVICE_TYPE = "_commonsync._tcp.local."
 RESOLVE_TIMEOUT_MS = 3000
 #: Services resolved at once; a LAN peer can announce any number of names.
 MAX_RESOLVING = 16
-#: Browser events waiting for the trio side; beyond that they are dropped.
+#: Browser events waiting for our event loop; beyond that they are dropped.
 EVENT_BUFFER = 256
 #: Services whose last sighting is remembered, so that only changes are reported.
 MAX_REMEMBERED = 1024
@@ -105,16 +111,16 @@ class LanDiscovery:
         self,
         on_sighting: Callable[[Sighting], None],
         *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Announce and browse until cancelled; calls on_sighting (in the trio thread) for every
+        """Announce and browse until cancelled; calls on_sighting (in our loop) for every
         other device seen or updated. Unregisters and closes zeroconf on cancellation.
 
         Reports ``started`` once the announcement went out, that is, once other devices can
         find us; others may be reported before that.
         """
         try:
-            zc = await trio.to_thread.run_sync(
+            zc = await anyio.to_thread.run_sync(
                 partial(Zeroconf, interfaces=list(self.interfaces), use_asyncio=False)
             )
         except OSError as exc:  # such as ENODEV for an address that no interface has
@@ -126,8 +132,8 @@ class LanDiscovery:
         try:
             listener = _Listener(self.device_id, zc, on_sighting)
             browser = ServiceBrowser(zc, SERVICE_TYPE, handlers=[listener.on_state_change])
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(listener.watch)
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(listener.watch)
                 info = self._announcement()
                 await _run_on_loop(zc, _register(zc, info))
                 log.info(
@@ -139,12 +145,13 @@ class LanDiscovery:
                 )
                 task_status.started()
         finally:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(_close, zc, browser)
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_close, zc, browser)
 
 
 class _Listener:
-    """The browser's events, from zeroconf's thread into trio, and from names to sightings."""
+    """The browser's events, from zeroconf's thread into our loop, and from names to
+    sightings."""
 
     def __init__(
         self, own_id: DeviceId, zc: Zeroconf, on_sighting: Callable[[Sighting], None]
@@ -152,10 +159,10 @@ class _Listener:
         self._own_id = own_id
         self._zc = zc
         self._on_sighting = on_sighting
-        self._token = trio.lowlevel.current_trio_token()
-        self._send, self._receive = trio.open_memory_channel[tuple[str, ServiceStateChange]](
-            EVENT_BUFFER
-        )
+        self._token = anyio.lowlevel.current_token()
+        self._send, self._receive = anyio.create_memory_object_stream[
+            tuple[str, ServiceStateChange]
+        ](EVENT_BUFFER)
         self._resolving: set[str] = set()
         self._reported: dict[str, Sighting] = {}
 
@@ -166,22 +173,25 @@ class _Listener:
         name: str,
         state_change: ServiceStateChange,
     ) -> None:
-        """Called in the browser's thread: hand the event to trio without waiting for it."""
-        with contextlib.suppress(trio.RunFinishedError):
-            self._token.run_sync_soon(self._enqueue, name, state_change)
+        """Called in the browser's thread: hand the event to our loop (which only queues it)."""
+        _call_soon(self._token, self._enqueue, self._send, name, state_change)
 
-    def _enqueue(self, name: str, state_change: ServiceStateChange) -> None:
-        # Runs as a trio system callback, where an exception would crash the whole run.
+    @staticmethod
+    def _enqueue(
+        send: MemoryObjectSendStream[tuple[str, ServiceStateChange]],
+        name: str,
+        state_change: ServiceStateChange,
+    ) -> None:
         try:
-            self._send.send_nowait((name, state_change))
-        except trio.WouldBlock:
+            send.send_nowait((name, state_change))
+        except anyio.WouldBlock:
             log.debug("LAN discovery is behind, dropping an event about %r", name)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             pass
 
     async def watch(self) -> None:
         """Turn the browser's events into sightings, until cancelled."""
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as tasks:
             with self._receive:
                 async for name, state_change in self._receive:
                     if state_change is ServiceStateChange.Removed:
@@ -201,7 +211,7 @@ class _Listener:
                         log.debug("too many LAN announcements to resolve, skipping %r", name)
                     else:
                         self._resolving.add(name)
-                        nursery.start_soon(self._resolve, name, info)
+                        tasks.start_soon(self._resolve, name, info)
 
     async def _resolve(self, name: str, info: ServiceInfo) -> None:
         try:
@@ -255,18 +265,17 @@ async def _register(zc: Zeroconf, info: ServiceInfo) -> None:
 
 
 async def _run_on_loop(zc: Zeroconf, coroutine: Coroutine[Any, Any, _T]) -> _T:
-    """Run a coroutine on zeroconf's asyncio loop and wait for it without blocking trio.
+    """Run a coroutine on zeroconf's asyncio loop and wait for it without blocking ours.
 
-    Cancelling the trio task cancels the coroutine, so that neither probing nor resolving
-    holds up a shutdown.
+    Cancelling our task cancels the coroutine, so that neither probing nor resolving holds
+    up a shutdown.
     """
     assert zc.loop is not None
-    token = trio.lowlevel.current_trio_token()
-    done = trio.Event()
+    token = anyio.lowlevel.current_token()
+    done = anyio.Event()
 
     def wake(_: concurrent.futures.Future[_T]) -> None:
-        with contextlib.suppress(trio.RunFinishedError):
-            token.run_sync_soon(done.set)
+        _call_soon(token, done.set)
 
     future = asyncio.run_coroutine_threadsafe(coroutine, zc.loop)
     future.add_done_callback(wake)
@@ -282,3 +291,12 @@ def _close(zc: Zeroconf, browser: ServiceBrowser | None) -> None:
     if browser is not None:
         browser.cancel()
     zc.close()
+
+
+def _call_soon(
+    token: anyio.lowlevel.EventLoopToken, function: Callable[..., None], *args: Any
+) -> None:
+    """From one of zeroconf's threads: run ``function`` (quick, never raising) in our event
+    loop. Waits only until the loop ran it; once our loop has stopped, does nothing."""
+    with contextlib.suppress(anyio.RunFinishedError):  # our loop is gone: nobody listens
+        anyio.from_thread.run_sync(function, *args, token=token)

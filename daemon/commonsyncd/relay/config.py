@@ -35,7 +35,7 @@ from commonsync import DeviceId
 from commonsync.errors import DeviceIdError
 from commonsync.relay.wire import DEFAULT_RELAY_PORT
 
-from .config import (
+from ..config import (
     ConfigError,
     _describe,
     _number,

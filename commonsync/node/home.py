@@ -1,0 +1,108 @@
+"""Where a Node keeps what is not configuration: its identity, its folders' keys and its
+index, in one directory the tool names.
+
+    device.key          the device's private key (0600)
+    folder-keys/*.key   one key per folder (0600; a key is what lets a device read a folder)
+    state.db            the index (SQLite)
+
+Secrets are checked as they are read: a regular file, never through a symlink, that no other
+user can read or write.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import CommonsyncError, InsecureKeyFileError
+from ..formats.identity import DeviceIdentity
+from ..formats.keys import FolderKey
+
+#: A folder key file is a few dozen bytes; more is not one.
+_MAX_KEY_FILE = 4096
+
+
+class HomeError(CommonsyncError):
+    """The home directory is missing, not initialised, or cannot be used."""
+
+
+@dataclass(frozen=True)
+class NodeHome:
+    """The directory of one device's secrets and index."""
+
+    directory: Path
+
+    @property
+    def identity_file(self) -> Path:
+        return self.directory / "device.key"
+
+    @property
+    def state_file(self) -> Path:
+        return self.directory / "state.db"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.directory / "folder-keys"
+
+    def make_dirs(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def load_identity(self) -> DeviceIdentity:
+        return DeviceIdentity.load(self.identity_file)
+
+    def load_or_create_identity(self) -> DeviceIdentity:
+        """The device's identity, made (and kept) on first use: what a tool embedding a Node
+        wants; the daemon asks for ``commonsync init`` instead."""
+        self.make_dirs()
+        if not self.identity_file.exists():
+            DeviceIdentity.generate().save(self.identity_file)
+        return self.load_identity()
+
+    def save_folder_key(self, key: FolderKey) -> None:
+        """Keep a folder's key with the device key (0600, written whole, never in config)."""
+        self.keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = self.folder_key_file(key.folder_id)
+        temp = path.with_suffix(".tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, key.to_bytes())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+
+    def load_folder_key(self, folder_id: bytes) -> FolderKey:
+        """A folder's key, checked as the device key is: a regular file (never through a
+        symlink, never a FIFO to block on) that no other user can read or write."""
+        path = self.folder_key_file(folder_id)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise HomeError(
+                f"the key of folder {folder_id.hex()} is missing from {self.keys_dir}; "
+                "remove the folder and accept it again from a device that has it"
+            ) from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise HomeError(f"the folder key file {path} is not a regular file")
+            if info.st_mode & 0o077:
+                raise InsecureKeyFileError(
+                    f"the folder key file {path} is accessible to other users "
+                    f"(mode {stat.S_IMODE(info.st_mode):04o}); the folder's key may have "
+                    f"leaked. If you trust this machine's other users, run `chmod 600 {path}`"
+                )
+            data = os.read(fd, _MAX_KEY_FILE + 1)
+        finally:
+            os.close(fd)
+        if len(data) > _MAX_KEY_FILE:
+            raise HomeError(f"{path} is not a folder key (too large)")
+        key = FolderKey.from_bytes(data)
+        if key.folder_id != folder_id:
+            raise HomeError(f"{path} holds the key of another folder")
+        return key
+
+    def folder_key_file(self, folder_id: bytes) -> Path:
+        return self.keys_dir / f"{folder_id.hex()}.key"
