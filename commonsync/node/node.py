@@ -171,12 +171,11 @@ class Node:
     ) -> None:
         """Listen, run every folder, dial every known device and keep at it until cancelled;
         ``task_status`` is told once every folder has run (or failed) and the port is open."""
+        await self.prepare()
         async with anyio.create_task_group() as tasks:
             self._tasks = tasks
             listener = await self._listen()
-            # Every folder is in status at once ("starting"), each until it has run or failed.
-            runners = [await self._make_runner(folder) for folder in self.config.folders]
-            for runner in runners:
+            for runner in list(self.runners.values()):
                 await tasks.start(_run_folder, runner, False)
             tasks.start_soon(self.peers.run, listener)
             if self.config.discovery_enabled:
@@ -188,6 +187,14 @@ class Node:
                 len(self.config.folders),
             )
             task_status.started()
+
+    async def prepare(self) -> None:
+        """Load every configured folder's key and make its runner, so that :meth:`status`
+        lists every folder ("starting") from then on, before :meth:`run` starts them (the
+        daemon calls it before it answers its control socket)."""
+        for folder in self.config.folders:
+            if folder.folder_id not in self.runners:
+                await self._make_runner(folder)
 
     async def _listen(self) -> anyio.abc.Listener[Any]:
         host, port = parse_address(self.config.listen)

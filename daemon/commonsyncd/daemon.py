@@ -45,6 +45,7 @@ async def run_daemon(home: Home, *, watch: bool = True) -> None:
         node = Node(home.node_home, config, identity, store, watch=watch, on_config_change=save)
         if rebuild is not None:
             node.notices.append(rebuild.notice())
+        await node.prepare()  # status lists every folder as soon as the socket answers
         # First, since its lock says whether another daemon already runs with this home.
         await tasks.start(serve_control, home.socket_path, ControlApi(node).handle)
         await tasks.start(node.run)
