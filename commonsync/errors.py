@@ -318,3 +318,23 @@ class RequestConflictError(RequestError):
 
 class UnavailableError(RequestError):
     """The request cannot be done now (a folder whose disk is away): it may work later."""
+
+
+class MembershipError(CommonsyncError):
+    """A folder's membership log, or an entry of it, cannot be used."""
+
+
+class EntryMalformedError(MembershipError):
+    """An entry of a membership log does not decode, or its fields are out of range, or its
+    signature does not verify."""
+
+
+class EntryRefusedError(MembershipError):
+    """A well-formed, signed membership entry breaks the rules: its author may not do what it
+    says (a writer adding a member, an admin removing an owner), or it refers to something
+    that is not there. The message says which rule; every device refuses it the same way."""
+
+
+class RollbackError(MembershipError):
+    """A peer's membership log does not contain the head this device has already seen: it is
+    an old log, or a different one."""

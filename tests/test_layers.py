@@ -23,7 +23,7 @@ PACKAGES = {"commonsync": ROOT / "commonsync", "commonsyncd": ROOT / "daemon" / 
 FLOORS: list[set[str]] = [
     {"commonsync.errors"},
     {"commonsync.formats"},
-    {"commonsync.wire"},
+    {"commonsync.wire", "commonsync.membership"},
     {"commonsync.relay", "commonsync.sync"},
     {"commonsync.node"},
     {"commonsync"},  # the package itself: the public API, re-exported from every floor

@@ -1,0 +1,305 @@
+"""The membership log: entries, roles, invitations, removals, epochs and forks (issue 15's
+pure core; docs/membership-design.md)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from commonsync import DeviceIdentity
+from commonsync.errors import EntryMalformedError, EntryRefusedError, MembershipError, RollbackError
+from commonsync.membership import epochs, invitations
+from commonsync.membership.entries import (
+    AddDevice,
+    AddMember,
+    Entry,
+    Genesis,
+    Invite,
+    NewEpoch,
+    RemoveMember,
+    RevokeInvitation,
+    Role,
+    SetRole,
+    decode_entry,
+    make_entry,
+)
+from commonsync.membership.log import MembershipLog, decode_log
+
+FOLDER = bytes(range(32))
+T0 = 1_800_000_000
+
+
+def device() -> DeviceIdentity:
+    return DeviceIdentity.generate()
+
+
+def add(
+    log: MembershipLog, by: DeviceIdentity, who: DeviceIdentity, role: Role, name: str = ""
+) -> bytes:
+    entry = log.append(by, AddMember(name or role.name.lower(), role, (who.public_key,)), T0)
+    return entry.hash
+
+
+def copy(log: MembershipLog) -> MembershipLog:
+    return decode_log(FOLDER, [decode_entry(e.encoded) for e in log.entries()])
+
+
+@pytest.fixture
+def choir() -> tuple[MembershipLog, dict[str, DeviceIdentity], dict[str, bytes]]:
+    return make_choir()
+
+
+def make_choir() -> tuple[MembershipLog, dict[str, DeviceIdentity], dict[str, bytes]]:
+    """An owner, an admin, a writer and a reader."""
+    people = {name: device() for name in ("owner", "admin", "writer", "reader")}
+    log = MembershipLog.create(people["owner"], FOLDER, "Ada", T0)
+    ids = {"owner": log.genesis}
+    for name, role in (("admin", Role.ADMIN), ("writer", Role.WRITER), ("reader", Role.READER)):
+        ids[name] = add(log, people["owner" if name == "admin" else "admin"], people[name], role)
+    return log, people, ids
+
+
+def test_an_entry_travels_byte_for_byte_and_refuses_any_change() -> None:
+    me = device()
+    entry = make_entry(me, FOLDER, [], T0, Genesis("Ada"))
+    again = decode_entry(entry.encoded)
+    assert again == entry
+    assert again.hash == entry.hash
+    for i in range(len(entry.encoded)):
+        tampered = bytearray(entry.encoded)
+        tampered[i] ^= 0x01
+        with pytest.raises(EntryMalformedError):
+            decode_entry(bytes(tampered))
+
+
+def test_roles_hold(
+    choir: tuple[MembershipLog, dict[str, DeviceIdentity], dict[str, bytes]],
+) -> None:
+    log, people, ids = choir
+    state = log.state
+    assert {m.name: m.role for m in state.members.values()} == {
+        "Ada": Role.OWNER, "admin": Role.ADMIN, "writer": Role.WRITER, "reader": Role.READER,
+    }  # fmt: skip
+    assert state.may_author(people["writer"].public_key, 10**6)
+    assert not state.may_author(people["reader"].public_key, 1)
+    assert not state.may_author(device().public_key, 1)
+    stranger = device()
+    for by, action, why in [
+        (people["writer"], AddMember("x", Role.READER, (stranger.public_key,)), "only admins"),
+        (people["reader"], SetRole(ids["reader"], Role.WRITER), "only admins"),
+        (people["admin"], RemoveMember(ids["owner"], ()), "only owners remove owners"),
+        (people["admin"], AddMember("x", Role.OWNER, (stranger.public_key,)), "only owners"),
+        (people["owner"], RemoveMember(ids["owner"], ()), "the last owner"),
+        (stranger, AddMember("x", Role.READER, (stranger.public_key,)), "not a device of a member"),
+        (
+            people["admin"],
+            AddDevice(ids["writer"], people["reader"].public_key),
+            "already a member",
+        ),
+    ]:
+        with pytest.raises(EntryRefusedError, match=why):
+            log.append(by, action, T0)
+    assert log.state == state  # nothing refused took effect
+
+
+def test_a_forged_entry_is_refused_by_every_device(
+    choir: tuple[MembershipLog, dict[str, DeviceIdentity], dict[str, bytes]],
+) -> None:
+    """A reader signs an entry promoting itself, as a modified client would: refused, and so is
+    what descends from it."""
+    log, people, ids = choir
+    forged = make_entry(people["reader"], FOLDER, log.heads, T0, SetRole(ids["reader"], Role.OWNER))
+    after = make_entry(people["reader"], FOLDER, [forged.hash], T0, RemoveMember(ids["owner"], ()))
+    refused = copy(log).add([after, forged])
+    assert {e.hash for e, _ in refused} == {forged.hash, after.hash}
+    other = copy(log)
+    other.add([forged, after])
+    assert forged.hash not in other
+    assert other.state == log.state
+
+
+def test_an_invitation_admits_once_through_any_member(
+    choir: tuple[MembershipLog, dict[str, DeviceIdentity], dict[str, bytes]],
+) -> None:
+    log, people, _ids = choir
+    secret = invitations.new_secret()
+    invite = log.append(
+        people["admin"], Invite(invitations.invitation_key(secret), Role.WRITER, T0 + 3600, 1), T0
+    )
+    joiner = device()
+
+    def admission(
+        secret: bytes, who: DeviceIdentity, role: Role = Role.WRITER, name: str = "Bea"
+    ) -> AddMember:
+        proof = invitations.sign_admission(secret, FOLDER, invite.hash, name, [who.public_key])
+        return AddMember(name, role, (who.public_key,), invite.hash, proof)
+
+    with pytest.raises(EntryRefusedError, match="did not prove"):
+        log.append(people["writer"], admission(invitations.new_secret(), joiner), T0)
+    with pytest.raises(EntryRefusedError, match="lesser role"):
+        log.append(people["writer"], admission(secret, joiner, Role.ADMIN), T0)
+    late = make_entry(people["writer"], FOLDER, log.heads, T0 + 7200, admission(secret, joiner))
+    assert [why for _, why in copy(log).add([late])] == ["the invitation has expired"]
+    log.append(people["writer"], admission(secret, joiner), T0 + 60)  # the admin is away
+    assert log.state.may_author(joiner.public_key, 1)
+    with pytest.raises(EntryRefusedError, match="already used"):
+        log.append(people["writer"], admission(secret, device(), name="Cy"), T0 + 61)
+
+
+def test_a_revoked_invitation_admits_nobody(
+    choir: tuple[MembershipLog, dict[str, DeviceIdentity], dict[str, bytes]],
+) -> None:
+    log, people, _ = choir
+    secret = invitations.new_secret()
+    invite = log.append(
+        people["admin"], Invite(invitations.invitation_key(secret), Role.READER, T0 + 10, 5), T0
+    )
+    log.append(people["admin"], RevokeInvitation(invite.hash), T0)
+    joiner = device()
+    proof = invitations.sign_admission(secret, FOLDER, invite.hash, "Bea", [joiner.public_key])
+    with pytest.raises(EntryRefusedError, match="revoked"):
+        log.append(
+            people["writer"],
+            AddMember("Bea", Role.READER, (joiner.public_key,), invite.hash, proof),
+            T0,
+        )
+
+
+def test_a_removed_writer_is_credited_only_up_to_its_last_sequence(
+    choir: tuple[MembershipLog, dict[str, DeviceIdentity], dict[str, bytes]],
+) -> None:
+    log, people, ids = choir
+    writer = people["writer"].public_key
+    log.append(people["admin"], RemoveMember(ids["writer"], ((writer, 41),)), T0)
+    assert log.state.may_author(writer, 41)
+    assert not log.state.may_author(writer, 42)  # a record it dates before its removal
+    with pytest.raises(EntryRefusedError, match="not a device of a member"):
+        log.append(people["writer"], SetRole(ids["reader"], Role.WRITER), T0)
+
+
+def test_a_new_epoch_reaches_exactly_the_devices_in_force(
+    choir: tuple[MembershipLog, dict[str, DeviceIdentity], dict[str, bytes]],
+) -> None:
+    log, people, ids = choir
+    log.append(people["admin"], RemoveMember(ids["writer"], ()), T0)
+    secret = os.urandom(32)
+    in_force = [p for name, p in people.items() if name != "writer"]
+    with pytest.raises(EntryRefusedError, match="exactly the devices"):
+        log.append(
+            people["admin"],
+            NewEpoch(
+                1,
+                epochs.secret_hash(secret),
+                tuple(
+                    (p.public_key, epochs.seal_secret(secret, p.public_key))
+                    for p in people.values()
+                ),
+            ),
+            T0,
+        )
+    wrapped = tuple((p.public_key, epochs.seal_secret(secret, p.public_key)) for p in in_force)
+    log.append(people["admin"], NewEpoch(1, epochs.secret_hash(secret), wrapped), T0)
+    epoch = log.state.epoch
+    assert epoch is not None
+    assert epoch.number == 1
+    key = epochs.open_secret(
+        people["reader"], FOLDER, 1, epoch.secret_hash, epoch.wrapped[people["reader"].public_key]
+    )
+    assert (key.secret, key.epoch) == (secret, 1)
+    assert people["writer"].public_key not in epoch.wrapped  # the removed device gets nothing
+    with pytest.raises(MembershipError):
+        epochs.open_secret(
+            people["writer"],
+            FOLDER,
+            1,
+            epoch.secret_hash,
+            epoch.wrapped[people["reader"].public_key],
+        )
+
+
+@pytest.mark.parametrize("trial", range(8))  # fresh keys each: both orders of the hashes
+def test_a_removal_beats_a_concurrent_role_change(trial: int) -> None:
+    """Two admins apart: one removes the writer, the other makes it an admin (and the writer,
+    as admin, adds someone). After they meet, both have the same head and state: the writer is
+    removed and what it did meanwhile has no effect, whichever order the hashes give."""
+    log, people, ids = make_choir()
+    second_admin = device()
+    add(log, people["owner"], second_admin, Role.ADMIN, "Dee")
+    left, right = copy(log), copy(log)
+    left.append(
+        people["admin"], RemoveMember(ids["writer"], ((people["writer"].public_key, 7),)), T0
+    )
+    right.append(second_admin, SetRole(ids["writer"], Role.ADMIN), T0)
+    right.append(
+        people["writer"], AddMember("Eve", Role.READER, (device().public_key,)), T0
+    )  # as admin
+    left.add(right.entries())
+    right.add(left.entries())
+    assert left.state == right.state
+    assert ids["writer"] not in left.state.members
+    assert "Eve" not in {m.name for m in left.state.members.values()}  # what the removed did
+    assert left.state.may_author(people["writer"].public_key, 7)
+    assert not left.state.may_author(people["writer"].public_key, 8)
+    merged = left.append(people["owner"], SetRole(ids["reader"], Role.WRITER), T0)
+    assert len(merged.parents) == 2  # a merge names both heads
+    right.add([merged])
+    assert left.heads == right.heads == [merged.hash]
+
+
+def test_an_old_log_is_a_rollback(
+    choir: tuple[MembershipLog, dict[str, DeviceIdentity], dict[str, bytes]],
+) -> None:
+    log, people, ids = choir
+    old = copy(log)
+    log.append(people["admin"], RemoveMember(ids["reader"], ()), T0)
+    with pytest.raises(RollbackError):
+        old.require_contains(log.heads)
+    log.require_contains(old.heads)
+
+
+OPS = st.lists(
+    st.tuples(st.integers(0, 2), st.integers(0, 5), st.integers(0, 5), st.integers(0, 3)),
+    max_size=14,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(OPS, st.randoms(use_true_random=False))
+def test_replicas_that_exchange_everything_agree(
+    ops: list[tuple[int, int, int, int]], shuffle: random.Random
+) -> None:
+    """Three replicas apply random membership actions while apart (some refused), then
+    exchange everything in random orders: the same log, heads and state everywhere."""
+    people = [device() for _ in range(6)]
+    base = MembershipLog.create(people[0], FOLDER, "p0", T0)
+    for i in (1, 2):
+        add(base, people[0], people[i], Role.ADMIN, f"p{i}")
+    for i in (3, 4, 5):
+        add(base, people[1], people[i], Role.WRITER, f"p{i}")
+    replicas = [copy(base) for _ in range(3)]
+    for replica, author, target, role in ops:
+        log = replicas[replica]
+        member = log.state.member_of(people[target].public_key)
+        action: SetRole | RemoveMember | AddMember
+        if member is None:
+            action = AddMember(f"p{target}", Role(role), (people[target].public_key,))
+        elif role == 0:
+            action = RemoveMember(member.id, ((people[target].public_key, 3),))
+        else:
+            action = SetRole(member.id, Role(role))
+        with contextlib.suppress(EntryRefusedError):  # a role may not allow it: fine
+            log.append(people[author], action, T0)
+    everything: list[Entry] = [e for r in replicas for e in r.entries()]
+    results = []
+    for replica in replicas:
+        entries = list(everything)
+        shuffle.shuffle(entries)
+        assert replica.add(entries) == []
+        results.append((replica.heads, replica.state, len(replica)))
+    assert results[0] == results[1] == results[2]
+    assert results[0][1].owners() >= 1
