@@ -55,9 +55,9 @@ from commonsync.sync.apply import (
     apply_symlink,
     conflict_copy,
     discard_partial,
-    prune_versions,
     safe_path,
 )
+from commonsync.sync.versions import prune_versions
 
 pytestmark = pytest.mark.anyio
 

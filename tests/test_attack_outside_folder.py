@@ -36,7 +36,8 @@ from commonsync.formats.messages import (
 from commonsync.formats.records import ChunkEntry, Kind, open_and_verify
 from commonsync.sync import scanner
 from commonsync.sync.folder import Folder
-from commonsync.sync.scanner import ScanProgress, SkipReason, init_folder
+from commonsync.sync.marker import init_folder
+from commonsync.sync.scanner import ScanProgress, SkipReason
 from commonsync.sync.store import IndexStore, open_store
 from tests.daemons import Device
 from tests.hostile import forge, invite, member_session, scene, still_syncs

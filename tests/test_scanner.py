@@ -28,12 +28,11 @@ from commonsync.formats.records import ChunkEntry, Kind, Record, sign_record, ve
 from commonsync.formats.versionvector import Ordering, VersionVector
 from commonsync.sync import apply, layout, modes, scanner
 from commonsync.sync.ignore import IGNORE_FILE, IgnoreRules
+from commonsync.sync.marker import check_folder, init_folder
 from commonsync.sync.scanner import (
     ScanProgress,
     ScanReport,
     SkipReason,
-    check_folder,
-    init_folder,
     scan,
 )
 from commonsync.sync.store import IndexEntry, IndexStore, LocalFile, open_store

@@ -40,7 +40,8 @@ from ..formats.keys import FolderKey
 from ..sync.folder import Event, EventKind, Folder, open_folder
 from ..sync.ignore import IGNORE_FILE
 from ..sync.layout import FOLDER_MARKER, METADATA_DIR, is_conflict_copy, is_internal
-from ..sync.scanner import ScanReport, SkipReason, check_folder
+from ..sync.marker import check_folder
+from ..sync.scanner import ScanReport, SkipReason
 from ..sync.space import DEFAULT_MIN_FREE, DiskReserve, MinFree
 from ..sync.store import IndexStore
 from .config import FolderConfig

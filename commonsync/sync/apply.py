@@ -4,15 +4,17 @@ The sync engine decides *what* a path should become (:mod:`commonsync.sync.decid
 makes it so. Its guarantees, each tested in ``tests/test_apply.py``:
 
 - **Nothing outside the folder.** Every operation reaches its target through directory file
-  descriptors opened one component at a time with ``O_NOFOLLOW``: a parent that is a symlink or
-  not a directory raises :class:`UnsafePathError`, and a swap made after a check cannot
-  redirect the write, because the check *is* the open. Symlinks are created as given and never
-  followed. Records may not write into the engine's own paths (:mod:`commonsync.sync.layout`).
+  descriptors opened one component at a time with ``O_NOFOLLOW``
+  (:class:`commonsync.sync.target.Target`): a parent that is a symlink or not a directory
+  raises :class:`UnsafePathError`, and a swap made after a check cannot redirect the write,
+  because the check *is* the open. Symlinks are created as given and never followed. Records
+  may not write into the engine's own paths (:mod:`commonsync.sync.layout`).
 - **No lost local change.** The caller passes what the scanner last saw at the target (a
   :class:`commonsync.sync.store.LocalFile`, as the index keeps it); right before anything is
   replaced the target is looked at again, and if it differs, :class:`LocalChangedError` is
   raised and nothing is touched. A replaced or deleted file goes to the versions folder (and is
-  compared with the expectation once more there, where it can no longer change under us).
+  compared with the expectation once more there, where it can no longer change under us; the
+  versions folder, and pruning it, are :mod:`commonsync.sync.versions`).
 - **No half-written file, ever.** A file is assembled in a temporary file beside its target
   (so the final rename is atomic), every chunk verified against its ID before it is written,
   then fsynced, given its mode and mtime, and renamed into place; the directory is fsynced.
@@ -35,15 +37,12 @@ import contextlib
 import errno
 import hmac
 import os
-import re
 import stat
 import time
-from collections.abc import Awaitable, Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
 
 import anyio
 import anyio.to_thread
@@ -66,17 +65,28 @@ from ..errors import (
 )
 from ..formats import paths
 from ..formats.chunks import chunk_id
-from ..formats.hashing import blake2b
 from ..formats.records import ChunkEntry, Kind, Record
 from . import layout, modes
 from .beneath import DIR_FLAGS as _DIR_FLAGS
-from .beneath import enter as _enter
 from .beneath import lstat_at as _lstat
 from .beneath import naming as _naming
 from .beneath import open_root as _open_root
 from .beneath import walk as _walk
+from .layout import fit as _fit
 from .space import DiskReserve
 from .store import LocalFile
+from .target import NO_HARD_LINKS as _NO_HARD_LINKS
+from .target import LocalState
+from .target import Target as _Target
+from .target import changed as _changed
+from .target import check as _check
+from .target import locate as _locate
+from .target import open_existing as _open_existing
+from .target import open_target as _open_target
+from .target import reported as _reported
+from .target import run as _run
+from .target import same as _same
+from .versions import keep_version as _keep_version
 
 __all__ = [
     "ChunkReader",
@@ -104,7 +114,6 @@ __all__ = [
     "conflict_copy",
     "discard_partial",
     "discard_temp",
-    "prune_versions",
     "safe_path",
     "temp_path",
 ]
@@ -113,32 +122,10 @@ __all__ = [
 #: :class:`MissingChunkError`; whatever it returns is verified against the chunk's ID.
 ChunkReader = Callable[[ChunkEntry], Awaitable[bytes]]
 
-#: Errors with which a file system says it has no hard links (FAT, some network and FUSE
-#: file systems), or Linux's protected_hardlinks refuses one.
-_NO_HARD_LINKS = frozenset(
-    {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS}
-)
-_NAME_MAX = paths.MAX_COMPONENT_BYTES
-_SECOND_NS = 1_000_000_000
 #: Chunks of one file fetched at the same time. Memory held is at most this many chunks.
 FETCH_WINDOW = 8
-#: A path replaced several times within one second gets versions stamped one second apart;
-#: beyond this many the versions folder is called full for that second.
-_VERSION_SLOTS = 1000
-#: Versions examined per worker-thread call while pruning.
-_PRUNE_BATCH = 256
-_T = TypeVar("_T")
 #: The reserve kept unless the caller says otherwise: 1 % of the disk (commonsync.sync.space).
 DEFAULT_RESERVE = DiskReserve()
-_VERSION_STAMP = re.compile(r"~(\d{8}-\d{6})(?:\.[^.]*)?$")
-
-
-#: What the scanner saw at a path (``LocalFile.from_stat(os.lstat(...))``): the one type the
-#: scanner produces, the index keeps and this module checks and returns. A file or symlink is
-#: unchanged when every field is equal (``mode`` is the whole ``st_mode``, type included); a
-#: directory when its type and inode are (its size and mtime follow its entries, which are
-#: checked one by one).
-LocalState = LocalFile
 
 
 # -- public API ------------------------------------------------------------------------------
@@ -385,25 +372,6 @@ async def discard_partial(root: Path, record: Record) -> bool:
         target.close()
 
 
-async def prune_versions(root: Path, older_than_ns: int) -> int:
-    """Remove the kept versions replaced before ``older_than_ns`` (ns since the epoch);
-    returns how many were removed. Directories left empty under the versions folder go too.
-
-    A version's age is the time stamp in its name (when it was replaced, not its mtime, which
-    is when it was last edited); an entry whose name has none is judged by its mtime.
-    """
-    versions_fd = await _run(root, layout.VERSIONS_DIR, partial(_open_directory, root))
-    if versions_fd is None:
-        return 0
-    try:
-        return await _prune(root, versions_fd, older_than_ns)
-    finally:
-        os.close(versions_fd)
-
-
-# -- reaching a path without following symlinks ---------------------------------------------
-
-
 #: A file of at most one chunk to write: its record, that chunk's bytes (b"" for an empty
 #: file), and what the scanner last saw at its path (None: nothing).
 SmallFile = tuple[Record, bytes, LocalState | None]
@@ -450,73 +418,7 @@ async def apply_small_files(
     return await anyio.to_thread.run_sync(write_each)
 
 
-@dataclass(frozen=True)
-class _Target:
-    """An open parent directory holding a target, reached without following any symlink."""
-
-    root: Path
-    root_fd: int
-    path: str
-    fd: int
-    name: str
-
-    async def run(self, work: Callable[[], _T]) -> _T:
-        """Run one bounded piece of file work on a worker thread."""
-        return await _run(self.root, self.path, work)
-
-    def close(self) -> None:
-        # Closing a directory descriptor does no I/O, so it need not go to a thread.
-        os.close(self.fd)
-        os.close(self.root_fd)
-
-
-async def _run(root: Path, path: str, work: Callable[[], _T]) -> _T:
-    """Run ``work`` on a worker thread; an operating system error becomes
-    :class:`LocalFileError` (only this module's own I/O: the caller's chunk reader is not
-    run through here, so its errors keep their type)."""
-    with _reported(root, path):
-        return await anyio.to_thread.run_sync(work)
-
-
-def _locate(root: Path, path: str, *, create: bool) -> _Target | None:
-    root_fd = _open_root(root)
-    try:
-        found = _walk(root_fd, root, path, create=create)
-    except BaseException:
-        os.close(root_fd)
-        raise
-    if found is None:
-        os.close(root_fd)
-        return None
-    return _Target(root, root_fd, path, *found)
-
-
-async def _open_target(root: Path, path: str) -> _Target:
-    """The target ``path`` below ``root``, its missing parents created."""
-    target = await _run(root, path, partial(_locate, root, path, create=True))
-    assert target is not None  # with create=True every parent exists or an error was raised
-    return target
-
-
-async def _open_existing(root: Path, path: str) -> _Target | None:
-    """The target ``path`` below ``root``, or ``None`` if one of its parents is missing."""
-    return await _run(root, path, partial(_locate, root, path, create=False))
-
-
-def _open_directory(root: Path) -> int | None:
-    """The versions folder, opened like any target (never through a symlink), if it exists."""
-    root_fd = _open_root(root)
-    try:
-        found = _walk(root_fd, root, layout.VERSIONS_DIR, create=False)
-        if found is None:
-            return None
-        parent_fd, name = found
-        try:
-            return _enter(parent_fd, name, root, layout.VERSIONS_DIR, create=False)
-        finally:
-            os.close(parent_fd)
-    finally:
-        os.close(root_fd)
+# -- what a record may ask for, and the temporary file's name -------------------------------
 
 
 def _refuse_internal(path: str) -> None:
@@ -538,101 +440,9 @@ def _require(record: Record, kind: Kind, function: str) -> None:
         )
 
 
-@contextlib.contextmanager
-def _reported(root: Path, path: str) -> Iterator[None]:
-    try:
-        yield
-    except OSError as exc:
-        code = errno.errorcode.get(exc.errno or 0, "?")
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise InsufficientSpaceError(
-                f"cannot apply {path!r} in {root}: {exc.strerror or exc} ({code}); the "
-                "version waits until space is freed",
-                needed=0,
-                free=0,
-            ) from exc
-        raise LocalFileError(
-            f"cannot apply {path!r} in {root}: {exc.strerror or exc} ({code}); the version "
-            "will be tried again",
-            exc.errno,
-        ) from exc
-
-
-def _fit(name: str, overhead: int) -> str:
-    """``name``, or a shortened form (a prefix plus a hash of the whole name) if ``name`` and
-    ``overhead`` more bytes would not fit in one component."""
-    encoded = name.encode("utf-8")
-    if len(encoded) + overhead <= _NAME_MAX:
-        return name
-    tag = blake2b(encoded, size=4).hex()
-    prefix = encoded[: _NAME_MAX - overhead - len(tag) - 1].decode("utf-8", "ignore")
-    return f"{prefix}~{tag}"
-
-
 def _fit_temp_name(name: str, digest: bytes) -> str:
     overhead = len(layout.temp_name("", digest).encode("utf-8"))
     return layout.temp_name(_fit(name, overhead), digest)
-
-
-def _kind(mode: int) -> Kind | None:
-    if stat.S_ISREG(mode):
-        return Kind.FILE
-    if stat.S_ISDIR(mode):
-        return Kind.DIRECTORY
-    if stat.S_ISLNK(mode):
-        return Kind.SYMLINK
-    return None
-
-
-def _same(expected: LocalState | None, st: os.stat_result | None) -> bool:
-    if expected is None or st is None:
-        return expected is None and st is None
-    if stat.S_IFMT(st.st_mode) != stat.S_IFMT(expected.mode) or st.st_ino != expected.inode:
-        return False
-    if stat.S_ISDIR(st.st_mode):
-        return True
-    return (st.st_size, st.st_mtime_ns, st.st_mode) == (
-        expected.size,
-        expected.mtime_ns,
-        expected.mode,
-    )
-
-
-def _describe(kind: Kind | None, size: int, mtime_ns: int) -> str:
-    if kind is Kind.FILE:
-        when = datetime.fromtimestamp(mtime_ns / 1e9, tz=UTC).isoformat(timespec="seconds")
-        return f"a file of {size} bytes modified {when}"
-    if kind is Kind.DIRECTORY:
-        return "a directory"
-    if kind is Kind.SYMLINK:
-        return "a symlink"
-    return "a FIFO, socket or device"
-
-
-def _changed(
-    path: str, expected: LocalState | None, st: os.stat_result | None
-) -> LocalChangedError:
-    was = (
-        "nothing"
-        if expected is None
-        else _describe(_kind(expected.mode), expected.size, expected.mtime_ns)
-    )
-    now = "nothing" if st is None else _describe(_kind(st.st_mode), st.st_size, st.st_mtime_ns)
-    if was == now:
-        now = f"{now}, but not the same one"
-    return LocalChangedError(
-        f"{path!r} changed on disk since it was scanned (scanned: {was}; now: {now}); "
-        "nothing was replaced: rescan it and decide again",
-        path,
-    )
-
-
-def _check(target: _Target, expected: LocalState | None) -> os.stat_result | None:
-    with _naming(target.path):
-        st = _lstat(target.fd, target.name)
-    if not _same(expected, st):
-        raise _changed(target.path, expected, st)
-    return st
 
 
 # -- assembling a file -----------------------------------------------------------------------
@@ -1035,85 +845,6 @@ def _remove_directory(target: _Target) -> None:
         ) from exc
 
 
-def _keep_version(target: _Target, expected: LocalState | None, now_ns: int, *, move: bool) -> None:
-    """Keep the file at the target in the versions folder: hard-linked there (``move`` false,
-    so the target never goes missing before its replacement arrives) or moved there.
-
-    The kept entry is compared with ``expected`` once more where nobody else writes; if it is
-    not the file the scanner saw, it is put back and :class:`LocalChangedError` raised.
-    """
-    fitted = _fit(target.name, len(layout.version_name("", now_ns).rpartition("/")[2]))
-    parent, _, _ = target.path.rpartition("/")
-    source = f"{parent}/{fitted}" if parent else fitted
-    found = _walk(target.root_fd, target.root, layout.version_name(source, now_ns), create=True)
-    assert found is not None
-    versions_fd = found[0]
-    try:
-        for slot in range(_VERSION_SLOTS):
-            kept = layout.version_name(fitted, now_ns + slot * _SECOND_NS).rpartition("/")[2]
-            if _lstat(versions_fd, kept) is not None:
-                continue
-            try:
-                if not move:
-                    try:
-                        os.link(
-                            target.name,
-                            kept,
-                            src_dir_fd=target.fd,
-                            dst_dir_fd=versions_fd,
-                            follow_symlinks=False,
-                        )
-                    except FileExistsError:
-                        continue
-                    except OSError as exc:
-                        if exc.errno not in _NO_HARD_LINKS:
-                            raise
-                        move = True
-                if move:
-                    os.rename(target.name, kept, src_dir_fd=target.fd, dst_dir_fd=versions_fd)
-            except OSError as exc:
-                if exc.errno != errno.EXDEV:
-                    raise
-                raise VersionsUnavailableError(
-                    f"{target.path!r} is on another file system than the folder's "
-                    f"{layout.VERSIONS_DIR}/, so its old version cannot be kept; nothing was "
-                    "replaced. Apply it without versions, or do not mount file systems "
-                    "inside a synced folder"
-                ) from exc
-            break
-        else:
-            raise VersionsUnavailableError(
-                f"{_VERSION_SLOTS} versions of {target.path!r} already exist around this time; "
-                f"nothing was replaced: prune {layout.VERSIONS_DIR}/"
-            )
-        st = _lstat(versions_fd, kept)
-        if not _same(expected, st):
-            _put_back(target, versions_fd, kept, moved=move)
-            raise _changed(target.path, expected, st)
-        os.fsync(versions_fd)
-    finally:
-        os.close(versions_fd)
-
-
-def _put_back(target: _Target, versions_fd: int, kept: str, *, moved: bool) -> None:
-    """Undo :func:`_keep_version` for an entry that turned out not to be the expected one.
-
-    If the target's name was taken again meanwhile, the moved entry stays in the versions
-    folder: kept, never lost.
-    """
-    if moved:
-        try:
-            os.link(
-                kept, target.name, src_dir_fd=versions_fd, dst_dir_fd=target.fd,
-                follow_symlinks=False,
-            )  # fmt: skip
-        except OSError as exc:
-            if exc.errno in _NO_HARD_LINKS and _lstat(target.fd, target.name) is None:
-                os.rename(kept, target.name, src_dir_fd=versions_fd, dst_dir_fd=target.fd)
-            return
-    os.unlink(kept, dir_fd=versions_fd)
-
-
 def _place_directory(
     target: _Target,
     record: Record,
@@ -1232,78 +963,3 @@ def _unlink_if_present(dir_fd: int, name: str) -> bool:
     except FileNotFoundError:
         return False
     return True
-
-
-# -- pruning the versions folder -------------------------------------------------------------
-
-
-def _bottom_up(dir_fd: int) -> Generator[tuple[str, list[str], list[str], int], None, None]:
-    """The directories below ``dir_fd``, deepest first, never entering a symlink; a generator
-    (fwalk's), so that closing it closes the descriptors it holds."""
-    yield from os.fwalk(".", topdown=False, dir_fd=dir_fd)
-
-
-async def _prune(root: Path, versions_fd: int, older_than_ns: int) -> int:
-    walker = _bottom_up(versions_fd)
-
-    def step() -> tuple[list[str], list[str], int] | None:
-        for _, dirnames, filenames, dir_fd in walker:
-            # fwalk lists a symlink to a directory with the directories (without entering
-            # it): it is an entry to prune like a file, never a directory to look into.
-            links = [name for name in dirnames if _is_link(dir_fd, name)]
-            return [n for n in dirnames if n not in links], filenames + links, dir_fd
-        return None
-
-    removed = 0
-    try:
-        while (found := await _run(root, layout.VERSIONS_DIR, step)) is not None:
-            dirnames, filenames, dir_fd = found
-            for start in range(0, len(filenames), _PRUNE_BATCH):
-                batch = filenames[start : start + _PRUNE_BATCH]
-                removed += await _run(
-                    root, layout.VERSIONS_DIR, partial(_prune_batch, dir_fd, batch, older_than_ns)
-                )
-            await _run(root, layout.VERSIONS_DIR, partial(_remove_empty, dir_fd, dirnames))
-    finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(walker.close)
-    return removed
-
-
-def _is_link(dir_fd: int, name: str) -> bool:
-    st = _lstat(dir_fd, name)
-    return st is not None and stat.S_ISLNK(st.st_mode)
-
-
-def _prune_batch(dir_fd: int, names: list[str], older_than_ns: int) -> int:
-    removed = 0
-    for name in names:
-        when = _replaced_at(name)
-        if when is None:
-            st = _lstat(dir_fd, name)
-            if st is None:
-                continue
-            when = st.st_mtime_ns
-        if when < older_than_ns:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(name, dir_fd=dir_fd)
-                removed += 1
-    return removed
-
-
-def _replaced_at(name: str) -> int | None:
-    """When a version was replaced, from the stamp :func:`layout.version_name` gave it."""
-    match = _VERSION_STAMP.search(name)
-    if match is None:
-        return None
-    try:
-        moment = datetime.strptime(match[1], "%Y%m%d-%H%M%S").replace(tzinfo=UTC)
-    except ValueError:
-        return None
-    return int(moment.timestamp()) * _SECOND_NS
-
-
-def _remove_empty(dir_fd: int, names: list[str]) -> None:
-    for name in names:
-        with contextlib.suppress(OSError):  # not empty, or not a directory: keep it
-            os.rmdir(name, dir_fd=dir_fd)

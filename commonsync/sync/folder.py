@@ -3,8 +3,9 @@
 :class:`Folder` ties the parts together: the scanner publishes local changes into the index,
 :class:`~commonsync.sync.exchange.PeerExchange` trades records and chunks with peers,
 :func:`~commonsync.sync.decide.decide` rules on every remote record, and the puller makes the
-chosen versions real on disk through :mod:`commonsync.sync.apply`. Progress and outcomes come out
-of :meth:`Folder.events` as an async iterator.
+chosen versions real on disk through :mod:`commonsync.sync.apply`, with the chunks that no local
+file holds fetched from the connected peers (:mod:`commonsync.sync.peer_chunks`). Progress and
+outcomes come out of :meth:`Folder.events` as an async iterator.
 
     async with open_folder(root, key, identity, store) as folder:
         await folder.scan()
@@ -16,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
-import math
 import os
 import stat
 import time
@@ -56,6 +56,8 @@ from .decide import REFUSED_INTERNAL, Action, decide, refusal
 from .exchange import PeerExchange, RemoteRecord
 from .ignore import IGNORE_FILE, FolderRules
 from .layout import conflict_name
+from .marker import init_folder
+from .peer_chunks import Ask, from_peers
 from .refusals import Refusal, Refusals
 from .space import DiskReserve
 from .store import (
@@ -995,6 +997,8 @@ class Folder:
                 await self.store.retry_now(self.folder_id)
                 self._pending_changed.set()
 
+    # -- fetching chunks -----------------------------------------------------------------------
+
     async def _fetch_chunk(self, chunk: ChunkEntry) -> bytes:
         known = self._local_sources
         if known is None or chunk.id in known:
@@ -1035,105 +1039,22 @@ class Folder:
         return found
 
     async def _from_peers(
-        self,
-        chunks: list[ChunkEntry],
-        ask: Callable[[PeerExchange, list[ChunkEntry]], Awaitable[list[bytes | None]]],
-        start: int,
+        self, chunks: list[ChunkEntry], ask: Ask, start: int
     ) -> dict[bytes, bytes]:
-        """``chunks`` from the connected peers (those that answer first, see
-        :meth:`_peers_from`), each checked against its ID.
-
-        A peer is asked for what is still missing; when it does not have some, the next one
-        is asked at once; when it is slow to answer at all (past its
-        :meth:`~commonsync.sync.exchange.PeerExchange.hedge_delay`), the next one is asked too,
-        and the first to answer is taken. So a peer that never answers costs a second, not a
-        timeout per chunk; the requests left waiting are given up (their frames, already on
-        the wire, stay whole), and the silent peer goes to the end of the line."""
-        found: dict[bytes, bytes] = {}
-        line = self._peers_from(start)
-        if not line:
-            return found
-        size = sum(c.size for c in chunks)
-        answers_in, answers = anyio.create_memory_object_stream[
-            tuple[PeerExchange, list[ChunkEntry], list[bytes | None]]
-        ](len(line))
-        asking = 0
-
-        async def one(peer: PeerExchange, wanted: list[ChunkEntry]) -> None:
-            got = await ask(peer, wanted)
-            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-                answers_in.send_nowait((peer, wanted, got))
-
-        async with answers_in, answers, anyio.create_task_group() as tasks:
-
-            def ask_next() -> float:
-                """Ask the next peer in line for what is missing; when to ask another."""
-                nonlocal asking
-                peer = line.pop(0)
-                tasks.start_soon(one, peer, [c for c in chunks if c.id not in found])
-                asking += 1
-                return anyio.current_time() + peer.hedge_delay(size)
-
-            hedge_at = ask_next()
-            while asking:
-                answered = None
-                with anyio.move_on_after(hedge_at - anyio.current_time() if line else math.inf):
-                    answered = await answers.receive()
-                if answered is None:  # slow to answer: ask the next one too
-                    hedge_at = ask_next()
-                    continue
-                asking -= 1
-                peer, wanted, got = answered
-                await self._take_matching(peer, wanted, got, found)
-                if len(found) == len(chunks):
-                    break
-                if not asking and line:
-                    hedge_at = ask_next()
-            tasks.cancel_scope.cancel()
-        return found
-
-    async def _take_matching(
-        self,
-        peer: PeerExchange,
-        wanted: list[ChunkEntry],
-        answers: list[bytes | None],
-        found: dict[bytes, bytes],
-    ) -> None:
-        """Put the chunks in ``answers`` that match their IDs into ``found``."""
-        got = [
-            (c, d) for c, d in zip(wanted, answers, strict=True)
-            if d is not None and c.id not in found
-        ]  # fmt: skip
-        if not got:
-            return
-        # In a thread: hashing a MiB takes a millisecond or two, too long for the loop.
-        matching = await anyio.to_thread.run_sync(
-            self._matching, [c for c, _ in got], [d for _, d in got]
+        """``chunks`` from the connected peers, each checked against its ID
+        (:func:`~commonsync.sync.peer_chunks.from_peers`)."""
+        return await from_peers(
+            self._peers,
+            chunks,
+            ask,
+            start,
+            chunk_id_key=self._key.chunk_id_key,
+            received=self._received,
+            tampered=self._tampered,
         )
-        if len(matching) < len(got):
-            self._tampered(peer)
-        for chunk, data in got:
-            if chunk.id in matching and chunk.id not in found:
-                found[chunk.id] = data
-                self.stats.chunk_bytes_received += len(data)
 
-    def _peers_from(self, start: int) -> list[PeerExchange]:
-        """The connected peers to ask, in order: those that answer, beginning at a different
-        one depending on ``start`` (to spread the load), then those that left requests
-        unanswered, the fewest first, and last those that stalled (see
-        :meth:`~commonsync.wire.session.Session.stalled_for`)."""
-        answering = [p for p in self._peers if not p.unanswered and not p.stalled]
-        first = start % len(answering) if answering else 0
-        others = sorted(
-            (p for p in self._peers if p.unanswered or p.stalled),
-            key=lambda p: (p.stalled, p.unanswered),
-        )
-        return answering[first:] + answering[:first] + others
-
-    def _matching(self, chunks: Sequence[ChunkEntry], data: Sequence[bytes]) -> set[bytes]:
-        """The IDs of the chunks whose bytes match them (in a worker thread)."""
-        key = self._key.chunk_id_key
-        return {c.id for c, d in zip(chunks, data, strict=True) if chunk_id(key, d) == c.id}
+    def _received(self, data: bytes) -> None:
+        self.stats.chunk_bytes_received += len(data)
 
     def _tampered(self, peer: PeerExchange) -> None:
         log.warning("%s sent a chunk that does not match its ID", peer.peer.short_str)
@@ -1336,7 +1257,7 @@ async def open_folder(
 ) -> AsyncIterator[Folder]:
     """Open a folder for syncing (creating its metadata on first use) and run its puller."""
     root = Path(root)
-    await anyio.to_thread.run_sync(scanner.init_folder, root)
+    await anyio.to_thread.run_sync(init_folder, root)
     await store.add_folder(key.folder_id, label or root.name)
     folder = Folder(root, key, identity, store, device_name=device_name)
     await folder._resume_pending()

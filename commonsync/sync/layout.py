@@ -11,6 +11,8 @@ file system and is atomic). The scanner skips both; :func:`is_internal` is the o
   transfer finds its partial file again and fetches only what is missing
 - ``<stem>.sync-conflict-YYYYMMDD-HHMMSS-<device>.<ext>``   the losing side of a conflict
   (an ordinary file, synced like any other)
+
+A name too long to take a mark within one path component is shortened first (:func:`fit`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from __future__ import annotations
 import re
 import secrets
 from datetime import UTC, datetime
+
+from ..formats import paths
+from ..formats.hashing import blake2b
 
 METADATA_DIR = ".commonsync"
 VERSIONS_DIR = f"{METADATA_DIR}/versions"
@@ -27,8 +32,10 @@ CONFLICT_MARK = ".sync-conflict-"
 #: point): without it, a scan must stop rather than read every file as deleted.
 FOLDER_MARKER = f"{METADATA_DIR}/folder"
 
-_TEMP = re.compile(r"\..+\.cs-tmp-[0-9a-f]{16}")
+#: DOTALL: a name may hold a newline (SPEC.md §8.4), and so may its temporary file's.
+_TEMP = re.compile(r"\..+\.cs-tmp-[0-9a-f]{16}", re.DOTALL)
 _CONFLICT = re.compile(r"\.sync-conflict-\d{8}-\d{6}-[A-Z2-7]{7}")
+_NAME_MAX = paths.MAX_COMPONENT_BYTES
 
 
 def is_internal(path: str) -> bool:
@@ -64,8 +71,20 @@ def temp_name(name: str, content_digest: bytes | None = None) -> str:
     return f".{name}{TEMP_MARK}{token}"
 
 
+def fit(name: str, overhead: int) -> str:
+    """``name``, or a shortened form (a prefix plus a hash of the whole name) if ``name`` and
+    ``overhead`` more bytes would not fit in one component."""
+    encoded = name.encode("utf-8")
+    if len(encoded) + overhead <= _NAME_MAX:
+        return name
+    tag = blake2b(encoded, size=4).hex()
+    prefix = encoded[: _NAME_MAX - overhead - len(tag) - 1].decode("utf-8", "ignore")
+    return f"{prefix}~{tag}"
+
+
 def _stamp(mtime_ns: int) -> str:
-    return datetime.fromtimestamp(mtime_ns / 1e9, tz=UTC).strftime("%Y%m%d-%H%M%S")
+    # Whole seconds, floored: a float division would round the last ns of a second up.
+    return datetime.fromtimestamp(mtime_ns // 10**9, tz=UTC).strftime("%Y%m%d-%H%M%S")
 
 
 def _split_extension(name: str) -> tuple[str, str]:

@@ -12,9 +12,10 @@
 
 What the scanner refuses to do, on purpose:
 
-- scan a folder whose marker file (:data:`commonsync.sync.layout.FOLDER_MARKER`) is missing: an
-  unmounted disk would read as "everything deleted" on every device (Syncthing's
-  ``.stfolder``); the marker is checked again before any batch that records deletions;
+- scan a folder whose marker file (:data:`commonsync.sync.layout.FOLDER_MARKER`, see
+  :mod:`commonsync.sync.marker`) is missing: an unmounted disk would read as "everything
+  deleted" on every device (Syncthing's ``.stfolder``); the marker is checked again before
+  any batch that records deletions;
 - follow a symlink (it is recorded as a link, whatever it points to) or read a FIFO, socket or
   device (reported and skipped);
 - leave the folder: directories are listed and files opened through directory descriptors
@@ -70,7 +71,6 @@ import anyio.to_thread
 from ..errors import (
     EncodingError,
     FolderError,
-    FolderMissingError,
     IndexChangedError,
     InvalidPathError,
     MassDeletionError,
@@ -85,6 +85,7 @@ from ..formats.versionvector import VersionVector
 from . import layout, modes
 from .beneath import DirectoryChain
 from .ignore import IgnoreRules
+from .marker import check_folder
 from .store import IndexEntry, IndexStore, LocalFile, PathState
 
 #: Changes written per transaction.
@@ -108,10 +109,6 @@ MAX_REPORTED = 1000
 #: A file whose mtime is this close to the time it was hashed gets no stored local state.
 RACY_WINDOW_NS = 2_000_000_000
 
-_MARKER_TEXT = (
-    b"This directory is a commonsync folder. Keep this file: without it, commonsync stops\n"
-    b"syncing the folder rather than take a missing disk for a mass deletion.\n"
-)
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
 
 
@@ -207,57 +204,6 @@ class ScanProgress:
     files_seen: int
     bytes_hashed: int
     current_path: str
-
-
-# -- the folder marker ------------------------------------------------------------------------
-
-
-def init_folder(root: Path) -> None:
-    """Make ``root`` a commonsync folder: create it if needed, its metadata directory and its
-    marker file. Idempotent. The marker is written and synced before it exists under its name,
-    so that a crash never leaves an empty marker behind. Raises :class:`FolderError`."""
-    root = Path(root)
-    marker = root / layout.FOLDER_MARKER
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        (root / layout.METADATA_DIR).mkdir(exist_ok=True)
-        if marker.is_file():
-            return
-        temp = marker.with_name(layout.temp_name(marker.name))
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, _MARKER_TEXT)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, marker)
-        _fsync_directory(marker.parent)
-    except OSError as exc:
-        raise FolderError(f"cannot set up {root} as a commonsync folder: {exc}") from exc
-
-
-def check_folder(root: Path) -> None:
-    """Raise :class:`FolderMissingError` unless ``root`` holds its folder marker."""
-    marker = Path(root) / layout.FOLDER_MARKER
-    try:
-        info = os.lstat(marker)
-    except OSError as exc:
-        raise FolderMissingError(
-            f"{root} cannot be scanned: its marker {layout.FOLDER_MARKER} is missing "
-            f"({exc.strerror or exc}). If the folder lives on a disk, is it mounted? A folder "
-            "without its marker is never scanned, so that a missing disk does not read as "
-            "every file deleted."
-        ) from exc
-    if not stat.S_ISREG(info.st_mode):
-        raise FolderMissingError(f"{root} cannot be scanned: {marker} is not a regular file")
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- the walk (in a worker thread) ------------------------------------------------------------
@@ -1044,10 +990,11 @@ async def scan(
     and signed by ``identity``.
 
     The folder must be registered in the store (:meth:`IndexStore.add_folder`) and marked
-    (:func:`init_folder`), else :class:`~commonsync.errors.StoreError` or
-    :class:`FolderMissingError`. ``ignore`` defaults to the folder's ``.csignore``
-    (:class:`~commonsync.errors.IgnoreFileError` if it is malformed). Paths in ``skip`` are
-    left alone, neither recorded nor deleted (the engine's pending remote versions).
+    (:func:`~commonsync.sync.marker.init_folder`), else :class:`~commonsync.errors.StoreError`
+    or :class:`~commonsync.errors.FolderMissingError`. ``ignore`` defaults to the folder's
+    ``.csignore`` (:class:`~commonsync.errors.IgnoreFileError` if it is malformed). Paths in
+    ``skip`` are left alone, neither recorded nor deleted (the engine's pending remote
+    versions).
     ``progress`` is called in the event loop as the scan goes; ``clock_ns`` gives the time for
     version counters and deletion times. With ``max_deleted_share`` (0 to 1), a scan that
     finds more than that share of the indexed entries gone (and at least
