@@ -577,7 +577,7 @@ async def test_a_symlink_planted_at_the_temporary_name_is_not_followed(
     "path",
     [
         ".commonsync/versions/x",
-        ".commonsync/sync/folder",
+        ".commonsync/folder",
         ".COMMONSYNC/x",
         "a/.b.cs-tmp-0123456789abcdef",
         ".a.cs-tmp-0123456789abcdef/inner",

@@ -34,7 +34,7 @@ def test_no_ignore_file_ignores_only_internal_paths(tmp_path: Path) -> None:
     assert not ignore.ignores("a/b/c", True)
     assert not ignore.ignores(IGNORE_FILE, False)
     assert ignore.ignores(".commonsync", True)
-    assert ignore.ignores(".commonsync/sync/folder", False)
+    assert ignore.ignores(".commonsync/folder", False)
     assert ignore.ignores(layout.VERSIONS_DIR + "/a~20260101-000000.txt", False)
     assert ignore.ignores("docs/" + layout.temp_name("report.pdf"), False)
     assert ignore.ignores(layout.temp_name("x", bytes(32)), False)
@@ -80,7 +80,7 @@ def test_nothing_is_reincluded_below_an_ignored_directory(tmp_path: Path) -> Non
 
 def test_internal_paths_cannot_be_reincluded(tmp_path: Path) -> None:
     ignore = rules(tmp_path, "!.commonsync\n!.commonsync/**\n!*\n")
-    assert ignore.ignores(".commonsync/sync/folder", False)
+    assert ignore.ignores(".commonsync/folder", False)
     assert ignore.ignores(layout.temp_name("a.txt"), False)
 
 
