@@ -33,7 +33,15 @@ from commonsync.formats.records import (
     sign_record,
 )
 from commonsync.formats.versionvector import VersionVector
-from commonsync.wire.handshake import ChannelHandshake, noise_static_key
+from commonsync.wire.handshake import (
+    NOISE_PROTOCOL,
+    PROLOGUE,
+    VERSIONS,
+    ChannelHandshake,
+    noise_static_key,
+)
+from commonsync.wire.noise import HandshakeState
+from commonsync.wire.session import folder_proof
 
 OUT = Path(__file__).resolve().parent / "vectors"
 
@@ -465,25 +473,78 @@ def channel_handshake() -> dict[str, Any]:
     result = responder.result()
     # The split keys live inside the transport; read them from the Noise state for the record.
     to_responder, to_initiator = responder._noise.split()
+    payloads, hashes = handshake_payloads(
+        [bytes.fromhex(w) for w in wire], noise_static_key(alice), noise_static_key(bob),
+        initiator_e, responder_e,
+    )  # fmt: skip
+    folder = FolderKey(seed("proof folder id", 32), 0, seed("proof folder secret", 32))
     return {
         "description": (
-            "a channel handshake (SPEC.md, Channel handshake): the three Noise messages as "
-            "framed on the wire (u16be length || message), then the handshake hash and the "
-            "Split() keys; the verdict frame that follows is not fixed (secretstream headers "
-            "are random)"
+            "a channel handshake (SPEC.md §10): the three Noise messages as framed on the wire "
+            "(u16be length || message); the plaintext payload of each (canonical msgpack) with "
+            "the handshake hash each payload's signature covers (the hash just before that "
+            "payload, empty for message 1); the final handshake hash and the Split() keys; the "
+            "verdict (msgpack, the first transport message; its frame is not fixed, "
+            "secretstream headers are random); and the folder proofs (§12) each side sends "
+            "on this channel for folder_key (encoded as in §3)"
         ),
         "initiator_seed": initiator_seed.hex(),
         "initiator_noise_static": noise_static_key(alice).hex(),
         "initiator_ephemeral": initiator_e.hex(),
+        "initiator_versions": list(VERSIONS),
         "initiator_features": ["index-v1"],
         "responder_seed": responder_seed.hex(),
         "responder_noise_static": noise_static_key(bob).hex(),
         "responder_ephemeral": responder_e.hex(),
+        "responder_versions": list(VERSIONS),
+        "responder_features": [],
+        "chosen_version": result.version,
         "wire": wire,
+        "payloads": [payload.hex() for payload in payloads],
+        "payload_hashes": [h.hex() for h in hashes],
         "handshake_hash": result.handshake_hash.hex(),
         "initiator_to_responder_key": to_responder.key.hex() if to_responder.key else "",
         "responder_to_initiator_key": to_initiator.key.hex() if to_initiator.key else "",
+        "verdict": encoding.pack([0]).hex(),
+        "folder_key": folder.to_bytes().hex(),
+        "proof_from_initiator": folder_proof(
+            folder, result.handshake_hash, sender_is_initiator=True
+        ).hex(),
+        "proof_from_responder": folder_proof(
+            folder, result.handshake_hash, sender_is_initiator=False
+        ).hex(),
     }
+
+
+def handshake_payloads(
+    wire: list[bytes],
+    initiator_static: bytes,
+    responder_static: bytes,
+    initiator_e: bytes,
+    responder_e: bytes,
+) -> tuple[list[bytes], list[bytes]]:
+    """The plaintext payload of each framed handshake message, and the handshake hash just
+    before it (what message 2's and 3's signatures cover; empty for message 1), read back
+    with bare Noise states that know both sides' keys."""
+    frames = [w[2:] for w in wire]
+    initiator = HandshakeState(
+        NOISE_PROTOCOL, initiator=True, prologue=PROLOGUE, ephemeral=initiator_e
+    )
+    responder = HandshakeState(
+        NOISE_PROTOCOL,
+        initiator=False,
+        prologue=PROLOGUE,
+        static=responder_static,
+        ephemeral=responder_e,
+    )
+    first = responder.read_message(frames[0])
+    assert initiator.write_message(first) == frames[0]
+    second = initiator.read_message(frames[1])
+    second_hash = initiator.hash_before_payload
+    assert responder.write_message(second) == frames[1]
+    third = responder.read_message(frames[2])
+    third_hash = responder.hash_before_payload
+    return [first, second, third], [b"", second_hash, third_hash]
 
 
 def _jsonable(value: Any) -> Any:

@@ -15,6 +15,21 @@ def test_a_conflict_stamp_is_the_floor_of_the_mtime_in_seconds() -> None:
     assert layout.conflict_name("x", -1, "ABCDEFG") == "x.sync-conflict-19691231-235959-ABCDEFG"
 
 
+def test_an_earlier_conflict_mark_is_replaced_and_only_that() -> None:
+    """SPEC.md §13: a mark is ASCII digits; other digits make no mark (Python's ``\\d``
+    alone would take any Unicode digit)."""
+    ns = 1_700_000_000 * 10**9
+    marked = "x.sync-conflict-20200101-000000-ZZZZZZZ.txt"
+    assert layout.conflict_name(marked, ns, "ABCDEFG") == (
+        "x.sync-conflict-20231114-221320-ABCDEFG.txt"
+    )
+    arabic = "x.sync-conflict-\u0662\u0660\u0662\u0660\u0660\u0661\u0660\u0661-000000-ZZZZZZZ"
+    assert not layout.is_conflict_copy(arabic)
+    assert layout.conflict_name(f"{arabic}.txt", ns, "ABCDEFG") == (
+        f"{arabic}.sync-conflict-20231114-221320-ABCDEFG.txt"
+    )
+
+
 def test_a_temporary_file_is_internal_whatever_its_name_holds() -> None:
     """A name may hold a newline (SPEC.md §8.4): its temporary file is still the engine's, so
     never scanned, published or written by a peer's record."""

@@ -28,7 +28,16 @@ from commonsync.formats.records import (
     verify_record,
 )
 from commonsync.formats.versionvector import VersionVector
-from commonsync.wire.handshake import ChannelHandshake, noise_static_key
+from commonsync.wire.handshake import (
+    MAGIC,
+    NOISE_PROTOCOL,
+    PROLOGUE,
+    ChannelHandshake,
+    noise_static_key,
+    signed_transcript,
+)
+from commonsync.wire.noise import HandshakeState
+from commonsync.wire.session import folder_proof
 
 from .vectors import load, seed
 
@@ -165,12 +174,15 @@ def test_channel_handshake_vector() -> None:
         initiator=True,
         accept=lambda d: d == bob.device_id,
         features=case["initiator_features"],
+        versions=case["initiator_versions"],
         ephemeral=bytes.fromhex(case["initiator_ephemeral"]),
     )
     responder = ChannelHandshake(
         bob,
         initiator=False,
         accept=lambda d: d == alice.device_id,
+        features=case["responder_features"],
+        versions=case["responder_versions"],
         ephemeral=bytes.fromhex(case["responder_ephemeral"]),
     )
     turns = [(initiator, responder), (responder, initiator), (initiator, responder)]
@@ -186,6 +198,65 @@ def test_channel_handshake_vector() -> None:
     assert to_initiator.key is not None
     assert to_responder.key.hex() == case["initiator_to_responder_key"]
     assert to_initiator.key.hex() == case["responder_to_initiator_key"]
+    assert result.version == case["chosen_version"]
     # And the initiator, fed the responder's verdict, agrees.
     initiator.receive_data(responder.data_to_send())
     assert initiator.result().handshake_hash == result.handshake_hash
+    assert initiator.result().features == frozenset(case["responder_features"])
+    assert result.features == frozenset(case["initiator_features"])
+    assert encoding.pack([0]).hex() == case["verdict"]
+    folder = FolderKey.from_bytes(bytes.fromhex(case["folder_key"]))
+    for sender_is_initiator, name in ((True, "initiator"), (False, "responder")):
+        proof = folder_proof(folder, result.handshake_hash, sender_is_initiator=sender_is_initiator)
+        assert proof.hex() == case[f"proof_from_{name}"]
+
+
+def test_channel_handshake_vector_payloads() -> None:
+    """The plaintext payloads the vector states are the ones in its wire messages, as SPEC.md
+    §10 lays them out, and each signature covers the handshake hash the vector gives."""
+    case = load("channel-handshake.json")
+    alice = DeviceIdentity.from_seed(bytes.fromhex(case["initiator_seed"]))
+    bob = DeviceIdentity.from_seed(bytes.fromhex(case["responder_seed"]))
+    frames = [bytes.fromhex(w)[2:] for w in case["wire"]]
+    payloads = [bytes.fromhex(p) for p in case["payloads"]]
+    hashes = [bytes.fromhex(h) for h in case["payload_hashes"]]
+    # Bare Noise, independent of the commonsync handshake's state machine.
+    i = HandshakeState(
+        NOISE_PROTOCOL,
+        initiator=True,
+        prologue=PROLOGUE,
+        ephemeral=bytes.fromhex(case["initiator_ephemeral"]),
+    )
+    r = HandshakeState(
+        NOISE_PROTOCOL,
+        initiator=False,
+        prologue=PROLOGUE,
+        static=noise_static_key(bob),
+        ephemeral=bytes.fromhex(case["responder_ephemeral"]),
+    )
+    assert i.write_message(payloads[0]) == frames[0]
+    assert r.read_message(frames[0]) == payloads[0]
+    assert r.write_message(payloads[1]) == frames[1]
+    assert r.hash_before_payload == hashes[1]
+    assert i.read_message(frames[1]) == payloads[1]
+    i.set_static(noise_static_key(alice))
+    assert i.write_message(payloads[2]) == frames[2]
+    assert i.hash_before_payload == hashes[2]
+    assert r.read_message(frames[2]) == payloads[2]
+    assert i.handshake_hash.hex() == r.handshake_hash.hex() == case["handshake_hash"]
+
+    assert encoding.unpack(payloads[0], max_size=2048, what="hello") == [
+        MAGIC, case["initiator_versions"], case["initiator_features"],
+    ]  # fmt: skip
+    version, features, bob_key, bob_signature = encoding.unpack(
+        payloads[1], max_size=2048, what="responder identity"
+    )
+    assert (version, features, bob_key) == (
+        case["chosen_version"], case["responder_features"], bob.public_key,
+    )  # fmt: skip
+    verify_signature(bob_key, signed_transcript(b"R", hashes[1]), bob_signature)
+    verdict, alice_key, alice_signature = encoding.unpack(
+        payloads[2], max_size=2048, what="initiator identity"
+    )
+    assert (verdict, alice_key) == (0, alice.public_key)
+    verify_signature(alice_key, signed_transcript(b"I", hashes[2]), alice_signature)

@@ -228,7 +228,13 @@ class PeerExchange:
 
     async def _read(self) -> None:
         async for message in self.session:
-            await self._dispatch(message)
+            try:
+                await self._dispatch(message)
+            except ProtocolError as exc:
+                # The peer broke the sync protocol (a second Folders, a request for a folder
+                # it did not prove): tell it why before the end of stream (SPEC.md §12).
+                await self.session.close(CloseReason.PROTOCOL_ERROR, str(exc))
+                raise
 
     async def _dispatch(self, message: Message) -> None:
         assert self._tasks is not None

@@ -34,7 +34,7 @@ FOLDER_MARKER = f"{METADATA_DIR}/folder"
 
 #: DOTALL: a name may hold a newline (SPEC.md §8.4), and so may its temporary file's.
 _TEMP = re.compile(r"\..+\.cs-tmp-[0-9a-f]{16}", re.DOTALL)
-_CONFLICT = re.compile(r"\.sync-conflict-\d{8}-\d{6}-[A-Z2-7]{7}")
+_CONFLICT = re.compile(r"\.sync-conflict-\d{8}-\d{6}-[A-Z2-7]{7}", re.ASCII)  # 0-9 only
 _NAME_MAX = paths.MAX_COMPONENT_BYTES
 
 
