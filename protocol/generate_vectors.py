@@ -13,15 +13,24 @@ BLAKE2b-512(label || u64le(1)) || ...`` (unkeyed BLAKE2b, 64-byte output).
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
 
-from commonsync.errors import CommonsyncError
+from nacl.bindings import (
+    crypto_box,
+    crypto_scalarmult_base,
+    crypto_sign_ed25519_pk_to_curve25519,
+    crypto_sign_ed25519_sk_to_curve25519,
+    crypto_sign_seed_keypair,
+)
+
+from commonsync.errors import CommonsyncError, EntryMalformedError
 from commonsync.formats import encoding, messages, padding, paths
 from commonsync.formats.chunking import iter_chunks
 from commonsync.formats.chunks import CHUNK_PAD_FLOOR, chunk_id, seal_chunk
-from commonsync.formats.hashing import blake2b
+from commonsync.formats.hashing import blake2b, derive_key
 from commonsync.formats.identity import DeviceIdentity
 from commonsync.formats.keys import FolderKey, Purpose
 from commonsync.formats.records import (
@@ -33,6 +42,9 @@ from commonsync.formats.records import (
     sign_record,
 )
 from commonsync.formats.versionvector import VersionVector
+from commonsync.membership import entries as membership_entries
+from commonsync.membership import epochs, invitations
+from commonsync.membership.log import MAX_ENTRIES, MembershipLog, State
 from commonsync.wire.handshake import (
     NOISE_PROTOCOL,
     PROLOGUE,
@@ -433,6 +445,12 @@ def wire_messages() -> dict[str, Any]:
             9, seed("folder", 32), [[seed("chunk a", 32), 40], [seed("chunk b", 32), 70]]
         ),
         messages.ChunkBatchResponse(9, [[0, seed("chunk a data", 40)], [1, b""]]),
+        messages.LogHeads(seed("folder", 32), 7, [seed("head a", 32), seed("head b", 32)], 2),
+        messages.LogEntries(seed("folder", 32), [seed("entry 1", 180), seed("entry 2", 240)]),
+        messages.EpochKeys(seed("folder", 32), [seed("epoch key 1", 75), seed("epoch key 2", 75)]),
+        messages.Join(seed("folder", 32), seed("invitation", 32), "Anne", seed("admission", 64)),
+        messages.Joined(0, "", "Choir scores", seed("folder key", 75)),
+        messages.Joined(1, "the invitation has expired", "", b""),
     ]
     return {
         "description": "encoded wire messages (see protocol/messages.json for the schema)",
@@ -547,12 +565,625 @@ def handshake_payloads(
     return [first, second, third], [b"", second_hash, third_hash]
 
 
+# -- membership (SPEC.md §15) ---------------------------------------------------------------------
+
+#: The vectors' clock: every entry's time is this plus some minutes.
+MEMBERSHIP_T0 = 1_800_000_000
+
+
+def membership() -> dict[str, Any]:
+    """Membership entries of each operation, encodings every implementation refuses, a log
+    with a fork and its merge, an invitation's key and admission, and an epoch's secret sealed
+    to a device (SPEC.md §15). Sealed secrets use fixed ephemeral keys (:func:`_seal_with`)."""
+    folder_id = seed("membership folder id", 32)
+    people = {n: _member_identity(n) for n in ("ada", "bea", "bea 2", "fay", "fay 2")}
+    invitation_secret = seed("membership invitation secret", 16)
+    epoch_secret = seed("membership epoch secret", 32)
+    cases, invite, epoch_entry = _membership_entries(
+        folder_id, people, invitation_secret, epoch_secret
+    )
+    fay = [people["fay"].public_key, people["fay 2"].public_key]
+    bea = people["bea"]
+    x_public = crypto_sign_ed25519_pk_to_curve25519(bea.public_key)
+    _public, ed_secret = crypto_sign_seed_keypair(bea.seed)
+    ephemeral = seed("membership epoch ephemeral bea", 32)
+    ephemeral_public = crypto_scalarmult_base(ephemeral)
+    assert isinstance(epoch_entry.action, membership_entries.NewEpoch)
+    sealed = dict(epoch_entry.action.wrapped)[bea.public_key]
+    epoch_key = FolderKey(folder_id, epoch_entry.action.epoch, epoch_secret)
+    secret_hash = epochs.secret_hash(epoch_secret)
+    assert epochs.open_secret(bea, folder_id, epoch_key.epoch, secret_hash, sealed) == epoch_key
+    return {
+        "description": (
+            "membership log (SPEC.md §15): entries of each operation (inputs, signed bytes, "
+            "encoding, hash); encodings every implementation refuses, with the reason; a log "
+            "with a fork and its merge (effect order, heads, state, entries without effect, "
+            "entries refused); an invitation's key and admission signature; an epoch's secret "
+            "sealed to a device (with the ephemeral key used: crypto_box_seal draws it at "
+            "random) and the folder key it opens to. Bytes are hex; in args, "
+            '{"hex": ...} is a msgpack bin and a plain string a msgpack str'
+        ),
+        "contexts": {
+            "signature": membership_entries.SIGNATURE_CONTEXT.decode(),
+            "hash": membership_entries.HASH_CONTEXT.decode(),
+            "invitation_key": invitations.KEY_CONTEXT.decode(),
+            "admission": invitations.ADMISSION_CONTEXT.decode(),
+            "epoch_secret": epochs.SECRET_HASH_CONTEXT.decode(),
+        },
+        "limits": {
+            "max_entry_bytes": membership_entries.MAX_ENTRY_BYTES,
+            "max_parents": membership_entries.MAX_PARENTS,
+            "max_devices": membership_entries.MAX_DEVICES,
+            "max_name_bytes": membership_entries.MAX_NAME_BYTES,
+            "sealed_secret_bytes": membership_entries.SEALED_SECRET_BYTES,
+            "max_entries": MAX_ENTRIES,
+        },
+        "entries": [_entry_case(label, entry, by) for label, entry, by in cases],
+        "invalid_entries": _invalid_entries(folder_id, people["ada"], bea),
+        "log": _membership_log(),
+        "invitation": {
+            "secret": invitation_secret.hex(),
+            "key_seed": derive_key(invitation_secret, invitations.KEY_CONTEXT).hex(),
+            "key": invitations.invitation_key(invitation_secret).hex(),
+            "folder_id": folder_id.hex(),
+            "invitation": invite.hash.hex(),
+            "name": "Fay",
+            "devices": [d.hex() for d in fay],
+            "admission_message": invitations.admission_message(
+                folder_id, invite.hash, "Fay", fay
+            ).hex(),
+            "signature": invitations.sign_admission(
+                invitation_secret, folder_id, invite.hash, "Fay", fay
+            ).hex(),
+            "refused_secret_sizes": [15, 65],
+        },
+        "epoch": {
+            "device_seed": bea.seed.hex(),
+            "device_public_key": bea.public_key.hex(),
+            "device_x25519_public_key": x_public.hex(),
+            "device_x25519_secret_key": crypto_sign_ed25519_sk_to_curve25519(ed_secret).hex(),
+            "folder_id": folder_id.hex(),
+            "epoch": epoch_key.epoch,
+            "ephemeral_secret_key": ephemeral.hex(),
+            "ephemeral_public_key": ephemeral_public.hex(),
+            "nonce": blake2b(ephemeral_public + x_public, size=24).hex(),
+            "sealed": sealed.hex(),
+            "secret": epoch_secret.hex(),
+            "secret_hash": secret_hash.hex(),
+            "folder_key": epoch_key.to_bytes().hex(),
+            "record_seal_key": epoch_key.record_seal_key.hex(),
+            "entry": epoch_entry.hash.hex(),
+        },
+    }
+
+
+def _member_identity(name: str) -> DeviceIdentity:
+    return DeviceIdentity.from_seed(seed(f"membership device {name}", 32))
+
+
+def _seal_with(secret: bytes, device: bytes, ephemeral: bytes) -> bytes:
+    """``crypto_box_seal(secret, X25519(device))`` with the ephemeral secret key given instead
+    of drawn: ``epk || crypto_box(secret, H(epk || pk, 24), pk, esk)``, libsodium's
+    construction, so the vectors are the same at every run (the tests open it with
+    libsodium's own ``crypto_box_seal_open``)."""
+    public = crypto_sign_ed25519_pk_to_curve25519(device)
+    ephemeral_public = crypto_scalarmult_base(ephemeral)
+    nonce = blake2b(ephemeral_public + public, size=24)
+    return ephemeral_public + crypto_box(secret, nonce, public, ephemeral)
+
+
+def _new_epoch(
+    number: int, secret: bytes, devices: list[bytes], label: str
+) -> membership_entries.NewEpoch:
+    """A new epoch sealed to ``devices``, each with the ephemeral key ``seed(label ...)``."""
+    wrapped = tuple(
+        (d, _seal_with(secret, d, seed(f"{label} ephemeral {d.hex()}", 32)))
+        for d in sorted(devices)
+    )
+    return membership_entries.NewEpoch(number, epochs.secret_hash(secret), wrapped)
+
+
+_Case = tuple[str, membership_entries.Entry, DeviceIdentity]
+
+
+def _membership_entries(
+    folder_id: bytes,
+    people: dict[str, DeviceIdentity],
+    invitation_secret: bytes,
+    epoch_secret: bytes,
+) -> tuple[list[_Case], membership_entries.Entry, membership_entries.Entry]:
+    """One entry of each operation (two of add member), then valid entries at the limits;
+    also the invite entry and the new epoch, which the invitation and epoch vectors use."""
+    me = membership_entries
+    ada, bea = people["ada"], people["bea"]
+    t0 = MEMBERSHIP_T0
+    p0, p1 = sorted([seed("membership parent 0", 32), seed("membership parent 1", 32)])
+    member = seed("membership member id", 32)
+    device = seed("membership device key", 32)  # any 32 bytes decode; the log checks more
+    cases: list[_Case] = []
+
+    def make(label: str, by: DeviceIdentity, parents: list[bytes], time: int, action: Any) -> Any:
+        entry = me.make_entry(by, folder_id, parents, time, action)
+        cases.append((label, entry, by))
+        return entry
+
+    make("genesis", ada, [], t0, me.Genesis("Ada Lovelace"))
+    bea_devices = (bea.public_key, people["bea 2"].public_key)
+    make("add member", ada, [p0], t0 + 1, me.AddMember("Bea", me.Role.ADMIN, bea_devices))
+    key = invitations.invitation_key(invitation_secret)
+    invite = make("invite", ada, [p0], t0 + 60, me.Invite(key, me.Role.WRITER, t0 + 7 * 86400, 3))
+    fay = [people["fay"].public_key, people["fay 2"].public_key]
+    proof = invitations.sign_admission(invitation_secret, folder_id, invite.hash, "Fay", fay)
+    make(
+        "add member by invitation",
+        bea,
+        [invite.hash],
+        t0 + 120,
+        me.AddMember("Fay", me.Role.WRITER, tuple(fay), invite.hash, proof),
+    )
+    credits = ((device, 17), (bea.public_key, 0))
+    make("set role", bea, [p1], t0 + 180, me.SetRole(member, me.Role.READER, credits))
+    make("add device", bea, [p1], t0 + 240, me.AddDevice(member, device))
+    make("remove device", bea, [p1], t0 + 300, me.RemoveDevice(member, device, 99))
+    credits = ((device, 41), (bea.public_key, 2**63 - 1))
+    make("remove member", ada, [p0, p1], t0 + 360, me.RemoveMember(member, credits))
+    # Sealed to Bea with the ephemeral key of the epoch vector.
+    wrapped = tuple(
+        (d, _seal_with(epoch_secret, d, seed(f"membership epoch ephemeral {name}", 32)))
+        for d, name in sorted([(ada.public_key, "ada"), (bea.public_key, "bea")])
+    )
+    new_epoch = me.NewEpoch(1, epochs.secret_hash(epoch_secret), wrapped)
+    epoch = make("new epoch", ada, [p0, p1], t0 + 420, new_epoch)
+    make("revoke invitation", bea, [invite.hash], t0 + 480, me.RevokeInvitation(invite.hash))
+    # Valid at the limits.
+    sixteen = [seed(f"membership parent {i}", 32) for i in range(16)]
+    make("16 parents", ada, sixteen, t0, me.RevokeInvitation(invite.hash))
+    make("name of 128 bytes", ada, [p0], t0, me.AddMember("é" * 64, me.Role.OWNER, (device,)))
+    make(
+        "name with a joiner, a no-break space and a recent emoji",
+        ada,
+        [p0],
+        t0,
+        me.AddMember("👩\u200d💻\u00a0Zoë \U0001fae8", me.Role.READER, (device,)),
+    )
+    largest = me.Invite(device, me.Role.OWNER, 2**63 - 1, 10_000)
+    make("largest time, expiry and uses", ada, [p0], 2**63 - 1, largest)
+    last = _new_epoch(2**32 - 1, epoch_secret, [ada.public_key], "membership last epoch")
+    make("last epoch", ada, [p0], t0, last)
+    return cases, invite, epoch
+
+
+def _entry_case(label: str, entry: membership_entries.Entry, by: DeviceIdentity) -> Any:
+    assert membership_entries.decode_entry(entry.encoded) == entry
+    return {
+        "label": label,
+        "author_seed": by.seed.hex(),
+        "folder_id": entry.folder_id.hex(),
+        "parents": [p.hex() for p in entry.parents],
+        "author": entry.author.hex(),
+        "time": entry.time,
+        "op": int(entry.op),
+        "args": _jsonable(encoding.unpack(entry.encoded, max_size=1 << 16)[6]),
+        "signed": entry.signed_bytes().hex(),
+        "signature": entry.signature.hex(),
+        "encoded": entry.encoded.hex(),
+        "hash": entry.hash.hex(),
+    }
+
+
+def _signed_raw(by: DeviceIdentity, fields: list[Any]) -> bytes:
+    """An entry of any seven fields, validly signed: what a faulty or hostile implementation
+    could send (a decoder must refuse it for the fault alone)."""
+    return _signed_bytes(by, encoding.pack(fields))
+
+
+def _signed_bytes(by: DeviceIdentity, fields: bytes) -> bytes:
+    """``fields`` (an encoded array of seven) made an entry: the array of eight with the
+    signature over the context and those very bytes."""
+    assert fields[0] == 0x97
+    signature = by.sign(membership_entries.SIGNATURE_CONTEXT + fields)
+    return b"\x98" + fields[1:] + encoding.pack(signature)
+
+
+def _invalid_entries(
+    folder_id: bytes, ada: DeviceIdentity, bea: DeviceIdentity
+) -> list[dict[str, str]]:
+    """Encodings every implementation must refuse, each with the reason. All but the first
+    carry a signature by their author over exactly their first seven fields, so that only the
+    fault named refuses them."""
+    me = membership_entries
+    t0 = MEMBERSHIP_T0
+    parent = seed("membership parent 0", 32)
+    d1 = seed("membership device key", 32)
+    member = seed("membership member id", 32)
+    good_args: list[Any] = ["Bea", 2, [d1], b"", b""]
+    good: list[Any] = [1, folder_id, [parent], ada.public_key, t0, 1, good_args]
+    valid = _signed_raw(ada, good)
+    assert me.decode_entry(valid).encoded == valid
+    signature = valid[-64:]
+    body = [encoding.pack(f) for f in good]
+    names = ["format", "folder_id", "parents", "author", "time", "op", "args"]
+
+    def variant(reason: str, by: DeviceIdentity = ada, **changes: Any) -> dict[str, str]:
+        fields = list(good)
+        for name, value in changes.items():
+            fields[names.index(name)] = value
+        return {"reason": reason, "encoded": _signed_raw(by, fields).hex()}
+
+    def args(reason: str, op: int, arguments: list[Any]) -> dict[str, str]:
+        return variant(reason, op=op, args=arguments)
+
+    def raw(reason: str, data: bytes) -> dict[str, str]:
+        return {"reason": reason, "encoded": data.hex()}
+
+    def canonical_signed(reason: str, field: str, encoded: bytes) -> dict[str, str]:
+        """A field in a non-canonical form, signed as its canonical form would be."""
+        parts = list(body)
+        parts[names.index(field)] = encoded
+        return raw(reason, b"\x98" + b"".join(parts) + encoding.pack(signature))
+
+    def signed_with(reason: str, field: str, encoded: bytes) -> dict[str, str]:
+        """A field as raw msgpack bytes, signed as it is."""
+        parts = list(body)
+        parts[names.index(field)] = encoded
+        return raw(reason, _signed_bytes(ada, b"\x97" + b"".join(parts)))
+
+    tampered = bytearray(valid)
+    tampered[-1] ^= 0x01
+    bad_utf8 = b"\x95\xa2\xff\xfe" + b"".join(encoding.pack(a) for a in good_args[1:])
+    sealed = bytes(me.SEALED_SECRET_BYTES)
+    many = [seed(f"membership device {i}", 32) for i in range(me.MAX_DEVICES + 1)]
+    cases = [
+        raw("the signature does not verify (one bit changed)", bytes(tampered)),
+        variant("signed by another device than its author", by=bea),
+        canonical_signed(
+            "not canonical: the time as a uint 64 (signed as its canonical form)",
+            "time",
+            b"\xcf" + t0.to_bytes(8, "big"),
+        ),
+        canonical_signed(
+            "not canonical: the format as true (signed as its canonical form)", "format", b"\xc3"
+        ),
+        signed_with("the time a float", "time", b"\xcb" + bytes(8)),
+        raw("a map instead of an array", encoding.pack({"format": 1})),
+        raw("7 fields (no signature)", encoding.pack(good)),
+        raw("9 fields", encoding.pack([*good, signature, 0])),
+        raw("trailing bytes", valid + b"\xc0"),
+        raw("it ends early", valid[:-1]),
+        raw("an empty input", b""),
+        raw("nested 17 levels deep", b"\x91" * 16 + b"\x90"),
+        raw(
+            "larger than 65,536 bytes",
+            encoding.pack([*good[:6], ["Bea", 2, [d1], b"", bytes(65_536)], signature]),
+        ),
+        variant("unknown format 2", format=2),
+        variant("a folder ID of 31 bytes", folder_id=folder_id[:31]),
+        variant("an author of 31 bytes", author=ada.public_key[:31]),
+        raw("a signature of 63 bytes", encoding.pack([*good, signature[:63]])),
+        variant("the time negative", time=-1),
+        variant("the time above 2^63 - 1", time=2**63),
+        variant("parents unsorted", parents=sorted([parent, d1], reverse=True)),
+        variant("a parent named twice", parents=[parent, parent]),
+        variant(
+            "17 parents", parents=sorted(seed(f"membership parent {i}", 32) for i in range(17))
+        ),
+        variant("a parent of 31 bytes", parents=[parent[:31]]),
+        variant("no parents, not a genesis entry", parents=[]),
+        args("a genesis entry with parents", 0, ["Ada"]),
+        args("unknown operation 9", 9, ["Ada"]),
+        variant("the operation as true", op=True),
+        variant("the arguments not an array", args="Bea"),
+        args("genesis with 2 arguments", 0, ["Ada", 3]),
+        args("add member with 4 arguments", 1, ["Bea", 2, [d1], b""]),
+        args("a name of 129 bytes", 1, ["é" * 64 + "x", 2, [d1], b"", b""]),
+        args("a name as bin", 1, [b"Bea", 2, [d1], b"", b""]),
+        args("a name with a newline", 1, ["Bea\nBoss", 2, [d1], b"", b""]),
+        args("a name with a C1 control (U+0085)", 1, ["Bea\u0085", 2, [d1], b"", b""]),
+        args("a name with a right-to-left override", 1, ["Bea\u202egnp", 2, [d1], b"", b""]),
+        args("a name with a bidirectional isolate", 1, ["Bea\u2067", 2, [d1], b"", b""]),
+        args("a name with a line separator", 1, ["Bea\u2028", 2, [d1], b"", b""]),
+        signed_with("a name not valid UTF-8", "args", bad_utf8),
+        args("unknown role 4", 1, ["Bea", 4, [d1], b"", b""]),
+        args("the role as true", 1, ["Bea", True, [d1], b"", b""]),
+        args("add member with no device", 1, ["Bea", 2, [], b"", b""]),
+        args("a device named twice", 1, ["Bea", 2, [d1, d1], b"", b""]),
+        args("a device key of 31 bytes", 1, ["Bea", 2, [d1[:31]], b"", b""]),
+        args("513 devices", 1, ["Bea", 2, many, b"", b""]),
+        args("an invitation without the joiner's signature", 1, ["Bea", 2, [d1], parent, b""]),
+        args("a joiner's signature without an invitation", 1, ["Bea", 2, [d1], b"", bytes(64)]),
+        args("an invitation of 16 bytes", 1, ["Bea", 2, [d1], parent[:16], bytes(64)]),
+        args("a joiner's signature of 63 bytes", 1, ["Bea", 2, [d1], parent, bytes(63)]),
+        args("set role with a credit not a pair", 2, [member, 0, [[d1]]]),
+        args("set role crediting a device twice", 2, [member, 0, [[d1, 1], [d1, 2]]]),
+        args("set role with a negative credit", 2, [member, 0, [[d1, -1]]]),
+        args("add device to a member ID of 31 bytes", 3, [member[:31], d1]),
+        args("remove device with a negative last sequence", 4, [member, d1, -1]),
+        args("remove member with credits not an array", 5, [member, 7]),
+        args("epoch 0", 6, [0, bytes(32), [[d1, sealed]]]),
+        args("epoch 2^32", 6, [2**32, bytes(32), [[d1, sealed]]]),
+        args("a sealed secret of 79 bytes", 6, [1, bytes(32), [[d1, sealed[:79]]]]),
+        args("a secret hash of 31 bytes", 6, [1, bytes(31), [[d1, sealed]]]),
+        args("an epoch sealed twice to a device", 6, [1, bytes(32), [[d1, sealed], [d1, sealed]]]),
+        args("an invitation of 0 uses", 7, [d1, 1, t0, 0]),
+        args("an invitation of 10,001 uses", 7, [d1, 1, t0, 10_001]),
+        args("an invitation key of 33 bytes", 7, [d1 + b"\x00", 1, t0, 1]),
+        args("revoking an invitation of 31 bytes", 8, [parent[:31]]),
+        args("revoking nothing", 8, [b""]),
+    ]
+    for case in cases:
+        try:
+            me.decode_entry(bytes.fromhex(case["encoded"]))
+        except EntryMalformedError:
+            continue
+        raise SystemExit(f"invalid entry {case['reason']!r} decodes without error")
+    return cases
+
+
+def _membership_log() -> dict[str, Any]:
+    """A folder's log with a fork. Ada (owner) starts it and adds Bea (admin), who adds Cy
+    (writer, two devices) and Dee (reader); Ada invites one writer. Then Ada and Bea act
+    apart: Ada removes Cy while Bea makes Cy an admin and Cy, as admin, adds Eve (both voided
+    by the removal); Ada and Bea each add the same device to themselves, and Ada and Dee each
+    admit someone with the invitation's one use (the first in the order of effects wins); Ada
+    invites readers and Bea adds Dee a device (independent: both take effect); Bea starts an
+    epoch sealed to Cy too (voided by the removal). Ada's new epoch merges the two heads. Then
+    six entries every device refuses."""
+    me = membership_entries
+    folder_id = seed("membership log folder id", 32)
+    names = ["ada", "bea", "cy", "cy 2", "dee", "dee 2", "eve", "fay", "gus", "shared", "mallory"]
+    ids = {n: DeviceIdentity.from_seed(seed(f"membership log device {n}", 32)) for n in names}
+    secret = seed("membership log invitation secret", 16)
+    epoch_secret = seed("membership log epoch secret", 32)
+    day = MEMBERSHIP_T0 + 86400
+    times = iter(range(MEMBERSHIP_T0, day, 60))
+    written: dict[str, me.Entry] = {}
+
+    def key(name: str) -> bytes:
+        return ids[name].public_key
+
+    def write(
+        label: str,
+        by: str,
+        after: list[str],
+        action: Any,
+        folder: bytes = folder_id,
+        time: int | None = None,
+    ) -> bytes:
+        parents = [written[p].hash for p in after]
+        at = next(times) if time is None else time
+        written[label] = me.make_entry(ids[by], folder, parents, at, action)
+        return written[label].hash
+
+    def admit(name: str, invitation: bytes) -> me.AddMember:
+        shown = name.capitalize()
+        proof = invitations.sign_admission(secret, folder_id, invitation, shown, [key(name)])
+        return me.AddMember(shown, me.Role.WRITER, (key(name),), invitation, proof)
+
+    ada = write("genesis: Ada", "ada", [], me.Genesis("Ada"))
+    bea_added = me.AddMember("Bea", me.Role.ADMIN, (key("bea"),))
+    bea = write("Ada adds Bea (admin)", "ada", ["genesis: Ada"], bea_added)
+    cy_added = me.AddMember("Cy", me.Role.WRITER, (key("cy"), key("cy 2")))
+    cy = write("Bea adds Cy (writer)", "bea", ["Ada adds Bea (admin)"], cy_added)
+    dee_added = me.AddMember("Dee", me.Role.READER, (key("dee"),))
+    dee = write("Bea adds Dee (reader)", "bea", ["Bea adds Cy (writer)"], dee_added)
+    base = "Ada invites a writer (1 use)"
+    invite_action = me.Invite(invitations.invitation_key(secret), me.Role.WRITER, day, 1)
+    invite = write(base, "ada", ["Bea adds Dee (reader)"], invite_action)
+    second_key = seed("membership log second invitation key", 32)
+    owner_branch = [
+        ("Ada removes Cy", "ada", me.RemoveMember(cy, ((key("cy"), 41), (key("cy 2"), 7)))),
+        ("Ada adds the shared device to herself", "ada", me.AddDevice(ada, key("shared"))),
+        ("Ada invites readers (5 uses)", "ada", me.Invite(second_key, me.Role.READER, day, 5)),
+        ("Ada admits Gus with the invitation", "ada", admit("gus", invite)),
+    ]
+    admin_branch = [
+        ("Bea makes Cy an admin", "bea", me.SetRole(cy, me.Role.ADMIN)),
+        ("Cy, as admin, adds Eve", "cy", me.AddMember("Eve", me.Role.READER, (key("eve"),))),
+        ("Bea adds Dee a second device", "bea", me.AddDevice(dee, key("dee 2"))),
+        ("Bea adds the shared device to herself", "bea", me.AddDevice(bea, key("shared"))),
+        ("Dee admits Fay with the invitation", "dee", admit("fay", invite)),
+        ("Bea starts epoch 1", "bea", None),  # sealed to the devices in force on her side
+    ]
+    # The first times (a minute apart) at which the branches interleave in the order of
+    # effects, so that the vector tells the rule from simpler ones.
+    before_fork = dict(written)
+    owner_labels = {label for label, _, _ in owner_branch}
+    bea_secret = seed("membership log bea's epoch secret", 32)
+    for shift in range(100):
+        written.clear()
+        written.update(before_fork)
+        for branch, start in ((owner_branch, 3600 + 60 * shift), (admin_branch, 3600)):
+            previous = base
+            for i, (label, by, action) in enumerate(branch):
+                if action is None:
+                    side = [e for name, e in written.items() if name not in owner_labels]
+                    devices = _devices_in_force(folder_id, side)
+                    action = _new_epoch(1, bea_secret, devices, "membership log bea's epoch")
+                write(label, by, [previous], action, time=MEMBERSHIP_T0 + start + 60 * i)
+                previous = label
+        if _interleaves(folder_id, written, owner_labels):
+            break
+    else:
+        raise SystemExit("no times found at which the branches interleave")
+    forked = list(written.values())
+    before_merge = MembershipLog(folder_id, forked[0])
+    assert before_merge.add(forked[1:]) == []
+    heads = [label for label, e in written.items() if e.hash in before_merge.heads]
+    merge_label = "Ada starts epoch 1 (the merge)"
+    epoch = _new_epoch(
+        1, epoch_secret, _devices_in_force(folder_id, forked), "membership log epoch"
+    )
+    write(merge_label, "ada", heads, epoch)
+    merge = written[merge_label]
+    log = MembershipLog(folder_id, forked[0])
+    assert log.add([*forked[1:], merge]) == []
+    labels = {e.hash: label for label, e in written.items()}
+
+    third_key = seed("membership log third invitation key", 32)
+    fourth_key = seed("membership log fourth invitation key", 32)
+    other_folder = seed("membership log other folder", 32)
+    refusals = [
+        ("Dee makes herself an admin", "dee", [base], me.SetRole(dee, me.Role.ADMIN)),
+        (
+            "Dee, as if admin, invites",
+            "dee",
+            ["Dee makes herself an admin"],
+            me.Invite(third_key, me.Role.ADMIN, day, 1),
+        ),
+        ("Bea adds a device to Ada", "bea", [base], me.AddDevice(ada, key("mallory"))),
+        ("Mallory writes a second genesis", "mallory", [], me.Genesis("Mallory")),
+        ("Cy, removed, removes Dee", "cy", [merge_label], me.RemoveMember(dee, ())),
+    ]
+    for label, by, after, action in refusals:
+        write(label, by, after, action)
+    invite_elsewhere = me.Invite(fourth_key, me.Role.READER, day, 1)
+    write("Ada invites, in another folder", "ada", [base], invite_elsewhere, other_folder)
+    why = {
+        "Dee makes herself an admin": "only admins and owners change roles",
+        "Dee, as if admin, invites": "its parents are not in the log",
+        "Bea adds a device to Ada": "only owners add an owner's device",
+        "Mallory writes a second genesis": "a second genesis entry",
+        "Cy, removed, removes Dee": "its author is not a device of a member",
+        "Ada invites, in another folder": "it is another folder's",
+    }
+    refused = [
+        {"label": label, "encoded": written[label].encoded.hex(), "hash": written[label].hash.hex()}
+        | {"reason": reason}
+        for label, reason in why.items()
+    ]
+    again = MembershipLog(folder_id, forked[0])
+    got = again.add([*forked[1:], merge, *(written[label] for label in why)])
+    assert sorted((e.hash.hex(), r) for e, r in got) == sorted(
+        (r["hash"], r["reason"]) for r in refused
+    ), got
+    assert again.state == log.state
+    effects = log.effects()
+    return {
+        "folder_id": folder_id.hex(),
+        "device_seeds": {name: ident.seed.hex() for name, ident in ids.items()},
+        "invitation_secret": secret.hex(),
+        "epoch_secret": epoch_secret.hex(),
+        "entries": [
+            {"label": labels[e.hash], "encoded": e.encoded.hex(), "hash": e.hash.hex()}
+            for e in [*forked, merge]
+        ],
+        "heads_before_merge": [h.hex() for h in before_merge.heads],
+        "state_before_merge": _state_json(before_merge.state),
+        "merge": merge.hash.hex(),
+        "heads_after_merge": [h.hex() for h in log.heads],
+        "effect_order": [e.hash.hex() for e, _ in effects],
+        "no_effect": [
+            {"hash": e.hash.hex(), "label": labels[e.hash], "reason": reason}
+            for e, reason in effects
+            if reason is not None
+        ],
+        "state": _state_json(log.state),
+        "refused": refused,
+    }
+
+
+def _devices_in_force(folder_id: bytes, entries: list[membership_entries.Entry]) -> list[bytes]:
+    log = MembershipLog(folder_id, entries[0])
+    assert log.add(entries[1:]) == []
+    return [d for m in log.state.members.values() for d in m.devices]
+
+
+def _interleaves(
+    folder_id: bytes, written: dict[str, membership_entries.Entry], one: set[str]
+) -> bool:
+    """Whether, in the order of effects of ``written``, the entries of the branch ``one`` and
+    the others alternate at least three times, and the order is not the one of depth first,
+    then hash (a plausible misreading of SPEC.md §15.4)."""
+    entries = list(written.values())
+    log = MembershipLog(folder_id, entries[0])
+    log.add(entries[1:])
+    labels = {e.hash: label for label, e in written.items()}
+    order = [e.hash for e, _ in log.effects()]
+    sides = [labels[h] in one for h in order[5:]]  # after the 5 entries before the fork
+    switches = sum(a != b for a, b in itertools.pairwise(sides))
+    depth: dict[bytes, int] = {}
+    for entry in log.entries():
+        depth[entry.hash] = 1 + max((depth[p] for p in entry.parents), default=0)
+    return switches >= 3 and order != sorted(order, key=lambda h: (depth[h], h))
+
+
+def _state_json(state: State) -> dict[str, Any]:
+    """A log's state as the vectors give it, every list sorted by its first item's bytes."""
+    epoch = state.epoch
+    return {
+        "members": [
+            {
+                "id": m.id.hex(),
+                "name": m.name,
+                "role": int(m.role),
+                "devices": sorted(d.hex() for d in m.devices),
+            }
+            for m in sorted(state.members.values(), key=lambda m: m.id)
+        ],
+        "credited": [[d.hex(), n] for d, n in sorted(state.credited.items())],
+        "invitations": [
+            {
+                "id": i.id.hex(),
+                "key": i.key.hex(),
+                "role": int(i.role),
+                "expires": i.expires,
+                "uses": i.uses,
+                "used": i.used,
+                "revoked": i.revoked,
+                "by": i.by.hex(),
+            }
+            for i in sorted(state.invitations.values(), key=lambda i: i.id)
+        ],
+        "epoch": None
+        if epoch is None
+        else {
+            "number": epoch.number,
+            "secret_hash": epoch.secret_hash.hex(),
+            "devices": sorted(d.hex() for d in epoch.wrapped),
+        },
+    }
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, bytes):
         return {"hex": value.hex()}
     if isinstance(value, list):
         return [_jsonable(v) for v in value]
     return value
+
+
+def join_links() -> dict[str, Any]:
+    """Invitation links (SPEC.md §15.9): the fields, and the text of the link."""
+    from commonsync.formats.device_id import DeviceId
+    from commonsync.membership.links import JoinLink
+
+    link = JoinLink(
+        seed("link folder", 32),
+        seed("link invitation", 32),
+        "Choir scores",
+        seed("link secret", 16),
+        "Anne",
+        (
+            (DeviceId(seed("link device a", 32)), ("192.0.2.7:22070", "[2001:db8::7]:22070")),
+            (DeviceId(seed("link device b", 32)), ()),
+        ),
+        ("ZS5WX2N-43CA4PY-XKRFWEW-7BIFRR2-R7VIFOG-EM3XSDJ-S7MJXZS-SMRCOQA@relay.example:22067",),
+    )
+    return {
+        "description": "invitation links: commonsync://join/<payload>#<secret> (SPEC.md §15.9)",
+        "cases": [
+            {
+                "folder_id": link.folder_id.hex(),
+                "invitation": link.invitation.hex(),
+                "label": link.label,
+                "secret": link.secret.hex(),
+                "name": link.name,
+                "devices": [[d.digest.hex(), list(a)] for d, a in link.devices],
+                "relays": list(link.relays),
+                "link": str(link),
+            }
+        ],
+    }
 
 
 def main() -> None:
@@ -571,6 +1202,8 @@ def main() -> None:
         "paths.json": path_cases(),
         "messages.json": wire_messages(),
         "channel-handshake.json": channel_handshake(),
+        "membership.json": membership(),
+        "join-links.json": join_links(),
     }
     for name, content in files.items():
         (OUT / name).write_text(json.dumps(content, indent=1, ensure_ascii=False) + "\n")

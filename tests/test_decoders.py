@@ -3,6 +3,7 @@ commonsync's own errors (never a crash, never another exception type)."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 
@@ -19,6 +20,8 @@ from commonsync.formats.identity import DeviceIdentity
 from commonsync.formats.keys import FolderKey, FolderKeyring, Purpose
 from commonsync.formats.records import Kind, Record, open_and_verify, seal, verify_record
 from commonsync.formats.versionvector import VersionVector
+from commonsync.membership.entries import decode_entry
+from commonsync.membership.links import JoinLink
 from commonsync.relay import wire as relaywire
 
 from .fuzzing import fuzz
@@ -54,6 +57,11 @@ DECODERS = {
     "relay message": lambda b: relaywire.decode(b),
     "relay preamble": lambda b: relaywire.parse_preamble(b),
     "device ID": lambda b: DeviceId.parse(b.decode("utf-8", "replace")),
+    "membership entry": lambda b: decode_entry(b),
+    "invitation link": lambda b: JoinLink.parse(b.decode("utf-8", "replace")),
+    "invitation link payload": lambda b: JoinLink.parse(
+        "commonsync://join/" + base64.b32encode(b).decode() + "#" + "a" * 26
+    ),
 }
 
 

@@ -303,3 +303,71 @@ def test_replicas_that_exchange_everything_agree(
         results.append((replica.heads, replica.state, len(replica)))
     assert results[0] == results[1] == results[2]
     assert results[0][1].owners() >= 1
+
+
+def test_a_second_genesis_is_refused_whatever_its_hash(
+    choir: tuple[MembershipLog, dict[str, DeviceIdentity], dict[str, bytes]],
+) -> None:
+    """A root of its own has an empty ancestors' state, where a genesis is allowed; with a
+    smaller hash it would come first in the order of effects and make its author the only
+    owner (any device that knows the folder ID could take the folder over)."""
+    log, _people, _ids = choir
+    state, heads = log.state, log.heads
+    smaller = larger = None
+    while smaller is None or larger is None:
+        forged = make_entry(device(), FOLDER, [], T0, Genesis("Mallory"))
+        if forged.hash < log.genesis:
+            smaller = forged
+        else:
+            larger = forged
+    for forged in (smaller, larger):
+        assert [(e, why) for e, why in log.add([forged])] == [(forged, "a second genesis entry")]
+    assert (log.state, log.heads) == (state, heads)
+
+
+def test_only_owners_add_a_device_to_an_owner(
+    choir: tuple[MembershipLog, dict[str, DeviceIdentity], dict[str, bytes]],
+) -> None:
+    """Else an admin's own new device, added to an owner, would act as that owner."""
+    log, people, ids = choir
+    with pytest.raises(EntryRefusedError, match="only owners add an owner's device"):
+        log.append(people["admin"], AddDevice(ids["owner"], device().public_key), T0)
+    log.append(people["admin"], AddDevice(ids["writer"], device().public_key), T0)
+    log.append(people["owner"], AddDevice(ids["owner"], device().public_key), T0)
+    assert len(log.state.members[ids["owner"]].devices) == 2
+
+
+def test_a_removal_voids_a_concurrent_epoch_sealed_to_the_removed_without_credits(
+    choir: tuple[MembershipLog, dict[str, DeviceIdentity], dict[str, bytes]],
+) -> None:
+    """The epoch sealed its secret to the removed member's device: it is voided whether or not
+    the removal credits that device any records."""
+    log, people, ids = choir
+    other = copy(log)
+    removal = log.append(people["admin"], RemoveMember(ids["writer"], ()), T0)
+    secret = os.urandom(32)
+    wrapped = tuple(
+        (p.public_key, epochs.seal_secret(secret, p.public_key)) for p in people.values()
+    )
+    epoch = other.append(people["owner"], NewEpoch(1, epochs.secret_hash(secret), wrapped), T0)
+    log.add([epoch])
+    other.add([removal])
+    for merged in (log, other):
+        assert merged.state.epoch is None
+        assert dict((e.hash, why) for e, why in merged.effects())[epoch.hash] == (
+            "a concurrent removal of a member it seals the secret to"
+        )
+    assert log.state == other.state
+
+
+@pytest.mark.parametrize(("size", "usable"), [(15, False), (16, True), (64, True), (65, False)])
+def test_an_invitation_secret_keys_blake2b(size: int, usable: bool) -> None:
+    """16 bytes at least, and at most 64 (BLAKE2b's longest key): no invitation is made
+    whose secret could not sign its admission."""
+    if usable:
+        assert invitations.invitation_key(bytes(size)) == (
+            invitations.invitation_identity(bytes(size)).public_key
+        )
+    else:
+        with pytest.raises(EntryMalformedError):
+            invitations.invitation_key(bytes(size))

@@ -102,6 +102,10 @@ async def test_requests_that_cannot_be_done_change_nothing(tmp_path: Path) -> No
     async with Node.open(tmp_path / "home", loopback()) as node:
         with pytest.raises(NotFoundError, match="is not a directory"):
             await node.add_folder(tmp_path / "missing", "x")
+        with pytest.raises(RequestConflictError, match=r"home .* secret key"):
+            await node.add_folder(tmp_path, "everything")  # it holds the node's home
+        with pytest.raises(RequestConflictError, match=r"home .* secret key"):
+            await node.add_folder(tmp_path / "home", "keys")
         await node.add_folder(tmp_path / "a", "a")
         with pytest.raises(RequestConflictError, match="already labelled"):
             await node.add_folder(tmp_path / "a", "a")

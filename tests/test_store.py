@@ -732,9 +732,9 @@ async def test_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
         assert await store.put(FOLDER, [entry("d")], local_files=[("d", local(2))]) == [4]
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
-        assert {"pull_state", "records_not_on_disk"} <= tables
+        assert {"pull_state", "records_not_on_disk", "membership_entries"} <= tables
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
     finally:
@@ -921,3 +921,15 @@ def test_kill_during_huge_put_keeps_committed_and_nothing_else(tmp_path: Path) -
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
     finally:
         conn.close()
+
+
+async def test_membership_entries_are_kept_in_the_order_added_per_folder(tmp_path: Path) -> None:
+    async with open_store(tmp_path / "index.db") as store:
+        await store.add_folder(FOLDER, "Documents")
+        await store.add_folder(OTHER_FOLDER, "Photos")
+        await store.add_membership_entries(FOLDER, [(b"h1", b"first"), (b"h2", b"second")])
+        await store.add_membership_entries(OTHER_FOLDER, [(b"h9", b"other")])
+        await store.add_membership_entries(FOLDER, [(b"h3", b"third")])
+    async with open_store(tmp_path / "index.db") as store:
+        assert await store.membership_entries(FOLDER) == [b"first", b"second", b"third"]
+        assert await store.membership_entries(OTHER_FOLDER) == [b"other"]

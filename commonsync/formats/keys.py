@@ -120,6 +120,13 @@ class FolderKeyring:
                 "it may have been removed from the folder or not yet received the new key"
             ) from None
 
+    def holds(self, epoch: int) -> bool:
+        return epoch in self._by_epoch
+
+    def oldest_first(self) -> list[FolderKey]:
+        """Every key held, oldest epoch first."""
+        return [self._by_epoch[e] for e in sorted(self._by_epoch)]
+
     def add(self, key: FolderKey) -> None:
         if key.folder_id != self.folder_id:
             raise FolderKeyError("that key belongs to another folder")

@@ -246,11 +246,113 @@ class Offer(Message):
     key: bytes
 
 
+#: The heads one LogHeads names at most (a log with more names some of them: its peer then
+#: sends a few entries the device had already).
+MAX_LOG_HEADS = 64
+#: Membership entries in one LogEntries message at most, and the largest entry.
+MAX_LOG_BATCH = 1024
+MAX_LOG_ENTRY = 64 * 1024
+MAX_LOG_ENTRIES = 10_000
+
+
+@dataclass(frozen=True)
+class LogHeads(Message):
+    """The heads of the sender's membership log of a shared folder, and how many entries
+    it holds: the receiver answers with the entries the sender lacks (SPEC.md §15.8)."""
+
+    TYPE = 13
+    FIELDS = (
+        _bin("folder_id", 32, 32),
+        _uint("count", MAX_LOG_ENTRIES),
+        _array("heads", MAX_LOG_HEADS, _bin("head", 32, 32)),
+        _uint("epoch", U32),
+    )
+    folder_id: bytes
+    count: int
+    heads: list[bytes]
+    #: The newest key epoch the sender holds: a member that holds newer ones hands them over.
+    epoch: int
+
+
+@dataclass(frozen=True)
+class LogEntries(Message):
+    """Membership entries of a shared folder the receiver lacks, parents first."""
+
+    TYPE = 14
+    FIELDS = (
+        _bin("folder_id", 32, 32),
+        _array("entries", MAX_LOG_BATCH, _bin("entry", MAX_LOG_ENTRY, 1)),
+    )
+    folder_id: bytes
+    entries: list[bytes]
+
+
+#: Folder keys in one EpochKeys message at most.
+MAX_EPOCH_KEYS = 64
+
+
+@dataclass(frozen=True)
+class EpochKeys(Message):
+    """Keys of a folder's later epochs (each encoded as in SPEC.md §3), for a member whose
+    log names them but who was not sealed their secrets (it joined after they began)."""
+
+    TYPE = 15
+    FIELDS = (
+        _bin("folder_id", 32, 32),
+        _array("keys", MAX_EPOCH_KEYS, _bin("key", 128, 1)),
+    )
+    folder_id: bytes
+    keys: list[bytes]
+
+
+@dataclass(frozen=True)
+class Join(Message):
+    """A joiner's request, on a channel it opened with the ``join`` feature: admit this
+    device (the channel's peer) to the folder, proving the invitation's secret by signing the
+    admission with its key (SPEC.md §15.9)."""
+
+    TYPE = 16
+    FIELDS = (
+        _bin("folder_id", 32, 32),
+        _bin("invitation", 32, 32),
+        _str("name", 128),
+        _bin("signature", 64, 64),
+    )
+    folder_id: bytes
+    invitation: bytes
+    name: str
+    signature: bytes
+
+
+class JoinStatus(IntEnum):
+    ADMITTED = 0
+    REFUSED = 1
+
+
+@dataclass(frozen=True)
+class Joined(Message):
+    """The answer to a Join: admitted (with the folder's label and key, encoded as in SPEC.md
+    §3) or refused (``detail`` says why, for the person joining)."""
+
+    TYPE = 17
+    FIELDS = (
+        _uint("status", 1),
+        _str("detail", 256),
+        _str("label", 256),
+        _bin("key", 128),
+    )
+    status: int
+    detail: str
+    label: str
+    key: bytes
+
+
 SCHEMA: dict[int, type[Message]] = {
     cls.TYPE: cls
     for cls in (
         Hello, Folders, IndexRequest, Index, ChunkRequest, ChunkResponse, Ping, Pong, Close, Offer,
-        ChunkBatchRequest, ChunkBatchResponse,
+        ChunkBatchRequest, ChunkBatchResponse, LogHeads, LogEntries, EpochKeys,
+        Join, Joined,
     )
 }  # fmt: skip
 

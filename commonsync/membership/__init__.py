@@ -1,5 +1,5 @@
 """A folder's members and their roles, as a signed, hash-chained log that every device checks
-(docs/membership-design.md until the protocol section is written).
+(SPEC.md §15).
 
 :mod:`.entries` holds the entry format (encoding, signing, hashing); :mod:`.log` the rules:
 who may write which entry, how forks merge, and the state (members, roles, devices, epochs,

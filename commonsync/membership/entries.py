@@ -1,7 +1,7 @@
 """Membership entries: what one device says about the folder's members, signed.
 
 An entry is the canonical array ``[1, folder_id, parents, author, time, op, args,
-signature]`` (docs/membership-design.md, "Entries"). This module checks everything that can be
+signature]`` (SPEC.md §15.1, §15.2). This module checks everything that can be
 checked on one entry alone: the encoding, the ranges, the shape of ``args`` for its ``op``,
 and the signature. Whether its author may do what it says depends on the log
 (:mod:`.log`).
@@ -10,6 +10,7 @@ and the signature. Whether its author may do what it says depends on the log
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -29,6 +30,13 @@ MAX_PARENTS = 16
 #: Devices one entry may name (a member's devices, an epoch's wrapped secrets).
 MAX_DEVICES = 512
 MAX_NAME_BYTES = 128
+#: What a name may not hold (SPEC.md §15.1): controls (C0, DEL, C1), line and paragraph
+#: separators, the bidirectional formatting characters (they reorder how text around them
+#: shows) and lone surrogates. A fixed list rather than Unicode categories, which change with
+#: the Unicode version: devices must agree on every entry, whatever their runtime.
+NAME_REFUSED = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]"
+)
 #: An epoch's secret sealed to one device: crypto_box_seal adds 48 bytes to 32.
 SEALED_SECRET_BYTES = 80
 _I64_MAX = 2**63 - 1
@@ -376,7 +384,10 @@ def _role(value: Any) -> Role:
 def _name(value: Any) -> str:
     _require(isinstance(value, str), "a name is text")
     _require(len(value.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES, "name too long")
-    _require(value.isprintable(), "a name holds no control characters")
+    _require(
+        NAME_REFUSED.search(value) is None,
+        "a name holds no control, line-break or bidirectional formatting characters",
+    )
     return str(value)
 
 

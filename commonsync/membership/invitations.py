@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import os
 
-from nacl.bindings import crypto_sign_seed_keypair
-
 from ..errors import EntryMalformedError, SignatureError
 from ..formats import encoding
 from ..formats.hashing import derive_key
 from ..formats.identity import DeviceIdentity, verify_signature
 
 SECRET_BYTES = 16  # 128 bits: a guess costs an online attempt in any case
+#: The longest secret: it keys BLAKE2b (SPEC.md §1), whose key is at most 64 bytes.
+MAX_SECRET_BYTES = 64
 KEY_CONTEXT = b"commonsync/v1 invitation-key"
 ADMISSION_CONTEXT = b"commonsync/v1 invitation\x00"
 
@@ -29,15 +29,17 @@ def new_secret() -> bytes:
 
 def invitation_identity(secret: bytes) -> DeviceIdentity:
     """The signing key an invitation's secret stands for."""
-    if len(secret) < SECRET_BYTES:
-        raise EntryMalformedError(f"an invitation secret has at least {SECRET_BYTES} bytes")
+    if not SECRET_BYTES <= len(secret) <= MAX_SECRET_BYTES:
+        raise EntryMalformedError(
+            f"an invitation secret has {SECRET_BYTES} to {MAX_SECRET_BYTES} bytes"
+        )
     return DeviceIdentity.from_seed(derive_key(secret, KEY_CONTEXT))
 
 
 def invitation_key(secret: bytes) -> bytes:
-    """The public key the invite entry holds."""
-    public, _private = crypto_sign_seed_keypair(derive_key(secret, KEY_CONTEXT))
-    return bytes(public)
+    """The public key the invite entry holds (checked like :func:`invitation_identity`, so
+    that no invitation is made whose secret could not sign an admission)."""
+    return invitation_identity(secret).public_key
 
 
 def admission_message(

@@ -1,7 +1,7 @@
 """A folder's membership log: who may write which entry, how forks merge, and the state.
 
-The rules are docs/membership-design.md's ("Who may write what", "Forks and the order of
-effects"); in short:
+The rules are SPEC.md's (§15.3 who may write what, §15.4 the order of effects and forks); in
+short:
 
 - An entry is *refused* (it and everything descending from it stay out of the log) when it is
   not allowed in the state of its own ancestors: its author was not a device of a member, or
@@ -106,7 +106,7 @@ class State:
 
 def check(state: State, entry: Entry) -> str | None:
     """Why ``entry`` is not allowed in ``state``, or None if it is (the rules of
-    docs/membership-design.md, "Who may write what")."""
+    SPEC.md §15.3)."""
     action = entry.action
     if isinstance(action, Genesis):
         return None if not state.members else "a second genesis entry"
@@ -143,6 +143,9 @@ def check(state: State, entry: Entry) -> str | None:
                 return "the member is not in the folder"
             if target is not author and not admin:
                 return "only the member itself, admins and owners add its devices"
+            if target.role is Role.OWNER and target is not author and not owner:
+                # Else an admin's own device added to an owner would act as that owner.
+                return "only owners add an owner's device"
             if state.member_of(action.device) is not None:
                 return "the device is already a member's"
         case RemoveDevice():
@@ -307,6 +310,16 @@ class MembershipLog:
         """Every entry, parents before children (the order in which to send them)."""
         return [self._entries[h] for h in self._order]
 
+    def entries_beyond(self, heads: Iterable[bytes]) -> list[Entry]:
+        """The entries that are neither one of ``heads`` nor their ancestor, parents first:
+        what a device whose log has those heads lacks (heads this log does not hold are
+        skipped; their holder sends them)."""
+        known = 0
+        for head in heads:
+            if head in self._entries:
+                known |= self._ancestors[head] | (1 << self._order.index(head))
+        return [self._entries[h] for i, h in enumerate(self._order) if not known >> i & 1]
+
     def require_contains(self, heads: Iterable[bytes]) -> None:
         """:class:`RollbackError` unless every one of ``heads`` (what this device saw
         before) is in the log: a log without them is an old or another log."""
@@ -353,6 +366,10 @@ class MembershipLog:
     def _admit(self, entry: Entry) -> str | None:
         if entry.folder_id != self.folder_id:
             return "it is another folder's"
+        if isinstance(entry.action, Genesis):
+            # Its ancestors' state is empty, so check() would allow it; in the order of
+            # effects a smaller hash would then make its author the folder's only owner.
+            return "a second genesis entry"
         if len(self._entries) >= MAX_ENTRIES:
             return f"the log holds {MAX_ENTRIES} entries already"
         ancestors = 0
@@ -377,26 +394,37 @@ class MembershipLog:
         members = [h for i, h in enumerate(self._order) if ancestors >> i & 1]
         return self._replay(members)
 
+    def effects(self) -> list[tuple[Entry, str | None]]:
+        """Every entry in the order of effects (SPEC.md §15.4), each with why it took no
+        effect (voided by a concurrent removal, or not valid at its turn), None if it did."""
+        return self._effects(list(self._entries))[1]
+
     def _recompute(self) -> None:
         self._state = self._replay(list(self._entries))
 
     def _replay(self, hashes: list[bytes]) -> State:
         """The effect of a set of entries closed under parents, in the order every device
         computes, with concurrent removals winning (module docstring)."""
+        return self._effects(hashes)[0]
+
+    def _effects(self, hashes: list[bytes]) -> tuple[State, list[tuple[Entry, str | None]]]:
+        """The state and each entry's effect (:meth:`effects`); removals are tried in hash
+        order, so that the reason given does not depend on the order entries arrived in."""
         chosen = set(hashes)
         index = {h: i for i, h in enumerate(self._order)}
         removals = [
             self._entries[h]
-            for h in hashes
+            for h in sorted(chosen)
             if isinstance(self._entries[h].action, RemoveMember | RemoveDevice)
         ]
         state = State()
+        effects: list[tuple[Entry, str | None]] = []
         for entry in self._effect_order(chosen):
-            if self._voided(entry, removals, index):
-                continue
-            if check(state, entry) is None:
+            reason = self._voided(entry, removals, index) or check(state, entry)
+            if reason is None:
                 state = apply(state, entry)
-        return state
+            effects.append((entry, reason))
+        return state, effects
 
     def _effect_order(self, chosen: set[bytes]) -> list[Entry]:
         children: dict[bytes, list[bytes]] = {h: [] for h in chosen}
@@ -423,27 +451,37 @@ class MembershipLog:
         b_before_a = self._ancestors[a.hash] >> index[b.hash] & 1
         return a.hash != b.hash and not a_before_b and not b_before_a
 
-    def _voided(self, entry: Entry, removals: list[Entry], index: dict[bytes, int]) -> bool:
-        """Whether a removal concurrent with ``entry`` removes who wrote it or whom it is for."""
+    def _voided(self, entry: Entry, removals: list[Entry], index: dict[bytes, int]) -> str | None:
+        """Why a removal concurrent with ``entry`` voids it (it removes who wrote it or whom
+        it is for), or None."""
         if isinstance(entry.action, RemoveMember | RemoveDevice | Genesis):
-            return False
-        author = self._before[entry.hash].member_of(entry.author)
-        concerned = {author.id} if author is not None else set()
+            return None
+        before = self._before[entry.hash]
+        author = before.member_of(entry.author)
+        authors = {author.id} if author is not None else set()
         action = entry.action
-        if isinstance(action, SetRole | AddDevice):
-            concerned.add(action.member)
+        targets = {action.member} if isinstance(action, SetRole | AddDevice) else set()
         wrapped = {d for d, _ in action.wrapped} if isinstance(action, NewEpoch) else set()
+        # The members an epoch seals to: all in force with a device (not only the devices a
+        # removal chose to credit, which may be none).
+        sealed_to = {m.id for m in before.members.values() if m.devices & wrapped}
         for removal in removals:
             if not self._concurrent(entry, removal, index):
                 continue
             gone = removal.action
             if isinstance(gone, RemoveMember):
-                removed_devices = {d for d, _ in gone.last_sequences}
-                if gone.member in concerned or removed_devices & wrapped:
-                    return True
-            elif isinstance(gone, RemoveDevice) and gone.device in {entry.author} | wrapped:
-                return True
-        return False
+                if gone.member in authors:
+                    return "a concurrent removal of its author's member"
+                if gone.member in targets:
+                    return "a concurrent removal of the member it acts on"
+                if gone.member in sealed_to:
+                    return "a concurrent removal of a member it seals the secret to"
+            elif isinstance(gone, RemoveDevice):
+                if gone.device == entry.author:
+                    return "a concurrent removal of its author device"
+                if gone.device in wrapped:
+                    return "a concurrent removal of a device it seals the secret to"
+        return None
 
 
 def _credits(pairs: tuple[tuple[bytes, int], ...]) -> set[bytes]:

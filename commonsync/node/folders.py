@@ -15,7 +15,7 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,11 +118,16 @@ class FolderRunner:
         min_free: MinFree = DEFAULT_MIN_FREE,
         watch: bool = True,
         on_change: Callable[[], None] | None = None,
+        epoch_keys: Callable[[], Sequence[FolderKey]] = tuple,
+        save_key: Callable[[FolderKey], None] | None = None,
     ) -> None:
         """``on_change`` is called when the folder stops running after an error, and when it
-        runs again: sessions with peers carry the folders that run."""
+        runs again: sessions with peers carry the folders that run. ``epoch_keys`` reads the
+        keys of the folder's later epochs from where ``save_key`` keeps them."""
         self.config = config
         self.key = key
+        self._epoch_keys = epoch_keys
+        self._save_key = save_key
         self._identity = identity
         self._store = store
         self._events = events
@@ -208,6 +213,8 @@ class FolderRunner:
                     self._store,
                     label=self.label,
                     device_name=self._device_name,
+                    epoch_keys=await anyio.to_thread.run_sync(self._epoch_keys),
+                    save_key=self._save_key,
                 ) as folder,
                 anyio.create_task_group() as tasks,
             ):
@@ -554,6 +561,13 @@ class FolderRunner:
         not_synced = self._not_synced()
         if not_synced:
             words += f"; {not_synced}"
+        members = self.folder.members if self.folder is not None else None
+        role = members.my_role if members is not None else None
+        unshared = self.folder.unshared_changes if self.folder is not None else 0
+        if unshared:
+            changes = "1 local change" if unshared == 1 else f"{unshared} local changes"
+            being = f"a {role.name.lower()}" if role is not None else "no longer a member"
+            words += f"; {changes} not shared (you are {being} of {self.label})"
         rules_problem = self.folder.ignore_problem if self.folder is not None else ""
         if rules_problem:
             words += f"; {rules_problem}"
@@ -575,6 +589,10 @@ class FolderRunner:
             "bytes_left": left,
             "bytes_total": self._burst_bytes,
             "devices": [str(d) for d in self.config.devices],
+            # This device's role in the folder's membership (None: no log, or not a member).
+            "role": role.name.lower() if role is not None else None,
+            "members": len(members.state.members) if members and members.state else None,
+            "unshared_changes": unshared,
             "bytes_received": stats.chunk_bytes_received if stats else 0,
             "files_applied": stats.files_applied if stats else 0,
             "last_scan": None if self.last_scan is None else self.last_scan.finished,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..errors import CommonsyncError, InsecureKeyFileError
 from ..formats.identity import DeviceIdentity
-from ..formats.keys import FolderKey
+from ..formats.keys import MAX_EPOCH, FolderKey
 
 #: A folder key file is a few dozen bytes; more is not one.
 _MAX_KEY_FILE = 4096
@@ -60,10 +60,11 @@ class NodeHome:
             DeviceIdentity.generate().save(self.identity_file)
         return self.load_identity()
 
-    def save_folder_key(self, key: FolderKey) -> None:
-        """Keep a folder's key with the device key (0600, written whole, never in config)."""
+    def save_folder_key(self, key: FolderKey, *, later_epoch: bool = False) -> None:
+        """Keep a folder's key with the device key (0600, written whole, never in config):
+        the key it was made or shared with in one file, each ``later_epoch``'s in its own."""
         self.keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = self.folder_key_file(key.folder_id)
+        path = self.folder_key_file(key.folder_id, key.epoch if later_epoch else None)
         temp = path.with_suffix(".tmp")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         try:
@@ -73,10 +74,23 @@ class NodeHome:
             os.close(fd)
         os.replace(temp, path)
 
-    def load_folder_key(self, folder_id: bytes) -> FolderKey:
-        """A folder's key, checked as the device key is: a regular file (never through a
-        symlink, never a FIFO to block on) that no other user can read or write."""
-        path = self.folder_key_file(folder_id)
+    def load_folder_keys(self, folder_id: bytes) -> list[FolderKey]:
+        """The key a folder was shared with, then those of the later epochs this device
+        received (a removal starts one), oldest first."""
+        first = self.load_folder_key(folder_id)
+        prefix = f"{folder_id.hex()}."
+        later = []
+        for path in self.keys_dir.glob(f"{prefix}*.key"):
+            epoch = path.name[len(prefix) : -len(".key")]
+            if epoch.isdigit() and 0 < int(epoch) <= MAX_EPOCH:
+                later.append(self.load_folder_key(folder_id, int(epoch)))
+        return [first, *sorted(later, key=lambda k: k.epoch)]
+
+    def load_folder_key(self, folder_id: bytes, epoch: int | None = None) -> FolderKey:
+        """A folder's key (the one it was shared with, or that of a later ``epoch``), checked
+        as the device key is: a regular file (never through a symlink, never a FIFO to
+        block on) that no other user can read or write."""
+        path = self.folder_key_file(folder_id, epoch)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -100,9 +114,10 @@ class NodeHome:
         if len(data) > _MAX_KEY_FILE:
             raise HomeError(f"{path} is not a folder key (too large)")
         key = FolderKey.from_bytes(data)
-        if key.folder_id != folder_id:
-            raise HomeError(f"{path} holds the key of another folder")
+        if key.folder_id != folder_id or (epoch is not None and key.epoch != epoch):
+            raise HomeError(f"{path} holds the key of another folder or epoch")
         return key
 
-    def folder_key_file(self, folder_id: bytes) -> Path:
-        return self.keys_dir / f"{folder_id.hex()}.key"
+    def folder_key_file(self, folder_id: bytes, epoch: int | None = None) -> Path:
+        suffix = "" if epoch is None else f".{epoch}"
+        return self.keys_dir / f"{folder_id.hex()}{suffix}.key"

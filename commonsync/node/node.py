@@ -25,11 +25,14 @@ and changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,16 +44,37 @@ import ifaddr
 from ..errors import (
     CommonsyncError,
     DeviceIdError,
+    EntryRefusedError,
     FolderKeyError,
     InvalidRequestError,
+    MembershipError,
     NotFoundError,
     RequestConflictError,
+    UnavailableError,
 )
 from ..formats.device_id import DeviceId
 from ..formats.identity import DeviceIdentity
 from ..formats.keys import FolderKey
-from ..formats.messages import Offer
+from ..formats.messages import Join, Joined, JoinStatus, Offer
+from ..membership.entries import (
+    Action,
+    AddMember,
+    Entry,
+    Invite,
+    NewEpoch,
+    RemoveMember,
+    RevokeInvitation,
+    Role,
+    SetRole,
+)
+from ..membership.epochs import seal_secret, secret_hash
+from ..membership.invitations import invitation_key, new_secret
+from ..membership.links import JoinLink
+from ..membership.log import Member
+from ..sync.exchange import PeerExchange
+from ..sync.folder import Folder
 from ..sync.layout import METADATA_DIR
+from ..sync.members import FolderMembers
 from ..sync.scanner import ScanReport
 from ..sync.space import MinFree
 from ..sync.store import IndexStore, open_store
@@ -66,12 +90,24 @@ from .config import (
 from .events import EventBus
 from .folders import FolderRunner
 from .home import NodeHome
+from .joining import JoinRefusedError, ask_to_join, refused
 from .peers import Peers
 
 log = logging.getLogger(__name__)
 
 #: Folder offers kept pending per offering device.
 MAX_OFFERS_PER_DEVICE = 32
+#: How long an invitation lasts unless said otherwise (seconds).
+DEFAULT_INVITATION_LIFETIME = 7 * 86400
+#: What a joiner is told when its admission is refused, for the log's reasons.
+_JOIN_REFUSALS = {
+    "the invitation has expired": "this invitation has expired; ask for a new one",
+    "the invitation was already used": "this invitation was already used; ask for a new one",
+    "the invitation was revoked": "this invitation was revoked",
+    "the joiner did not prove the invitation's secret": (
+        "the link's secret does not match the invitation (the link may be mistyped)"
+    ),
+}
 
 
 @dataclass
@@ -114,6 +150,9 @@ class Node:
         self._on_config_change = on_config_change
         self._lock = anyio.Lock()
         self._tasks: anyio.abc.TaskGroup | None = None
+        #: The role to give a device a folder is shared with, until the entry admitting it
+        #: is written (at its next session: the entry needs its key). Writer if none.
+        self._roles: dict[tuple[bytes, DeviceId], Role] = {}
 
     @classmethod
     @asynccontextmanager
@@ -212,7 +251,51 @@ class Node:
         assert self._tasks is not None, "the node is not running"
         runner = await self._make_runner(config)
         await self._tasks.start(_run_folder, runner, create)
+        self._tasks.start_soon(self._keep_address_book, runner)
         return runner
+
+    async def _keep_address_book(self, runner: FolderRunner) -> None:
+        """The folder's log is its address book: each member's devices are devices this one
+        knows, dials and syncs the folder with, without anyone adding them; a device the log
+        removed no longer has the folder shared with it."""
+        while self.runners.get(runner.config.folder_id) is runner:
+            folder = runner.folder
+            if folder is None:
+                await anyio.sleep(1)  # stopped (its disk away): its log waits with it
+                continue
+            version = folder.members.version
+            self._learn_members(runner, folder)
+            with anyio.move_on_after(30):  # the folder may be reopened meanwhile
+                await folder.members.wait_for_change(version)
+
+    def _learn_members(self, runner: FolderRunner, folder: Folder) -> None:
+        state = folder.members.state
+        if state is None:
+            return
+        me = self.identity.public_key
+        removed = {DeviceId.from_public_key(k) for k in folder.members.removed_devices()}
+        touched = [d for d in runner.config.devices if d in removed]
+        runner.config.devices = [d for d in runner.config.devices if d not in removed]
+        for member in state.members.values():
+            for key in sorted(member.devices - {me}):
+                device = DeviceId.from_public_key(key)
+                if self.config.device(device) is None:
+                    self.config.devices.append(DeviceConfig(device, member.name))
+                    touched.append(device)
+                if device not in runner.config.devices:
+                    runner.config.devices.append(device)
+                    touched.append(device)
+        if touched:
+            log.info(
+                "folder %s: the membership log changes who it is synced with: %s",
+                runner.label,
+                ", ".join(sorted({d.short_str for d in touched})),
+            )
+            self._changed()
+            for device in set(touched):
+                self.peers.restart(device)
+                if device not in removed:
+                    self.peers.dial(device)
 
     async def _make_runner(self, config: FolderConfig) -> FolderRunner:
         try:
@@ -231,6 +314,8 @@ class Node:
             min_free=MinFree.parse(self.config.min_free),
             watch=self._watch,
             on_change=lambda: self._folder_changed(config),
+            epoch_keys=lambda: self.home.load_folder_keys(config.folder_id)[1:],
+            save_key=partial(self.home.save_folder_key, later_epoch=True),
         )
         self.runners[config.folder_id] = runner
         return runner
@@ -285,6 +370,405 @@ class Node:
             )
         pending.offered_by.add(device)
 
+    async def admit(self, exchange: PeerExchange, folder_id: bytes) -> bool:
+        """Make the peer of a session a member of a folder this device shares with it (in
+        the role it was shared with, writer by default), if the folder has a membership log
+        and the peer is not a member yet. False if this device may not admit it (it is not
+        an admin or owner): the folder is then not offered to it."""
+        runner = self.runners.get(folder_id)
+        if runner is None or runner.folder is None:
+            return False
+        members = runner.folder.members
+        public_key = exchange.session.channel.peer_public_key
+        if members.log is None or members.is_member(public_key):
+            return True
+        device = exchange.peer
+        if (folder_id, device) not in self._roles and members.was_removed(public_key):
+            return False  # removed by a member: admitted again only if a person shares again
+        role = self._roles.get((folder_id, device), Role.WRITER)
+        known = self.config.device(device)
+        name = (known.name if known is not None else "") or device.short_str
+        try:
+            await runner.folder.append_log_entry(
+                AddMember(name, role, (public_key,)), int(time.time())
+            )
+        except CommonsyncError as exc:
+            log.warning(
+                "cannot admit %s to folder %s (it is not offered it): %s",
+                device.short_str,
+                runner.label,
+                exc,
+            )
+            return False
+        self._roles.pop((folder_id, device), None)
+        log.info(
+            "admitted %s to folder %s as %s", device.short_str, runner.label, role.name.lower()
+        )
+        return True
+
+    def _check_may_admit(self, config: FolderConfig, role: Role, device: DeviceId) -> None:
+        """:class:`RequestConflictError` unless this device may admit ``device`` with
+        ``role`` to the folder. Any device may share a folder without a membership log, and
+        any member may sync with a device the log names already."""
+        runner = self.runners.get(config.folder_id)
+        if runner is None or runner.folder is None or runner.folder.members.log is None:
+            return
+        state = runner.folder.members.state
+        assert state is not None
+        if any(
+            DeviceId.from_public_key(d) == device for m in state.members.values() for d in m.devices
+        ):
+            return
+        mine = runner.folder.members.my_role
+        needed = Role.OWNER if role is Role.OWNER else Role.ADMIN
+        if mine is None or mine < needed:
+            raise RequestConflictError(
+                f"only {'owners' if needed is Role.OWNER else 'admins and owners'} of folder "
+                f"{config.label} may share it as {role.name.lower()}; this device is "
+                f"{'not a member' if mine is None else 'a ' + mine.name.lower()}",
+                hint=f"ask an admin of {config.label} to share it (`commonsync members "
+                f"{config.label}` lists them)",
+            )
+
+    # -- members -------------------------------------------------------------------------------
+
+    def members(self, reference: str) -> dict[str, Any]:
+        """A folder's members (names, roles, devices, whether connected), this device's role,
+        and the log's size and heads (JSON-ready)."""
+        folder = self._running_folder(reference)
+        state = folder.members.state
+        me = self.identity.public_key
+        connected = {
+            link.exchange.session.channel.peer_public_key for link in self.peers.links.values()
+        }
+        listed = []
+        for member in (
+            sorted(state.members.values(), key=lambda m: (-m.role, m.name)) if state else []
+        ):
+            devices = []
+            for key in sorted(member.devices):
+                device = DeviceId.from_public_key(key)
+                known = self.config.device(device)
+                devices.append(
+                    {
+                        "id": str(device),
+                        "name": self.device_name if key == me else (known.name if known else ""),
+                        "this_device": key == me,
+                        "connected": key in connected,
+                    }
+                )
+            listed.append(
+                {
+                    "id": member.id.hex()[:16],
+                    "name": member.name,
+                    "role": member.role.name.lower(),
+                    "devices": devices,
+                }
+            )
+        role = folder.members.my_role
+        now = int(time.time())
+        invitations = [
+            {
+                "id": i.id.hex()[:16],
+                "role": i.role.name.lower(),
+                "expires": i.expires,
+                "uses_left": i.uses - i.used,
+            }
+            for i in (state.invitations.values() if state else ())
+            if i.usable(now)
+        ]
+        return {
+            "folder": self._find_folder(reference).label,
+            "has_log": state is not None,
+            "invitations": invitations,
+            "role": role.name.lower() if role is not None else None,
+            "members": listed,
+            "entries": len(folder.members),
+            "epoch": folder.keyring.current.epoch,
+        }
+
+    async def remove_member(self, reference: str, member: str) -> dict[str, Any]:
+        """Remove a member (by name, member ID prefix, or one of its devices' IDs) from a
+        folder: its devices are credited with the versions this device has of them, and a new
+        key epoch begins, sealed to the devices that remain. What the removed member had
+        stays with it; it can read nothing new, and its new versions are refused."""
+        async with self._lock:
+            config = self._find_folder(reference)
+            folder = self._running_folder(reference)
+            found = self._find_member(folder, member)
+            credits = await self._credits(config, found)
+            await self._append(folder, RemoveMember(found.id, credits))
+            await self._append(folder, self._new_epoch(folder))
+            gone = {DeviceId.from_public_key(d) for d in found.devices}
+            config.devices = [d for d in config.devices if d not in gone]
+            self._changed()
+        for device in gone:
+            self.peers.restart(device)
+        return {
+            "folder": config.label,
+            "removed": found.name,
+            "epoch": folder.keyring.current.epoch,
+        }
+
+    async def set_role(self, reference: str, member: str, role: Role) -> dict[str, Any]:
+        """Change a member's role; a writer (or more) made a reader is credited with the
+        versions this device has of it, as for a removal."""
+        async with self._lock:
+            config = self._find_folder(reference)
+            folder = self._running_folder(reference)
+            found = self._find_member(folder, member)
+            credits: tuple[tuple[bytes, int], ...] = ()
+            if role is Role.READER and found.role >= Role.WRITER:
+                credits = await self._credits(config, found)
+            await self._append(folder, SetRole(found.id, role, credits))
+        return {"folder": config.label, "member": found.name, "role": role.name.lower()}
+
+    async def _credits(self, config: FolderConfig, member: Member) -> tuple[tuple[bytes, int], ...]:
+        """Per device of ``member``, the last of its versions this device holds: what stays
+        credited to it once it may write no more."""
+        return tuple(
+            [
+                (device, await self.store.last_authored(config.folder_id, device))
+                for device in sorted(member.devices)
+            ]
+        )
+
+    def _running_folder(self, reference: str) -> Folder:
+        runner = self.runners[self._find_folder(reference).folder_id]
+        if runner.folder is None:
+            raise UnavailableError(
+                f"folder {runner.label} is not running: {runner.status()['summary']}",
+                hint="`commonsync status` says why",
+            )
+        return runner.folder
+
+    def _find_member(self, folder: Folder, reference: str) -> Member:
+        state = folder.members.state
+        if state is None:
+            raise RequestConflictError(
+                "the folder has no membership log: it was made before members existed",
+                hint="make a new folder to share it with members and roles",
+            )
+        wanted = reference.strip()
+        cleaned = wanted.replace("-", "").upper()
+        matches = [
+            m
+            for m in state.members.values()
+            if m.name == wanted
+            or (len(wanted) >= 4 and m.id.hex().startswith(wanted.lower()))
+            or (
+                len(cleaned) >= 7
+                and any(
+                    str(DeviceId.from_public_key(d)).replace("-", "").startswith(cleaned)
+                    for d in m.devices
+                )
+            )
+        ]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise NotFoundError(
+                f"no member {reference!r} in this folder",
+                hint="`commonsync members FOLDER` lists them",
+            )
+        raise RequestConflictError(
+            f"{reference!r} names {len(matches)} members", hint="use its member ID instead"
+        )
+
+    async def _append(self, folder: Folder, action: Action) -> Entry:
+        try:
+            return await folder.append_log_entry(action, int(time.time()))
+        except EntryRefusedError as exc:
+            raise RequestConflictError(
+                str(exc).replace("refused: ", "the folder's members would refuse that: ", 1)
+            ) from None
+
+    # -- invitations -----------------------------------------------------------------------------
+
+    async def invite(
+        self,
+        reference: str,
+        *,
+        role: Role = Role.WRITER,
+        name: str = "",
+        expires: float = DEFAULT_INVITATION_LIFETIME,
+        uses: int = 1,
+    ) -> dict[str, Any]:
+        """Invite someone to a folder: an invite entry in its log (any member device can then
+        admit the joiner), and a link holding its secret, to send them. ``expires`` is in
+        seconds from now; ``name`` is the name suggested for them."""
+        async with self._lock:
+            config = self._find_folder(reference)
+            folder = self._running_folder(reference)
+            if not 1 <= uses <= 10_000:
+                raise InvalidRequestError("an invitation is good for 1 to 10,000 joins")
+            if not 60 <= expires <= 366 * 86400:
+                raise InvalidRequestError("an invitation lasts between a minute and a year")
+            secret = new_secret()
+            until = int(time.time() + expires)
+            entry = await self._append(folder, Invite(invitation_key(secret), role, until, uses))
+            link = JoinLink(
+                config.folder_id,
+                entry.hash,
+                config.label,
+                secret,
+                name,
+                tuple(self._admitting_devices(folder))[:16],
+                tuple(str(r) for r in self.config.relays)[:4],
+            )
+        return {
+            "folder": config.label,
+            "link": str(link),
+            "invitation": entry.hash.hex()[:16],
+            "role": role.name.lower(),
+            "expires": until,
+            "uses": uses,
+        }
+
+    async def revoke_invitation(self, reference: str, invitation: str) -> dict[str, Any]:
+        """Revoke an invitation (by the ID ``invite`` printed, or a prefix of it): no member
+        device admits anyone with it from then on."""
+        async with self._lock:
+            config = self._find_folder(reference)
+            folder = self._running_folder(reference)
+            state = folder.members.state
+            wanted = invitation.strip().lower()
+            matches = [
+                i
+                for i in (state.invitations if state else {})
+                if len(wanted) >= 4 and i.hex().startswith(wanted)
+            ]
+            if len(matches) != 1:
+                raise NotFoundError(
+                    f"no single invitation {invitation!r} in folder {config.label}",
+                    hint=f"`commonsync members {config.label}` lists them",
+                )
+            await self._append(folder, RevokeInvitation(matches[0]))
+        return {"folder": config.label, "revoked": matches[0].hex()[:16]}
+
+    def _admitting_devices(self, folder: Folder) -> list[tuple[DeviceId, tuple[str, ...]]]:
+        """This device and the other members' devices it knows an address of: where a
+        joiner may be admitted."""
+        devices = [(self.device_id, tuple(self._own_addresses()[:8]))]
+        for device in self.config.devices:
+            addresses = [*device.addresses, *self.peers.discovered_addresses(device.device_id)]
+            if addresses and any(
+                DeviceId.from_public_key(key) == device.device_id
+                for member in (
+                    folder.members.state.members.values() if folder.members.state else ()
+                )
+                for key in member.devices
+            ):
+                devices.append((device.device_id, tuple(dict.fromkeys(addresses))[:8]))
+        return devices
+
+    def _own_addresses(self) -> list[str]:
+        host, _ = parse_address(self.config.listen)
+        hosts = _local_addresses() if host in ("0.0.0.0", "") else [host]
+        return [format_address(h, self.port) for h in hosts]
+
+    async def admit_joiner(self, device: DeviceId, public_key: bytes, join: Join) -> Joined:
+        """A member's answer to a joiner (SPEC.md §15.9): the admission written, and the
+        folder's key; or why not, in a sentence for the person joining."""
+        runner = self.runners.get(join.folder_id)
+        if runner is None or runner.folder is None:
+            return refused("this device does not sync that folder (or it is stopped)")
+        folder = runner.folder
+        state = folder.members.state
+        invitation = state.invitations.get(join.invitation) if state is not None else None
+        if state is None or invitation is None:
+            return refused(
+                "this device does not know that invitation (it may not have reached it yet: "
+                "try when the inviting device is online)"
+            )
+        if not folder.members.is_member(public_key):
+            action = AddMember(
+                join.name, invitation.role, (public_key,), join.invitation, join.signature
+            )
+            try:
+                await folder.append_log_entry(action, int(time.time()))
+            except MembershipError as exc:
+                reason = str(exc).removeprefix("refused: ")
+                log.info("refused the join of %s to %s: %s", device.short_str, runner.label, reason)
+                return refused(_JOIN_REFUSALS.get(reason, reason))
+            log.info("admitted %s to folder %s by invitation", device.short_str, runner.label)
+        async with self._lock:
+            if self.config.device(device) is None:
+                self.config.devices.append(DeviceConfig(device, join.name))
+            if device not in runner.config.devices:
+                runner.config.devices.append(device)
+            self._changed()
+        return Joined(int(JoinStatus.ADMITTED), "", runner.label, runner.key.to_bytes())
+
+    async def join(self, link: JoinLink | str, path: Path | str, *, name: str = "") -> FolderRunner:
+        """Join a folder with an invitation link: reach a member device it names, prove the
+        invitation, receive the folder's key, and sync it at ``path``."""
+        if isinstance(link, str):
+            try:
+                link = JoinLink.parse(link)
+            except MembershipError as exc:
+                raise InvalidRequestError(str(exc)) from None
+        path = _folder_path(path)
+        label = link.label or link.folder_id.hex()[:8]
+        async with self._lock:
+            existing = self.config.folder(link.folder_id)
+            if existing is not None:
+                raise RequestConflictError(
+                    f"this device already syncs that folder ({existing.label} at {existing.path})"
+                )
+            if path.exists() and not path.is_dir():
+                raise RequestConflictError(f"{path} exists and is not a directory")
+            self._check_new_folder(path, label)
+        found = {d: self.peers.discovered_addresses(d) for d, _ in link.devices}
+        try:
+            device, addresses, answer = await ask_to_join(
+                self.identity, link, name or link.name or self.device_name, found
+            )
+        except JoinRefusedError as exc:
+            raise RequestConflictError(f"the invitation was refused: {exc}") from None
+        except CommonsyncError as exc:
+            raise UnavailableError(
+                str(exc),
+                hint="the inviting device (or another member's) must be online and reachable",
+            ) from None
+        try:
+            key = FolderKey.from_bytes(answer.key)
+        except CommonsyncError as exc:
+            raise UnavailableError(
+                f"the member device sent a malformed folder key: {exc}"
+            ) from None
+        if key.folder_id != link.folder_id:
+            raise UnavailableError("the member device sent the key of another folder")
+        async with self._lock:
+            await anyio.to_thread.run_sync(self.home.save_folder_key, key)
+            known = self.config.device(device)
+            if known is None:
+                self.config.devices.append(DeviceConfig(device, "", addresses))
+            else:
+                known.addresses.extend(a for a in addresses if a not in known.addresses)
+            for relay in link.relays:
+                with contextlib.suppress(ConfigError):
+                    parsed = RelayConfig.parse(relay)
+                    if self.config.relay(parsed.relay_id) is None:
+                        self.config.relays.append(parsed)
+                        self.peers.relays.update(parsed)
+            config = FolderConfig(link.folder_id, label, path, [device])
+            self.config.folders.append(config)
+            self._changed()
+        runner = await self._start_folder(config, create=True)
+        self.peers.dial(device)
+        return runner
+
+    def _new_epoch(self, folder: Folder) -> NewEpoch:
+        """A new key epoch, its secret sealed to every device in force (SPEC.md §15.7)."""
+        state = folder.members.state
+        assert state is not None
+        secret = os.urandom(32)
+        devices = sorted(d for m in state.members.values() for d in m.devices)
+        number = (state.epoch.number if state.epoch is not None else 0) + 1
+        wrapped = tuple((d, seal_secret(secret, d)) for d in devices)
+        return NewEpoch(number, secret_hash(secret), wrapped)
+
     # -- requests ------------------------------------------------------------------------------
 
     async def add_folder(self, path: Path | str, label: str = "") -> FolderRunner:
@@ -300,6 +784,10 @@ class Node:
             self._check_new_folder(path, label)
             key = FolderKey.generate()
             await anyio.to_thread.run_sync(self.home.save_folder_key, key)
+            # Its membership log, with this device its first owner (SPEC.md §15).
+            await self.store.add_folder(key.folder_id, label)
+            members = FolderMembers(key.folder_id, self.identity, self.store)
+            await members.create(self.device_name, int(time.time()))
             config = FolderConfig(key.folder_id, label, path)
             self.config.folders.append(config)
             self._changed()
@@ -401,10 +889,11 @@ class Node:
         return relay
 
     async def share(
-        self, folder: FolderRunner | str, device: DeviceId | str
+        self, folder: FolderRunner | str, device: DeviceId | str, *, role: Role = Role.WRITER
     ) -> tuple[FolderConfig, DeviceConfig]:
         """Share a folder (a runner, a label or an ID prefix) with a known device (an ID, its
-        name or an ID prefix): it is offered the folder and, once it accepts, syncs it."""
+        name or an ID prefix): it is offered the folder and, once it accepts, syncs it, as a
+        member with ``role`` (the entry admitting it is written at its next session)."""
         async with self._lock:
             found = folder.config if isinstance(folder, FolderRunner) else self._find_folder(folder)
             known = self._find_device(device)
@@ -412,6 +901,8 @@ class Node:
                 raise RequestConflictError(
                     f"folder {found.label} is already shared with {known.device_id.short_str}",
                 )
+            self._check_may_admit(found, role, known.device_id)
+            self._roles[found.folder_id, known.device_id] = role
             found.devices.append(known.device_id)
             self._changed()
             offer = self.offers.get(found.folder_id)
@@ -494,6 +985,13 @@ class Node:
                 )
         if METADATA_DIR in path.parts:
             raise InvalidRequestError(f"{path} is inside a commonsync metadata directory")
+        home = Path(os.path.abspath(self.home.directory))
+        if path == home or path.is_relative_to(home) or home.is_relative_to(path):
+            raise RequestConflictError(
+                f"{path} overlaps this device's home {home}, which holds its secret key and "
+                "index: syncing it would hand the key to every member",
+                hint="choose a directory that neither holds nor lies inside it",
+            )
 
     def _changed(self) -> None:
         if self._on_config_change is not None:

@@ -34,17 +34,19 @@ import anyio.abc
 from ..errors import CommonsyncError, RelayRefusedError
 from ..formats.device_id import DeviceId
 from ..formats.identity import DeviceIdentity
-from ..formats.messages import Offer
+from ..formats.messages import Join, Joined, Offer
 from ..relay.client import accept_relayed_channel, open_relayed_channel
 from ..relay.wire import Invitation, RefuseReason
 from ..sync.exchange import OfferHandler, PeerExchange
 from ..wire.channel import Channel, accept_channel, connect_channel
+from ..wire.handshake import JOIN_FEATURE
 from ..wire.session import Session
 from . import inbound
 from .config import NodeConfig, parse_address, remote_address
 from .events import EventBus
 from .folders import FolderRunner
 from .inbound import Admission, Ticket
+from .joining import serve_join
 from .lograte import LogRate
 from .relay_links import RelayLink, RelayLinks
 
@@ -95,6 +97,10 @@ class PeerHost(Protocol):
     def runner(self, folder_id: bytes) -> FolderRunner | None: ...
 
     async def on_offer(self, device: DeviceId, offer: Offer) -> None: ...
+
+    async def admit(self, exchange: PeerExchange, folder_id: bytes) -> bool: ...
+
+    async def admit_joiner(self, device: DeviceId, public_key: bytes, join: Join) -> Joined: ...
 
 
 @dataclass
@@ -285,6 +291,7 @@ class Peers:
                 self._host.identity,
                 accept=self._accept_from([address], "connected", ticket.source),
                 timeout=INBOUND_HANDSHAKE_TIMEOUT,
+                accept_joiners=True,
             )
         except CommonsyncError as exc:
             self._refusals.log(
@@ -293,6 +300,10 @@ class Peers:
             return
         finally:
             ticket.release()
+        if JOIN_FEATURE in channel.features:
+            # It comes with an invitation (SPEC.md §15.9): that conversation, and nothing else.
+            await serve_join(channel, self._host.admit_joiner)
+            return
         await self._run_session(channel, address, initiator=False)
 
     def _refused_at_once(self, source: str, why: str) -> None:
@@ -477,6 +488,7 @@ class Peers:
             device_name=self._host.device_name,
             offers=offers,
             on_offer=on_offer,
+            admit=self._host.admit,
         )
         link = Link(peer, exchange, address, initiator, relay)
         existing = self.links.get(peer)

@@ -7,6 +7,12 @@ folder's local files, and lets the folder's puller request chunks from this peer
 
 What a record *means* is not decided here: records go to the :class:`FolderEndpoint` (in
 practice :class:`commonsync.sync.folder.Folder`), which decides and applies them.
+
+With a peer that speaks it (the ``membership`` feature of its ``Hello``), the folders'
+membership logs travel here too (SPEC.md §15.8): each side names its log's heads, the other
+sends the entries it lacks, and every entry either side takes later is sent on before any
+record that may depend on it. A folder whose log does not name the peer's device gets no
+records from us and serves it no chunks.
 """
 
 from __future__ import annotations
@@ -14,15 +20,27 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 import anyio
 import anyio.abc
 
-from ..errors import ChannelError, CommonsyncError, PeerStalledError, ProtocolError, RecordError
+from ..errors import (
+    ChannelError,
+    CommonsyncError,
+    EntryMalformedError,
+    FolderKeyError,
+    PeerStalledError,
+    ProtocolError,
+    RecordError,
+)
 from ..formats.device_id import DeviceId
 from ..formats.keys import FolderKey, FolderKeyring
 from ..formats.messages import (
+    MAX_EPOCH_KEYS,
+    MAX_LOG_BATCH,
+    MAX_LOG_HEADS,
     PROTOCOL_VERSION,
     ChunkBatchRequest,
     ChunkBatchResponse,
@@ -30,17 +48,22 @@ from ..formats.messages import (
     ChunkResponse,
     Close,
     CloseReason,
+    EpochKeys,
     Folders,
     Hello,
     Index,
     IndexRequest,
+    LogEntries,
+    LogHeads,
     Message,
     Offer,
     Ping,
     Pong,
 )
 from ..formats.records import ChunkEntry, Record, open_record, seal_record, verify_record
+from ..membership.entries import Entry, decode_entry
 from ..wire.session import Session, folder_proof
+from .members import FolderMembers
 from .store import SignedRow
 
 log = logging.getLogger(__name__)
@@ -50,6 +73,13 @@ log = logging.getLogger(__name__)
 LOGGED_REFUSALS = 10
 REFUSALS_PER_SUMMARY = 1000
 CLIENT = "commonsync 0.1.0"
+#: The Hello feature of a device that exchanges membership logs (SPEC.md §15.8).
+MEMBERSHIP_FEATURE = "membership"
+FEATURES = [MEMBERSHIP_FEATURE]
+#: Encoded entries per LogEntries message at most (a log of a few hundred entries is one).
+LOG_BATCH_BYTES = 1024 * 1024
+#: A peer that names log heads and has not sent them this many seconds later is reported.
+LOG_HEADS_WAIT = 30.0
 #: Records per Index message, and the sealed bytes one message may carry.
 INDEX_BATCH = 500
 INDEX_BATCH_BYTES = 8 * 1024 * 1024
@@ -80,6 +110,9 @@ class FolderEndpoint(Protocol):
     @property
     def keyring(self) -> FolderKeyring: ...
 
+    @property
+    def members(self) -> FolderMembers: ...
+
     async def index_state(self) -> tuple[bytes, int]:
         """Our index ID and highest local sequence."""
         ...
@@ -106,6 +139,18 @@ class FolderEndpoint(Protocol):
     ) -> list[bytes | None]:
         """For each chunk, its bytes if a local file holds it, else None; checked against the
         chunk's ID unless ``verify`` is false (when the reader checks them anyway)."""
+        ...
+
+    def log_refused(self, device: str, entry: Entry | None, reason: str) -> None:
+        """A membership entry from ``device`` was refused (None: it did not even decode)."""
+        ...
+
+    async def take_log_entries(self, entries: Sequence[Entry]) -> list[tuple[Entry, str]]:
+        """Offer a peer's membership entries to the log; those refused, with why."""
+        ...
+
+    async def add_epoch_key(self, key: FolderKey) -> bool:
+        """Take a later epoch's key from a peer, if the log names it."""
         ...
 
     def attach(self, peer: PeerExchange) -> None: ...
@@ -136,6 +181,9 @@ def _session_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 #: What receives the peer's folder offers (the device that sent it, and the offer).
 OfferHandler = Callable[[DeviceId, Offer], Awaitable[None]]
+#: What admits the peer to a folder chosen for it, once its public key is known (the node
+#: writes the membership entry); False if it may not be admitted (then it is not offered it).
+AdmitHandler = Callable[["PeerExchange", bytes], Awaitable[bool]]
 
 
 class PeerExchange:
@@ -143,7 +191,8 @@ class PeerExchange:
 
     ``offers`` are folders we invite this peer to (sent after ``Folders`` for each one the
     peer does not prove it holds); ``on_offer`` receives the peer's invitations (without it,
-    they are ignored).
+    they are ignored). ``admit`` is asked first, for each of ``folders``, to make the peer
+    a member of it (a folder it may not be admitted to is not offered).
     """
 
     def __init__(
@@ -154,10 +203,12 @@ class PeerExchange:
         device_name: str,
         offers: Sequence[Offer] = (),
         on_offer: OfferHandler | None = None,
+        admit: AdmitHandler | None = None,
     ) -> None:
         self.session = session
         self._offers = list(offers)
         self._on_offer = on_offer
+        self._admit = admit
         self.peer: DeviceId = session.channel.peer
         self._folders = {f.key.folder_id: f for f in folders}
         self._device_name = device_name
@@ -175,6 +226,14 @@ class PeerExchange:
         self._tasks: anyio.abc.TaskGroup | None = None
         self._shared_ready = anyio.Event()
         self._records_refused = 0
+        #: Per shared folder, with a peer that speaks the membership feature: the entries
+        #: it is known to hold (from its heads, and what went either way), set once its
+        #: LogHeads came; and a lock so that one sender at a time sends it news.
+        self._log_known: dict[bytes, set[bytes]] = {}
+        #: Per shared folder: the newest key epoch the peer holds (from its LogHeads).
+        self._peer_epoch: dict[bytes, int] = {}
+        self._log_heard: dict[bytes, anyio.Event] = {}
+        self._log_sending: dict[bytes, anyio.Lock] = {}
 
     def __repr__(self) -> str:
         return f"<PeerExchange with {self.peer.short_str}>"
@@ -188,7 +247,7 @@ class PeerExchange:
             async with anyio.create_task_group() as tasks:
                 self._tasks = tasks
                 try:
-                    hello = Hello(PROTOCOL_VERSION, [], self._device_name[:64], CLIENT)
+                    hello = Hello(PROTOCOL_VERSION, FEATURES, self._device_name[:64], CLIENT)
                     await self.session.send(hello)
                     await self.session.send(Folders(self._proofs()))
                     await self._read()
@@ -272,6 +331,12 @@ class PeerExchange:
         elif isinstance(message, Offer):
             if self._on_offer is not None:
                 await self._on_offer(self.peer, message)
+        elif isinstance(message, LogHeads):
+            await self._on_log_heads(message)
+        elif isinstance(message, LogEntries):
+            await self._on_log_entries(message)
+        elif isinstance(message, EpochKeys):
+            await self._on_epoch_keys(message)
         elif isinstance(message, Pong | Close):
             pass
 
@@ -295,11 +360,22 @@ class PeerExchange:
             if proof in theirs:
                 self.shared[folder_id] = folder
         self._shared_ready.set()
+        admitted = {}
+        if self._admit is not None:
+            for folder_id in self._folders:
+                admitted[folder_id] = await self._admit(self, folder_id)
         for offer in self._offers:
-            if offer.folder_id not in self.shared:
+            if offer.folder_id not in self.shared and admitted.get(offer.folder_id, True):
                 await self.session.send(offer)
         for folder_id, folder in self.shared.items():
             folder.attach(self)
+            if self.speaks_membership:
+                self._log_heard[folder_id] = anyio.Event()
+                self._log_sending[folder_id] = anyio.Lock()
+                members = folder.members
+                heads = members.heads[:MAX_LOG_HEADS]
+                epoch = folder.keyring.current.epoch
+                await self.session.send(LogHeads(folder_id, len(members), heads, epoch))
             progress = await folder.peer_progress(self.peer)
             index_id, after = progress if progress is not None else (bytes(16), 0)
             await self.session.send(IndexRequest(folder_id, index_id, after))
@@ -313,18 +389,36 @@ class PeerExchange:
         up to where our index was then, it gets everything, its own records included.
         """
         key = folder.key
+        members = folder.members
         peer_key = self.session.channel.peer_public_key
         send_all_until = (await folder.index_state())[1] if after == 0 else 0
         while True:
+            version = members.version
+            if not members.is_member(peer_key):
+                # Not (or no longer, or not yet: its admission may be on its way) a member:
+                # it gets nothing of the folder's content.
+                await members.wait_for_change(version)
+                continue
             index_id, highest = await folder.index_state()
             batch = await folder.records_since(after, INDEX_BATCH)
             if not batch:
-                await folder.wait_for_change(after)
+                await _first(
+                    partial(folder.wait_for_change, after),
+                    partial(members.wait_for_change, version),
+                )
                 continue
+            # The entries that make these records' authors writers go first, and the key of
+            # the epoch they are sealed in.
+            await self._send_log_news(folder)
+            key = folder.keyring.current
             records: list[list[object]] = []
             size = 0
-            for sequence, author, signed in batch:
-                if author == peer_key and sequence > send_all_until:
+            for sequence, author, signed, author_sequence in batch:
+                if (author == peer_key and sequence > send_all_until) or not members.may_author(
+                    author, author_sequence
+                ):
+                    # Not sent: the peer's own, or a record no member takes (a reader's
+                    # local change, kept here unshared; one its author may no longer make).
                     after = sequence
                     continue
                 sealed = seal_record(key, signed)
@@ -336,7 +430,7 @@ class PeerExchange:
             if records:
                 await self.session.send(Index(key.folder_id, index_id, records, highest))
             if not records or records[-1][0] != after:
-                # Only records the peer wrote, at the end: tell it how far it has seen.
+                # Only records not sent, at the end: tell it how far it has seen.
                 await self.session.send(Index(key.folder_id, index_id, [], after))
 
     async def _on_index(self, message: Index) -> None:
@@ -362,6 +456,130 @@ class PeerExchange:
         last = message.records[-1][0] if message.records else message.max_sequence
         await folder.set_peer_progress(self.peer, message.index_id, last)
 
+    # -- membership logs -----------------------------------------------------------------------
+
+    @property
+    def speaks_membership(self) -> bool:
+        """Whether the peer exchanges membership logs (it said so in its Hello)."""
+        hello = self.peer_hello
+        return hello is not None and MEMBERSHIP_FEATURE in hello.features
+
+    def _log_folder(self, folder_id: bytes) -> FolderEndpoint:
+        folder = self._shared(folder_id)
+        if folder_id not in self._log_heard:
+            raise ProtocolError("a membership log message from a peer without the feature")
+        return folder
+
+    async def _on_log_heads(self, message: LogHeads) -> None:
+        folder = self._log_folder(message.folder_id)
+        heard = self._log_heard[message.folder_id]
+        if heard.is_set():
+            raise ProtocolError("a second LogHeads for the same folder")
+        members = folder.members
+        known = {e.hash for e in members.entries_beyond([])} - {
+            e.hash for e in members.entries_beyond(message.heads)
+        }
+        self._log_known[message.folder_id] = known | set(message.heads)
+        self._peer_epoch[message.folder_id] = message.epoch
+        heard.set()
+        await self._send_log_news(folder)
+        assert self._tasks is not None
+        self._tasks.start_soon(self._push_log, folder)
+        unknown = [h for h in message.heads if h not in members]
+        if unknown:
+            self._tasks.start_soon(self._expect_heads, folder, unknown)
+
+    async def _on_log_entries(self, message: LogEntries) -> None:
+        folder = self._log_folder(message.folder_id)
+        entries, malformed = await anyio.to_thread.run_sync(_decode_entries, message.entries)
+        peer = self.peer.short_str
+        for error in malformed:
+            folder.log_refused(peer, None, str(error))
+        known = self._log_known.setdefault(message.folder_id, set())
+        known.update(e.hash for e in entries)
+        for entry, reason in await folder.take_log_entries(entries):
+            folder.log_refused(peer, entry, reason)
+
+    async def _on_epoch_keys(self, message: EpochKeys) -> None:
+        folder = self._log_folder(message.folder_id)
+        for encoded in message.keys:
+            try:
+                key = FolderKey.from_bytes(encoded)
+            except (FolderKeyError, CommonsyncError) as exc:
+                folder.log_refused(self.peer.short_str, None, f"a malformed epoch key: {exc}")
+                continue
+            if not await folder.add_epoch_key(key):
+                folder.log_refused(
+                    self.peer.short_str,
+                    None,
+                    f"a key for epoch {key.epoch} that the membership log does not name",
+                )
+
+    async def _send_log_news(self, folder: FolderEndpoint) -> None:
+        """Send the peer the entries of our log it is not known to hold, parents first
+        (only once it named its heads: before, we cannot tell what it lacks)."""
+        folder_id = folder.key.folder_id
+        heard = self._log_heard.get(folder_id)
+        if heard is None:
+            return  # the peer does not speak of membership
+        await heard.wait()
+        members = folder.members
+        if members.log is None or not members.is_member(self.session.channel.peer_public_key):
+            return  # nothing to send, or nothing for it: it is not (or no longer) a member
+        async with self._log_sending[folder_id]:
+            known = self._log_known[folder_id]
+            news = [e for e in folder.members.entries_beyond([]) if e.hash not in known]
+            batch: list[bytes] = []
+            size = 0
+            for entry in news:
+                if batch and (size + len(entry.encoded) > LOG_BATCH_BYTES
+                              or len(batch) == MAX_LOG_BATCH):  # fmt: skip
+                    await self.session.send(LogEntries(folder_id, batch))
+                    batch, size = [], 0
+                batch.append(entry.encoded)
+                size += len(entry.encoded)
+                known.add(entry.hash)
+            if batch:
+                await self.session.send(LogEntries(folder_id, batch))
+            # The keys of the epochs it lacks (it joined after they began: their secrets
+            # were not sealed to it), after the entries that name them.
+            peer_epoch = self._peer_epoch.get(folder_id, 0)
+            newer = [k.to_bytes() for k in folder.keyring.oldest_first() if k.epoch > peer_epoch]
+            for start in range(0, len(newer), MAX_EPOCH_KEYS):
+                await self.session.send(EpochKeys(folder_id, newer[start : start + MAX_EPOCH_KEYS]))
+            self._peer_epoch[folder_id] = max(peer_epoch, folder.keyring.current.epoch)
+
+    async def _push_log(self, folder: FolderEndpoint) -> None:
+        """Send every entry our log takes from now on; end the session once the log no
+        longer names the peer as a member (a removal: it must hear of nothing new)."""
+        members = folder.members
+        peer_key = self.session.channel.peer_public_key
+        was_member = members.log is not None and members.is_member(peer_key)
+        while True:
+            version = members.version
+            await self._send_log_news(folder)
+            if was_member and not members.is_member(peer_key):
+                log.info(
+                    "%s is no longer a member of a folder shared with it: ending the session",
+                    self.peer.short_str,
+                )
+                await self.session.close(CloseReason.NORMAL, "no longer a member")
+                return
+            was_member = members.log is not None and members.is_member(peer_key)
+            await members.wait_for_change(version)
+
+    async def _expect_heads(self, folder: FolderEndpoint, heads: list[bytes]) -> None:
+        await anyio.sleep(LOG_HEADS_WAIT)
+        missing = [h for h in heads if h not in folder.members]
+        if missing:
+            folder.log_refused(
+                self.peer.short_str,
+                None,
+                f"it named {len(missing)} membership entries as its log's heads and did not "
+                f"send them within {LOG_HEADS_WAIT:g} s (it may hold back the log, or they "
+                "were refused)",
+            )
+
     # -- chunks --------------------------------------------------------------------------------
 
     async def _serve_chunks(self, request: ChunkRequest | ChunkBatchRequest) -> None:
@@ -373,7 +591,10 @@ class PeerExchange:
                 wanted = [ChunkEntry(chunk_id, size) for chunk_id, size in request.chunks]
             # The requester checks every chunk against its ID: hashing it here too would only
             # halve how fast we serve (a file changed since it was scanned is caught there).
-            found = await folder.read_local_chunks(wanted, verify=False)
+            if folder.members.is_member(self.session.channel.peer_public_key):
+                found = await folder.read_local_chunks(wanted, verify=False)
+            else:
+                found = [None] * len(wanted)  # not a member (any more): it gets nothing
             response: Message
             if isinstance(request, ChunkRequest):
                 data = found[0]
@@ -486,6 +707,29 @@ class _Waiter:
 
 
 _Response = ChunkResponse | ChunkBatchResponse
+
+
+async def _first(*waits: Callable[[], Awaitable[None]]) -> None:
+    """Return once any of ``waits`` returns."""
+    async with anyio.create_task_group() as tasks:
+
+        async def wait(one: Callable[[], Awaitable[None]]) -> None:
+            await one()
+            tasks.cancel_scope.cancel()
+
+        for one in waits:
+            tasks.start_soon(wait, one)
+
+
+def _decode_entries(encoded: list[bytes]) -> tuple[list[Entry], list[EntryMalformedError]]:
+    entries: list[Entry] = []
+    malformed: list[EntryMalformedError] = []
+    for data in encoded:
+        try:
+            entries.append(decode_entry(data))
+        except EntryMalformedError as exc:
+            malformed.append(exc)
+    return entries, malformed
 
 
 def _open_records(

@@ -38,6 +38,7 @@ from ..errors import (
     InsufficientSpaceError,
     InternalPathError,
     LocalChangedError,
+    MembershipError,
     MissingChunkError,
     RecordError,
     RecordKindError,
@@ -49,6 +50,9 @@ from ..formats.identity import DeviceIdentity
 from ..formats.keys import FolderKey, FolderKeyring
 from ..formats.messages import MAX_BATCH_BYTES
 from ..formats.records import ChunkEntry, Kind, Record
+from ..membership.entries import Action as Action_
+from ..membership.entries import Entry, NewEpoch
+from ..membership.epochs import open_secret
 from ..wire.session import Session
 from . import apply, layout, scanner
 from .beneath import DirectoryChain
@@ -57,6 +61,7 @@ from .exchange import PeerExchange, RemoteRecord
 from .ignore import IGNORE_FILE, FolderRules
 from .layout import conflict_name
 from .marker import init_folder
+from .members import FolderMembers
 from .peer_chunks import Ask, from_peers
 from .refusals import Refusal, Refusals
 from .space import DiskReserve
@@ -137,10 +142,17 @@ class Folder:
         store: IndexStore,
         *,
         device_name: str = "",
+        epoch_keys: Sequence[FolderKey] = (),
+        save_key: Callable[[FolderKey], None] | None = None,
     ) -> None:
         self.root = Path(root)
+        #: The key the folder was made or shared with: its chunk IDs and the proofs that
+        #: this device holds it are made with it in every epoch (SPEC.md §15.7); records
+        #: travel sealed with the newest epoch's key (:attr:`keyring`).
         self._key = key
-        self._keyring = FolderKeyring([key])
+        self._keyring = FolderKeyring([key, *epoch_keys])
+        #: Keeps a later epoch's key (in the node's home) before the folder uses it.
+        self._save_key = save_key
         self.identity = identity
         self.store = store
         self.device_name = device_name or identity.device_id.short_str
@@ -167,6 +179,12 @@ class Folder:
         self._retried_all_at = -RETRY_ALL_INTERVAL
         self._last_applied = -WRITING_QUIET
         self._refusals = Refusals()
+        self._log_refusals = Refusals(noun=("membership entry", "membership entries"))
+        #: Who may write (None until the folder has a membership log: then anyone holding
+        #: its key); :func:`open_folder` loads it.
+        self.members = FolderMembers(key.folder_id, identity, store)
+        #: This device's own versions that no member takes (see :meth:`_count_unshared`).
+        self.unshared_changes = 0
         self._publish_copies = False
         #: During a round: the chunks some local file holds (None: ask).
         self._local_sources: dict[bytes, list[ChunkLocation]] | None = None
@@ -258,6 +276,7 @@ class Folder:
                 published=self._notify_change,
             )
         self._notify_change()
+        await self._count_unshared()
         self._emit(EventKind.SCANNED, detail=str(report))
         if report.racy:
             self._racy_scanned.set()
@@ -350,7 +369,14 @@ class Folder:
         me = self.identity.device_id.short
         accepted = []
         for remote in records:
-            reason = refusal(remote.record, me=me, now_seconds=now)
+            record = remote.record
+            reason = refusal(record, me=me, now_seconds=now)
+            if reason is None and not self.members.may_author(record.author, record.sequence):
+                author = DeviceId.from_public_key(record.author).short_str
+                reason = (
+                    f"its author {author} is not a writer of this folder (a reader, or not a "
+                    "member), or was not any more when it made this version"
+                )
             if reason is None:
                 accepted.append(remote)
             else:
@@ -441,6 +467,79 @@ class Folder:
             text = f"{report} (for example {path!r})"
             log.warning("%s", text)
             self._emit(EventKind.ERROR, path, text, device)
+
+    async def _count_unshared(self) -> None:
+        """Count this device's versions no member takes from it (it is a reader, or was
+        removed): kept here, published to nobody (:attr:`unshared_changes`)."""
+        me = self.identity.public_key
+        state = self.members.state
+        if state is None or self.members.may_author(me, 2**63 - 1):
+            self.unshared_changes = 0
+            return
+        credited = state.credited.get(me, 0)
+        self.unshared_changes = await self.store.count_authored(self.folder_id, me, credited)
+
+    async def take_log_entries(self, entries: Sequence[Entry]) -> list[tuple[Entry, str]]:
+        """Add membership entries from a peer (those refused are returned, with why), then
+        take any new epoch's key they seal to this device."""
+        _added, refused = await self.members.take(entries)
+        await self._open_epochs()
+        return refused
+
+    async def append_log_entry(self, action: Action_, time_: int) -> Entry:
+        """Write a membership entry by this device (:meth:`FolderMembers.append`)."""
+        entry = await self.members.append(action, time_)
+        await self._open_epochs()
+        return entry
+
+    async def _open_epochs(self) -> None:
+        """Take the key of each epoch the log seals to this device and it does not hold."""
+        log_ = self.members.log
+        if log_ is None:
+            return
+        me = self.identity.public_key
+        for entry in log_.entries():
+            action = entry.action
+            if not isinstance(action, NewEpoch) or self._keyring.holds(action.epoch):
+                continue
+            sealed = dict(action.wrapped).get(me)
+            if sealed is None:
+                continue  # not sealed to this device: a member hands it over (EpochKeys)
+            try:
+                key = open_secret(
+                    self.identity, self.folder_id, action.epoch, action.secret_hash, sealed
+                )
+            except MembershipError as exc:
+                self.log_refused("", entry, str(exc))
+                continue
+            await self.add_epoch_key(key)
+
+    async def add_epoch_key(self, key: FolderKey) -> bool:
+        """Hold the key of a later epoch, if the log names it (its secret's hash is in a
+        new-epoch entry); kept in the node's home first. False if it is not taken."""
+        if key.folder_id != self.folder_id or not self.members.names_epoch(key.epoch, key.secret):
+            return False
+        if self._keyring.holds(key.epoch):
+            return True
+        if self._save_key is not None:
+            await anyio.to_thread.run_sync(self._save_key, key)
+        self._keyring.add(key)
+        log.info("%s: now at key epoch %d", self.root, self._keyring.current.epoch)
+        return True
+
+    def log_refused(self, device: str, entry: Entry | None, reason: str) -> None:
+        """Count a refused membership entry; say so as for versions (:meth:`_refused`)."""
+        if entry is not None:
+            author = DeviceId.from_public_key(entry.author).short_str
+            reason = f"{reason} (an entry by {author})"
+        report = self._log_refusals.add(device, reason)
+        if report is not None:
+            log.warning("%s", report)
+            self._emit(EventKind.ERROR, "", str(report), device)
+
+    @property
+    def log_refusals(self) -> list[Refusal]:
+        return self._log_refusals.all()
 
     async def read_local_chunks(
         self, chunks: Sequence[ChunkEntry], *, verify: bool = True
@@ -1254,12 +1353,25 @@ async def open_folder(
     *,
     label: str = "",
     device_name: str = "",
+    epoch_keys: Sequence[FolderKey] = (),
+    save_key: Callable[[FolderKey], None] | None = None,
 ) -> AsyncIterator[Folder]:
-    """Open a folder for syncing (creating its metadata on first use) and run its puller."""
+    """Open a folder for syncing (creating its metadata on first use) and run its puller.
+    ``epoch_keys`` are the keys of later epochs the node keeps, ``save_key`` keeps one more."""
     root = Path(root)
     await anyio.to_thread.run_sync(init_folder, root)
     await store.add_folder(key.folder_id, label or root.name)
-    folder = Folder(root, key, identity, store, device_name=device_name)
+    folder = Folder(
+        root,
+        key,
+        identity,
+        store,
+        device_name=device_name,
+        epoch_keys=epoch_keys,
+        save_key=save_key,
+    )
+    await folder.members.load()
+    await folder._open_epochs()
     await folder._resume_pending()
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(folder.run_puller)

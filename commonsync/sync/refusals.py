@@ -29,11 +29,13 @@ class Refusal:
     device: str
     reason: str
     count: int = 0
+    #: What was refused, singular and plural.
+    noun: tuple[str, str] = ("version", "versions")
 
     def __str__(self) -> str:
-        versions = "1 version" if self.count == 1 else f"{self.count} versions"
+        what = f"1 {self.noun[0]}" if self.count == 1 else f"{self.count} {self.noun[1]}"
         verb = "was" if self.count == 1 else "were"
-        return f"{versions} from {self.device} {verb} refused: {self.reason}"
+        return f"{what} from {self.device} {verb} refused: {self.reason}"
 
 
 @dataclass
@@ -46,8 +48,13 @@ class _Counted:
 class Refusals:
     """The refusals of one folder since it was opened."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        noun: tuple[str, str] = ("version", "versions"),
+    ) -> None:
         self._clock = clock
+        self._noun = noun
         self._counted: dict[tuple[str, str], _Counted] = {}
 
     def add(self, device: str, reason: str, count: int = 1) -> Refusal | None:
@@ -60,7 +67,7 @@ class Refusals:
         if counted is None:
             if len(self._counted) >= MAX_KINDS + MAX_KINDS:
                 return None  # reasons are a small fixed set: not reached, but bounded anyway
-            counted = self._counted[key] = _Counted(Refusal(*key))
+            counted = self._counted[key] = _Counted(Refusal(*key, noun=self._noun))
         counted.refusal.count += count
         now = self._clock()
         if counted.reported_at is not None and (

@@ -20,7 +20,9 @@ What it holds, per folder:
   confirmed what the file holds (inode, size, mtime, mode), so that a rescan hashes only the
   files whose metadata moved;
 - in ``folders``, ``own_sequence``: the last sequence number this device gave a record it
-  authored, so that its records carry strictly increasing sequences.
+  authored, so that its records carry strictly increasing sequences;
+- ``membership_entries``: the entries of the folder's membership log this device took, in the
+  order it took them (parents first), as they were signed.
 
 A record and the local state that goes with it are written by one :meth:`IndexStore.put`, in
 one transaction: a crash never leaves a new version without its local state or the reverse.
@@ -52,7 +54,7 @@ from ..formats.records import ChunkEntry, Kind, Record, decode_verified
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: Records returned by one :meth:`IndexStore.records_since` call at most.
 MAX_BATCH = 10_000
 #: Free space below which the index's disk counts as full (:meth:`IndexStore.check_writable`):
@@ -85,6 +87,13 @@ _PULL_STATE = """CREATE TABLE IF NOT EXISTS pull_state (
 #: The versions not on disk, in path order, with what the puller pages and counts by.
 _NOT_ON_DISK = """CREATE INDEX IF NOT EXISTS records_not_on_disk
     ON records (folder_id, path, local_seq, kind, deleted, size, on_disk) WHERE on_disk = 0"""
+_MEMBERSHIP = """CREATE TABLE IF NOT EXISTS membership_entries (
+    folder_id BLOB NOT NULL REFERENCES folders(folder_id) ON DELETE CASCADE,
+    position  INTEGER NOT NULL,
+    hash      BLOB NOT NULL,
+    entry     BLOB NOT NULL,
+    PRIMARY KEY (folder_id, position)
+) WITHOUT ROWID"""
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS folders (
@@ -127,6 +136,7 @@ _SCHEMA = (
     _LOCAL_FILES,
     _PULL_STATE,
     _NOT_ON_DISK,
+    _MEMBERSHIP,
 )
 
 #: From schema version N to N + 1: statements run in the same transaction as the version bump.
@@ -141,6 +151,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         _LOCAL_FILES.replace("IF NOT EXISTS ", ""),
     ),
     2: (_PULL_STATE.replace("IF NOT EXISTS ", ""), _NOT_ON_DISK.replace("IF NOT EXISTS ", "")),
+    3: (_MEMBERSHIP.replace("IF NOT EXISTS ", ""),),
 }
 _I64 = 2**63
 _FOLDER_COLUMNS = "folder_id, label, index_id, sequence, own_sequence"
@@ -263,11 +274,13 @@ class PeerProgress:
 
 
 class SignedRow(NamedTuple):
-    """A stored record as it is sent: its local sequence, its author's key, the signed bytes."""
+    """A stored record as it is sent: its local sequence, its author's key, the signed
+    bytes, and its author's sequence number (whether the author may still write it)."""
 
     local_sequence: int
     author: bytes
     signed: bytes
+    author_sequence: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -782,7 +795,7 @@ class IndexStore:
 
         def since(conn: sqlite3.Connection) -> list[SignedRow]:
             rows = conn.execute(
-                "SELECT local_seq, author, signed FROM records"
+                "SELECT local_seq, author, signed, author_seq FROM records"
                 " WHERE folder_id = ? AND local_seq > ? ORDER BY local_seq LIMIT ?",
                 (folder_id, after, limit),
             )
@@ -797,6 +810,32 @@ class IndexStore:
 
         return await self._run(since)
 
+    async def last_authored(self, folder_id: bytes, author: bytes) -> int:
+        """The highest sequence number of the current versions ``author`` made (0: none)."""
+
+        def last(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT coalesce(max(author_seq), 0) FROM records WHERE folder_id = ?"
+                " AND author = ?",
+                (folder_id, author),
+            ).fetchone()
+            return int(row[0])
+
+        return await self._run(last)
+
+    async def count_authored(self, folder_id: bytes, author: bytes, after: int = 0) -> int:
+        """How many current versions ``author`` made with a sequence above ``after``."""
+
+        def count(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT count(*) FROM records WHERE folder_id = ? AND author = ?"
+                " AND author_seq > ?",
+                (folder_id, author, after),
+            ).fetchone()
+            return int(row[0])
+
+        return await self._run(count)
+
     async def count(self, folder_id: bytes) -> int:
         def count(conn: sqlite3.Connection) -> int:
             row = conn.execute(
@@ -805,6 +844,39 @@ class IndexStore:
             return int(row[0])
 
         return await self._run(count)
+
+    # -- membership -------------------------------------------------------------------------
+
+    async def membership_entries(self, folder_id: bytes) -> list[bytes]:
+        """The folder's membership entries, encoded, in the order they were added."""
+
+        def entries(conn: sqlite3.Connection) -> list[bytes]:
+            rows = conn.execute(
+                "SELECT entry FROM membership_entries WHERE folder_id = ? ORDER BY position",
+                (folder_id,),
+            )
+            return [bytes(row[0]) for row in rows]
+
+        return await self._run(entries)
+
+    async def add_membership_entries(
+        self, folder_id: bytes, entries: Sequence[tuple[bytes, bytes]]
+    ) -> None:
+        """Append ``(hash, encoded)`` entries, parents before children (the log checked
+        them: the store keeps what it is given)."""
+
+        def add(conn: sqlite3.Connection) -> None:
+            row = conn.execute(
+                "SELECT coalesce(max(position), 0) FROM membership_entries WHERE folder_id = ?",
+                (folder_id,),
+            ).fetchone()
+            conn.executemany(
+                "INSERT INTO membership_entries (folder_id, position, hash, entry)"
+                " VALUES (?, ?, ?, ?)",
+                [(folder_id, row[0] + i, h, e) for i, (h, e) in enumerate(entries, 1)],
+            )
+
+        await self._run(add)
 
     # -- local files ------------------------------------------------------------------------
 

@@ -185,6 +185,7 @@ async def open_channel(
     features: Sequence[str] = (),
     timeout: float = HANDSHAKE_TIMEOUT,
     max_message_size: int = MAX_MESSAGE_SIZE,
+    accept_joiners: bool = False,
 ) -> Channel:
     """Run the handshake over ``stream`` and return the channel.
 
@@ -193,7 +194,7 @@ async def open_channel(
     :class:`PeerRefusedError` when we refused the peer, :class:`RefusedByPeerError` when it
     refused us, :class:`HandshakeTimeoutError` when it took longer than ``timeout`` seconds.
     ``max_message_size`` is the largest message the peer may send (frames announcing more are
-    refused before they are buffered).
+    refused before they are buffered). ``accept_joiners``: see :class:`ChannelHandshake`.
     """
     core = ChannelHandshake(
         identity,
@@ -201,6 +202,7 @@ async def open_channel(
         accept=accept,
         features=features,
         max_message_size=max_message_size,
+        accept_joiners=accept_joiners,
     )
     try:
         with anyio.fail_after(timeout):
@@ -276,6 +278,7 @@ async def accept_channel(
     features: Sequence[str] = (),
     timeout: float = HANDSHAKE_TIMEOUT,
     max_message_size: int = MAX_MESSAGE_SIZE,
+    accept_joiners: bool = False,
 ) -> Channel:
     """The responder's side over an accepted connection (e.g. from ``listener.serve``)."""
     return await open_channel(
@@ -286,4 +289,5 @@ async def accept_channel(
         features=features,
         timeout=timeout,
         max_message_size=max_message_size,
+        accept_joiners=accept_joiners,
     )

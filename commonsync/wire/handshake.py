@@ -56,6 +56,9 @@ _MAX_PAYLOAD = 2048
 
 #: A peer's device ID → whether we accept a channel with it.
 AcceptPolicy = Callable[[DeviceId], bool]
+#: The feature an initiator names when it comes to join a folder with an invitation (SPEC.md
+#: §15.9): a responder that takes joiners accepts it whatever its device ID.
+JOIN_FEATURE = "join"
 
 
 class PeerRefusedError(HandshakeError):
@@ -114,8 +117,12 @@ class ChannelHandshake:
         versions: Sequence[int] = VERSIONS,
         ephemeral: bytes | None = None,
         max_message_size: int = MAX_MESSAGE_SIZE,
+        accept_joiners: bool = False,
     ) -> None:
         """``ephemeral`` fixes the Noise ephemeral key: for test vectors only.
+        ``accept_joiners`` (a responder's option) also accepts an initiator that ``accept``
+        refuses when it names :data:`JOIN_FEATURE`: the caller then gives it nothing but the
+        join conversation.
         ``max_message_size`` bounds the transport messages the peer may send afterwards (a
         relay's control channel carries only small messages, so it accepts only small
         frames and never buffers a large one)."""
@@ -123,6 +130,7 @@ class ChannelHandshake:
         self.identity = identity
         self.initiator = initiator
         self._accept = accept
+        self._accept_joiners = accept_joiners
         self._features = list(features)
         self._versions = list(versions)
         self._max_message_size = max_message_size
@@ -279,7 +287,8 @@ class ChannelHandshake:
             )
         peer = _verify_identity(public_key, signature, b"I", hash_before)
         transport = self._transport = self._make_transport()
-        if not self._accept(peer):
+        joiner = self._accept_joiners and JOIN_FEATURE in self._peer_features
+        if not self._accept(peer) and not joiner:
             self._outbox += transport.seal(encoding.pack([Verdict.UNKNOWN_DEVICE]))
             self._outbox += transport.close()
             raise PeerRefusedError(f"refused the channel: device {peer} is not accepted", peer)

@@ -5,7 +5,8 @@
     GET  /folders                     the folders (as in /status)
     POST /folders                     {"path", "label"}: sync a directory (a new folder)
     POST /folders/accept              {"folder", "path"}: accept a folder another device offered
-    POST /folders/share               {"folder", "device"}: offer a folder to a known device
+    POST /folders/share               {"folder", "device", "role"}: offer a folder to a known
+                                      device, as a member with that role (writer by default)
     POST /folders/rescan              {"folder"}: scan now
     POST /folders/confirm-deletions   {"folder"}: publish deletions the mass-deletion guard held
     GET  /devices                     known devices with their connection state, and pending ones
@@ -13,6 +14,13 @@
     GET  /relays                      the community relays, connected or not (and why not)
     POST /relays                      {"relay"}: use a relay, given as RELAYID@HOST:PORT
     GET  /conflicts                   conflict copies on disk, per folder
+    GET  /members?folder=F            a folder's members, their roles and devices
+    POST /members/remove              {"folder", "member"}: remove a member (a new key epoch)
+    POST /members/role                {"folder", "member", "role"}: change a member's role
+    POST /invites                     {"folder", "role", "name", "expires", "uses"}: invite
+                                      someone; the answer holds the link to send them
+    POST /invites/revoke              {"folder", "invitation"}: revoke an invitation
+    POST /join                        {"link", "path", "name"}: join a folder by invitation
     GET  /events                      a stream of events, one JSON object per line
 
 Errors are JSON ``{"error": ..., "hint": ...}`` with a 4xx status, or 503 when a folder
@@ -33,7 +41,8 @@ from commonsync.errors import (
     RequestError,
     UnavailableError,
 )
-from commonsync.node.node import Node
+from commonsync.membership.entries import Role
+from commonsync.node.node import DEFAULT_INVITATION_LIFETIME, Node
 
 from .control import ControlError, Request
 
@@ -78,8 +87,40 @@ class ControlApi:
                 runner = await node.accept_folder(_text(body, "folder"), Path(_text(body, "path")))
                 return runner.status()
             case ("POST", "/folders/share"):
-                folder, device = await node.share(_text(body, "folder"), _text(body, "device"))
-                return {"folder": folder.label, "device": str(device.device_id)}
+                role = _role(body.get("role") or "writer")
+                folder, device = await node.share(
+                    _text(body, "folder"), _text(body, "device"), role=role
+                )
+                return {
+                    "folder": folder.label,
+                    "device": str(device.device_id),
+                    "role": role.name.lower(),
+                }
+            case ("GET", "/members"):
+                return node.members(_text(dict(request.query), "folder"))
+            case ("POST", "/members/remove"):
+                return await node.remove_member(_text(body, "folder"), _text(body, "member"))
+            case ("POST", "/invites"):
+                return await node.invite(
+                    _text(body, "folder"),
+                    role=_role(body.get("role") or "writer"),
+                    name=str(body.get("name") or ""),
+                    expires=_number(body, "expires", DEFAULT_INVITATION_LIFETIME),
+                    uses=int(_number(body, "uses", 1)),
+                )
+            case ("POST", "/invites/revoke"):
+                return await node.revoke_invitation(
+                    _text(body, "folder"), _text(body, "invitation")
+                )
+            case ("POST", "/join"):
+                runner = await node.join(
+                    _text(body, "link"), Path(_text(body, "path")), name=str(body.get("name") or "")
+                )
+                return runner.status()
+            case ("POST", "/members/role"):
+                return await node.set_role(
+                    _text(body, "folder"), _text(body, "member"), _role(body.get("role"))
+                )
             case ("POST", "/folders/rescan"):
                 reference = _text(body, "folder")
                 report = await node.rescan(reference)
@@ -134,6 +175,20 @@ class ControlApi:
     async def _events(self, *, replay: bool) -> AsyncIterator[dict[str, Any]]:
         async for event in self._node.events(replay=replay):
             yield event
+
+
+def _number(body: dict[str, Any], name: str, default: float) -> float:
+    value = body.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ControlError(400, f"{name!r} must be a number")
+    return float(value)
+
+
+def _role(value: Any) -> Role:
+    names = [r.name.lower() for r in Role]
+    if not isinstance(value, str) or value.lower() not in names:
+        raise ControlError(400, f"a role is one of {', '.join(names)}")
+    return Role[value.upper()]
 
 
 def _text(body: dict[str, Any], name: str) -> str:

@@ -25,15 +25,11 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import trio
-from rich.console import Console
 from rich.progress_bar import ProgressBar
-from rich.table import Table
-from rich.text import Text
 
 from commonsync import CommonsyncError, DeviceId, DeviceIdentity
 from commonsync.errors import DeviceIdError
@@ -41,6 +37,9 @@ from commonsync.errors import DeviceIdError
 from .config import Config, ConfigError, parse_address
 from .control import ControlClient, ControlError, DaemonNotRunningError
 from .home import Home
+from .members_cli import ROLES, members_command
+from .members_cli import add_parsers as add_member_parsers
+from .output import Output
 from .terminal import json_visible, visible
 
 EXIT_OK = 0
@@ -180,6 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     share = command("share", "offer a folder to a device (it accepts with `folder accept`)")
     share.add_argument("folder", help="its label or ID")
     share.add_argument("device", help="the device's ID (or the name you gave it)")
+    share.add_argument(
+        "--role",
+        choices=ROLES,
+        default="writer",
+        help="what it may do in the folder (default: %(default)s; only admins and owners "
+        "share, and only owners make owners)",
+    )
+    add_member_parsers(command, common)
 
     status = command("status", "what is in sync, what is transferring")
     status.add_argument(
@@ -210,46 +217,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- running a command ------------------------------------------------------------------------
-
-
-class Output:
-    """Tables in a terminal, tab-separated lines in a pipe, JSON on request.
-
-    Much of what is printed was chosen by others (file names, labels, device names, error
-    details): every line and cell goes through :func:`~commonsyncd.terminal.visible`, and
-    nothing is read as rich markup or emoji codes."""
-
-    def __init__(self, as_json: bool) -> None:
-        self.json = as_json
-        self.console = Console(highlight=False, soft_wrap=True, emoji=False)
-        self.errors = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
-
-    @property
-    def rich(self) -> bool:
-        return self.console.is_terminal and not self.json
-
-    def data(self, value: Any) -> None:
-        print(json_visible(json.dumps(value, indent=1, ensure_ascii=False)))
-
-    def line(self, text: str) -> None:
-        self.console.print(visible(text, keep_lines=True), markup=False)
-
-    def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        if self.rich:
-            table = Table(title=title, title_justify="left")
-            for column in columns:
-                table.add_column(column)
-            for row in rows:
-                table.add_row(*[c if isinstance(c, ProgressBar) else Text(visible(c)) for c in row])
-            self.console.print(table)
-            return
-        for row in rows:
-            print("\t".join("" if isinstance(c, ProgressBar) else visible(c) for c in row))
-
-    def error(self, message: str, hint: str = "") -> None:
-        self.errors.print(f"commonsync: {visible(message, keep_lines=True)}", markup=False)
-        if hint:
-            self.errors.print(f"hint: {visible(hint, keep_lines=True)}", markup=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -314,16 +281,21 @@ def run_command(args: argparse.Namespace, home: Home, out: Output) -> int:
             return relay_command(args, client, out)
         case "share":
             answer = client.request(
-                "POST", "/folders/share", {"folder": args.folder, "device": args.device}
+                "POST",
+                "/folders/share",
+                {"folder": args.folder, "device": args.device, "role": args.role},
             )
             if out.json:
                 out.data(answer)
             else:
                 out.line(
-                    f"offered folder {answer['folder']} to {answer['device']}; it appears "
-                    "there under `commonsync folder list` to accept"
+                    f"offered folder {answer['folder']} to {answer['device']} as "
+                    f"{answer['role']}; it appears there under `commonsync folder list` to "
+                    "accept"
                 )
             return EXIT_OK
+        case "members" | "member" | "invite" | "join":
+            return members_command(args, client, out)
         case "status":
             return status_command(args, client, out)
         case "conflicts":
@@ -598,8 +570,9 @@ def show_status(status: dict[str, Any], out: Output) -> None:
         if folder["state"] == "syncing" and out.rich and folder["bytes_total"]:
             done = folder["bytes_total"] - folder["bytes_left"]
             bar = ProgressBar(total=folder["bytes_total"], completed=done, width=24)
-        rows.append((folder["label"], folder["summary"], bar, folder["path"]))
-    out.table("Folders", ["folder", "state", "progress", "path"], rows)
+        role = folder.get("role") or ""
+        rows.append((folder["label"], role, folder["summary"], bar, folder["path"]))
+    out.table("Folders", ["folder", "role", "state", "progress", "path"], rows)
     connected = [
         (
             d["name"] or d["id"][:7],

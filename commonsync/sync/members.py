@@ -1,0 +1,258 @@
+"""A folder's membership as this device keeps it: the log, stored, and who may write.
+
+:class:`FolderMembers` wraps a :class:`~commonsync.membership.log.MembershipLog` for the
+engine. Entries taken from peers are checked by the log and stored in the index before anyone
+hears of them, so a restart keeps every entry (and head) this device has seen, and no peer can
+roll it back to an older log; those waiting for a change (the exchanges, which send new
+entries on to their peers) are woken.
+
+A folder made before membership existed has no log (:attr:`FolderMembers.log` is None): every
+device holding its key may write, as before. A folder without a log takes the first log a
+peer sends that names this device as a member: that is how a device that accepted an offer
+learns who the folder's members are.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+
+import anyio
+
+from ..errors import EntryMalformedError, MembershipError
+from ..formats.identity import DeviceIdentity
+from ..membership.entries import (
+    Action,
+    AddDevice,
+    AddMember,
+    Entry,
+    Genesis,
+    NewEpoch,
+    RemoveDevice,
+    RemoveMember,
+    Role,
+    decode_entry,
+)
+from ..membership.epochs import secret_hash
+from ..membership.log import MembershipLog, State, decode_log
+from .store import IndexStore
+
+log = logging.getLogger(__name__)
+
+#: What a folder without a log keeps of the entries peers send until they make a log that
+#: names this device (an association's log is some tens of KiB).
+MAX_CANDIDATE_BYTES = 4 * 1024 * 1024
+
+
+class FolderMembers:
+    """One folder's membership log on this device (None until it has one)."""
+
+    def __init__(self, folder_id: bytes, identity: DeviceIdentity, store: IndexStore) -> None:
+        self.folder_id = folder_id
+        self.identity = identity
+        self.store = store
+        self.log: MembershipLog | None = None
+        #: Grows with every change, for :meth:`wait_for_change`.
+        self.version = 0
+        self._changed = anyio.Event()
+        self._lock = anyio.Lock()
+        #: Without a log: the entries peers sent so far, until they make one (bounded).
+        self._candidates: dict[bytes, Entry] = {}
+        self._candidate_bytes = 0
+
+    async def load(self) -> None:
+        """Read the log the store holds, if any."""
+        encoded = await self.store.membership_entries(self.folder_id)
+        if not encoded:
+            return
+        try:
+            entries = [decode_entry(e) for e in encoded]
+            self.log = decode_log(self.folder_id, entries)
+        except MembershipError as exc:
+            raise MembershipError(
+                f"the membership log stored in {self.store.path} is damaged ({exc}); move the "
+                "index away to receive the log again from the folder's members"
+            ) from None
+        if len(self.log) != len(entries):
+            raise MembershipError(
+                f"the membership log stored in {self.store.path} holds entries its own rules "
+                "refuse; move the index away to receive the log again from the members"
+            )
+
+    # -- what it says ------------------------------------------------------------------------
+
+    @property
+    def state(self) -> State | None:
+        return None if self.log is None else self.log.state
+
+    def may_author(self, device: bytes, sequence: int) -> bool:
+        """Whether a record by ``device`` with ``sequence`` is to be taken (any, without a
+        log)."""
+        return self.log is None or self.log.state.may_author(device, sequence)
+
+    def is_member(self, device: bytes) -> bool:
+        """Whether ``device`` (a public key) is a device of a member (any, without a log)."""
+        return self.log is None or self.log.state.member_of(device) is not None
+
+    def role(self, device: bytes) -> Role | None:
+        """The role of ``device``'s member, None if it is none (or there is no log)."""
+        if self.log is None:
+            return None
+        member = self.log.state.member_of(device)
+        return None if member is None else member.role
+
+    @property
+    def my_role(self) -> Role | None:
+        return self.role(self.identity.public_key)
+
+    @property
+    def heads(self) -> list[bytes]:
+        return [] if self.log is None else self.log.heads
+
+    def __len__(self) -> int:
+        return 0 if self.log is None else len(self.log)
+
+    def __contains__(self, entry_hash: bytes) -> bool:
+        return self.log is not None and entry_hash in self.log
+
+    def entries_beyond(self, heads: Iterable[bytes]) -> list[Entry]:
+        """What a holder of ``heads`` lacks, parents first."""
+        return [] if self.log is None else self.log.entries_beyond(heads)
+
+    def was_removed(self, device: bytes) -> bool:
+        """Whether the log removed ``device`` (with its member, or alone) at some point: such a
+        device is admitted again only when a person asks for it."""
+        return device in self.removed_devices()
+
+    def removed_devices(self) -> set[bytes]:
+        """Every device some entry of the log removed, with its member or alone."""
+        if self.log is None:
+            return set()
+        devices_of: dict[bytes, set[bytes]] = {}
+        removed: set[bytes] = set()
+        for entry in self.log.entries():
+            action = entry.action
+            if isinstance(action, Genesis):
+                devices_of[entry.hash] = {entry.author}
+            elif isinstance(action, AddMember):
+                devices_of[entry.hash] = set(action.devices)
+            elif isinstance(action, AddDevice):
+                devices_of.setdefault(action.member, set()).add(action.device)
+            elif isinstance(action, RemoveDevice):
+                removed.add(action.device)
+            elif isinstance(action, RemoveMember):
+                removed |= devices_of.get(action.member, set())
+        return removed
+
+    def names_epoch(self, epoch: int, secret: bytes) -> bool:
+        """Whether a new-epoch entry of the log names ``epoch`` with this secret's hash: how
+        a key a peer hands over is known to be the folder's."""
+        if self.log is None:
+            return False
+        digest = secret_hash(secret)
+        return any(
+            isinstance(e.action, NewEpoch)
+            and e.action.epoch == epoch
+            and e.action.secret_hash == digest
+            for e in self.log.entries()
+        )
+
+    # -- changing it -------------------------------------------------------------------------
+
+    async def create(self, name: str, time: int) -> Entry:
+        """Start the folder's log with this device as its first owner, named ``name``."""
+        async with self._lock:
+            if self.log is not None:
+                raise MembershipError("the folder has a membership log already")
+            log_ = MembershipLog.create(self.identity, self.folder_id, name, time)
+            genesis = log_.entries()[0]
+            await self.store.add_membership_entries(
+                self.folder_id, [(genesis.hash, genesis.encoded)]
+            )
+            self.log = log_
+            self._notify()
+            return genesis
+
+    async def append(self, action: Action, time: int) -> Entry:
+        """Write an entry of ``action`` by this device (refused as others would refuse it:
+        :class:`~commonsync.errors.EntryRefusedError`)."""
+        async with self._lock:
+            if self.log is None:
+                raise MembershipError(
+                    "the folder has no membership log: it was made before members existed"
+                )
+            entry = self.log.append(self.identity, action, time)
+            try:
+                await self.store.add_membership_entries(
+                    self.folder_id, [(entry.hash, entry.encoded)]
+                )
+            except BaseException:
+                await self._reload()
+                raise
+            self._notify()
+            return entry
+
+    async def take(self, entries: Sequence[Entry]) -> tuple[list[Entry], list[tuple[Entry, str]]]:
+        """Add entries from a peer: those the log took (stored, in order), and those it
+        refused with why."""
+        async with self._lock:
+            if self.log is None:
+                return await self._adopt(entries)
+            before = len(self.log)
+            refused = self.log.add(entries)
+            added = self.log.entries()[before:]
+            if added:
+                try:
+                    await self.store.add_membership_entries(
+                        self.folder_id, [(e.hash, e.encoded) for e in added]
+                    )
+                except BaseException:
+                    await self._reload()
+                    raise
+                self._notify()
+            return added, refused
+
+    async def _adopt(self, entries: Sequence[Entry]) -> tuple[list[Entry], list[tuple[Entry, str]]]:
+        """Without a log: gather what peers send (it may come in several batches) until it
+        makes a log that names this device, then take it whole."""
+        for entry in entries:
+            if entry.hash not in self._candidates:
+                if self._candidate_bytes + len(entry.encoded) > MAX_CANDIDATE_BYTES:
+                    break
+                self._candidates[entry.hash] = entry
+                self._candidate_bytes += len(entry.encoded)
+        candidates = list(self._candidates.values())
+        if not any(isinstance(e.action, Genesis) for e in candidates):
+            return [], []  # the genesis comes with the rest of the log, in a later batch
+        try:
+            candidate = decode_log(self.folder_id, candidates)
+        except EntryMalformedError as exc:
+            self._candidates, self._candidate_bytes = {}, 0
+            return [], [(e, str(exc)) for e in entries]
+        if candidate.state.member_of(self.identity.public_key) is None:
+            return [], []  # not yet: the entry that admits this device may come next
+        taken = candidate.entries()
+        await self.store.add_membership_entries(
+            self.folder_id, [(e.hash, e.encoded) for e in taken]
+        )
+        self.log = candidate
+        self._candidates, self._candidate_bytes = {}, 0
+        self._notify()
+        held = {e.hash for e in taken}
+        return taken, [(e, "refused by the log") for e in entries if e.hash not in held]
+
+    async def _reload(self) -> None:
+        """After a failed write: the log as stored (the entries not stored are not taken)."""
+        with anyio.CancelScope(shield=True):
+            self.log = None
+            await self.load()
+
+    def _notify(self) -> None:
+        self.version += 1
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def wait_for_change(self, version: int) -> None:
+        """Return once the log changed after :attr:`version` was ``version``."""
+        while self.version <= version:
+            await self._changed.wait()

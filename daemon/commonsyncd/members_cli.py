@@ -1,0 +1,208 @@
+"""``commonsync members``, ``member ...``, ``invite`` and ``join``: who a folder is shared
+with, in which role, changing that, inviting people and joining (SPEC.md §15). The daemon does
+the work (``/members``, ``/invites``, ``/join``)."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import re
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import segno
+
+from commonsync.errors import CommonsyncError
+from commonsync.membership.links import JoinLink
+
+from .control import ControlClient
+from .output import Output
+
+ROLES = ["reader", "writer", "admin", "owner"]
+
+
+class DurationError(CommonsyncError):
+    """A duration the command line cannot read."""
+
+
+def add_parsers(command: Any, common: argparse.ArgumentParser) -> None:
+    """The ``members`` and ``member`` commands, made with the CLI's ``command`` factory
+    (``common`` holds the options every command takes)."""
+    members = command("members", "a folder's members: names, roles, devices")
+    members.add_argument("folder", help="its label or ID")
+    member = command("member", "remove a member of a folder, or change its role")
+    actions = member.add_subparsers(dest="member_command", required=True, metavar="ACTION")
+    remove = actions.add_parser(
+        "remove",
+        help="remove a member: it reads nothing new and its new changes are refused",
+        description="Remove a member from a folder. A new key epoch begins, sealed to the "
+        "devices that remain; what the member already had stays with it.",
+        parents=[common],
+    )
+    remove.add_argument("folder", help="its label or ID")
+    remove.add_argument("member", help="its name, member ID, or a device ID of it")
+    role = actions.add_parser("role", help="change a member's role", parents=[common])
+    role.add_argument("folder", help="its label or ID")
+    role.add_argument("member", help="its name, member ID, or a device ID of it")
+    role.add_argument("role", choices=ROLES)
+
+    invite = command("invite", "invite someone to a folder: prints a link (and its QR code)")
+    invite.add_argument("folder", help="its label or ID")
+    invite.add_argument("--role", choices=ROLES[:3], default="writer", help="default: writer")
+    invite.add_argument("--name", default="", help="the name to give the person invited")
+    invite.add_argument(
+        "--expires", default="7d", help="how long it lasts: 30m, 12h, 7d (default: %(default)s)"
+    )
+    invite.add_argument("--uses", type=int, default=1, help="how many may join with it")
+    invite.add_argument("--revoke", metavar="ID", help="revoke the invitation with this ID")
+    join = command("join", "join a folder with an invitation link")
+    join.add_argument("link", help="the link you were sent (commonsync://join/...)")
+    join.add_argument("path", nargs="?", type=Path, help="where to sync it (default: ./LABEL)")
+    join.add_argument("--name", default="", help="your name, as the members will see it")
+
+
+def members_command(args: argparse.Namespace, client: ControlClient, out: Output) -> int:
+    if args.command == "invite":
+        return _invite(args, client, out)
+    if args.command == "join":
+        return _join(args, client, out)
+    if args.command == "members":
+        answer = client.request("GET", f"/members?folder={quote(args.folder)}")
+        if out.json:
+            out.data(answer)
+            return 0
+        _print_members(answer, out)
+        return 0
+    if args.member_command == "remove":
+        answer = client.request(
+            "POST", "/members/remove", {"folder": args.folder, "member": args.member}
+        )
+        if out.json:
+            out.data(answer)
+        else:
+            out.line(
+                f"removed {answer['removed']} from folder {answer['folder']}; the folder is "
+                f"now at key epoch {answer['epoch']}, which {answer['removed']} does not hold. "
+                "What they had before stays with them."
+            )
+        return 0
+    answer = client.request(
+        "POST",
+        "/members/role",
+        {"folder": args.folder, "member": args.member, "role": args.role},
+    )
+    if out.json:
+        out.data(answer)
+    else:
+        out.line(f"{answer['member']} is now {_a(answer['role'])} of folder {answer['folder']}")
+    return 0
+
+
+def _print_members(answer: dict[str, Any], out: Output) -> None:
+    if not answer["has_log"]:
+        out.line(
+            f"folder {answer['folder']} was made before members existed: every device "
+            "holding its key may write"
+        )
+        return
+    count = len(answer["members"])
+    you = _a(answer["role"]) if answer["role"] else "not a member"
+    out.line(
+        f"folder {answer['folder']}: {count} member{'' if count == 1 else 's'}; this device "
+        f"is {you}"
+    )
+    rows = []
+    for member in answer["members"]:
+        for i, device in enumerate(member["devices"]):
+            state = "this device" if device["this_device"] else (
+                "connected" if device["connected"] else "not connected"
+            )  # fmt: skip
+            name = device["name"] or device["id"][:7]
+            rows.append(
+                (
+                    member["name"] if i == 0 else "",
+                    member["role"] if i == 0 else "",
+                    f"{name} ({device['id'][:7]})",
+                    state,
+                )
+            )
+    out.table("Members", ["name", "role", "device", "state"], rows)
+    invitations = [
+        (
+            i["id"],
+            i["role"],
+            str(i["uses_left"]),
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(i["expires"])),
+        )
+        for i in answer["invitations"]
+    ]
+    if invitations:
+        out.table("Pending invitations", ["id", "role", "joins left", "until"], invitations)
+
+
+def _a(role: str) -> str:
+    return f"an {role}" if role[0] in "aeiou" else f"a {role}"
+
+
+def _invite(args: argparse.Namespace, client: ControlClient, out: Output) -> int:
+    if args.revoke:
+        answer = client.request(
+            "POST", "/invites/revoke", {"folder": args.folder, "invitation": args.revoke}
+        )
+        out.data(answer) if out.json else out.line(f"revoked invitation {answer['revoked']}")
+        return 0
+    body = {
+        "folder": args.folder,
+        "role": args.role,
+        "name": args.name,
+        "expires": parse_duration(args.expires),
+        "uses": args.uses,
+    }
+    answer = client.request("POST", "/invites", body)
+    if out.json:
+        out.data(answer)
+        return 0
+    joins = "1 join" if answer["uses"] == 1 else f"{answer['uses']} joins"
+    until = time.strftime("%Y-%m-%d %H:%M", time.localtime(answer["expires"]))
+    out.line(
+        f"Invitation {answer['invitation']} to folder {answer['folder']} as "
+        f"{answer['role']}, for {joins}, until {until}. Send this link to the person you "
+        "invite (it holds the secret: send it privately):"
+    )
+    print(answer["link"])
+    if out.rich:
+        drawing = io.StringIO()
+        segno.make(answer["link"], error="l").terminal(out=drawing, compact=True)
+        print(drawing.getvalue(), end="")
+    out.line(
+        f"They run: commonsync join '<link>'. Revoke it with: commonsync invite "
+        f"{answer['folder']} --revoke {answer['invitation']}"
+    )
+    return 0
+
+
+def _join(args: argparse.Namespace, client: ControlClient, out: Output) -> int:
+    link = JoinLink.parse(args.link)  # a LinkError says what is wrong with it (exit code 2)
+    path = args.path if args.path is not None else Path.cwd() / (link.label or "commonsync")
+    path = path.expanduser().absolute()
+    body = {"link": args.link, "path": str(path), "name": args.name}
+    answer = client.request("POST", "/join", body)
+    if out.json:
+        out.data(answer)
+    else:
+        out.line(f"joined folder {answer['label']}: syncing into {answer['path']}")
+    return 0
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``30m``, ``12h``, ``7d``, ``2w`` (or a number of seconds)."""
+    match = _DURATION.match(text.lower())
+    if match is None:
+        raise DurationError(f"{text!r} is not a duration; write it as 30m, 12h or 7d")
+    return float(match.group(1)) * _UNITS[match.group(2)]
