@@ -44,7 +44,7 @@ from commonsync.formats.records import (
 from commonsync.formats.versionvector import VersionVector
 from commonsync.membership import entries as membership_entries
 from commonsync.membership import epochs, invitations
-from commonsync.membership.log import MAX_ENTRIES, MembershipLog, State
+from commonsync.membership.log import MAX_ENTRIES, MembershipLog
 from commonsync.wire.handshake import (
     NOISE_PROTOCOL,
     PROLOGUE,
@@ -1068,7 +1068,7 @@ def _membership_log() -> dict[str, Any]:
             for e in [*forked, merge]
         ],
         "heads_before_merge": [h.hex() for h in before_merge.heads],
-        "state_before_merge": _state_json(before_merge.state),
+        "state_before_merge": before_merge.state.as_json(),
         "merge": merge.hash.hex(),
         "heads_after_merge": [h.hex() for h in log.heads],
         "effect_order": [e.hash.hex() for e, _ in effects],
@@ -1077,7 +1077,7 @@ def _membership_log() -> dict[str, Any]:
             for e, reason in effects
             if reason is not None
         ],
-        "state": _state_json(log.state),
+        "state": log.state.as_json(),
         "refused": refused,
     }
 
@@ -1105,43 +1105,6 @@ def _interleaves(
     for entry in log.entries():
         depth[entry.hash] = 1 + max((depth[p] for p in entry.parents), default=0)
     return switches >= 3 and order != sorted(order, key=lambda h: (depth[h], h))
-
-
-def _state_json(state: State) -> dict[str, Any]:
-    """A log's state as the vectors give it, every list sorted by its first item's bytes."""
-    epoch = state.epoch
-    return {
-        "members": [
-            {
-                "id": m.id.hex(),
-                "name": m.name,
-                "role": int(m.role),
-                "devices": sorted(d.hex() for d in m.devices),
-            }
-            for m in sorted(state.members.values(), key=lambda m: m.id)
-        ],
-        "credited": [[d.hex(), n] for d, n in sorted(state.credited.items())],
-        "invitations": [
-            {
-                "id": i.id.hex(),
-                "key": i.key.hex(),
-                "role": int(i.role),
-                "expires": i.expires,
-                "uses": i.uses,
-                "used": i.used,
-                "revoked": i.revoked,
-                "by": i.by.hex(),
-            }
-            for i in sorted(state.invitations.values(), key=lambda i: i.id)
-        ],
-        "epoch": None
-        if epoch is None
-        else {
-            "number": epoch.number,
-            "secret_hash": epoch.secret_hash.hex(),
-            "devices": sorted(d.hex() for d in epoch.wrapped),
-        },
-    }
 
 
 def _jsonable(value: Any) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -26,23 +26,14 @@ from commonsync.membership.invitations import invitation_key, new_secret
 from commonsync.membership.links import JoinLink
 from commonsync.sync.folder import Folder
 
+from .test_node import loopback, until
+
 pytestmark = pytest.mark.anyio
-TIMEOUT = 60
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "trio"
-
-
-def loopback() -> NodeConfig:
-    return NodeConfig(listen="127.0.0.1:0", discovery_enabled=False)
-
-
-async def until(check: Callable[[], bool], what: str) -> None:
-    with anyio.fail_after(TIMEOUT, reason=f"timed out waiting until {what}"):
-        while not check():
-            await anyio.sleep(0.05)
 
 
 async def know(a: Node, b: Node, name: str = "") -> None:

@@ -52,7 +52,7 @@ from commonsync.membership.entries import (
     make_entry,
 )
 from commonsync.membership.links import JoinLink
-from commonsync.membership.log import MAX_ENTRIES, MembershipLog, State
+from commonsync.membership.log import MAX_ENTRIES, MembershipLog
 
 from .vectors import load
 
@@ -160,43 +160,6 @@ def refused_entries() -> list[Entry]:
     return [decode_entry(bytes.fromhex(r["encoded"])) for r in LOG["refused"]]
 
 
-def state_json(state: State) -> dict[str, Any]:
-    """A state in the vectors' form (SPEC.md §15.4's state, lists sorted bytewise)."""
-    epoch = state.epoch
-    return {
-        "members": [
-            {
-                "id": m.id.hex(),
-                "name": m.name,
-                "role": int(m.role),
-                "devices": sorted(d.hex() for d in m.devices),
-            }
-            for m in sorted(state.members.values(), key=lambda m: m.id)
-        ],
-        "credited": [[d.hex(), n] for d, n in sorted(state.credited.items())],
-        "invitations": [
-            {
-                "id": i.id.hex(),
-                "key": i.key.hex(),
-                "role": int(i.role),
-                "expires": i.expires,
-                "uses": i.uses,
-                "used": i.used,
-                "revoked": i.revoked,
-                "by": i.by.hex(),
-            }
-            for i in sorted(state.invitations.values(), key=lambda i: i.id)
-        ],
-        "epoch": None
-        if epoch is None
-        else {
-            "number": epoch.number,
-            "secret_hash": epoch.secret_hash.hex(),
-            "devices": sorted(d.hex() for d in epoch.wrapped),
-        },
-    }
-
-
 def assert_final(log: MembershipLog) -> None:
     assert [e.hash.hex() for e, _ in log.effects()] == LOG["effect_order"]
     no_effect = [
@@ -204,7 +167,7 @@ def assert_final(log: MembershipLog) -> None:
     ]
     assert no_effect == [{"hash": n["hash"], "reason": n["reason"]} for n in LOG["no_effect"]]
     assert [h.hex() for h in log.heads] == LOG["heads_after_merge"] == [LOG["merge"]]
-    assert state_json(log.state) == LOG["state"]
+    assert log.state.as_json() == LOG["state"]
 
 
 def topological_shuffle(entries: list[Entry], genesis: Entry, rng: random.Random) -> list[Entry]:
@@ -246,7 +209,7 @@ def test_the_heads_and_state_before_the_merge() -> None:
     assert log.add(entries[1:-1]) == []
     assert [h.hex() for h in log.heads] == LOG["heads_before_merge"]
     assert len(LOG["heads_before_merge"]) == 2
-    assert state_json(log.state) == LOG["state_before_merge"]
+    assert log.state.as_json() == LOG["state_before_merge"]
     assert log.add([merge]) == []
     assert_final(log)
 

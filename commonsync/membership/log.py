@@ -22,6 +22,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from ..errors import EntryMalformedError, EntryRefusedError, RollbackError
 from ..formats.identity import DeviceIdentity
@@ -94,6 +95,43 @@ class State:
 
     def owners(self) -> int:
         return sum(1 for m in self.members.values() if m.role is Role.OWNER)
+
+    def as_json(self) -> dict[str, Any]:
+        """The state as data (bytes in hex, every list sorted bytewise by its first item):
+        the form of the vectors' states (protocol/vectors/membership.json)."""
+        epoch = self.epoch
+        return {
+            "members": [
+                {
+                    "id": m.id.hex(),
+                    "name": m.name,
+                    "role": int(m.role),
+                    "devices": sorted(d.hex() for d in m.devices),
+                }
+                for m in sorted(self.members.values(), key=lambda m: m.id)
+            ],
+            "credited": [[d.hex(), n] for d, n in sorted(self.credited.items())],
+            "invitations": [
+                {
+                    "id": i.id.hex(),
+                    "key": i.key.hex(),
+                    "role": int(i.role),
+                    "expires": i.expires,
+                    "uses": i.uses,
+                    "used": i.used,
+                    "revoked": i.revoked,
+                    "by": i.by.hex(),
+                }
+                for i in sorted(self.invitations.values(), key=lambda i: i.id)
+            ],
+            "epoch": None
+            if epoch is None
+            else {
+                "number": epoch.number,
+                "secret_hash": epoch.secret_hash.hex(),
+                "devices": sorted(d.hex() for d in epoch.wrapped),
+            },
+        }
 
     def may_author(self, device: bytes, sequence: int) -> bool:
         """Whether a record by ``device`` with ``sequence`` is to be accepted: the device's
