@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from . import channel, reliability, scan, slowlink, sync
+from . import channel, reliability, removal, scan, slowlink, sync
 from .report import Benchmark, BenchmarkError, Options, Report, default_json_path, utc_now
 from .report import write_json as write_results
 
@@ -31,6 +31,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         sync.BENCHMARK,
         slowlink.BENCHMARK,
         reliability.BENCHMARK,
+        removal.BENCHMARK,
     )
 }
 

@@ -32,13 +32,26 @@ async def test_an_offer_of_a_folder_already_synced_is_refused_with_a_hint(
     tmp_path: Path,
 ) -> None:
     with scene(tmp_path) as (victim, bob):
-        # mallory gets the folder's key from the victim, then offers it to bob.
+        # mallory gets the folder's key from the victim and is removed from it; bob, who
+        # learnt her device from the folder's membership log, no longer shares the folder with
+        # her. She offers it to him.
         mallory = DeviceIdentity.generate()
         key = await invite(victim, mallory, "shared")
         mallory_id = str(mallory.device_id)
-        await anyio.to_thread.run_sync(
-            lambda: bob.run("device", "add", mallory_id, "--name", "mallory")
-        )
+
+        def known_to_bob() -> set[str]:
+            return {d["id"] for d in bob.json("device", "list")["devices"]}
+
+        def removed_from_bob() -> None:
+            wait_for(lambda: mallory_id in known_to_bob(), "bob to learn mallory from the log")
+            victim.run("member", "role", "shared", bob.device_id, "admin")
+            victim.run("member", "remove", "shared", mallory_id)
+            wait_for(
+                lambda: mallory_id not in bob.folder_state("shared")["devices"],
+                "the removal to reach bob",
+            )
+
+        await anyio.to_thread.run_sync(removed_from_bob)
         port = await anyio.to_thread.run_sync(victim_port, bob)
         elsewhere = tmp_path / "elsewhere"
         with anyio.fail_after(60):
@@ -66,7 +79,7 @@ async def test_an_offer_of_a_folder_already_synced_is_refused_with_a_hint(
         folder = await anyio.to_thread.run_sync(bob.folder_state, "shared")
         assert mallory_id not in folder["devices"]
         assert not elsewhere.exists()
-        # Sharing it is the way; it answers the offer.
+        # Sharing it is the way (bob is an admin: he may admit her again); it answers the offer.
         await anyio.to_thread.run_sync(lambda: bob.run("share", "shared", mallory_id))
         status = await anyio.to_thread.run_sync(bob.status)
         assert status["offered_folders"] == []
