@@ -15,6 +15,7 @@ import os
 import tracemalloc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
@@ -242,5 +243,9 @@ async def test_records_of_huge_chunk_lists_nobody_serves_do_not_exhaust_the_vict
             await anyio.sleep(3)
             grown = rss_mib(victim) - before
             assert grown < 400, f"the victim grew by {grown:.0f} MiB"
-            await anyio.to_thread.run_sync(still_syncs, victim, bob, "during", BEHIND_A_STALL)
-        await anyio.to_thread.run_sync(still_syncs, victim, bob, "after", BEHIND_A_STALL)
+            await anyio.to_thread.run_sync(
+                partial(still_syncs, timeout=BEHIND_A_STALL), victim, bob, "during"
+            )
+        await anyio.to_thread.run_sync(
+            partial(still_syncs, timeout=BEHIND_A_STALL), victim, bob, "after"
+        )
