@@ -84,12 +84,14 @@ def test_two_processes_sync_a_directory_with_the_node_example(tmp_path: Path) ->
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=default_sigint,
     )
     bob = subprocess.Popen(
         node(1, target),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=default_sigint,
     )
     try:
         deadline = time.monotonic() + 90
@@ -109,6 +111,12 @@ def test_two_processes_sync_a_directory_with_the_node_example(tmp_path: Path) ->
     assert f"device ID {ids[1]}" in outputs[1]
     assert "folder offered: music" in outputs[1]
     assert [p.returncode for p in (alice, bob)] == [0, 0], outputs
+
+
+def default_sigint() -> None:
+    """Ctrl-C works in the child even when this run inherited SIGINT ignored (a shell's
+    background job does): the test stops the examples with it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def free_port() -> int:
