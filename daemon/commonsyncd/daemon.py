@@ -42,6 +42,9 @@ async def run_daemon(home: Home, *, watch: bool = True) -> None:
         config.save(home.config_file)
 
     async with open_store(home.state_file) as store, anyio.create_task_group() as tasks:
+        # Before anything answers: a SIGTERM sent as soon as `status` works, while the node
+        # still starts its folders, must stop the daemon cleanly too.
+        await tasks.start(_stop_on_signal, tasks.cancel_scope)
         node = Node(home.node_home, config, identity, store, watch=watch, on_config_change=save)
         if rebuild is not None:
             node.notices.append(rebuild.notice())
@@ -49,8 +52,14 @@ async def run_daemon(home: Home, *, watch: bool = True) -> None:
         # First, since its lock says whether another daemon already runs with this home.
         await tasks.start(serve_control, home.socket_path, ControlApi(node).handle)
         await tasks.start(node.run)
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                log.info("stopping on %s", signal.Signals(signum).name)
-                break
-        tasks.cancel_scope.cancel()
+
+
+async def _stop_on_signal(
+    scope: anyio.CancelScope, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
+        async for signum in signals:
+            log.info("stopping on %s", signal.Signals(signum).name)
+            scope.cancel()
+            return
