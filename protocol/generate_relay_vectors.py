@@ -37,6 +37,11 @@ def relay_vectors() -> dict[str, Any]:
         relaywire.Invitation(requester.digest, token),
         relaywire.Ping(4242),
         relaywire.Pong(4242),
+        relaywire.ClaimCode(5),
+        relaywire.CodeClaimed(5, 7),
+        relaywire.ReleaseCode(7),
+        relaywire.ConnectCode(6, 7),
+        relaywire.Refused(6, int(RefuseReason.UNKNOWN_CODE), RefuseReason.UNKNOWN_CODE.text),
     ]
     return {
         "description": (

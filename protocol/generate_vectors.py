@@ -42,8 +42,8 @@ from commonsync.formats.records import (
     sign_record,
 )
 from commonsync.formats.versionvector import VersionVector
+from commonsync.membership import codes, epochs, invitations
 from commonsync.membership import entries as membership_entries
-from commonsync.membership import epochs, invitations
 from commonsync.membership.log import MAX_ENTRIES, MembershipLog
 from commonsync.wire.handshake import (
     NOISE_PROTOCOL,
@@ -451,6 +451,11 @@ def wire_messages() -> dict[str, Any]:
         messages.Join(seed("folder", 32), seed("invitation", 32), "Anne", seed("admission", 64)),
         messages.Joined(0, "", "Choir scores", seed("folder key", 75)),
         messages.Joined(1, "the invitation has expired", "", b""),
+        messages.CodeHello(7, b"S" + seed("code pake", 32)),
+        messages.CodeProof(seed("code proof", 32)),
+        messages.CodeAnswer(0, "", seed("code member proof", 32), "commonsync://join/aaaa#bbbb"),
+        messages.CodeAnswer(1, "wrong code: check it with the person who gave it", b"", ""),
+        messages.CodeAnswer(2, "no code 7 is open on this device", b"", ""),
     ]
     return {
         "description": "encoded wire messages (see protocol/messages.json for the schema)",
@@ -1154,6 +1159,9 @@ def main() -> None:
     schema = OUT.parent / "messages.json"
     schema.write_text(json.dumps(messages.schema_as_json(), indent=1) + "\n")
     print(f"wrote {schema}")
+    words = OUT.parent / "code-words.txt"
+    words.write_text("".join(f"{word}\n" for word in codes.WORDS))
+    print(f"wrote {words}")
     files = {
         "identity.json": identities(),
         "folder-keys.json": folder_keys(),

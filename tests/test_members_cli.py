@@ -3,11 +3,16 @@ share a folder as reader, list the members, remove one (SPEC.md §15)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import signal
 import time
 from pathlib import Path
 
 from .daemons import LOOPBACK, Device, wait_for
+from .relays import RelayProcess
 
 
 def share(owner: Device, other: Device, label: str, role: str) -> None:
@@ -69,8 +74,10 @@ def test_roles_and_removal_from_the_command_line(tmp_path: Path) -> None:
         assert "removed chloe from folder choir" in said
         assert "key epoch 1" in said
         wait_for(
-            lambda: [m["name"] for m in reader.json("members", "choir")["members"]]
-            == [listed["members"][0]["name"], "ben"],
+            lambda: (
+                [m["name"] for m in reader.json("members", "choir")["members"]]
+                == [listed["members"][0]["name"], "ben"]
+            ),
             "the removal to reach ben",
         )
         assert reader.json("members", "choir")["epoch"] == 1
@@ -82,3 +89,44 @@ def test_roles_and_removal_from_the_command_line(tmp_path: Path) -> None:
     finally:
         for device in (owner, reader, writer):
             device.kill()
+
+
+def test_a_code_joins_through_a_relay_and_join_starts_the_daemon(tmp_path: Path) -> None:
+    relay = RelayProcess(tmp_path)
+    owner, joiner = Device(tmp_path, "anna"), Device(tmp_path, "ben")
+    started: list[int] = []
+    try:
+        owner.init(*LOOPBACK)
+        joiner.init(*LOOPBACK)  # set up, but its daemon is not running
+        relay.init(owner.device_id)
+        relay.start()
+        owner.start()
+        owner.run("relay", "add", relay.address)
+        wait_for(lambda: any(r["connected"] for r in owner.json("relay", "list")["relays"]),
+                 "anna to reach the relay")  # fmt: skip
+        owner.folder.mkdir()
+        (owner.folder / "score.txt").write_text("Kyrie\n")
+        owner.run("folder", "add", str(owner.folder), "--label", "choir")
+        printed = owner.run("invite", "choir", "--name", "ben").stdout
+        found = re.search(r"^(\d+-[a-z]+-[a-z]+)$", printed, re.MULTILINE)
+        assert found, printed
+        code = found.group(1)
+        assert "at relay" in printed
+
+        done = joiner.run("join", code, str(joiner.folder), "--relay", relay.address)
+        pid = re.search(r"process (\d+)", done.stdout + done.stderr)
+        assert pid, done.stdout + done.stderr
+        started.append(int(pid.group(1)))
+        wait_for(lambda: (joiner.folder / "score.txt").exists(), "the score to reach ben")
+        roles = {m["name"]: m["role"] for m in owner.json("members", "choir")["members"]}
+        assert roles.get("ben") == "writer"
+        # Redeemed: the same code again finds nobody holding it.
+        again = joiner.run("join", code, str(tmp_path / "again"), check=False)
+        assert again.returncode != 0
+        assert "code" in again.stderr
+    finally:
+        for pid_ in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid_, signal.SIGTERM)
+        owner.kill()
+        relay.kill()

@@ -347,12 +347,54 @@ class Joined(Message):
     key: bytes
 
 
+@dataclass(frozen=True)
+class CodeHello(Message):
+    """Either way, first on a ``join`` channel opened for a short code (SPEC.md §15.10): the
+    code's nameplate (which of the device's open codes is meant; the joiner's alone counts)
+    and this side's SPAKE2 message."""
+
+    TYPE = 18
+    FIELDS = (_uint("nameplate", 9999), _bin("pake", 33, 33))
+    nameplate: int
+    pake: bytes
+
+
+@dataclass(frozen=True)
+class CodeProof(Message):
+    """Joiner → member: proof that it derived the same key, bound to this channel."""
+
+    TYPE = 19
+    FIELDS = (_bin("proof", 32, 32),)
+    proof: bytes
+
+
+@dataclass(frozen=True)
+class CodeAnswer(Message):
+    """Member → joiner: the code was right (status 0: the member's own proof, and the
+    invitation's link, with which the joiner sends ``Join`` on the same channel), wrong or
+    void (1), or not held by this device (2, sent instead of ``CodeHello``: no attempt was
+    spent); ``detail`` says why, for the person joining, and ``proof`` and ``link`` are
+    then empty."""
+
+    TYPE = 20
+    FIELDS = (
+        _uint("status", 2),
+        _str("detail", 256),
+        _bin("proof", 32),
+        _str("link", 8192),
+    )
+    status: int
+    detail: str
+    proof: bytes
+    link: str
+
+
 SCHEMA: dict[int, type[Message]] = {
     cls.TYPE: cls
     for cls in (
         Hello, Folders, IndexRequest, Index, ChunkRequest, ChunkResponse, Ping, Pong, Close, Offer,
         ChunkBatchRequest, ChunkBatchResponse, LogHeads, LogEntries, EpochKeys,
-        Join, Joined,
+        Join, Joined, CodeHello, CodeProof, CodeAnswer,
     )
 }  # fmt: skip
 
@@ -443,6 +485,9 @@ __all__ = [
     "ChunkResponse",
     "Close",
     "CloseReason",
+    "CodeAnswer",
+    "CodeHello",
+    "CodeProof",
     "FieldSpec",
     "Folders",
     "Hello",

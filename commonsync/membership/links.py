@@ -72,9 +72,7 @@ class JoinLink:
             raise LinkError(f"an invitation link starts with {PREFIX}")
         body = cleaned[len(PREFIX) :]
         if "#" not in body:
-            raise LinkError(
-                "the link lacks its secret (the part after '#'); copy the whole link"
-            )
+            raise LinkError("the link lacks its secret (the part after '#'); copy the whole link")
         payload_text, secret_text = body.split("#", 1)
         payload = _unb32(payload_text, MAX_PAYLOAD_BYTES)
         secret = _unb32(secret_text, MAX_SECRET_BYTES)

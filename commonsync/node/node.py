@@ -42,6 +42,7 @@ import anyio.to_thread
 import ifaddr
 
 from ..errors import (
+    ChannelError,
     CommonsyncError,
     DeviceIdError,
     EntryRefusedError,
@@ -56,6 +57,7 @@ from ..formats.device_id import DeviceId
 from ..formats.identity import DeviceIdentity
 from ..formats.keys import FolderKey
 from ..formats.messages import Join, Joined, JoinStatus, Offer
+from ..membership.codes import JoinCode, looks_like_code
 from ..membership.entries import (
     Action,
     AddMember,
@@ -71,6 +73,8 @@ from ..membership.epochs import seal_secret, secret_hash
 from ..membership.invitations import invitation_key, new_secret
 from ..membership.links import JoinLink
 from ..membership.log import Member
+from ..relay.client import connect_relay, open_code_channel
+from ..relay.wire import DEFAULT_RELAY_PORT
 from ..sync.exchange import PeerExchange
 from ..sync.folder import Folder
 from ..sync.layout import METADATA_DIR
@@ -78,6 +82,8 @@ from ..sync.members import FolderMembers
 from ..sync.scanner import ScanReport
 from ..sync.space import MinFree
 from ..sync.store import IndexStore, open_store
+from ..wire.channel import Channel, connect_channel
+from ..wire.handshake import JOIN_FEATURE
 from .config import (
     ConfigError,
     DeviceConfig,
@@ -90,7 +96,16 @@ from .config import (
 from .events import EventBus
 from .folders import FolderRunner
 from .home import NodeHome
-from .joining import JoinRefusedError, ask_to_join, refused
+from .joining import (
+    CONNECT_TIMEOUT,
+    ChannelOpener,
+    CodeRefusedError,
+    JoinRefusedError,
+    ask_to_join,
+    ask_to_join_with_code,
+    refused,
+)
+from .open_codes import CODE_LIFETIME, OpenCode, OpenCodes
 from .peers import Peers
 
 log = logging.getLogger(__name__)
@@ -99,6 +114,8 @@ log = logging.getLogger(__name__)
 MAX_OFFERS_PER_DEVICE = 32
 #: How long an invitation lasts unless said otherwise (seconds).
 DEFAULT_INVITATION_LIFETIME = 7 * 86400
+#: How long a joiner with a code waits for LAN discovery to show a device, when none is seen.
+LAN_CODE_WAIT = 5.0
 #: What a joiner is told when its admission is refused, for the log's reasons.
 _JOIN_REFUSALS = {
     "the invitation has expired": "this invitation has expired; ask for a new one",
@@ -153,6 +170,8 @@ class Node:
         #: The role to give a device a folder is shared with, until the entry admitting it
         #: is written (at its next session: the entry needs its key). Writer if none.
         self._roles: dict[tuple[bytes, DeviceId], Role] = {}
+        #: The short join codes this device holds open for people it invited.
+        self.codes = OpenCodes()
 
     @classmethod
     @asynccontextmanager
@@ -477,10 +496,12 @@ class Node:
             for i in (state.invitations.values() if state else ())
             if i.usable(now)
         ]
+        label = self._find_folder(reference).label
         return {
-            "folder": self._find_folder(reference).label,
+            "folder": label,
             "has_log": state is not None,
             "invitations": invitations,
+            "codes": [c for c in self.codes.listing() if c["folder"] == label],
             "role": role.name.lower() if role is not None else None,
             "members": listed,
             "entries": len(folder.members),
@@ -593,10 +614,13 @@ class Node:
         name: str = "",
         expires: float = DEFAULT_INVITATION_LIFETIME,
         uses: int = 1,
+        code: bool = True,
     ) -> dict[str, Any]:
         """Invite someone to a folder: an invite entry in its log (any member device can then
         admit the joiner), and a link holding its secret, to send them. ``expires`` is in
-        seconds from now; ``name`` is the name suggested for them."""
+        seconds from now; ``name`` is the name suggested for them. With ``code``, also a
+        short code that hands the link over while this device runs (SPEC.md §15.10), held
+        at the first relay that gives it a nameplate, and on the LAN."""
         async with self._lock:
             config = self._find_folder(reference)
             folder = self._running_folder(reference)
@@ -616,7 +640,7 @@ class Node:
                 tuple(self._admitting_devices(folder))[:16],
                 tuple(str(r) for r in self.config.relays)[:4],
             )
-        return {
+        answer: dict[str, Any] = {
             "folder": config.label,
             "link": str(link),
             "invitation": entry.hash.hex()[:16],
@@ -624,6 +648,48 @@ class Node:
             "expires": until,
             "uses": uses,
         }
+        if code:
+            opened = await self._open_code(config.label, str(link), entry.hash, until)
+            answer["code"] = str(opened.code)
+            answer["code_until"] = int(opened.expires)
+            answer["code_relay"] = opened.relay[0] if opened.relay else None
+        return answer
+
+    async def _open_code(self, folder: str, link: str, invitation: bytes, until: float) -> OpenCode:
+        """A code for ``link``: its nameplate from a connected relay if one gives it (then
+        the code works wherever that relay is reachable), else one free here (LAN only)."""
+        await self._release_closed_codes()
+        expires = min(until, time.time() + CODE_LIFETIME)
+        for link_ in self.peers.relays.connected():
+            control = link_.control
+            if control is None:
+                continue
+            try:
+                nameplate = await control.claim_code()
+            except CommonsyncError as exc:
+                log.info("%s gave no nameplate for a code: %s", link_.name, exc)
+                continue
+            if self.codes.holds(nameplate):  # a LAN-only code has it already
+                await control.release_code(nameplate)
+                continue
+            relay = (link_.name, link_.relay_id.digest)
+            return self.codes.open(
+                OpenCode(JoinCode.generate(nameplate), link, folder, invitation, expires, relay)
+            )
+        nameplate = self.codes.free_nameplate()
+        return self.codes.open(
+            OpenCode(JoinCode.generate(nameplate), link, folder, invitation, expires)
+        )
+
+    async def _release_closed_codes(self) -> None:
+        """Give back to their relays the nameplates of codes that closed."""
+        closed, self.codes.closed = self.codes.closed, []
+        for opened in closed:
+            if opened.relay is None:
+                continue
+            link = self.peers.relays.links.get(DeviceId(opened.relay[1]))
+            if link is not None and link.control is not None:
+                await link.control.release_code(opened.nameplate)
 
     async def revoke_invitation(self, reference: str, invitation: str) -> dict[str, Any]:
         """Revoke an invitation (by the ID ``invite`` printed, or a prefix of it): no member
@@ -644,6 +710,8 @@ class Node:
                     hint=f"`commonsync members {config.label}` lists them",
                 )
             await self._append(folder, RevokeInvitation(matches[0]))
+            self.codes.close_invitation(matches[0])
+        await self._release_closed_codes()
         return {"folder": config.label, "revoked": matches[0].hex()[:16]}
 
     def _admitting_devices(self, folder: Folder) -> list[tuple[DeviceId, tuple[str, ...]]]:
@@ -700,37 +768,57 @@ class Node:
             self._changed()
         return Joined(int(JoinStatus.ADMITTED), "", runner.label, runner.key.to_bytes())
 
-    async def join(self, link: JoinLink | str, path: Path | str, *, name: str = "") -> FolderRunner:
-        """Join a folder with an invitation link: reach a member device it names, prove the
-        invitation, receive the folder's key, and sync it at ``path``."""
-        if isinstance(link, str):
-            try:
-                link = JoinLink.parse(link)
-            except MembershipError as exc:
-                raise InvalidRequestError(str(exc)) from None
-        path = _folder_path(path)
-        label = link.label or link.folder_id.hex()[:8]
-        async with self._lock:
-            existing = self.config.folder(link.folder_id)
-            if existing is not None:
-                raise RequestConflictError(
-                    f"this device already syncs that folder ({existing.label} at {existing.path})"
-                )
-            if path.exists() and not path.is_dir():
-                raise RequestConflictError(f"{path} exists and is not a directory")
-            self._check_new_folder(path, label)
-        found = {d: self.peers.discovered_addresses(d) for d, _ in link.devices}
+    async def join(
+        self,
+        invitation: JoinLink | str,
+        path: Path | str | None = None,
+        *,
+        name: str = "",
+        parent: Path | str | None = None,
+    ) -> FolderRunner:
+        """Join a folder with an invitation link or a short code: reach a member device (for
+        a code, the inviting device, at a relay or on the LAN), prove the invitation, receive
+        the folder's key, and sync it at ``path`` (by default, in ``parent`` — the current
+        directory if none — under the folder's label)."""
+        code: JoinCode | None = None
+        link: JoinLink | None = None
         try:
-            device, addresses, answer = await ask_to_join(
-                self.identity, link, name or link.name or self.device_name, found
-            )
+            if isinstance(invitation, JoinLink):
+                link = invitation
+            elif looks_like_code(invitation):
+                code = JoinCode.parse(invitation)
+            else:
+                link = JoinLink.parse(invitation)
+        except MembershipError as exc:
+            raise InvalidRequestError(str(exc)) from None
+        if link is not None:
+            self._check_can_join(link, _join_path(path, parent, link))
+        try:
+            if code is not None:
+                device, addresses, link, answer = await ask_to_join_with_code(
+                    self.identity,
+                    code,
+                    name,
+                    await self._code_openers(code),
+                    default_name=self.device_name,
+                )
+                self._check_can_join(link, _join_path(path, parent, link))
+            else:
+                assert link is not None
+                found = {d: self.peers.discovered_addresses(d) for d, _ in link.devices}
+                name = name or link.name or self.device_name
+                device, addresses, answer = await ask_to_join(self.identity, link, name, found)
+        except CodeRefusedError as exc:
+            raise RequestConflictError(f"the code was refused: {exc}") from None
         except JoinRefusedError as exc:
             raise RequestConflictError(f"the invitation was refused: {exc}") from None
         except CommonsyncError as exc:
             raise UnavailableError(
                 str(exc),
-                hint="the inviting device (or another member's) must be online and reachable",
+                hint="the inviting device (or another member's) must be online and reachable"
+                + (": on this LAN, or at a relay this device uses" if code else ""),
             ) from None
+        folder_path, label = _join_path(path, parent, link), _join_label(link)
         try:
             key = FolderKey.from_bytes(answer.key)
         except CommonsyncError as exc:
@@ -740,7 +828,12 @@ class Node:
         if key.folder_id != link.folder_id:
             raise UnavailableError("the member device sent the key of another folder")
         async with self._lock:
+            self._check_can_join(link, folder_path)  # nothing was added meanwhile
             await anyio.to_thread.run_sync(self.home.save_folder_key, key)
+            # Where it was reached first, then where the link says it listens (a code's
+            # inviter reached through a relay is dialled there next time too).
+            listed = next((list(a) for d, a in link.devices if d == device), [])
+            addresses = list(dict.fromkeys([*addresses, *listed]))
             known = self.config.device(device)
             if known is None:
                 self.config.devices.append(DeviceConfig(device, "", addresses))
@@ -752,12 +845,41 @@ class Node:
                     if self.config.relay(parsed.relay_id) is None:
                         self.config.relays.append(parsed)
                         self.peers.relays.update(parsed)
-            config = FolderConfig(link.folder_id, label, path, [device])
+            config = FolderConfig(link.folder_id, label, folder_path, [device])
             self.config.folders.append(config)
             self._changed()
         runner = await self._start_folder(config, create=True)
         self.peers.dial(device)
         return runner
+
+    def _check_can_join(self, link: JoinLink, path: Path) -> None:
+        existing = self.config.folder(link.folder_id)
+        if existing is not None:
+            raise RequestConflictError(
+                f"this device already syncs that folder ({existing.label} at {existing.path})"
+            )
+        if path.exists() and not path.is_dir():
+            raise RequestConflictError(f"{path} exists and is not a directory")
+        self._check_new_folder(path, _join_label(link))
+
+    async def _code_openers(self, code: JoinCode) -> list[ChannelOpener]:
+        """Where a code's inviter may be: the relays this device uses (a nameplate is
+        unique at a relay), then every device seen on the LAN (waiting a little for
+        discovery, which may have just started, when it has seen nobody yet)."""
+        openers: list[ChannelOpener] = [
+            partial(_code_channel_at_relay, self.identity, link.config, code.nameplate)
+            for link in list(self.peers.relays.links.values())
+        ]
+        if self.config.discovery_enabled:
+            with anyio.move_on_after(LAN_CODE_WAIT):
+                while not any(found.in_order() for found in self.peers.discovered.values()):
+                    await anyio.sleep(0.25)
+        openers.extend(
+            partial(_code_channel_on_lan, self.identity, found.in_order())
+            for found in list(self.peers.discovered.values())
+            if found.in_order()
+        )
+        return openers
 
     def _new_epoch(self, folder: Folder) -> NewEpoch:
         """A new key epoch, its secret sealed to every device in force (SPEC.md §15.7)."""
@@ -1034,6 +1156,58 @@ async def _run_folder(
 
 def _folder_path(path: Path | str) -> Path:
     return Path(os.path.abspath(Path(path).expanduser()))
+
+
+def _join_label(link: JoinLink) -> str:
+    return link.label or link.folder_id.hex()[:8]
+
+
+def _join_path(path: Path | str | None, parent: Path | str | None, link: JoinLink) -> Path:
+    if path is not None:
+        return _folder_path(path)
+    return _folder_path(Path(parent if parent is not None else Path.cwd()) / _join_label(link))
+
+
+@asynccontextmanager
+async def _code_channel_on_lan(
+    identity: DeviceIdentity, addresses: list[str]
+) -> AsyncIterator[tuple[Channel, list[str]]]:
+    """A join channel to a device seen on the LAN, whoever it proves to be: the code's PAKE
+    decides whether it is the inviter."""
+    failures: list[str] = []
+    for address in addresses:
+        try:
+            host, port = parse_address(address)
+            channel = await connect_channel(
+                host,
+                port,
+                identity,
+                accept=lambda _device: True,
+                features=[JOIN_FEATURE],
+                timeout=CONNECT_TIMEOUT,
+            )
+        except CommonsyncError as exc:
+            failures.append(f"{address}: {exc}")
+            continue
+        yield channel, [address]
+        return
+    raise ChannelError("a device on the LAN: " + "; ".join(failures))
+
+
+@asynccontextmanager
+async def _code_channel_at_relay(
+    identity: DeviceIdentity, relay: RelayConfig, nameplate: int
+) -> AsyncIterator[tuple[Channel, list[str]]]:
+    """A join channel, through ``relay``, to the device holding ``nameplate`` there (this
+    device need not be one of the relay's members to ask that)."""
+    host, port = parse_address(relay.address, default_port=DEFAULT_RELAY_PORT)
+    async with connect_relay(
+        host, port, identity, relay.relay_id, features=[JOIN_FEATURE]
+    ) as control:
+        channel = await open_code_channel(
+            control, identity, nameplate, features=[JOIN_FEATURE], timeout=CONNECT_TIMEOUT
+        )
+        yield channel, []
 
 
 def _parse_device_id(text: str) -> DeviceId:

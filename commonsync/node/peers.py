@@ -11,7 +11,8 @@ connected to (:mod:`commonsync.node.relay_links`, SPEC.md §14): the relay splic
 connections and the session runs over them end to end, exactly as over a direct one. A relay's
 invitation is always joined, and the handshake decides as for an inbound connection: a known
 device gets its session, a stranger is refused and listed as pending (its identity proven by
-the handshake, not taken from the relay's word).
+the handshake, not taken from the relay's word), unless it names the ``join`` feature: then,
+as on a direct connection, it gets the join conversation (:func:`serve_join`) and nothing else.
 
 When both devices dial each other at once, both end up keeping the same connection: a direct
 one over a relayed one, then the one dialled by the device with the smaller ID (then the newer
@@ -48,6 +49,7 @@ from .folders import FolderRunner
 from .inbound import Admission, Ticket
 from .joining import serve_join
 from .lograte import LogRate
+from .open_codes import OpenCodes
 from .relay_links import RelayLink, RelayLinks
 
 log = logging.getLogger(__name__)
@@ -101,6 +103,9 @@ class PeerHost(Protocol):
     async def admit(self, exchange: PeerExchange, folder_id: bytes) -> bool: ...
 
     async def admit_joiner(self, device: DeviceId, public_key: bytes, join: Join) -> Joined: ...
+
+    @property
+    def codes(self) -> OpenCodes: ...
 
 
 @dataclass
@@ -301,10 +306,14 @@ class Peers:
         finally:
             ticket.release()
         if JOIN_FEATURE in channel.features:
-            # It comes with an invitation (SPEC.md §15.9): that conversation, and nothing else.
-            await serve_join(channel, self._host.admit_joiner)
+            await self._serve_join(channel)
             return
         await self._run_session(channel, address, initiator=False)
+
+    async def _serve_join(self, channel: Channel) -> None:
+        """A channel whose initiator named the join feature, direct or through a relay: it
+        comes with an invitation (SPEC.md §15.9), so that conversation and nothing else."""
+        await serve_join(channel, self._host.admit_joiner, self._host.codes)
 
     def _refused_at_once(self, source: str, why: str) -> None:
         self._refusals.log(
@@ -340,6 +349,11 @@ class Peers:
         self._tasks.start_soon(self._join_relayed, link, invitation, known)
 
     async def _join_relayed(self, link: RelayLink, invitation: Invitation, known: bool) -> None:
+        """Join a relay's session and let the handshake decide. A requester that names the
+        join feature (a stranger with an invitation link or a short code, through a relay it
+        is not a member of) is accepted for the join conversation and nothing else, exactly
+        as on a direct connection; it keeps its join slot meanwhile, so strangers cannot
+        hold more than :data:`MAX_STRANGER_JOINS` conversations at once."""
         requester = invitation.requester_id
         try:
             control = link.control
@@ -352,7 +366,11 @@ class Peers:
                     invitation,
                     accept=self._accept_from([], f"invited through {link.name}", link.name),
                     timeout=INBOUND_HANDSHAKE_TIMEOUT,
+                    accept_joiners=True,
                 )
+            if JOIN_FEATURE in channel.features:
+                await self._serve_join(channel)
+                return
         except (CommonsyncError, TimeoutError) as exc:
             why = str(exc) or f"not done within {RELAYED_JOIN_TIMEOUT:g} s"
             self._ignored.log(

@@ -16,6 +16,15 @@ asyncio)::
         async for invitation in relay.invitations():              # as the responder
             channel = await accept_relayed_channel(relay, me, invitation, accept=known)
 
+A relay also lets someone join a folder with a short code (SPEC.md §14.1, §15.9): the
+inviting member claims a *nameplate* (:meth:`RelayControl.claim_code`) and waits for
+invitations; the joiner, who need not be a member of the relay, connects naming the ``join``
+feature (``connect_relay(..., features=[JOIN_FEATURE])``) and opens a channel to whoever holds
+the nameplate (:func:`open_code_channel`), in which the code's PAKE then runs::
+
+    async with connect_relay(host, port, joiner, relay_id, features=[JOIN_FEATURE]) as relay:
+        channel = await open_code_channel(relay, joiner, nameplate)
+
 The control connection is the same authenticated channel as between devices: the device
 pins the relay's ID, the relay admits only its members. It carries only small messages
 (:mod:`commonsync.relay.wire`), so it accepts only small frames. Keep-alives go both ways:
@@ -28,7 +37,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 import anyio
@@ -45,9 +54,22 @@ from ..errors import (
 from ..formats.device_id import DeviceId
 from ..formats.identity import DeviceIdentity
 from ..wire.channel import HANDSHAKE_TIMEOUT, Channel, connect_channel, open_channel
-from ..wire.handshake import AcceptPolicy, PeerRefusedError
+from ..wire.handshake import JOIN_FEATURE, AcceptPolicy, PeerRefusedError
 from . import wire as relaywire
-from .wire import Connect, Granted, Invitation, Ping, Pong, Refused, RefuseReason
+from .wire import (
+    ClaimCode,
+    CodeClaimed,
+    Connect,
+    ConnectCode,
+    Granted,
+    Invitation,
+    Ping,
+    Pong,
+    Refused,
+    RefuseReason,
+    RelayMessage,
+    ReleaseCode,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +98,14 @@ _JOIN_TEXT = {
 
 @dataclass
 class _Request:
+    """A request waiting for its answer: a token (``Granted``), a nameplate
+    (``CodeClaimed``) or an error (``Refused``, or the connection ended)."""
+
+    #: The message that grants it: Granted for a session, CodeClaimed for a claim.
+    answer: type[RelayMessage]
     done: anyio.Event = field(default_factory=anyio.Event)
     token: bytes = b""
+    nameplate: int = 0
     error: CommonsyncError | None = None
 
 
@@ -117,24 +145,86 @@ class RelayControl:
         Raises :class:`RelayRefusedError` if the relay refuses (the target is not connected,
         a limit was reached, ...), :class:`RelayError` if the relay does not answer or the
         control connection ends first."""
+        request = await self._ask(
+            lambda request_id: Connect(request_id, target.digest),
+            Granted,
+            "a session request",
+            timeout,
+        )
+        return request.token
+
+    async def claim_code(self, *, timeout: float = REQUEST_TIMEOUT) -> int:
+        """Reserve a nameplate on the relay for a short join code (SPEC.md §14.1, §15.9):
+        the number, held until :meth:`release_code` or until this connection ends. Whoever
+        asks for a session with it (:meth:`request_code_session`) reaches this device, as an
+        :meth:`invitations` item like any other.
+
+        Raises :class:`RelayRefusedError` if the relay refuses (this device is not a member,
+        it holds as many nameplates as the relay allows, the relay is full), and
+        :class:`RelayError` as :meth:`request_session` does."""
+        request = await self._ask(ClaimCode, CodeClaimed, "a code claim", timeout)
+        return request.nameplate
+
+    async def release_code(self, nameplate: int) -> None:
+        """Give a nameplate back (the join is done or abandoned), so that the next claim may
+        get the same short number. Best effort and unanswered: on a closed or broken
+        connection it does nothing (the relay releases a connection's nameplates when it
+        ends anyway). A nameplate out of 1 … 9999 is a :class:`RelayProtocolError`."""
+        message = relaywire.encode(ReleaseCode(nameplate))
+        if self.closed.is_set():
+            return
+        with contextlib.suppress(CommonsyncError, *_CONNECTION_ERRORS):
+            await self.channel.send(message)
+
+    async def request_code_session(
+        self, nameplate: int, *, timeout: float = REQUEST_TIMEOUT
+    ) -> bytes:
+        """Ask the relay for a session with whichever device holds ``nameplate``; its
+        single-use token (join it with :func:`join_session`, or use
+        :func:`open_code_channel`). Who that device is, only the handshake that follows
+        tells, and only the code's PAKE authenticates it.
+
+        Raises :class:`RelayRefusedError` with reason ``UNKNOWN_CODE`` when no device holds
+        that nameplate (the code was mistyped, or its giver stopped waiting), with another
+        reason for the relay's limits, and :class:`RelayError` as :meth:`request_session`."""
+        request = await self._ask(
+            lambda request_id: ConnectCode(request_id, nameplate),
+            Granted,
+            "a code session request",
+            timeout,
+        )
+        return request.token
+
+    async def _ask(
+        self,
+        make: Callable[[int], RelayMessage],
+        answer: type[RelayMessage],
+        what: str,
+        timeout: float,
+    ) -> _Request:
+        """Send the request ``make(request_id)`` builds and wait for its one answer
+        (``answer`` or ``Refused``)."""
         if self.closed.is_set():
             raise self.error or RelayError(f"the connection to relay {self._name} is closed")
         self._next_request = self._next_request % relaywire.U32 + 1
         request_id = self._next_request
-        request = self._requests[request_id] = _Request()
+        message = relaywire.encode(make(request_id))
+        request = self._requests[request_id] = _Request(answer)
         try:
-            await self.channel.send(relaywire.encode(Connect(request_id, target.digest)))
+            await self.channel.send(message)
             with anyio.fail_after(timeout):
                 await request.done.wait()
         except TimeoutError:
             raise RelayError(
-                f"relay {self._name} did not answer a session request within {timeout:g} s"
+                f"relay {self._name} did not answer {what} within {timeout:g} s"
             ) from None
+        except _CONNECTION_ERRORS as exc:
+            raise RelayError(f"the connection to relay {self._name} broke: {exc}") from None
         finally:
             self._requests.pop(request_id, None)
         if request.error is not None:
             raise request.error
-        return request.token
+        return request
 
     async def invitations(self) -> AsyncIterator[Invitation]:
         """The relay's invitations, as they come. Ends when the connection ends: quietly if
@@ -188,12 +278,19 @@ class RelayControl:
         if idle.cancelled_caught:
             raise RelayError(f"relay {self._name} has not answered for {self._idle_timeout:g} s")
         message = relaywire.decode(data)
-        if isinstance(message, Granted | Refused) and message.request_id != 0:
+        if isinstance(message, Granted | CodeClaimed | Refused) and message.request_id != 0:
             request = self._requests.get(message.request_id)
             if request is None:
                 return  # an answer to a request we gave up on
+            if not isinstance(message, request.answer | Refused):
+                raise RelayProtocolError(
+                    f"relay {self._name} answered a request with {type(message).__name__}, "
+                    f"not {request.answer.__name__}"
+                )
             if isinstance(message, Granted):
                 request.token = message.token
+            elif isinstance(message, CodeClaimed):
+                request.nameplate = message.nameplate
             else:
                 request.error = _refusal(self._name, message)
             request.done.set()
@@ -206,6 +303,11 @@ class RelayControl:
                 log.info("relay %s: too many invitations waiting; one dropped", self._name)
         elif isinstance(message, Ping):
             await self.channel.send(relaywire.encode(Pong(message.nonce)))
+        elif isinstance(message, Granted | CodeClaimed):
+            raise RelayProtocolError(
+                f"relay {self._name} sent {type(message).__name__} with request ID 0, which "
+                "no request has"
+            )
         elif not isinstance(message, Pong):
             raise RelayProtocolError(
                 f"relay {self._name} sent {type(message).__name__}, which only devices send"
@@ -236,7 +338,7 @@ def _refusal(name: str, message: Refused, *, closing: bool = False) -> RelayRefu
         reason_text = RefuseReason(message.reason).text
     except ValueError:
         reason_text = f"reason {message.reason}"
-    what = "closed the control connection" if closing else "refused the session"
+    what = "closed the control connection" if closing else "refused the request"
     detail = f": {message.detail}" if message.detail and message.detail != reason_text else ""
     return RelayRefusedError(f"relay {name} {what} ({reason_text}){detail}", message.reason)
 
@@ -251,11 +353,17 @@ async def connect_relay(
     timeout: float = HANDSHAKE_TIMEOUT,
     ping_interval: float = PING_INTERVAL,
     idle_timeout: float = IDLE_TIMEOUT,
+    features: Sequence[str] = (),
 ) -> AsyncIterator[RelayControl]:
     """Open the control connection to the relay ``relay_id`` at ``host:port``, and keep it
     (reading, pinging) while the block runs; it is closed when the block ends. The block is
     not interrupted when the connection ends: :meth:`RelayControl.invitations` ends then
     (and :attr:`RelayControl.closed` is set).
+
+    ``features`` go into the channel handshake. A device that is not a member of the relay
+    names :data:`~commonsync.wire.handshake.JOIN_FEATURE`: the relay then admits it for a
+    short while to join a folder, and nothing else (SPEC.md §14.1: ``ConnectCode`` and
+    ``Connect`` to a member, no claims, no invitations for it).
 
     Raises :class:`RelayRefusedError` when the relay does not admit this device,
     :class:`RelayError` when the relay at that address is not ``relay_id``, and the
@@ -267,6 +375,7 @@ async def connect_relay(
             port,
             identity,
             accept=lambda d: d == relay_id,
+            features=features,
             timeout=timeout,
             max_message_size=relaywire.MAX_RELAY_MESSAGE,
         )
@@ -276,6 +385,14 @@ async def connect_relay(
             f"{relay_id}; check the relay's ID (`commonsync relay id` on the relay)"
         ) from None
     except RefusedByPeerError:
+        if JOIN_FEATURE in features:
+            # Asking for `relay allow` would be no help: a joiner has no business as a member.
+            raise RelayRefusedError(
+                f"relay {relay_id.short_str} does not let devices that are not its members "
+                "join a folder through it; try another device or relay of the invitation, or "
+                "join from a network where a member device is reachable",
+                RefuseReason.NOT_MEMBER,
+            ) from None
         raise RelayRefusedError(
             f"relay {relay_id.short_str} refused this device ({identity.device_id}): it is not "
             "one of its members; ask its hoster to run "
@@ -343,13 +460,45 @@ async def open_relayed_channel(
     target: DeviceId,
     *,
     timeout: float = HANDSHAKE_TIMEOUT,
+    features: Sequence[str] = (),
 ) -> Channel:
     """A channel to ``target`` through ``relay``, as the initiator: only ``target`` is
-    accepted at the other end, proven by the handshake (the relay cannot stand in)."""
+    accepted at the other end, proven by the handshake (the relay cannot stand in).
+    ``features`` go into the handshake: a joiner holding an invitation link names
+    :data:`~commonsync.wire.handshake.JOIN_FEATURE` to reach a member device through a relay
+    it is not a member of."""
     token = await relay.request_session(target)
     stream = await join_session(relay.host, relay.port, token)
     return await open_channel(
-        stream, identity, initiator=True, accept=lambda d: d == target, timeout=timeout
+        stream,
+        identity,
+        initiator=True,
+        accept=lambda d: d == target,
+        features=features,
+        timeout=timeout,
+    )
+
+
+async def open_code_channel(
+    relay: RelayControl,
+    identity: DeviceIdentity,
+    nameplate: int,
+    *,
+    features: Sequence[str] = (JOIN_FEATURE,),
+    timeout: float = HANDSHAKE_TIMEOUT,
+) -> Channel:
+    """A channel, through ``relay``, to the device that holds ``nameplate`` (the first part
+    of a short join code), as the initiator naming ``features``.
+
+    Any responder is accepted: whoever holds a nameplate is not known in advance, so the
+    handshake only proves *which* device answered (:attr:`Channel.peer`); the PAKE over the
+    rest of the code, run next on this channel, is what shows it is the one that gave the
+    code. Raises :class:`RelayRefusedError` (reason ``UNKNOWN_CODE``: nobody holds it),
+    :class:`RelayJoinError` and the handshake's errors."""
+    token = await relay.request_code_session(nameplate)
+    stream = await join_session(relay.host, relay.port, token)
+    return await open_channel(
+        stream, identity, initiator=True, accept=lambda _d: True, features=features, timeout=timeout
     )
 
 
@@ -360,20 +509,34 @@ async def accept_relayed_channel(
     *,
     accept: AcceptPolicy,
     timeout: float = HANDSHAKE_TIMEOUT,
+    accept_joiners: bool = False,
 ) -> Channel:
     """Join the session an invitation offers and run the handshake as the responder;
-    ``accept`` decides on the requester's proven ID, as for a direct connection."""
+    ``accept`` decides on the requester's proven ID, as for a direct connection.
+    ``accept_joiners`` also accepts a requester that names
+    :data:`~commonsync.wire.handshake.JOIN_FEATURE` (see
+    :class:`~commonsync.wire.handshake.ChannelHandshake`): the caller must then speak nothing
+    but the join with it (look at :attr:`Channel.features`)."""
     stream = await join_session(relay.host, relay.port, invitation.token)
-    return await open_channel(stream, identity, initiator=False, accept=accept, timeout=timeout)
+    return await open_channel(
+        stream,
+        identity,
+        initiator=False,
+        accept=accept,
+        timeout=timeout,
+        accept_joiners=accept_joiners,
+    )
 
 
 __all__ = [
     "IDLE_TIMEOUT",
     "JOIN_TIMEOUT",
     "PING_INTERVAL",
+    "REQUEST_TIMEOUT",
     "RelayControl",
     "accept_relayed_channel",
     "connect_relay",
     "join_session",
+    "open_code_channel",
     "open_relayed_channel",
 ]

@@ -7,6 +7,10 @@ A device talks to a relay in two kinds of connection (SPEC.md §14):
   array ``[type, field, ...]`` (§7), exactly like the wire messages of §12 but with their own
   types (32 and up, so that a message sent on the wrong kind of channel is an unknown type,
   never misread);
+- for joining a folder with a short code (SPEC.md §14.1, §15.9), a member *claims* a small
+  number, the **nameplate** (``ClaimCode`` → ``CodeClaimed``), and the person joining asks
+  for a session with whoever holds it (``ConnectCode``); the relay never sees the rest of the
+  code, only the nameplate;
 - a **session connection**: a fresh TCP connection that starts with :func:`preamble` (magic,
   version, a single-use token), answered by one :class:`JoinStatus` byte; after ``JOINED``
   the relay copies bytes between the two devices that presented the same token, and the
@@ -40,6 +44,8 @@ TOKEN_SIZE = 32
 SESSION_MAGIC = b"commonsync relay"
 PREAMBLE_SIZE = len(SESSION_MAGIC) + 1 + TOKEN_SIZE
 U32 = 2**32 - 1
+#: Nameplates are 1 … 9999: short enough to read out as the first part of a short code.
+MAX_NAMEPLATE = 9999
 
 
 class JoinStatus(enum.IntEnum):
@@ -56,7 +62,8 @@ class JoinStatus(enum.IntEnum):
 
 
 class RefuseReason(enum.IntEnum):
-    """Why a relay refused a ``Connect`` (or, with request ID 0, the control connection)."""
+    """Why a relay refused a ``Connect``, ``ConnectCode`` or ``ClaimCode`` (or, with request
+    ID 0, the control connection)."""
 
     PROTOCOL_ERROR = 0
     #: The target device has no control connection to this relay.
@@ -69,8 +76,12 @@ class RefuseReason(enum.IntEnum):
     TOO_MANY_SESSIONS = 4
     #: The relay is at capacity (control connections or sessions).
     OVERLOADED = 5
-    #: A request the relay cannot serve (a session with oneself).
+    #: A request the relay cannot serve (a session with oneself, request ID 0, a device
+    #: holding as many nameplates as the relay lets it).
     INVALID = 6
+    #: ``ConnectCode``: no device holds that nameplate on this relay (never claimed, or
+    #: released: the code was mistyped, or the device that gave it stopped waiting).
+    UNKNOWN_CODE = 7
 
     @property
     def text(self) -> str:
@@ -85,6 +96,7 @@ _REASON_TEXT = {
     RefuseReason.TOO_MANY_SESSIONS: "too many sessions through the relay",
     RefuseReason.OVERLOADED: "the relay is at capacity",
     RefuseReason.INVALID: "invalid request",
+    RefuseReason.UNKNOWN_CODE: "no device holds that code on this relay",
 }
 
 
@@ -94,6 +106,12 @@ def _uint(name: str, max_value: int) -> FieldSpec:
 
 def _bin(name: str, size: int) -> FieldSpec:
     return FieldSpec(name, "bin", size, size)
+
+
+#: A nameplate: a uint with a lower bound too (0 is no nameplate). The shared validator of
+#: :mod:`commonsync.formats.messages` checks only a uint's maximum, so :func:`encode` and
+#: :func:`decode` check the minimum of such fields themselves (:func:`_check_minimums`).
+_NAMEPLATE = FieldSpec("nameplate", "uint", MAX_NAMEPLATE, 1)
 
 
 class RelayMessage:
@@ -126,8 +144,9 @@ class Granted(RelayMessage):
 
 @dataclass(frozen=True)
 class Refused(RelayMessage):
-    """Relay → device: a ``Connect`` refused (``reason`` from :class:`RefuseReason`); with
-    ``request_id`` 0, the relay is closing this control connection and says why."""
+    """Relay → device: a ``Connect``, ``ConnectCode`` or ``ClaimCode`` refused (``reason``
+    from :class:`RefuseReason`); with ``request_id`` 0, the relay is closing this control
+    connection and says why."""
 
     TYPE = 34
     FIELDS = (_uint("request_id", U32), _uint("reason", 255), FieldSpec("detail", "str", 256))
@@ -168,9 +187,84 @@ class Pong(RelayMessage):
     nonce: int
 
 
+@dataclass(frozen=True)
+class ClaimCode(RelayMessage):
+    """Device → relay: "reserve a nameplate for me", to give a short code to someone joining
+    (SPEC.md §15.9). Members only; answered by ``CodeClaimed`` or ``Refused``. The nameplate
+    is held until ``ReleaseCode`` or until this control connection ends."""
+
+    TYPE = 38
+    FIELDS = (_uint("request_id", U32),)
+    request_id: int
+
+
+@dataclass(frozen=True)
+class CodeClaimed(RelayMessage):
+    """Relay → device: the answer to ``ClaimCode``: the nameplate now held for you (the
+    smallest free one, so that codes stay short)."""
+
+    TYPE = 39
+    FIELDS = (_uint("request_id", U32), _NAMEPLATE)
+    request_id: int
+    nameplate: int
+
+
+@dataclass(frozen=True)
+class ReleaseCode(RelayMessage):
+    """Device → relay: "I no longer hold this nameplate" (the join is done or abandoned).
+    Not answered; releasing a nameplate one does not hold does nothing."""
+
+    TYPE = 40
+    FIELDS = (_NAMEPLATE,)
+    nameplate: int
+
+
+@dataclass(frozen=True)
+class ConnectCode(RelayMessage):
+    """Device → relay: "open a session with the device that holds this nameplate". Answered
+    like ``Connect``: ``Granted`` (and the holder gets an ``Invitation`` with the requester's
+    ID and the token) or ``Refused`` (``UNKNOWN_CODE`` when nobody holds it). The one message,
+    with ``Connect``, that a device which is not a member of the relay may send."""
+
+    TYPE = 41
+    FIELDS = (_uint("request_id", U32), _NAMEPLATE)
+    request_id: int
+    nameplate: int
+
+
 SCHEMA: dict[int, type[RelayMessage]] = {
-    cls.TYPE: cls for cls in (Connect, Granted, Refused, Invitation, Ping, Pong)
+    cls.TYPE: cls
+    for cls in (
+        Connect,
+        Granted,
+        Refused,
+        Invitation,
+        Ping,
+        Pong,
+        ClaimCode,
+        CodeClaimed,
+        ReleaseCode,
+        ConnectCode,
+    )
 }
+
+
+def _field_json(spec: FieldSpec) -> dict[str, Any]:
+    out = spec.as_json()
+    if spec.kind == "uint" and spec.min:
+        out["min"] = spec.min
+    return out
+
+
+def _check_minimums(message: RelayMessage) -> None:
+    """The lower bounds of uint fields (a nameplate is at least 1), which the shared field
+    validator does not check."""
+    for spec in message.FIELDS:
+        if spec.kind == "uint" and spec.min and getattr(message, spec.name) < spec.min:
+            raise RelayProtocolError(
+                f"{type(message).__name__}.{spec.name} is not a valid uint "
+                f"({spec.min} … {spec.max})"
+            )
 
 
 def schema_as_json() -> dict[str, Any]:
@@ -183,17 +277,20 @@ def schema_as_json() -> dict[str, Any]:
         "join_status": {s.name: int(s) for s in JoinStatus},
         "refuse_reasons": {r.name: int(r) for r in RefuseReason},
         "messages": [
-            {"type": code, "name": cls.__name__, "fields": [f.as_json() for f in cls.FIELDS]}
+            {"type": code, "name": cls.__name__, "fields": [_field_json(f) for f in cls.FIELDS]}
             for code, cls in sorted(SCHEMA.items())
         ],
     }
 
 
 def encode(message: RelayMessage) -> bytes:
+    """One control message, every field validated first (:class:`RelayProtocolError`)."""
     try:
-        return encode_typed(message)
+        data = encode_typed(message)
     except ProtocolError as exc:
         raise RelayProtocolError(str(exc)) from None
+    _check_minimums(message)
+    return data
 
 
 def decode(data: bytes) -> RelayMessage:
@@ -204,6 +301,7 @@ def decode(data: bytes) -> RelayMessage:
         )
     except ProtocolError as exc:
         raise RelayProtocolError(str(exc)) from None
+    _check_minimums(message)
     return message
 
 
@@ -249,13 +347,17 @@ def join_status(data: bytes) -> JoinStatus:
 
 __all__ = [
     "DEFAULT_RELAY_PORT",
+    "MAX_NAMEPLATE",
     "MAX_RELAY_MESSAGE",
     "PREAMBLE_SIZE",
     "RELAY_VERSION",
     "SCHEMA",
     "SESSION_MAGIC",
     "TOKEN_SIZE",
+    "ClaimCode",
+    "CodeClaimed",
     "Connect",
+    "ConnectCode",
     "Granted",
     "Invitation",
     "JoinStatus",
@@ -264,6 +366,7 @@ __all__ = [
     "RefuseReason",
     "Refused",
     "RelayMessage",
+    "ReleaseCode",
     "decode",
     "encode",
     "join_status",

@@ -17,10 +17,12 @@
     GET  /members?folder=F            a folder's members, their roles and devices
     POST /members/remove              {"folder", "member"}: remove a member (a new key epoch)
     POST /members/role                {"folder", "member", "role"}: change a member's role
-    POST /invites                     {"folder", "role", "name", "expires", "uses"}: invite
-                                      someone; the answer holds the link to send them
+    POST /invites                     {"folder", "role", "name", "expires", "uses", "code"}:
+                                      invite someone; the answer holds the link to send
+                                      them, and a short code unless "code" is false
     POST /invites/revoke              {"folder", "invitation"}: revoke an invitation
-    POST /join                        {"link", "path", "name"}: join a folder by invitation
+    POST /join                        {"link", "path" or "parent", "name"}: join a folder
+                                      by invitation ("link": a link or a short code)
     GET  /events                      a stream of events, one JSON object per line
 
 Errors are JSON ``{"error": ..., "hint": ...}`` with a 4xx status, or 503 when a folder
@@ -107,6 +109,7 @@ class ControlApi:
                     name=str(body.get("name") or ""),
                     expires=_number(body, "expires", DEFAULT_INVITATION_LIFETIME),
                     uses=int(_number(body, "uses", 1)),
+                    code=body.get("code", True) is not False,
                 )
             case ("POST", "/invites/revoke"):
                 return await node.revoke_invitation(
@@ -114,7 +117,10 @@ class ControlApi:
                 )
             case ("POST", "/join"):
                 runner = await node.join(
-                    _text(body, "link"), Path(_text(body, "path")), name=str(body.get("name") or "")
+                    _text(body, "link"),
+                    Path(_text(body, "path")) if body.get("path") else None,
+                    name=str(body.get("name") or ""),
+                    parent=Path(_text(body, "parent")) if body.get("parent") else None,
                 )
                 return runner.status()
             case ("POST", "/members/role"):

@@ -31,10 +31,11 @@ from typing import Any
 import trio
 from rich.progress_bar import ProgressBar
 
-from commonsync import CommonsyncError, DeviceId, DeviceIdentity
+from commonsync import CommonsyncError, DeviceId
 from commonsync.errors import DeviceIdError
 
-from .config import Config, ConfigError, parse_address
+from .background import ensure_running, set_up
+from .config import ConfigError, parse_address
 from .control import ControlClient, ControlError, DaemonNotRunningError
 from .home import Home
 from .members_cli import ROLES, members_command
@@ -270,6 +271,8 @@ def run_command(args: argparse.Namespace, home: Home, out: Output) -> int:
             return trio.run(run_core_demo, args.folder, core_home, out.console)
         case "relay" if args.relay_command in ("serve", "id", "allow"):
             return relay_host_command(args, home, out)
+    if args.command == "join":
+        ensure_running(home, getattr(args, "home", None), out)
     home.require_initialised()
     client = ControlClient(home.socket_path)
     match args.command:
@@ -328,18 +331,13 @@ def init(args: argparse.Namespace, home: Home, out: Output) -> int:
         parse_address(args.listen)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
-    home.make_dirs()
-    identity = DeviceIdentity.generate()
-    identity.save(home.identity_file)
-    import socket
-
-    config = Config(
-        name=args.name or socket.gethostname(),
+    identity = set_up(
+        home,
+        name=args.name,
         listen=args.listen,
-        discovery_enabled=not args.no_discovery,
-        discovery_interfaces=args.discovery_interface,
+        discovery=not args.no_discovery,
+        interfaces=args.discovery_interface,
     )
-    config.save(home.config_file)
     if out.json:
         out.data({"device_id": str(identity.device_id), "config": str(home.config_file)})
         return EXIT_OK

@@ -15,6 +15,7 @@ from urllib.parse import quote
 import segno
 
 from commonsync.errors import CommonsyncError
+from commonsync.membership.codes import JoinCode, looks_like_code
 from commonsync.membership.links import JoinLink
 
 from .control import ControlClient
@@ -57,10 +58,20 @@ def add_parsers(command: Any, common: argparse.ArgumentParser) -> None:
     )
     invite.add_argument("--uses", type=int, default=1, help="how many may join with it")
     invite.add_argument("--revoke", metavar="ID", help="revoke the invitation with this ID")
-    join = command("join", "join a folder with an invitation link")
-    join.add_argument("link", help="the link you were sent (commonsync://join/...)")
+    invite.add_argument(
+        "--no-code", action="store_true", help="print no short code (the link only)"
+    )
+    join = command("join", "join a folder with an invitation link or a short code")
+    join.add_argument(
+        "link", help="the link you were sent (commonsync://join/...) or the code (7-guitar-orbit)"
+    )
     join.add_argument("path", nargs="?", type=Path, help="where to sync it (default: ./LABEL)")
     join.add_argument("--name", default="", help="your name, as the members will see it")
+    join.add_argument(
+        "--relay",
+        metavar="RELAYID@HOST:PORT",
+        help="use this community relay too (where a code's inviter may be found)",
+    )
 
 
 def members_command(args: argparse.Namespace, client: ControlClient, out: Output) -> int:
@@ -140,6 +151,18 @@ def _print_members(answer: dict[str, Any], out: Output) -> None:
     ]
     if invitations:
         out.table("Pending invitations", ["id", "role", "joins left", "until"], invitations)
+    codes = [
+        (
+            str(c["nameplate"]),
+            c["invitation"],
+            str(c["attempts_left"]),
+            c["relay"] or "LAN only",
+            time.strftime("%H:%M", time.localtime(c["until"])),
+        )
+        for c in answer.get("codes", [])
+    ]
+    if codes:
+        out.table("Open codes", ["code", "invitation", "tries left", "at", "until"], codes)
 
 
 def _a(role: str) -> str:
@@ -159,6 +182,7 @@ def _invite(args: argparse.Namespace, client: ControlClient, out: Output) -> int
         "name": args.name,
         "expires": parse_duration(args.expires),
         "uses": args.uses,
+        "code": not args.no_code,
     }
     answer = client.request("POST", "/invites", body)
     if out.json:
@@ -176,18 +200,36 @@ def _invite(args: argparse.Namespace, client: ControlClient, out: Output) -> int
         drawing = io.StringIO()
         segno.make(answer["link"], error="l").terminal(out=drawing, compact=True)
         print(drawing.getvalue(), end="")
+    if answer.get("code"):
+        code_until = time.strftime("%H:%M", time.localtime(answer["code_until"]))
+        where = f"on this LAN and at {answer['code_relay']}" if answer["code_relay"] else (
+            "on this LAN only (no relay gave it a number)"
+        )  # fmt: skip
+        out.line(
+            f"Or read them this code, which works until {code_until} while this device runs, "
+            f"{where}:"
+        )
+        print(answer["code"])
     out.line(
-        f"They run: commonsync join '<link>'. Revoke it with: commonsync invite "
+        f"They run: commonsync join '<link or code>'. Revoke it with: commonsync invite "
         f"{answer['folder']} --revoke {answer['invitation']}"
     )
     return 0
 
 
 def _join(args: argparse.Namespace, client: ControlClient, out: Output) -> int:
-    link = JoinLink.parse(args.link)  # a LinkError says what is wrong with it (exit code 2)
-    path = args.path if args.path is not None else Path.cwd() / (link.label or "commonsync")
-    path = path.expanduser().absolute()
-    body = {"link": args.link, "path": str(path), "name": args.name}
+    # A LinkError or CodeError says what is wrong with it (exit code 2), before any network.
+    if looks_like_code(args.link):
+        JoinCode.parse(args.link)
+    else:
+        JoinLink.parse(args.link)
+    if args.relay:
+        client.request("POST", "/relays", {"relay": args.relay})
+    body = {"link": args.link, "name": args.name}
+    if args.path is not None:
+        body["path"] = str(args.path.expanduser().absolute())
+    else:
+        body["parent"] = str(Path.cwd())
     answer = client.request("POST", "/join", body)
     if out.json:
         out.data(answer)

@@ -8,6 +8,16 @@ kinds of connection, told apart by their first byte:
   or anyone when it is open). Over it a device asks for a session with another connected
   device (``Connect``); the relay answers with a random single-use token (``Granted``) and
   invites the other device with the same token (``Invitation``).
+- **codes**: a member may claim a few small numbers, *nameplates* (``ClaimCode``), the first
+  part of a short code it reads out to someone joining a folder; whoever asks for a session
+  with a nameplate (``ConnectCode``) reaches the member that holds it. The relay sees only the
+  nameplate, never the rest of the code (the devices' PAKE uses that).
+- **strangers**: a device that is not a member, but names the ``join`` feature in its
+  handshake, is admitted for one thing: reaching a member to join a folder (``ConnectCode``,
+  or ``Connect`` to a connected member, whose own handshake decides). Strangers are bounded
+  hard (:class:`StrangerLimits`): few at once, short-lived, their requests rate-limited per
+  source address, their sessions cut after a minute or a mebibyte, since a join is a few KiB
+  and the relay is not free transport.
 - **session**: a fresh connection that presents a token. When both devices of a token have
   joined, the relay answers each with one byte and then copies bytes between them. It never
   decrypts anything: the devices run the channel handshake end to end through the splice,
@@ -22,7 +32,9 @@ JSON object per line (who connected, sessions and their byte counts), never cont
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import os
 import signal
 import socket
@@ -45,7 +57,10 @@ from commonsync.node.inbound import Admission, Ticket
 from commonsync.node.lograte import LogRate
 from commonsync.relay import wire as wire
 from commonsync.relay.wire import (
+    ClaimCode,
+    CodeClaimed,
     Connect,
+    ConnectCode,
     Granted,
     Invitation,
     JoinStatus,
@@ -54,8 +69,9 @@ from commonsync.relay.wire import (
     Refused,
     RefuseReason,
     RelayMessage,
+    ReleaseCode,
 )
-from commonsync.wire.handshake import PeerRefusedError
+from commonsync.wire.handshake import JOIN_FEATURE, PeerRefusedError
 
 from ..config import ConfigError, format_address, parse_address, remote_address
 from ..home import Home
@@ -84,10 +100,41 @@ MAX_BUCKETS = 10_000
 #: Tokens waiting for their devices per (requester, target) pair: a device needs one at a
 #: time, and a member that asks without joining cannot fill its target's sessions.
 MAX_WAITING_PER_PAIR = 2
+#: Nameplates one member's control connection may hold at once (more is refused INVALID:
+#: waiting does not help, releasing one does), and all members' together (OVERLOADED).
+#: The smallest free number is handed out, so codes stay short while few are held.
+MAX_CLAIMS_PER_CONNECTION = 4
+MAX_CLAIMS = 1000
 
 #: Called with every chunk of bytes the relay forwards (tests: check that it is ciphertext).
 Tap = Callable[[bytes], None]
 _CONNECTION_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
+
+
+@dataclass(frozen=True)
+class StrangerLimits:
+    """What devices that are not members (they come to join a folder) may cost the relay.
+
+    Fixed policy rather than configuration (SPEC.md §14.3): a join is one short conversation
+    (a few KiB in a few seconds), so these are generous for it and useless for anything else.
+    Strangers make fresh device IDs at will, so their session requests are limited per source
+    address (an IPv4 address or an IPv6 /64), not per device."""
+
+    #: Stranger control connections at once; one more is refused OVERLOADED.
+    connections: int = 32
+    #: Seconds a stranger's control connection may last.
+    lifetime: float = 60.0
+    #: Session requests (``ConnectCode`` or ``Connect``) per source: on average per minute,
+    #: and in a burst. Every request counts, refused or not, so nameplates cannot be scanned.
+    requests_per_minute: float = 10.0
+    request_burst: int = 5
+    #: Sessions a stranger is part of, in all and towards one member (so strangers cannot
+    #: take a member's sessions: it has ``max_sessions_per_device`` for its peers).
+    sessions: int = 32
+    sessions_per_target: int = 4
+    #: A session a stranger is part of ends after this many seconds, or bytes copied one way.
+    session_time: float = 60.0
+    session_bytes: int = 1024 * 1024
 
 
 class TokenBucket:
@@ -114,13 +161,25 @@ class TokenBucket:
 
 @dataclass
 class _Control:
-    """A member device's control connection."""
+    """A device's control connection: a member's, or a stranger's (admitted to join)."""
 
     device: DeviceId
     channel: Channel
     outbox: MemoryObjectSendStream[RelayMessage]
     pending: MemoryObjectReceiveStream[RelayMessage]
+    #: Where it connected from (the source key of :mod:`commonsync.node.inbound`).
+    source: str = ""
+    #: Not a member: it came with the ``join`` feature, and may only ask for sessions.
+    stranger: bool = False
+    #: The nameplates this connection holds.
+    claims: set[int] = field(default_factory=set)
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+
+    @property
+    def log_key(self) -> str:
+        """Whose refusals a log line counts against: a stranger's source (its device IDs
+        are free to make), a member's device."""
+        return f"stranger at {self.source}" if self.stranger else self.device.short_str
 
     def queue(self, message: RelayMessage) -> bool:
         try:
@@ -138,6 +197,8 @@ class _Pending:
     target: DeviceId
     deadline: float
     created: float
+    #: A stranger asked for it: the session is cut short (:class:`StrangerLimits`).
+    stranger: bool = False
     first: anyio.abc.ByteStream | None = None
     second: anyio.abc.ByteStream | None = None
     joined: anyio.Event = field(default_factory=anyio.Event)
@@ -159,6 +220,7 @@ class RelayServer:
         tap: Tap | None = None,
         clock: Callable[[], float] = time.monotonic,
         idle_timeout: float = IDLE_TIMEOUT,
+        strangers: StrangerLimits = StrangerLimits(),
     ) -> None:
         self.identity = identity
         self.config = config
@@ -168,18 +230,27 @@ class RelayServer:
         self._tap = tap
         self._clock = clock
         self._idle_timeout = idle_timeout
+        self.stranger_limits = strangers
+        #: Members' control connections, and strangers' (never invited, never targets).
         self.controls: dict[DeviceId, _Control] = {}
+        self.strangers: dict[DeviceId, _Control] = {}
+        #: nameplate → the control connection that holds it.
+        self.claims: dict[int, _Control] = {}
         self._pending: dict[bytes, _Pending] = {}
         #: Sessions (waiting or spliced) each device takes part in.
         self._sessions: dict[DeviceId, int] = {}
         self._session_total = 0
-        self._buckets: dict[DeviceId, TokenBucket] = {}
+        #: Sessions strangers asked for, in all and per target member.
+        self._stranger_sessions = 0
+        self._stranger_targets: dict[DeviceId, int] = {}
+        self._buckets: dict[str, TokenBucket] = {}
         self._admission = Admission(
             MAX_GREETING_PER_SOURCE, inbound.greeting_capacity(MAX_GREETING)
         )
         #: What strangers cause is logged a few times per source and minute, then summed up.
         self._refusals = LogRate(log, "connections refused")
         self._refused_requests = LogRate(log, "session requests refused")
+        self._stranger_log = LogRate(log, "connections of devices that are not members")
 
     @property
     def _greeting(self) -> int:
@@ -198,6 +269,7 @@ class RelayServer:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(self._refusals.run)
             tasks.start_soon(self._refused_requests.run)
+            tasks.start_soon(self._stranger_log.run)
             await inbound.serve(
                 listener, self._handle, self._admission, on_refused=self._refused_at_once
             )
@@ -225,13 +297,20 @@ class RelayServer:
             if isinstance(greeted, bytes):
                 await self._join(stream, greeted, address, source)
             elif greeted is not None:
-                await self._control(greeted, address)
+                await self._control(greeted, address, source)
         except TimeoutError:
             log.debug("a connection from %s said nothing in time", address)
         except (anyio.EndOfStream, *_CONNECTION_ERRORS):
             pass
-        except PeerRefusedError:
-            pass  # logged by _admit
+        except PeerRefusedError as exc:
+            # Logged here rather than in the accept callback: a stranger that names the
+            # join feature is refused by the callback and admitted all the same.
+            self._refusals.log(
+                logging.INFO,
+                source,
+                "refused device %s: not a member of this relay",
+                exc.device_id,
+            )
         except CommonsyncError as exc:
             self._refusals.log(logging.INFO, source, "connection from %s ended: %s", address, exc)
         except Exception:
@@ -249,20 +328,15 @@ class RelayServer:
             with anyio.fail_after(GREETING_TIMEOUT):
                 return await self._read_preamble(stream, first, source)
         await self._reload_if_changed()
+        # A device that is not a member gets in only with the join feature, and then only
+        # as a stranger (see _control).
         return await accept_channel(
             _Replayed(stream, first),
             self.identity,
-            accept=partial(self._admit, source),
+            accept=self.admits,
             max_message_size=wire.MAX_RELAY_MESSAGE,
+            accept_joiners=True,
         )
-
-    def _admit(self, source: str, device: DeviceId) -> bool:
-        if self.admits(device):
-            return True
-        self._refusals.log(
-            logging.INFO, source, "refused device %s: not a member of this relay", device
-        )
-        return False
 
     async def _reload_if_changed(self) -> None:
         """Read the configuration again if it changed (``commonsync relay allow``)."""
@@ -282,37 +356,83 @@ class RelayServer:
 
     # -- control connections ---------------------------------------------------------------
 
-    async def _control(self, channel: Channel, address: str) -> None:
+    async def _control(self, channel: Channel, address: str, source: str) -> None:
         device = channel.peer
-        connected = len(self.controls)
-        if device not in self.controls and connected >= self.limits.max_control_connections:
+        stranger = not self.admits(device)
+        if stranger and JOIN_FEATURE not in channel.features:
+            # Admitted in the handshake, no longer a member now (the configuration changed).
+            await self._goodbye(channel, RefuseReason.NOT_MEMBER, "not a member of the relay")
+            return
+        registry = self.strangers if stranger else self.controls
+        connected = len(registry)
+        if stranger and device not in registry and connected >= self.stranger_limits.connections:
+            self._stranger_log.log(
+                logging.WARNING,
+                source,
+                "refused a device that is not a member from %s: %d such devices connected",
+                source,
+                connected,
+            )
+            await self._goodbye(
+                channel,
+                RefuseReason.OVERLOADED,
+                "too many devices that are not members are connected; try again in a minute",
+            )
+            return
+        if (
+            not stranger
+            and device not in registry
+            and (connected >= self.limits.max_control_connections)
+        ):
             log.warning("refused device %s: %d devices connected", device.short_str, connected)
             await self._goodbye(channel, RefuseReason.OVERLOADED, "too many devices connected")
             return
         outbox, pending = anyio.create_memory_object_stream[RelayMessage](OUTBOX)
-        control = _Control(device, channel, outbox, pending)
-        old = self.controls.get(device)
+        control = _Control(device, channel, outbox, pending, source, stranger)
+        old = registry.get(device)
         if old is not None:
             old.scope.cancel()  # the device reconnected: the old connection is dead or stale
-        self.controls[device] = control
-        log.info("device %s connected from %s", device.short_str, address)
+        registry[device] = control
+        if stranger:
+            self._stranger_log.log(
+                logging.INFO,
+                source,
+                "device %s connected from %s to join a folder (not a member)",
+                device.short_str,
+                address,
+            )
+        else:
+            log.info("device %s connected from %s", device.short_str, address)
+        lifetime = self.stranger_limits.lifetime if stranger else float("inf")
         error: RelayProtocolError | None = None
         try:
             with control.scope:
-                async with anyio.create_task_group() as tasks:
-                    tasks.start_soon(self._write, control, tasks.cancel_scope)
-                    error = await self._read(control)
-                    tasks.cancel_scope.cancel()
-            if error is not None:
-                log.info("device %s broke the relay protocol: %s", device.short_str, error)
-                await self._goodbye(channel, RefuseReason.PROTOCOL_ERROR, str(error))
+                with anyio.move_on_after(lifetime) as alive:
+                    async with anyio.create_task_group() as tasks:
+                        tasks.start_soon(self._write, control, tasks.cancel_scope)
+                        error = await self._read(control)
+                        tasks.cancel_scope.cancel()
+                if alive.cancelled_caught:
+                    log.debug("device %s (not a member): its time is up", device.short_str)
+                    await self._goodbye(
+                        channel,
+                        RefuseReason.RATE_LIMITED,
+                        f"a device that is not a member may stay connected {lifetime:g} s",
+                    )
+                elif error is not None:
+                    log.info("device %s broke the relay protocol: %s", device.short_str, error)
+                    await self._goodbye(channel, RefuseReason.PROTOCOL_ERROR, str(error))
         finally:
-            if self.controls.get(device) is control:
-                del self.controls[device]
+            if registry.get(device) is control:
+                del registry[device]
+            self._release_all(control)
             outbox.close()
             with anyio.CancelScope(shield=True):
                 await channel.aclose()
-            log.info("device %s disconnected", device.short_str)
+            if stranger:
+                log.debug("device %s (not a member) disconnected", device.short_str)
+            else:
+                log.info("device %s disconnected", device.short_str)
 
     async def _read(self, control: _Control) -> RelayProtocolError | None:
         """Serve a device's messages until its connection ends; a protocol error is
@@ -333,6 +453,12 @@ class RelayServer:
                     control.queue(Pong(message.nonce))
                 elif isinstance(message, Connect):
                     self._on_connect(control, message)
+                elif isinstance(message, ConnectCode):
+                    self._on_connect_code(control, message)
+                elif isinstance(message, ClaimCode):
+                    self._on_claim(control, message)
+                elif isinstance(message, ReleaseCode):
+                    self._release(control, message.nameplate)
                 elif not isinstance(message, Pong):
                     raise RelayProtocolError(
                         f"{type(message).__name__} is sent by relays, not by devices"
@@ -361,33 +487,90 @@ class RelayServer:
 
     # -- session requests ------------------------------------------------------------------
 
+    def _refuse(
+        self,
+        control: _Control,
+        request_id: int,
+        reason: RefuseReason,
+        detail: str = "",
+        *,
+        names: str = "",
+    ) -> None:
+        """Answer a request with ``Refused``, and log it a few times per device (or, for
+        strangers, per source) and minute. Never with a nameplate: the log must not tie a
+        code to who used it."""
+        # Devices keep asking for peers that are offline, joiners mistype codes: that is no
+        # news for the log; one that keeps asking past a limit is told once in a while.
+        quiet = reason in (RefuseReason.OFFLINE, RefuseReason.UNKNOWN_CODE)
+        self._refused_requests.log(
+            logging.DEBUG if quiet else logging.INFO,
+            control.log_key,
+            "%s refused: %s",
+            f"session {names}" if names else f"request of {control.device.short_str}",
+            detail or reason.text,
+        )
+        control.queue(Refused(request_id, int(reason), detail or reason.text))
+
     def _on_connect(self, control: _Control, request: Connect) -> None:
         requester, target = control.device, DeviceId(request.target)
         now = self._clock()
         self._sweep(now)
-        limits = self.limits
-
-        def refuse(reason: RefuseReason, detail: str = "") -> None:
-            names = f"{requester.short_str} → {target.short_str}"
-            # Devices keep asking for peers that are offline: that is no news for the log;
-            # one that keeps asking past a limit is told once in a while.
-            level = logging.DEBUG if reason is RefuseReason.OFFLINE else logging.INFO
-            self._refused_requests.log(
-                level, requester.short_str, "session %s refused: %s", names, detail or reason.text
-            )
-            control.queue(Refused(request.request_id, int(reason), detail or reason.text))
-
+        names = f"{requester.short_str} → {target.short_str}"
+        refuse = partial(self._refuse, control, request.request_id, names=names)
         if request.request_id == 0:
             return refuse(RefuseReason.INVALID, "request ID 0 is reserved")
-        if not self.admits(requester):
+        if not control.stranger and not self.admits(requester):
             return refuse(RefuseReason.NOT_MEMBER, "this device is no longer a member")
+        # A stranger pays for every request (its probes for who is online included).
+        if control.stranger and not self._take(control, now):
+            return refuse(RefuseReason.RATE_LIMITED)
         if target == requester:
             return refuse(RefuseReason.INVALID, "a session with oneself")
-        target_control = self.controls.get(target)
+        target_control = self.controls.get(target)  # strangers are never targets
         if target_control is None:
             return refuse(RefuseReason.OFFLINE)
         if not self.admits(target):
             return refuse(RefuseReason.NOT_MEMBER, "the device is not a member of the relay")
+        self._invite(control, request.request_id, target_control, now, paid=control.stranger)
+
+    def _on_connect_code(self, control: _Control, request: ConnectCode) -> None:
+        """A session with whoever holds a nameplate. Every request costs its sender a token
+        of its rate (members and strangers), found or not: nameplates are few and short, so
+        trying them in turn must be slow."""
+        now = self._clock()
+        self._sweep(now)
+        refuse = partial(self._refuse, control, request.request_id)
+        if request.request_id == 0:
+            return refuse(RefuseReason.INVALID, "request ID 0 is reserved")
+        if not control.stranger and not self.admits(control.device):
+            return refuse(RefuseReason.NOT_MEMBER, "this device is no longer a member")
+        if not self._take(control, now):
+            return refuse(RefuseReason.RATE_LIMITED)
+        holder = self.claims.get(request.nameplate)
+        if holder is None:
+            return refuse(RefuseReason.UNKNOWN_CODE)
+        if holder.device == control.device:
+            return refuse(RefuseReason.INVALID, "a session with oneself (this device holds it)")
+        if not self.admits(holder.device):
+            return refuse(RefuseReason.UNKNOWN_CODE)  # its holder is no longer a member
+        self._invite(control, request.request_id, holder, now, paid=True)
+
+    def _invite(
+        self,
+        control: _Control,
+        request_id: int,
+        target_control: _Control,
+        now: float,
+        *,
+        paid: bool,
+    ) -> None:
+        """Grant a session between ``control``'s device and ``target_control``'s, within the
+        limits; ``paid``: the request already took its token of the rate."""
+        requester, target = control.device, target_control.device
+        limits = self.limits
+        refuse = partial(
+            self._refuse, control, request_id, names=f"{requester.short_str} → {target.short_str}"
+        )
         per_device = limits.max_sessions_per_device
         if max(self._sessions.get(requester, 0), self._sessions.get(target, 0)) >= per_device:
             return refuse(RefuseReason.TOO_MANY_SESSIONS)
@@ -398,37 +581,94 @@ class RelayServer:
             return refuse(RefuseReason.TOO_MANY_SESSIONS, "sessions with that device are waiting")
         if self._session_total >= limits.max_sessions:
             return refuse(RefuseReason.OVERLOADED, "too many sessions")
-        # Only invitations count against the rate: they are what costs the target and the
-        # relay something (a device asking for many offline peers gets cheap refusals).
-        if not self._bucket(requester, now).take(now):
+        if control.stranger:
+            if self._stranger_sessions >= self.stranger_limits.sessions:
+                return refuse(RefuseReason.OVERLOADED, "too many joins through the relay")
+            if self._stranger_targets.get(target, 0) >= self.stranger_limits.sessions_per_target:
+                return refuse(
+                    RefuseReason.TOO_MANY_SESSIONS, "that device is busy with other joins"
+                )
+        # Only invitations count against a member's rate: they are what costs the target and
+        # the relay something (a device asking for many offline peers gets cheap refusals).
+        if not paid and not self._take(control, now):
             return refuse(RefuseReason.RATE_LIMITED)
         token = os.urandom(wire.TOKEN_SIZE)
         if not target_control.queue(Invitation(requester.digest, token)):
             return refuse(RefuseReason.OVERLOADED, "the device is not reading its invitations")
-        pending = _Pending(requester, target, now + limits.join_timeout, now)
+        pending = _Pending(requester, target, now + limits.join_timeout, now, control.stranger)
         self._pending[token] = pending
         self._count(pending, +1)
-        control.queue(Granted(request.request_id, token))
-        log.info("session %s: invited", pending.names)
+        control.queue(Granted(request_id, token))
+        log.info("session %s: invited%s", pending.names, " (a join)" if pending.stranger else "")
 
-    def _bucket(self, device: DeviceId, now: float) -> TokenBucket:
-        bucket = self._buckets.get(device)
+    def _take(self, control: _Control, now: float) -> bool:
+        """One token of the requester's rate: a member's own bucket, or its source's for a
+        stranger (a stranger's device IDs cost nothing to make)."""
+        if control.stranger:
+            key = f"source {control.source}"
+            rate = self.stranger_limits.requests_per_minute / 60
+            burst = self.stranger_limits.request_burst
+        else:
+            key = f"device {control.device}"
+            rate, burst = self.limits.connects_per_minute / 60, self.limits.connect_burst
+        bucket = self._buckets.get(key)
         if bucket is None:
             if len(self._buckets) >= MAX_BUCKETS:  # forget those that are full again
-                for key in [k for k, b in self._buckets.items() if b.full(now)]:
-                    del self._buckets[key]
-            rate = self.limits.connects_per_minute / 60
-            bucket = self._buckets[device] = TokenBucket(rate, self.limits.connect_burst, now)
-        return bucket
+                for old in [k for k, b in self._buckets.items() if b.full(now)]:
+                    del self._buckets[old]
+            bucket = self._buckets[key] = TokenBucket(rate, burst, now)
+        return bucket.take(now)
+
+    # -- nameplates ------------------------------------------------------------------------
+
+    def _on_claim(self, control: _Control, request: ClaimCode) -> None:
+        """Hand out the smallest free nameplate. Only members may: a code's giver waits for
+        the joiner as a member device of the folder does. A stranger is refused, and may go
+        on with what it came for."""
+        refuse = partial(self._refuse, control, request.request_id)
+        if request.request_id == 0:
+            return refuse(RefuseReason.INVALID, "request ID 0 is reserved")
+        if control.stranger:
+            return refuse(RefuseReason.NOT_MEMBER, "only members of the relay may give codes")
+        if not self.admits(control.device):
+            return refuse(RefuseReason.NOT_MEMBER, "this device is no longer a member")
+        if len(control.claims) >= MAX_CLAIMS_PER_CONNECTION:
+            return refuse(
+                RefuseReason.INVALID,
+                f"this device holds {MAX_CLAIMS_PER_CONNECTION} codes already; release one",
+            )
+        if len(self.claims) >= MAX_CLAIMS:
+            return refuse(RefuseReason.OVERLOADED, "too many codes are held on this relay")
+        nameplate = next(n for n in itertools.count(1) if n not in self.claims)
+        self.claims[nameplate] = control
+        control.claims.add(nameplate)
+        control.queue(CodeClaimed(request.request_id, nameplate))
+        # The number is left out at INFO: with the session lines it would tie a code to
+        # the device that used it.
+        log.info("device %s holds a code (%d in all)", control.device.short_str, len(self.claims))
+        log.debug("device %s claimed nameplate %d", control.device.short_str, nameplate)
+
+    def _release(self, control: _Control, nameplate: int) -> None:
+        """``ReleaseCode``: forget a nameplate this connection holds (another's, or a free
+        one, is left alone: the message has no answer)."""
+        if self.claims.get(nameplate) is control:
+            del self.claims[nameplate]
+            control.claims.discard(nameplate)
+            log.info("device %s gave a code back", control.device.short_str)
+
+    def _release_all(self, control: _Control) -> None:
+        for nameplate in control.claims:
+            if self.claims.get(nameplate) is control:
+                del self.claims[nameplate]
+        control.claims.clear()
 
     def _count(self, pending: _Pending, delta: int) -> None:
         for device in (pending.requester, pending.target):
-            left = self._sessions.get(device, 0) + delta
-            if left > 0:
-                self._sessions[device] = left
-            else:
-                self._sessions.pop(device, None)
+            _add(self._sessions, device, delta)
         self._session_total += delta
+        if pending.stranger:
+            _add(self._stranger_targets, pending.target, delta)
+            self._stranger_sessions += delta
 
     def _sweep(self, now: float) -> None:
         """Forget the tokens that expired before anyone joined (a waiting joiner forgets
@@ -510,15 +750,24 @@ class RelayServer:
         started = self._clock()
         log.info("session %s: spliced after %.2f s", pending.names, started - pending.created)
         counts = [0, 0]
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(self._pump, a, b, counts, 0, tasks.cancel_scope)
-            tasks.start_soon(self._pump, b, a, counts, 1, tasks.cancel_scope)
+        # A stranger's session is a join: a few KiB in a few seconds. Anything longer is
+        # someone using the relay as free transport.
+        strangers = self.stranger_limits
+        cap = strangers.session_bytes if pending.stranger else 0
+        capped: list[str] = []
+        with anyio.move_on_after(strangers.session_time if pending.stranger else math.inf) as ttl:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self._pump, a, b, counts, 0, tasks.cancel_scope, cap, capped)
+                tasks.start_soon(self._pump, b, a, counts, 1, tasks.cancel_scope, cap, capped)
+        if ttl.cancelled_caught:
+            capped.append(f"cut after {strangers.session_time:g} s")
         log.info(
-            "session %s ended after %.1f s: %d bytes forwarded one way, %d the other",
+            "session %s ended after %.1f s: %d bytes forwarded one way, %d the other%s",
             pending.names,
             self._clock() - started,
             counts[0],
             counts[1],
+            "".join(f" ({why})" for why in capped[:1]),
         )
 
     async def _pump(
@@ -528,17 +777,27 @@ class RelayServer:
         counts: list[int],
         i: int,
         session: anyio.CancelScope,
+        cap: int,
+        capped: list[str],
     ) -> None:
         """Copy one direction; its end is passed on as a half-close, a broken side ends the
-        whole session."""
+        whole session, and so does reaching ``cap`` bytes (0: no cap)."""
         try:
-            await self._copy(source, sink, counts, i)
+            if await self._copy(source, sink, counts, i, cap):
+                capped.append(f"cut at {cap} bytes")
+                session.cancel()
         except _CONNECTION_ERRORS:
             session.cancel()
 
     async def _copy(
-        self, source: anyio.abc.ByteStream, sink: anyio.abc.ByteStream, counts: list[int], i: int
-    ) -> None:
+        self,
+        source: anyio.abc.ByteStream,
+        sink: anyio.abc.ByteStream,
+        counts: list[int],
+        i: int,
+        cap: int = 0,
+    ) -> bool:
+        """Copy until the end of ``source``; True if it stopped at ``cap`` bytes instead."""
         rate = self.limits.session_bytes_per_second
         started = self._clock()
         while True:
@@ -549,11 +808,15 @@ class RelayServer:
                     await sink.send_eof()
                 except (NotImplementedError, *_CONNECTION_ERRORS):
                     pass
-                return
+                return False
+            if cap and counts[i] + len(data) > cap:
+                data = data[: cap - counts[i]]  # what fits, then the session ends
             if self._tap is not None:
                 self._tap(data)
             await sink.send(data)
             counts[i] += len(data)
+            if cap and counts[i] >= cap:
+                return True
             if rate:
                 ahead = counts[i] / rate - (self._clock() - started)
                 if ahead > 0:
@@ -586,6 +849,15 @@ class _Replayed(anyio.abc.ByteStream):
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
         return self._stream.extra_attributes
+
+
+def _add(counts: dict[DeviceId, int], device: DeviceId, delta: int) -> None:
+    """Add to a per-device count, forgetting the devices at zero."""
+    left = counts.get(device, 0) + delta
+    if left > 0:
+        counts[device] = left
+    else:
+        counts.pop(device, None)
 
 
 def _tcp_keepalive(stream: anyio.abc.SocketStream) -> None:
