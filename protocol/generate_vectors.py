@@ -1154,6 +1154,203 @@ def join_links() -> dict[str, Any]:
     }
 
 
+def _fixed_entropy(entropy: bytes) -> Any:
+    """An ``entropy_f`` for the spake2 package that hands out ``entropy`` once, whole: a
+    side draws its scalar from exactly 64 bytes, and a vector that drew more or fewer would
+    pin something else."""
+    left = [entropy]
+
+    def draw(n: int) -> bytes:
+        if n != len(entropy) or not left:
+            raise SystemExit(f"the PAKE asked for {n} bytes of entropy, not {len(entropy)} once")
+        return left.pop()
+
+    return draw
+
+
+def _code_side(text: str, entropy: bytes) -> tuple[Any, dict[str, Any]]:
+    """One side's start of the PAKE, with the intermediate values an implementer debugs
+    with: the password's scalar and this side's scalar (32 bytes little-endian, reduced mod
+    L)."""
+    from spake2 import ed25519_basic as ed
+    from spake2.groups import password_to_scalar
+
+    code = codes.JoinCode.parse(text)
+    password = str(code).encode()
+    pake = codes.CodePake(code, entropy=_fixed_entropy(entropy))
+    scalar = int.from_bytes(entropy, "big") % ed.L
+    return pake, {
+        "code": str(code),
+        "password": password.hex(),
+        "password_scalar": ed.scalar_to_bytes(password_to_scalar(password, 32, ed.L)).hex(),
+        "entropy": entropy.hex(),
+        "scalar": ed.scalar_to_bytes(scalar).hex(),
+        "message": pake.message.hex(),
+    }
+
+
+def _shared_point(side: dict[str, Any], peer_message: str) -> str:
+    """K = scalar · (peer's point - password_scalar · S), as SPEC.md §15.10 computes it."""
+    from spake2 import ed25519_basic as ed
+    from spake2.parameters.ed25519 import ParamsEd25519
+
+    pw = ed.bytes_to_scalar(bytes.fromhex(side["password_scalar"]))
+    scalar = ed.bytes_to_scalar(bytes.fromhex(side["scalar"]))
+    peer = ed.bytes_to_element(bytes.fromhex(peer_message)[1:])
+    shared = peer.add(ParamsEd25519.S.scalarmult(ed.L - pw)).scalarmult(scalar)
+    return str(shared.to_bytes().hex())
+
+
+def _code_run(
+    label: str, joiner_text: str, member_text: str, handshake_hash: bytes
+) -> dict[str, Any]:
+    """One PAKE run on one channel: each side's values, its key and the proofs (the member's
+    only if it accepts: it sends none to a joiner whose proof does not check)."""
+    joiner, joiner_values = _code_side(joiner_text, seed(f"join code {label} joiner", 64))
+    member, member_values = _code_side(member_text, seed(f"join code {label} member", 64))
+    joiner_values["shared_point"] = _shared_point(joiner_values, member_values["message"])
+    member_values["shared_point"] = _shared_point(member_values, joiner_values["message"])
+    joiner_keys = joiner.finish(member.message, handshake_hash)
+    member_keys = member.finish(joiner.message, handshake_hash)
+    accepted = member_keys.check("joiner", joiner_keys.proof("joiner"))
+    if accepted != (joiner_text == member_text):
+        raise SystemExit(f"code run {label!r}: the joiner's proof checks {accepted}")
+    joiner_values |= {"key": joiner_keys.key.hex(), "proof": joiner_keys.proof("joiner").hex()}
+    member_values |= {
+        "key": member_keys.key.hex(),
+        "expected_joiner_proof": member_keys.proof("joiner").hex(),
+    }
+    if accepted:
+        member_values["proof"] = member_keys.proof("member").hex()
+        if not joiner_keys.check("member", member_keys.proof("member")):
+            raise SystemExit(f"code run {label!r}: the member's proof does not check")
+    return {
+        "label": label,
+        "handshake_hash": handshake_hash.hex(),
+        "joiner": joiner_values,
+        "member": member_values,
+        "accepted": accepted,
+    }
+
+
+def join_codes() -> dict[str, Any]:
+    """Short join codes (SPEC.md §15.10): texts read or refused, PAKE runs with fixed entropy
+    (one with the right code, one with a wrong one) and PAKE messages every side refuses."""
+    from spake2 import ed25519_basic as ed
+    from spake2.parameters.ed25519 import ParamsEd25519
+
+    def word_indexes(code: codes.JoinCode) -> list[int]:
+        return [codes.WORDS.index(w) for w in code.words]
+
+    readable = [
+        "7-guitar-orbit",
+        " 7 Guitar ORBIT ",
+        "7--guitar - orbit",
+        "7\tguitar\r\norbit",
+        "-7-guitar-orbit-",
+        "0042-acorn-zebra",
+        "9999-zebra-acorn",
+        "1-kiwi-kiwi",
+    ]
+    parsed = []
+    for text in readable:
+        code = codes.JoinCode.parse(text)
+        parsed.append(
+            {
+                "text": text,
+                "code": str(code),
+                "nameplate": code.nameplate,
+                "words": list(code.words),
+                "word_indexes": word_indexes(code),
+            }
+        )
+    unreadable = [
+        ("", "empty"),
+        ("7-guitar", "two parts"),
+        ("7-guitar-orbit-otter", "four parts"),
+        ("guitar-orbit-7", "the number is not first"),
+        ("7 guitarorbit", "words not separated"),
+        ("7_guitar_orbit", "_ is no separator"),
+        ("7.guitar.orbit", ". is no separator"),
+        ("+7-guitar-orbit", "a sign before the number"),
+        ("0-guitar-orbit", "nameplate 0"),
+        ("10000-guitar-orbit", "nameplate above 9999"),
+        ("7-gitar-orbit", "the first word is not in the list"),
+        ("7-guitar-orbít", "the second word is not in the list (not ASCII)"),
+        ("\u0667-guitar-orbit", "a digit that is not ASCII (ARABIC-INDIC DIGIT SEVEN)"),
+        ("\u00b2-guitar-orbit", "a digit that is not ASCII (SUPERSCRIPT TWO)"),
+    ]
+    refused = []
+    for text, reason in unreadable:
+        try:
+            codes.JoinCode.parse(text)
+        except codes.CodeError:
+            refused.append({"text": text, "reason": reason})
+            continue
+        raise SystemExit(f"code text {text!r} ({reason}) parses")
+
+    handshake_hash = seed("join code handshake hash", 64)
+    right = _code_run("right", "7-guitar-orbit", "7-guitar-orbit", handshake_hash)
+    wrong = _code_run("wrong", "7-guitar-otter", "7-guitar-orbit", handshake_hash)
+
+    # PAKE messages a side refuses (the member of the right run receiving them).
+    valid = bytes.fromhex(right["joiner"]["message"])
+    order_2 = (ed.Q - 1).to_bytes(32, "little")  # (0, -1)
+    order_8 = bytes.fromhex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a")
+    mixed = ed.bytes_to_unknown_group_element(valid[1:])
+    mixed = mixed.add(ed.bytes_to_unknown_group_element(order_2))
+    invalid = [
+        ("32 bytes", valid[:32]),
+        ("34 bytes", valid + b"\x00"),
+        ("side byte A", b"A" + valid[1:]),
+        ("side byte B", b"B" + valid[1:]),
+        ("side byte s", b"s" + valid[1:]),
+        ("not a point of the curve", b"S" + (2).to_bytes(32, "little")),
+        ("the identity", b"S" + (1).to_bytes(32, "little")),
+        ("a point of order 2", b"S" + order_2),
+        ("a point of order 4", b"S" + bytes(32)),
+        ("a point of order 8", b"S" + order_8),
+        ("a point outside the prime-order subgroup", b"S" + mixed.to_bytes()),
+        ("the receiver's own message, reflected", bytes.fromhex(right["member"]["message"])),
+    ]
+    refused_messages = []
+    for reason, message in invalid:
+        member = codes.CodePake(
+            codes.JoinCode.parse("7-guitar-orbit"),
+            entropy=_fixed_entropy(bytes.fromhex(right["member"]["entropy"])),
+        )
+        try:
+            member.finish(message, handshake_hash)
+        except codes.CodeError:
+            refused_messages.append({"message": message.hex(), "reason": reason})
+            continue
+        raise SystemExit(f"PAKE message {reason!r} is taken")
+
+    words_file = "".join(f"{word}\n" for word in codes.WORDS).encode()
+    return {
+        "description": (
+            "short join codes (SPEC.md §15.10): texts a reader takes (with the canonical code, "
+            "its nameplate and its words' indexes in protocol/code-words.txt) and texts it "
+            "refuses; SPAKE2 runs with fixed entropy (64 bytes per side; scalars and points "
+            "32 bytes little-endian, messages 'S' || point), their keys and proofs over "
+            "handshake_hash; and PAKE messages the receiver (the member of run 'right', with "
+            "its entropy) refuses"
+        ),
+        "words_file": "code-words.txt",
+        "words_count": len(codes.WORDS),
+        "words_file_blake2b": blake2b(words_file).hex(),
+        "max_nameplate": codes.MAX_NAMEPLATE,
+        "max_failures": codes.MAX_FAILURES,
+        "pake_id": codes.PAKE_ID.decode(),
+        "spake2_s": ParamsEd25519.S.to_bytes().hex(),
+        "proof_context": "commonsync code proof ",
+        "parse": parsed,
+        "refuse": refused,
+        "runs": [right, wrong],
+        "refused_messages": refused_messages,
+    }
+
+
 def main() -> None:
     OUT.mkdir(exist_ok=True)
     schema = OUT.parent / "messages.json"
@@ -1175,6 +1372,7 @@ def main() -> None:
         "channel-handshake.json": channel_handshake(),
         "membership.json": membership(),
         "join-links.json": join_links(),
+        "join-codes.json": join_codes(),
     }
     for name, content in files.items():
         (OUT / name).write_text(json.dumps(content, indent=1, ensure_ascii=False) + "\n")

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from spake2 import SPAKE2_Symmetric  # type: ignore[import-untyped]
+from spake2.ed25519_basic import NotOnCurve  # type: ignore[import-untyped]
 from spake2.spake2 import SPAKEError  # type: ignore[import-untyped]
 
 from ..errors import MembershipError
@@ -94,7 +95,7 @@ class JoinCode:
         A misspelt word gets a suggestion, so that the person can retry without spending one
         of the inviter's :data:`MAX_FAILURES` attempts."""
         parts = [p for p in re.split(r"[\s\-]+", text.strip().lower()) if p]
-        if len(parts) != 3 or not parts[0].isdigit():
+        if len(parts) != 3 or not (parts[0].isascii() and parts[0].isdigit()):
             raise CodeError(
                 f"{text.strip()[:40]!r} is not a join code: a code is a number and two words, "
                 "like 7-guitar-orbit"
@@ -138,7 +139,7 @@ class CodePake:
             raise CodeError(f"a code message is {SIDE!r} and a point, {PAKE_MESSAGE_SIZE} bytes")
         try:
             key: bytes = self._spake.finish(peer_message)
-        except (SPAKEError, ValueError) as exc:
+        except (SPAKEError, ValueError, NotOnCurve) as exc:  # NotOnCurve is no ValueError
             raise CodeError(f"the other side's code message is invalid: {exc}") from None
         return CodeKeys(key, handshake_hash)
 
