@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
 import pytest
 
-from commonsync import Node, NodeConfig
+from commonsync import NodeConfig
 from commonsync.errors import InvalidRequestError, RequestConflictError, UnavailableError
 from commonsync.membership.codes import MAX_FAILURES, WORDS, JoinCode
 from commonsync.membership.entries import Role
@@ -27,26 +25,8 @@ def anyio_backend() -> str:
     return "trio"
 
 
-@asynccontextmanager
-async def lan_nodes(tmp_path: Path, *names: str) -> AsyncIterator[list[Node]]:
-    async with anyio.create_task_group() as tasks:
-        opened: list[Node] = []
-
-        async def run(name: str, ready: anyio.Event) -> None:
-            lan = NodeConfig(listen="127.0.0.1:0", discovery_interfaces=["127.0.0.1"])
-            async with Node.open(tmp_path / "homes" / name, lan) as node:
-                opened.append(node)
-                ready.set()
-                await anyio.sleep_forever()
-
-        for name in names:
-            ready = anyio.Event()
-            tasks.start_soon(run, name, ready)
-            await ready.wait()
-        try:
-            yield opened
-        finally:
-            tasks.cancel_scope.cancel()
+def lan() -> NodeConfig:
+    return NodeConfig(listen="127.0.0.1:0", discovery_interfaces=["127.0.0.1"])
 
 
 def wrong(code: str) -> str:
@@ -59,7 +39,7 @@ def wrong(code: str) -> str:
 async def test_a_code_read_over_the_phone_joins_on_the_lan(tmp_path: Path) -> None:
     (tmp_path / "anna").mkdir()
     (tmp_path / "anna" / "agenda.txt").write_text("rehearsal on Tuesday")
-    async with lan_nodes(tmp_path, "anna", "ben") as (anna, ben):
+    async with nodes(tmp_path, "anna", "ben", config=lan) as (anna, ben):
         await anna.add_folder(tmp_path / "anna", "choir")
         invited = await anna.invite("choir", role=Role.WRITER, name="Ben")
         code = invited["code"]
@@ -91,7 +71,7 @@ async def test_a_code_read_over_the_phone_joins_on_the_lan(tmp_path: Path) -> No
 
 async def test_wrong_guesses_void_a_code_and_a_new_one_works(tmp_path: Path) -> None:
     (tmp_path / "anna").mkdir()
-    async with lan_nodes(tmp_path, "anna", "eve", "ben") as (anna, eve, ben):
+    async with nodes(tmp_path, "anna", "eve", "ben", config=lan) as (anna, eve, ben):
         await anna.add_folder(tmp_path / "anna", "choir")
         code = (await anna.invite("choir"))["code"]
         await until(lambda: bool(eve.peers.discovered_addresses(anna.device_id)), "anna seen")

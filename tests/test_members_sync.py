@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -41,13 +41,15 @@ async def know(a: Node, b: Node, name: str = "") -> None:
 
 
 @asynccontextmanager
-async def nodes(tmp_path: Path, *names: str) -> AsyncIterator[list[Node]]:
+async def nodes(
+    tmp_path: Path, *names: str, config: Callable[[], NodeConfig] = loopback
+) -> AsyncIterator[list[Node]]:
     """Nodes whose homes are in ``tmp_path/homes/`` (never inside a folder a test syncs)."""
     async with anyio.create_task_group() as tasks:
         opened: list[Node] = []
 
         async def run(name: str, ready: anyio.Event) -> None:
-            async with Node.open(tmp_path / "homes" / name, loopback()) as node:
+            async with Node.open(tmp_path / "homes" / name, config()) as node:
                 opened.append(node)
                 ready.set()
                 await anyio.sleep_forever()

@@ -17,8 +17,8 @@ then goes on in that channel as above.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from enum import IntEnum
 from typing import TypeVar
 
@@ -31,10 +31,12 @@ from ..formats.messages import CodeAnswer, CodeHello, CodeProof, Join, Joined, J
 from ..membership.codes import CodeError, CodePake, JoinCode
 from ..membership.invitations import sign_admission
 from ..membership.links import JoinLink
+from ..relay.client import connect_relay, open_code_channel
+from ..relay.wire import DEFAULT_RELAY_PORT
 from ..wire.channel import Channel, connect_channel
 from ..wire.handshake import JOIN_FEATURE
 from ..wire.session import Session
-from .config import parse_address
+from .config import RelayConfig, parse_address
 from .open_codes import OpenCodes
 
 log = logging.getLogger(__name__)
@@ -88,15 +90,7 @@ async def ask_to_join(
         addresses = list(dict.fromkeys([*listed, *extra.get(device, [])]))
         for address in addresses:
             try:
-                host, port = parse_address(address)
-                channel = await connect_channel(
-                    host,
-                    port,
-                    identity,
-                    accept=device.__eq__,
-                    features=[JOIN_FEATURE],
-                    timeout=CONNECT_TIMEOUT,
-                )
+                channel = await _join_channel(identity, address, device.__eq__)
             except CommonsyncError as exc:
                 failures.append(f"{device.short_str} at {address}: {exc}")
                 continue
@@ -114,6 +108,48 @@ async def ask_to_join(
         "could not reach any device of the folder's members: "
         + "; ".join(failures or ["none listed"])
     )
+
+
+async def _join_channel(
+    identity: DeviceIdentity, address: str, accept: Callable[[DeviceId], bool]
+) -> Channel:
+    host, port = parse_address(address)
+    return await connect_channel(
+        host, port, identity, accept=accept, features=[JOIN_FEATURE], timeout=CONNECT_TIMEOUT
+    )
+
+
+@asynccontextmanager
+async def code_channel_on_lan(
+    identity: DeviceIdentity, addresses: list[str]
+) -> AsyncIterator[tuple[Channel, list[str]]]:
+    """A join channel to a device seen on the LAN, whoever it proves to be: the code's PAKE
+    decides whether it is the inviter."""
+    failures: list[str] = []
+    for address in addresses:
+        try:
+            channel = await _join_channel(identity, address, lambda _device: True)
+        except CommonsyncError as exc:
+            failures.append(f"{address}: {exc}")
+            continue
+        yield channel, [address]
+        return
+    raise ChannelError("a device on the LAN: " + "; ".join(failures))
+
+
+@asynccontextmanager
+async def code_channel_at_relay(
+    identity: DeviceIdentity, relay: RelayConfig, nameplate: int
+) -> AsyncIterator[tuple[Channel, list[str]]]:
+    """A join channel, through ``relay``, to the device holding ``nameplate`` there (this
+    device need not be one of the relay's members to ask that)."""
+    host, port = parse_address(relay.address, default_port=DEFAULT_RELAY_PORT)
+    features = [JOIN_FEATURE]
+    async with connect_relay(host, port, identity, relay.relay_id, features=features) as control:
+        channel = await open_code_channel(
+            control, identity, nameplate, features=features, timeout=CONNECT_TIMEOUT
+        )
+        yield channel, []
 
 
 def _join_request(identity: DeviceIdentity, link: JoinLink, name: str) -> Join:
@@ -200,9 +236,9 @@ async def _redeem(session: Session, handshake_hash: bytes, code: JoinCode) -> Jo
     except anyio.EndOfStream:
         raise ProtocolError("the device closed the channel instead of answering the code") from None
     if isinstance(first, CodeAnswer):
-        if first.status == CodeStatus.NOT_HERE:
-            raise CodeNotHereError(first.detail or f"no code {code.nameplate} here")
-        raise CodeRefusedError(first.detail or "the code was refused")
+        # Before any proof, a refusal proves nothing about the code (any device can send
+        # one): whatever it says, the next device may hold the code.
+        raise CodeNotHereError(first.detail or f"no code {code.nameplate} here")
     if not isinstance(first, CodeHello) or first.nameplate != code.nameplate:
         raise ProtocolError(f"expected the code's answer, got {type(first).__name__}")
     try:

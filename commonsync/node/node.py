@@ -42,7 +42,6 @@ import anyio.to_thread
 import ifaddr
 
 from ..errors import (
-    ChannelError,
     CommonsyncError,
     DeviceIdError,
     EntryRefusedError,
@@ -73,8 +72,6 @@ from ..membership.epochs import seal_secret, secret_hash
 from ..membership.invitations import invitation_key, new_secret
 from ..membership.links import JoinLink
 from ..membership.log import Member
-from ..relay.client import connect_relay, open_code_channel
-from ..relay.wire import DEFAULT_RELAY_PORT
 from ..sync.exchange import PeerExchange
 from ..sync.folder import Folder
 from ..sync.layout import METADATA_DIR
@@ -82,8 +79,6 @@ from ..sync.members import FolderMembers
 from ..sync.scanner import ScanReport
 from ..sync.space import MinFree
 from ..sync.store import IndexStore, open_store
-from ..wire.channel import Channel, connect_channel
-from ..wire.handshake import JOIN_FEATURE
 from .config import (
     ConfigError,
     DeviceConfig,
@@ -97,12 +92,13 @@ from .events import EventBus
 from .folders import FolderRunner
 from .home import NodeHome
 from .joining import (
-    CONNECT_TIMEOUT,
     ChannelOpener,
     CodeRefusedError,
     JoinRefusedError,
     ask_to_join,
     ask_to_join_with_code,
+    code_channel_at_relay,
+    code_channel_on_lan,
     refused,
 )
 from .open_codes import CODE_LIFETIME, OpenCode, OpenCodes
@@ -867,7 +863,7 @@ class Node:
         unique at a relay), then every device seen on the LAN (waiting a little for
         discovery, which may have just started, when it has seen nobody yet)."""
         openers: list[ChannelOpener] = [
-            partial(_code_channel_at_relay, self.identity, link.config, code.nameplate)
+            partial(code_channel_at_relay, self.identity, link.config, code.nameplate)
             for link in list(self.peers.relays.links.values())
         ]
         if self.config.discovery_enabled:
@@ -875,7 +871,7 @@ class Node:
                 while not any(found.in_order() for found in self.peers.discovered.values()):
                     await anyio.sleep(0.25)
         openers.extend(
-            partial(_code_channel_on_lan, self.identity, found.in_order())
+            partial(code_channel_on_lan, self.identity, found.in_order())
             for found in list(self.peers.discovered.values())
             if found.in_order()
         )
@@ -1166,48 +1162,6 @@ def _join_path(path: Path | str | None, parent: Path | str | None, link: JoinLin
     if path is not None:
         return _folder_path(path)
     return _folder_path(Path(parent if parent is not None else Path.cwd()) / _join_label(link))
-
-
-@asynccontextmanager
-async def _code_channel_on_lan(
-    identity: DeviceIdentity, addresses: list[str]
-) -> AsyncIterator[tuple[Channel, list[str]]]:
-    """A join channel to a device seen on the LAN, whoever it proves to be: the code's PAKE
-    decides whether it is the inviter."""
-    failures: list[str] = []
-    for address in addresses:
-        try:
-            host, port = parse_address(address)
-            channel = await connect_channel(
-                host,
-                port,
-                identity,
-                accept=lambda _device: True,
-                features=[JOIN_FEATURE],
-                timeout=CONNECT_TIMEOUT,
-            )
-        except CommonsyncError as exc:
-            failures.append(f"{address}: {exc}")
-            continue
-        yield channel, [address]
-        return
-    raise ChannelError("a device on the LAN: " + "; ".join(failures))
-
-
-@asynccontextmanager
-async def _code_channel_at_relay(
-    identity: DeviceIdentity, relay: RelayConfig, nameplate: int
-) -> AsyncIterator[tuple[Channel, list[str]]]:
-    """A join channel, through ``relay``, to the device holding ``nameplate`` there (this
-    device need not be one of the relay's members to ask that)."""
-    host, port = parse_address(relay.address, default_port=DEFAULT_RELAY_PORT)
-    async with connect_relay(
-        host, port, identity, relay.relay_id, features=[JOIN_FEATURE]
-    ) as control:
-        channel = await open_code_channel(
-            control, identity, nameplate, features=[JOIN_FEATURE], timeout=CONNECT_TIMEOUT
-        )
-        yield channel, []
 
 
 def _parse_device_id(text: str) -> DeviceId:
