@@ -21,6 +21,7 @@ from commonsync.membership.entries import (
     Genesis,
     Invite,
     NewEpoch,
+    RemoveDevice,
     RemoveMember,
     RevokeInvitation,
     Role,
@@ -168,6 +169,75 @@ def test_a_revoked_invitation_admits_nobody(
             AddMember("Bea", Role.READER, (joiner.public_key,), invite.hash, proof),
             T0,
         )
+
+
+def admit_with(
+    secret: bytes, invite: bytes, who: DeviceIdentity, name: str, role: Role = Role.WRITER
+) -> AddMember:
+    proof = invitations.sign_admission(secret, FOLDER, invite, name, [who.public_key])
+    return AddMember(name, role, (who.public_key,), invite, proof)
+
+
+def test_a_removal_revokes_the_invitations_of_the_removed(
+    choir: tuple[MembershipLog, dict[str, DeviceIdentity], dict[str, bytes]],
+) -> None:
+    """Removing a member revokes the invitation that admitted it (it holds the secret: a
+    multi-use one would let it back in) and those it created; removing one device revokes
+    the invitations that device wrote and its member's admitting one, not its member's
+    others. Every device computes this alike, also from the entries alone."""
+    log, people, _ids = choir
+    group, own = invitations.new_secret(), invitations.new_secret()
+    key = invitations.invitation_key
+    group_invite = log.append(people["owner"], Invite(key(group), Role.WRITER, T0 + 3600, 30), T0)
+    bea, phone = device(), device()
+    bea_id = log.append(people["admin"], admit_with(group, group_invite.hash, bea, "Bea"), T0).hash
+    log.append(people["owner"], SetRole(bea_id, Role.ADMIN, ()), T0)
+    log.append(bea, AddDevice(bea_id, phone.public_key), T0)
+    by_phone = log.append(phone, Invite(key(own), Role.READER, T0 + 3600, 5), T0)
+    by_laptop = log.append(bea, Invite(key(own), Role.READER, T0 + 3600, 5), T0)
+    kept = log.append(people["admin"], Invite(key(own), Role.READER, T0 + 3600, 5), T0)
+
+    log.append(people["owner"], RemoveDevice(bea_id, phone.public_key, 0), T0)
+    revoked = {i.id for i in log.state.invitations.values() if i.revoked}
+    assert revoked == {group_invite.hash, by_phone.hash}  # the phone's and the admitting one
+    with pytest.raises(EntryRefusedError, match="revoked"):
+        log.append(people["writer"], admit_with(group, group_invite.hash, device(), "Cy"), T0)
+
+    log.append(people["owner"], RemoveMember(bea_id, ()), T0)
+    revoked = {i.id for i in log.state.invitations.values() if i.revoked}
+    assert revoked == {group_invite.hash, by_phone.hash, by_laptop.hash}
+    assert not log.state.invitations[kept.hash].revoked
+    again = admit_with(own, by_laptop.hash, device(), "Bea again", Role.READER)
+    with pytest.raises(EntryRefusedError, match="revoked"):
+        log.append(people["writer"], again, T0)
+    assert copy(log).state == log.state
+
+
+@pytest.mark.parametrize("trial", range(6))
+def test_a_removal_voids_a_concurrent_admission_with_an_invitation_it_revokes(
+    trial: int,
+) -> None:
+    """Apart from the admin who removes Bea, a member admits someone (Bea again, under a
+    new device key) with the multi-use invitation that admitted her: whichever order the
+    hashes give, after the merge the admission has no effect on either side."""
+    log, people, _ids = make_choir()
+    group = invitations.new_secret()
+    invite = log.append(
+        people["owner"],
+        Invite(invitations.invitation_key(group), Role.WRITER, T0 + 3600, 30),
+        T0 + trial,
+    )
+    bea = log.append(people["admin"], admit_with(group, invite.hash, device(), "Bea"), T0).hash
+    left, right = copy(log), copy(log)
+    left.append(people["admin"], RemoveMember(bea, ()), T0)
+    back = right.append(people["writer"], admit_with(group, invite.hash, device(), "Bea"), T0)
+    left.add(right.entries())
+    right.add(left.entries())
+    assert left.state == right.state
+    assert back.hash not in left.state.members
+    why = {e.hash: reason for e, reason in left.effects()}
+    assert why[back.hash] == "a concurrent removal revokes the invitation it admits with"
+    assert left.state.invitations[invite.hash].revoked
 
 
 def test_a_removed_writer_is_credited_only_up_to_its_last_sequence(

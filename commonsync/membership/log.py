@@ -54,6 +54,8 @@ class Member:
     name: str
     role: Role
     devices: frozenset[bytes]
+    #: The invitation that admitted it (b"": none); its removal revokes that invitation.
+    invitation: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class Invitation:
     used: int = 0
     revoked: bool = False
     by: bytes = b""  # the member that created it
+    device: bytes = b""  # the device that wrote the invite entry (where its secret was made)
 
     def usable(self, time: int) -> bool:
         return not self.revoked and self.used < self.uses and time <= self.expires
@@ -264,7 +267,7 @@ def apply(state: State, entry: Entry) -> State:
             members[entry.hash] = Member(entry.hash, name, Role.OWNER, frozenset([entry.author]))
         case AddMember():
             members[entry.hash] = Member(
-                entry.hash, action.name, action.role, frozenset(action.devices)
+                entry.hash, action.name, action.role, frozenset(action.devices), action.invitation
             )
             if action.invitation:
                 used = state.invitations[action.invitation]
@@ -281,9 +284,15 @@ def apply(state: State, entry: Entry) -> State:
             target = members[action.member]
             members[target.id] = replace(target, devices=target.devices - {action.device})
             credited[action.device] = action.last_sequence
+            return replace(
+                state, members=members, credited=credited, invitations=_revoke(state, action)
+            )
         case RemoveMember():
             del members[action.member]
             credited.update(action.last_sequences)
+            return replace(
+                state, members=members, credited=credited, invitations=_revoke(state, action)
+            )
         case NewEpoch():
             epoch = Epoch(action.epoch, action.secret_hash, dict(action.wrapped))
             return replace(state, epoch=epoch)
@@ -295,12 +304,37 @@ def apply(state: State, entry: Entry) -> State:
                 action.expires,
                 action.uses,
                 by=author.id if author is not None else b"",
+                device=entry.author,
             )
             return replace(state, invitations={**state.invitations, entry.hash: invitation})
         case RevokeInvitation():
             revoked = replace(state.invitations[action.invitation], revoked=True)
             return replace(state, invitations={**state.invitations, revoked.id: revoked})
     return replace(state, members=members, credited=credited)
+
+
+def revoked_by(state: State, removal: RemoveMember | RemoveDevice) -> set[bytes]:
+    """The invitations of ``state`` in force that ``removal`` revokes (SPEC.md §15.6): the one
+    that admitted the member it removes or whose device it removes (the removed holds its
+    secret, and a multi-use one would admit them again), and those the removed created (a
+    member's, or the invite entries the removed device wrote: it made their secrets)."""
+    target = state.members.get(removal.member)
+    admitted = target.invitation if target is not None else b""
+
+    def made(invitation: Invitation) -> bool:
+        if isinstance(removal, RemoveMember):
+            return invitation.by == removal.member
+        return invitation.device == removal.device
+
+    invitations_ = state.invitations.values()
+    return {i.id for i in invitations_ if not i.revoked and (i.id == admitted or made(i))}
+
+
+def _revoke(state: State, removal: RemoveMember | RemoveDevice) -> dict[bytes, Invitation]:
+    invitations_ = dict(state.invitations)
+    for invitation in revoked_by(state, removal):
+        invitations_[invitation] = replace(invitations_[invitation], revoked=True)
+    return invitations_
 
 
 class MembershipLog:
@@ -519,6 +553,12 @@ class MembershipLog:
                     return "a concurrent removal of its author device"
                 if gone.device in wrapped:
                     return "a concurrent removal of a device it seals the secret to"
+            if (
+                isinstance(action, AddMember)
+                and isinstance(gone, RemoveMember | RemoveDevice)
+                and action.invitation in revoked_by(self._before[removal.hash], gone)
+            ):
+                return "a concurrent removal revokes the invitation it admits with"
         return None
 
 
