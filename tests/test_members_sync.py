@@ -21,7 +21,7 @@ from commonsync.errors import InvalidRequestError, RequestConflictError, Unknown
 from commonsync.formats.device_id import DeviceId
 from commonsync.formats.messages import LogEntries
 from commonsync.formats.records import open_record, seal_record
-from commonsync.membership.entries import AddMember, Invite, Role, make_entry
+from commonsync.membership.entries import AddMember, Invite, RemoveMember, Role, make_entry
 from commonsync.membership.invitations import invitation_key, new_secret
 from commonsync.membership.links import JoinLink
 from commonsync.sync.folder import Folder
@@ -404,3 +404,30 @@ async def test_members_join_and_sync_while_the_inviting_owner_is_away(tmp_path: 
             assert len(names) == 4
             assert {"chloe", "dan"} <= set(names)
         tasks.cancel_scope.cancel()
+
+
+async def test_an_admin_starts_the_epoch_a_removal_left_missing(tmp_path: Path) -> None:
+    """A removal written without its new epoch (its author stopped between the two entries,
+    or a merge voided the epoch): the remaining admin starts one by itself, the remaining
+    member takes its key, the removed one gets none."""
+    (tmp_path / "scores").mkdir()
+    async with nodes(tmp_path, "alice", "bob", "carol") as (alice, bob, carol):
+        await alice.add_folder(tmp_path / "scores", "scores")
+        await bob.join((await alice.invite("scores"))["link"], tmp_path / "bob")
+        await carol.join((await alice.invite("scores"))["link"], tmp_path / "carol")
+        owner, removed, remaining = (folder_of(n, "scores") for n in (alice, bob, carol))
+        await until(lambda: len(remaining.members) == len(owner.members), "one log")
+
+        gone = owner.members.role(bob.identity.public_key)
+        assert gone is Role.WRITER
+        member = next(
+            m
+            for m in owner.members.state.members.values()  # type: ignore[union-attr]
+            if bob.identity.public_key in m.devices
+        )
+        await owner.append_log_entry(RemoveMember(member.id, ()), int(time.time()))
+        await until(lambda: owner.keyring.current.epoch == 1, "alice starts epoch 1")
+        assert owner.members.log is not None
+        assert not owner.members.log.needs_new_epoch()
+        await until(lambda: remaining.keyring.current.epoch == 1, "carol takes its key")
+        assert not removed.keyring.holds(1)

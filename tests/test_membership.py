@@ -441,3 +441,57 @@ def test_an_invitation_secret_keys_blake2b(size: int, usable: bool) -> None:
     else:
         with pytest.raises(EntryMalformedError):
             invitations.invitation_key(bytes(size))
+
+
+def new_epoch(people: list[DeviceIdentity], number: int) -> NewEpoch:
+    secret = os.urandom(32)
+    wrapped = tuple((p.public_key, epochs.seal_secret(secret, p.public_key)) for p in people)
+    return NewEpoch(number, epochs.secret_hash(secret), wrapped)
+
+
+def test_a_removal_without_its_epoch_calls_for_one(
+    choir: tuple[MembershipLog, dict[str, DeviceIdentity], dict[str, bytes]],
+) -> None:
+    """Epoch 0's key is the one the removed writer holds: until an admin starts epoch 1, the
+    log says one is missing (the remover stopped between the two entries)."""
+    log, people, ids = choir
+    assert not log.needs_new_epoch()
+    log.append(people["admin"], RemoveMember(ids["writer"], ()), T0)
+    assert log.needs_new_epoch()
+    remaining = [p for name, p in people.items() if name != "writer"]
+    log.append(people["owner"], new_epoch(remaining, 1), T0)
+    assert not log.needs_new_epoch()
+    assert list(log.epochs()) == [1]
+
+
+def test_epochs_voided_by_a_merge_are_not_the_folders_and_call_for_a_new_one(
+    choir: tuple[MembershipLog, dict[str, DeviceIdentity], dict[str, bytes]],
+) -> None:
+    """Two admins apart each remove a member and start epoch 1, sealed to the member the
+    other removes: after the merge neither epoch took effect (either secret is a removed
+    device's), no key of epoch 1 is the folder's, and a new epoch is called for."""
+    log, people, ids = choir
+    second = device()
+    add(log, people["owner"], second, Role.ADMIN, "Dee")
+    left, right = copy(log), copy(log)
+    everyone = [*people.values(), second]
+    left.append(people["admin"], RemoveMember(ids["writer"], ()), T0)
+    left.append(
+        people["admin"], new_epoch([p for p in everyone if p is not people["writer"]], 1), T0
+    )
+    right.append(second, RemoveMember(ids["reader"], ()), T0)
+    right.append(second, new_epoch([p for p in everyone if p is not people["reader"]], 1), T0)
+    assert list(left.epochs()) == list(right.epochs()) == [1]
+    assert not left.needs_new_epoch()
+    left.add(right.entries())
+    right.add(left.entries())
+    for merged in (left, right):
+        assert merged.state.epoch is None
+        assert merged.epochs() == {}
+        assert merged.needs_new_epoch()
+    gone = {people["writer"].public_key, people["reader"].public_key}
+    remaining = [p for p in everyone if p.public_key not in gone]
+    renewal = left.append(second, new_epoch(remaining, 1), T0)
+    right.add([renewal])
+    assert not right.needs_new_epoch()
+    assert right.epochs() == {1: renewal.action.secret_hash}  # type: ignore[attr-defined]

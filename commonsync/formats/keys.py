@@ -131,3 +131,9 @@ class FolderKeyring:
         if key.folder_id != self.folder_id:
             raise FolderKeyError("that key belongs to another folder")
         self._by_epoch[key.epoch] = key
+
+    def discard(self, epoch: int) -> None:
+        """Stop using a later epoch's key (one a merge of the membership log voided): the
+        key the folder was shared with, epoch 0's, always stays."""
+        if epoch != 0:
+            self._by_epoch.pop(epoch, None)

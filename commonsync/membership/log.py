@@ -466,6 +466,32 @@ class MembershipLog:
         members = [h for i, h in enumerate(self._order) if ancestors >> i & 1]
         return self._replay(members)
 
+    def needs_new_epoch(self) -> bool:
+        """Whether a device removed since the current epoch took effect may hold its secret:
+        a removal whose author failed to start a new epoch after it (a crash between the two
+        entries), or a merge that voided the epoch meant to follow a removal (SPEC.md
+        §15.7). Then an admin starts a new one; until it does, new records reach the removed
+        device's keys only if it still gets them, which no member sends it (§15.8)."""
+        exposed = False
+        for entry, reason in self.effects():
+            if reason is not None:
+                continue
+            if isinstance(entry.action, RemoveMember | RemoveDevice):
+                exposed = True
+            elif isinstance(entry.action, NewEpoch):
+                exposed = False
+        return exposed
+
+    def epochs(self) -> dict[int, bytes]:
+        """The secret hash of each key epoch that took effect, by number: the epochs whose
+        keys a device takes and seals with. A new-epoch entry voided in a merge names a
+        secret that may have been sealed to a removed device, so its key is never taken."""
+        return {
+            entry.action.epoch: entry.action.secret_hash
+            for entry, reason in self.effects()
+            if reason is None and isinstance(entry.action, NewEpoch)
+        }
+
     def effects(self) -> list[tuple[Entry, str | None]]:
         """Every entry in the order of effects (SPEC.md §15.4), each with why it took no
         effect (voided by a concurrent removal, or not valid at its turn), None if it did."""

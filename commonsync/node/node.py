@@ -112,6 +112,9 @@ MAX_OFFERS_PER_DEVICE = 32
 DEFAULT_INVITATION_LIFETIME = 7 * 86400
 #: How long a joiner with a code waits for LAN discovery to show a device, when none is seen.
 LAN_CODE_WAIT = 5.0
+#: Seconds between the admin devices' turns to start a key epoch that a removal left
+#: missing (SPEC.md §15.7): the first in order writes it, the others find it done.
+EPOCH_RENEWAL_TURN = 5.0
 #: What a joiner is told when its admission is refused, for the log's reasons.
 _JOIN_REFUSALS = {
     "the invitation has expired": "this invitation has expired; ask for a new one",
@@ -168,6 +171,8 @@ class Node:
         self._roles: dict[tuple[bytes, DeviceId], Role] = {}
         #: The short join codes this device holds open for people it invited.
         self.codes = OpenCodes()
+        #: Folders whose missing key epoch this device waits its turn to start.
+        self._renewing: set[bytes] = set()
 
     @classmethod
     @asynccontextmanager
@@ -280,6 +285,7 @@ class Node:
                 continue
             version = folder.members.version
             self._learn_members(runner, folder)
+            self._renew_exposed_epoch(folder)
             with anyio.move_on_after(30):  # the folder may be reopened meanwhile
                 await folder.members.wait_for_change(version)
 
@@ -311,6 +317,52 @@ class Node:
                 self.peers.restart(device)
                 if device not in removed:
                     self.peers.dial(device)
+
+    def _renew_exposed_epoch(self, folder: Folder) -> None:
+        """Start a key epoch if a device removed since the current one began may hold its
+        secret (a merge voided the epoch that followed the removal, or its author stopped
+        between the two entries): admins and owners take turns, in the order of their
+        device keys, so that usually one writes it."""
+        log_ = folder.members.log
+        role = folder.members.my_role
+        if (
+            log_ is None
+            or role is None
+            or role < Role.ADMIN
+            or folder.folder_id in self._renewing
+            or not log_.needs_new_epoch()
+        ):
+            return
+        assert self._tasks is not None, "the node is not running"
+        self._renewing.add(folder.folder_id)
+        self._tasks.start_soon(self._renew_epoch_in_turn, folder)
+
+    async def _renew_epoch_in_turn(self, folder: Folder) -> None:
+        try:
+            state = folder.members.state
+            assert state is not None
+            admins = sorted(
+                d for m in state.members.values() if m.role >= Role.ADMIN for d in m.devices
+            )
+            me = self.identity.public_key
+            await anyio.sleep(EPOCH_RENEWAL_TURN * admins.index(me) if me in admins else 0)
+            async with self._lock:
+                log_ = folder.members.log
+                role = folder.members.my_role
+                if log_ is None or role is None or role < Role.ADMIN:
+                    return
+                if log_.needs_new_epoch():
+                    entry = await folder.append_log_entry(self._new_epoch(folder), int(time.time()))
+                    log.info(
+                        "%s: started key epoch %d: a device removed since the last one "
+                        "may hold its key",
+                        folder.root,
+                        entry.action.epoch if isinstance(entry.action, NewEpoch) else -1,
+                    )
+        except EntryRefusedError as exc:
+            log.warning("%s: could not start a new key epoch: %s", folder.root, exc)
+        finally:
+            self._renewing.discard(folder.folder_id)
 
     async def _make_runner(self, config: FolderConfig) -> FolderRunner:
         try:

@@ -52,7 +52,7 @@ from ..formats.messages import MAX_BATCH_BYTES
 from ..formats.records import ChunkEntry, Kind, Record
 from ..membership.entries import Action as Action_
 from ..membership.entries import Entry, NewEpoch
-from ..membership.epochs import open_secret
+from ..membership.epochs import open_secret, secret_hash
 from ..wire.session import Session
 from . import apply, layout, scanner
 from .beneath import DirectoryChain
@@ -493,14 +493,30 @@ class Folder:
         return entry
 
     async def _open_epochs(self) -> None:
-        """Take the key of each epoch the log seals to this device and it does not hold."""
+        """Take the key of each epoch that took effect and is sealed to this device, unless
+        it holds that very key (SPEC.md §15.7)."""
         log_ = self.members.log
         if log_ is None:
             return
         me = self.identity.public_key
+        effective = log_.epochs()
+        for held in self._keyring.oldest_first():
+            if held.epoch and effective.get(held.epoch) != secret_hash(held.secret):
+                log.warning(
+                    "%s: key epoch %d was voided by a merge of the membership log; "
+                    "not sealing with it",
+                    self.root,
+                    held.epoch,
+                )
+                self._keyring.discard(held.epoch)
         for entry in log_.entries():
             action = entry.action
-            if not isinstance(action, NewEpoch) or self._keyring.holds(action.epoch):
+            if (
+                not isinstance(action, NewEpoch)
+                or effective.get(action.epoch) != action.secret_hash
+            ):
+                continue
+            if self._holds_epoch(action.epoch, action.secret_hash):
                 continue
             sealed = dict(action.wrapped).get(me)
             if sealed is None:
@@ -514,12 +530,19 @@ class Folder:
                 continue
             await self.add_epoch_key(key)
 
+    def _holds_epoch(self, epoch: int, digest: bytes) -> bool:
+        return (
+            self._keyring.holds(epoch) and secret_hash(self._keyring.epoch(epoch).secret) == digest
+        )
+
     async def add_epoch_key(self, key: FolderKey) -> bool:
         """Hold the key of a later epoch, if the log names it (its secret's hash is in a
-        new-epoch entry); kept in the node's home first. False if it is not taken."""
+        new-epoch entry that took effect); kept in the node's home first. It replaces a key
+        of the same number that a merge voided (this device wrote that epoch while apart
+        from a removal: its secret may be a removed device's). False if it is not taken."""
         if key.folder_id != self.folder_id or not self.members.names_epoch(key.epoch, key.secret):
             return False
-        if self._keyring.holds(key.epoch):
+        if self._holds_epoch(key.epoch, secret_hash(key.secret)):
             return True
         if self._save_key is not None:
             await anyio.to_thread.run_sync(self._save_key, key)

@@ -27,7 +27,6 @@ from ..membership.entries import (
     AddMember,
     Entry,
     Genesis,
-    NewEpoch,
     RemoveDevice,
     RemoveMember,
     Role,
@@ -145,17 +144,12 @@ class FolderMembers:
         return removed
 
     def names_epoch(self, epoch: int, secret: bytes) -> bool:
-        """Whether a new-epoch entry of the log names ``epoch`` with this secret's hash: how
-        a key a peer hands over is known to be the folder's."""
+        """Whether a new-epoch entry of the log that took effect names ``epoch`` with this
+        secret's hash: how a key a peer hands over is known to be the folder's (a voided
+        entry's is not: it may have been sealed to a removed device, SPEC.md §15.7)."""
         if self.log is None:
             return False
-        digest = secret_hash(secret)
-        return any(
-            isinstance(e.action, NewEpoch)
-            and e.action.epoch == epoch
-            and e.action.secret_hash == digest
-            for e in self.log.entries()
-        )
+        return self.log.epochs().get(epoch) == secret_hash(secret)
 
     # -- changing it -------------------------------------------------------------------------
 
