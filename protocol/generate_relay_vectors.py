@@ -42,6 +42,10 @@ def relay_vectors() -> dict[str, Any]:
         relaywire.ReleaseCode(7),
         relaywire.ConnectCode(6, 7),
         relaywire.Refused(6, int(RefuseReason.UNKNOWN_CODE), RefuseReason.UNKNOWN_CODE.text),
+        relaywire.Vouch(8, False, [requester.digest]),
+        relaywire.Vouch(8, True, [target.digest]),
+        relaywire.Vouched(8, 2),
+        relaywire.Refused(9, int(RefuseReason.NOT_DELEGATE), RefuseReason.NOT_DELEGATE.text),
     ]
     return {
         "description": (

@@ -31,7 +31,7 @@ from ..formats.messages import CodeAnswer, CodeHello, CodeProof, Join, Joined, J
 from ..membership.codes import CodeError, CodePake, JoinCode
 from ..membership.invitations import sign_admission
 from ..membership.links import JoinLink
-from ..relay.client import connect_relay, open_code_channel
+from ..relay.client import RelayControl, connect_relay, open_code_channel, open_relayed_channel
 from ..relay.wire import DEFAULT_RELAY_PORT
 from ..wire.channel import Channel, connect_channel
 from ..wire.handshake import JOIN_FEATURE
@@ -81,11 +81,30 @@ async def ask_to_join(
     identity: DeviceIdentity, link: JoinLink, name: str, extra: dict[DeviceId, list[str]]
 ) -> tuple[DeviceId, list[str], Joined]:
     """Reach a member device the link names (at its addresses, then at those in ``extra``,
-    e.g. found on the LAN) and ask it to admit this device as ``name``: the device, the
-    addresses that worked, and its answer. :class:`JoinRefusedError` if a member refused,
+    e.g. found on the LAN, then through the link's relays as a stranger) and ask it to admit
+    this device as ``name``: the device, the addresses that worked (none through a relay),
+    and its answer. :class:`JoinRefusedError` if a member refused,
     :class:`~commonsync.errors.ChannelError` (with every attempt) if none could be reached."""
     request = _join_request(identity, link, name)
     failures: list[str] = []
+    found = await _ask_directly(identity, link, request, extra, failures)
+    if found is None:
+        found = await _ask_through_relays(identity, link, request, failures)
+    if found is not None:
+        return found
+    raise ChannelError(
+        "could not reach any device of the folder's members: "
+        + "; ".join(failures or ["none listed"])
+    )
+
+
+async def _ask_directly(
+    identity: DeviceIdentity,
+    link: JoinLink,
+    request: Join,
+    extra: dict[DeviceId, list[str]],
+    failures: list[str],
+) -> tuple[DeviceId, list[str], Joined] | None:
     for device, listed in link.devices:
         addresses = list(dict.fromkeys([*listed, *extra.get(device, [])]))
         for address in addresses:
@@ -104,10 +123,50 @@ async def ask_to_join(
             finally:
                 await _close(channel)
             return device, [address], answer
-    raise ChannelError(
-        "could not reach any device of the folder's members: "
-        + "; ".join(failures or ["none listed"])
-    )
+    return None
+
+
+async def _ask_through_relays(
+    identity: DeviceIdentity, link: JoinLink, request: Join, failures: list[str]
+) -> tuple[DeviceId, list[str], Joined] | None:
+    """The link's member devices through the link's relays, this device connecting to each
+    relay as a stranger that comes to join (SPEC.md §14.1, §15.9)."""
+    for text in link.relays:
+        try:
+            relay = RelayConfig.parse(text)
+        except CommonsyncError as exc:
+            failures.append(f"relay {text}: {exc}")
+            continue
+        try:
+            async with stranger_at_relay(identity, relay) as control:
+                for device, _ in link.devices:
+                    where = f"{device.short_str} through relay {relay.relay_id.short_str}"
+                    try:
+                        channel = await open_relayed_channel(
+                            control,
+                            identity,
+                            device,
+                            features=[JOIN_FEATURE],
+                            timeout=CONNECT_TIMEOUT,
+                        )
+                    except CommonsyncError as exc:
+                        failures.append(f"{where}: {exc}")
+                        continue
+                    try:
+                        answer = await _ask(Session(channel), request)
+                    except JoinRefusedError:
+                        raise
+                    except CommonsyncError as exc:
+                        failures.append(f"{where}: {exc}")
+                        continue
+                    finally:
+                        await _close(channel)
+                    return device, [], answer
+        except JoinRefusedError:
+            raise
+        except CommonsyncError as exc:
+            failures.append(f"relay {relay.relay_id.short_str} at {relay.address}: {exc}")
+    return None
 
 
 async def _join_channel(
@@ -138,16 +197,27 @@ async def code_channel_on_lan(
 
 
 @asynccontextmanager
+async def stranger_at_relay(
+    identity: DeviceIdentity, relay: RelayConfig
+) -> AsyncIterator[RelayControl]:
+    """A control connection to ``relay`` naming the ``join`` feature: a relay admits a
+    device that is not one of its members so, for a short while, to reach a member device
+    (by its ID, or by a code's nameplate) and join a folder (SPEC.md §14.1)."""
+    host, port = parse_address(relay.address, default_port=DEFAULT_RELAY_PORT)
+    features = [JOIN_FEATURE]
+    async with connect_relay(host, port, identity, relay.relay_id, features=features) as control:
+        yield control
+
+
+@asynccontextmanager
 async def code_channel_at_relay(
     identity: DeviceIdentity, relay: RelayConfig, nameplate: int
 ) -> AsyncIterator[tuple[Channel, list[str]]]:
     """A join channel, through ``relay``, to the device holding ``nameplate`` there (this
     device need not be one of the relay's members to ask that)."""
-    host, port = parse_address(relay.address, default_port=DEFAULT_RELAY_PORT)
-    features = [JOIN_FEATURE]
-    async with connect_relay(host, port, identity, relay.relay_id, features=features) as control:
+    async with stranger_at_relay(identity, relay) as control:
         channel = await open_code_channel(
-            control, identity, nameplate, features=features, timeout=CONNECT_TIMEOUT
+            control, identity, nameplate, features=[JOIN_FEATURE], timeout=CONNECT_TIMEOUT
         )
         yield channel, []
 

@@ -6,6 +6,13 @@ the relay's ID and kept with exponential backoff. While one is up,
 reach directly, and the relay's invitations are handed to it to join. Why a relay is not
 connected (unreachable, not a member, wrong ID) stays in :meth:`RelayLinks.status`, which
 ``commonsync status`` and ``commonsync relay list`` show.
+
+A device that is an admin or owner of a folder with a membership log also *vouches*, at each
+relay that takes vouches, for every device its folders' logs name (SPEC.md §14.1): at
+connect, and again whenever a log changes. A relay whose hoster made it a delegate
+(``commonsync relay allow --delegate``) then admits those devices and drops the removed
+ones; another relay refuses, and is not asked again on that connection. The relay learns
+device IDs only.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ MIN_BACKOFF = 0.5
 MAX_BACKOFF = 60.0
 #: A connection that lasted this long was good: the next attempt starts at MIN_BACKOFF.
 STABLE_AFTER = 10.0
+#: Seconds after which the set to vouch for is looked at again even if no log said it changed.
+VOUCH_RECHECK = 30.0
 
 
 @dataclass
@@ -61,11 +70,15 @@ class RelayLinks:
         *,
         on_connected: Callable[[RelayLink], None],
         on_invitation: Callable[[RelayLink, Invitation], None],
+        vouches: Callable[[], frozenset[DeviceId] | None] = lambda: None,
     ) -> None:
         self._identity = identity
         self._configs = relays  # the daemon's list: relays added later appear here too
         self._on_connected = on_connected
         self._on_invitation = on_invitation
+        #: The devices to vouch for at the relays (None: this device is no admin anywhere).
+        self.vouches = vouches
+        self._vouches_changed = anyio.Event()
         self.links: dict[DeviceId, RelayLink] = {}
         self._tasks: anyio.abc.TaskGroup | None = None
 
@@ -86,6 +99,12 @@ class RelayLinks:
             return
         link = self.links[relay.relay_id] = RelayLink(relay)
         self._tasks.start_soon(self._keep, link)
+
+    def vouches_changed(self) -> None:
+        """The set of devices to vouch for may have changed (a membership log did): send it
+        again to every connected relay where it differs from what was sent."""
+        self._vouches_changed.set()
+        self._vouches_changed = anyio.Event()
 
     def connected(self) -> list[RelayLink]:
         return [link for link in self.links.values() if link.control is not None]
@@ -108,8 +127,12 @@ class RelayLinks:
                 link.control, link.since, link.error = control, time.time(), ""
                 log.info("connected to %s at %s", link.name, link.config.address)
                 self._on_connected(link)
-                async for invitation in control.invitations():
-                    self._on_invitation(link, invitation)
+                async with anyio.create_task_group() as tasks:
+                    if control.takes_vouches:
+                        tasks.start_soon(self._vouch, link, control)
+                    async for invitation in control.invitations():
+                        self._on_invitation(link, invitation)
+                    tasks.cancel_scope.cancel()
                 raise RelayError(f"{link.name} closed the control connection")
         except CommonsyncError as exc:
             was_connected = link.control is not None
@@ -123,6 +146,29 @@ class RelayLinks:
                 log.debug("cannot reach %s at %s: %s", link.name, link.config.address, exc)
         finally:
             link.control, link.since = None, None
+
+    async def _vouch(self, link: RelayLink, control: RelayControl) -> None:
+        """Keep the relay's copy of the set of devices this one vouches for current, while
+        the connection lasts; stop at a refusal (the relay's hoster did not delegate to us)."""
+        sent: frozenset[DeviceId] | None = None
+        while True:
+            changed = self._vouches_changed
+            wanted = self.vouches()
+            if wanted is None and sent is not None:
+                wanted = frozenset()  # no longer an admin: withdraw what we vouched for
+            if wanted is not None and wanted != sent:
+                try:
+                    held = await control.vouch(wanted)
+                except RelayRefusedError as exc:
+                    log.info("%s takes no vouches from this device: %s", link.name, exc)
+                    return
+                except CommonsyncError as exc:
+                    log.debug("vouching at %s failed: %s", link.name, exc)
+                    return  # the connection ends; the next one sends the set again
+                log.info("%s: vouched for %d devices", link.name, held)
+                sent = wanted
+            with anyio.move_on_after(VOUCH_RECHECK):  # a folder started or stopped, too
+                await changed.wait()
 
     def status(self) -> list[dict[str, Any]]:
         out = []

@@ -37,7 +37,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 import anyio
@@ -69,6 +69,8 @@ from .wire import (
     RefuseReason,
     RelayMessage,
     ReleaseCode,
+    Vouch,
+    Vouched,
 )
 
 log = logging.getLogger(__name__)
@@ -106,6 +108,8 @@ class _Request:
     done: anyio.Event = field(default_factory=anyio.Event)
     token: bytes = b""
     nameplate: int = 0
+    #: ``Vouched``: the size of the set now in force.
+    vouched: int = 0
     error: CommonsyncError | None = None
 
 
@@ -131,6 +135,7 @@ class RelayControl:
         self._idle_timeout = idle_timeout
         self._requests: dict[int, _Request] = {}
         self._next_request = 0
+        self._vouch_lock = anyio.Lock()
         send, receive = anyio.create_memory_object_stream[Invitation](MAX_WAITING_INVITATIONS)
         self._invitations_in, self._invitations_out = send, receive
         #: Why the connection ended (None while it runs, or after a clean close).
@@ -195,6 +200,53 @@ class RelayControl:
         )
         return request.token
 
+    @property
+    def takes_vouches(self) -> bool:
+        """Whether the relay named :data:`~commonsync.relay.wire.VOUCH_FEATURE` in its
+        handshake (an older relay would end the connection on a ``Vouch``)."""
+        return relaywire.VOUCH_FEATURE in self.channel.features
+
+    async def vouch(
+        self, devices: Collection[DeviceId], *, timeout: float = REQUEST_TIMEOUT
+    ) -> int:
+        """Tell the relay the whole set of devices this device vouches for, replacing the
+        set it sent before (SPEC.md §14.1); the number of devices the relay now holds for
+        it. Only a delegate of the relay's hoster may: :class:`RelayRefusedError` with
+        reason ``NOT_DELEGATE`` otherwise. :class:`RelayError` if the relay does not take
+        vouches (:attr:`takes_vouches`) or as :meth:`request_session`."""
+        if not self.takes_vouches:
+            raise RelayError(f"relay {self._name} does not take vouches (an older version)")
+        if len(devices) > relaywire.MAX_VOUCHED:
+            raise RelayError(
+                f"{len(devices)} devices to vouch for; a relay takes at most "
+                f"{relaywire.MAX_VOUCHED}"
+            )
+        digests = sorted({d.digest for d in devices})
+        step = relaywire.MAX_VOUCH_BATCH
+        batches = [digests[i : i + step] for i in range(0, len(digests), step)] or [[]]
+        async with self._vouch_lock:  # one set at a time: batches must not interleave
+            for batch in batches[:-1]:
+                await self._send(Vouch(self._new_request_id(), False, batch))
+            request = await self._ask(
+                lambda request_id: Vouch(request_id, True, batches[-1]),
+                Vouched,
+                "a vouch",
+                timeout,
+            )
+        return request.vouched
+
+    async def _send(self, message: RelayMessage) -> None:
+        if self.closed.is_set():
+            raise self.error or RelayError(f"the connection to relay {self._name} is closed")
+        try:
+            await self.channel.send(relaywire.encode(message))
+        except _CONNECTION_ERRORS as exc:
+            raise RelayError(f"the connection to relay {self._name} broke: {exc}") from None
+
+    def _new_request_id(self) -> int:
+        self._next_request = self._next_request % relaywire.U32 + 1
+        return self._next_request
+
     async def _ask(
         self,
         make: Callable[[int], RelayMessage],
@@ -206,8 +258,7 @@ class RelayControl:
         (``answer`` or ``Refused``)."""
         if self.closed.is_set():
             raise self.error or RelayError(f"the connection to relay {self._name} is closed")
-        self._next_request = self._next_request % relaywire.U32 + 1
-        request_id = self._next_request
+        request_id = self._new_request_id()
         message = relaywire.encode(make(request_id))
         request = self._requests[request_id] = _Request(answer)
         try:
@@ -278,7 +329,7 @@ class RelayControl:
         if idle.cancelled_caught:
             raise RelayError(f"relay {self._name} has not answered for {self._idle_timeout:g} s")
         message = relaywire.decode(data)
-        if isinstance(message, Granted | CodeClaimed | Refused) and message.request_id != 0:
+        if isinstance(message, Granted | CodeClaimed | Vouched | Refused) and message.request_id:
             request = self._requests.get(message.request_id)
             if request is None:
                 return  # an answer to a request we gave up on
@@ -291,6 +342,8 @@ class RelayControl:
                 request.token = message.token
             elif isinstance(message, CodeClaimed):
                 request.nameplate = message.nameplate
+            elif isinstance(message, Vouched):
+                request.vouched = message.devices
             else:
                 request.error = _refusal(self._name, message)
             request.done.set()
@@ -303,7 +356,7 @@ class RelayControl:
                 log.info("relay %s: too many invitations waiting; one dropped", self._name)
         elif isinstance(message, Ping):
             await self.channel.send(relaywire.encode(Pong(message.nonce)))
-        elif isinstance(message, Granted | CodeClaimed):
+        elif isinstance(message, Granted | CodeClaimed | Vouched):
             raise RelayProtocolError(
                 f"relay {self._name} sent {type(message).__name__} with request ID 0, which "
                 "no request has"

@@ -46,6 +46,14 @@ PREAMBLE_SIZE = len(SESSION_MAGIC) + 1 + TOKEN_SIZE
 U32 = 2**32 - 1
 #: Nameplates are 1 … 9999: short enough to read out as the first part of a short code.
 MAX_NAMEPLATE = 9999
+#: The feature a relay names in its handshake when it takes ``Vouch`` (SPEC.md §14.1): a
+#: device sends ``Vouch`` only to a relay that names it (an older relay would end the
+#: control connection on an unknown message type).
+VOUCH_FEATURE = "relay-vouch"
+#: Devices in one ``Vouch`` message (34 bytes each encoded: the message stays < 1,024 bytes).
+MAX_VOUCH_BATCH = 24
+#: Devices one delegate may vouch for in all (its set, over several ``Vouch`` messages).
+MAX_VOUCHED = 10_000
 
 
 class JoinStatus(enum.IntEnum):
@@ -82,6 +90,8 @@ class RefuseReason(enum.IntEnum):
     #: ``ConnectCode``: no device holds that nameplate on this relay (never claimed, or
     #: released: the code was mistyped, or the device that gave it stopped waiting).
     UNKNOWN_CODE = 7
+    #: ``Vouch``: the relay's hoster did not make this device a delegate for admission.
+    NOT_DELEGATE = 8
 
     @property
     def text(self) -> str:
@@ -97,6 +107,7 @@ _REASON_TEXT = {
     RefuseReason.OVERLOADED: "the relay is at capacity",
     RefuseReason.INVALID: "invalid request",
     RefuseReason.UNKNOWN_CODE: "no device holds that code on this relay",
+    RefuseReason.NOT_DELEGATE: "this device may not vouch for devices at this relay",
 }
 
 
@@ -232,6 +243,38 @@ class ConnectCode(RelayMessage):
     nameplate: int
 
 
+@dataclass(frozen=True)
+class Vouch(RelayMessage):
+    """Device → relay, from a *delegate* of the relay's hoster (SPEC.md §14.1): part of the
+    set of devices it vouches for (the relay admits them as members). The set is sent in
+    batches of at most :data:`MAX_VOUCH_BATCH`; the one with ``final`` true ends it, and the
+    set then replaces the delegate's previous one whole (an empty final batch alone: none).
+    Answered, after the final batch, by ``Vouched``; or ``Refused`` (``NOT_DELEGATE``, or
+    ``INVALID`` past :data:`MAX_VOUCHED` devices). Only to a relay naming
+    :data:`VOUCH_FEATURE`."""
+
+    TYPE = 42
+    FIELDS = (
+        _uint("request_id", U32),
+        FieldSpec("final", "bool"),
+        FieldSpec("devices", "array", MAX_VOUCH_BATCH, 0, (_bin("device", 32),)),
+    )
+    request_id: int
+    final: bool
+    devices: list[bytes]
+
+
+@dataclass(frozen=True)
+class Vouched(RelayMessage):
+    """Relay → device: the answer to a final ``Vouch``: the set now in force holds
+    ``devices`` devices (duplicates counted once)."""
+
+    TYPE = 43
+    FIELDS = (_uint("request_id", U32), _uint("devices", U32))
+    request_id: int
+    devices: int
+
+
 SCHEMA: dict[int, type[RelayMessage]] = {
     cls.TYPE: cls
     for cls in (
@@ -245,6 +288,8 @@ SCHEMA: dict[int, type[RelayMessage]] = {
         CodeClaimed,
         ReleaseCode,
         ConnectCode,
+        Vouch,
+        Vouched,
     )
 }
 
@@ -349,11 +394,14 @@ __all__ = [
     "DEFAULT_RELAY_PORT",
     "MAX_NAMEPLATE",
     "MAX_RELAY_MESSAGE",
+    "MAX_VOUCHED",
+    "MAX_VOUCH_BATCH",
     "PREAMBLE_SIZE",
     "RELAY_VERSION",
     "SCHEMA",
     "SESSION_MAGIC",
     "TOKEN_SIZE",
+    "VOUCH_FEATURE",
     "ClaimCode",
     "CodeClaimed",
     "Connect",
@@ -367,6 +415,8 @@ __all__ = [
     "Refused",
     "RelayMessage",
     "ReleaseCode",
+    "Vouch",
+    "Vouched",
     "decode",
     "encode",
     "join_status",

@@ -7,6 +7,7 @@ the file again when it changes, so a member added while it runs is admitted at o
     listen = "0.0.0.0:22071"
     open = false                     # true: any device may use this relay
     members = ["ZS5WX2N-43CA4PY-…"]  # device IDs admitted when it is not open
+    delegates = ["QX7…"]             # members that vouch for more (their folders' members)
 
     [limits]
     max_control_connections = 1000   # devices connected at once
@@ -16,6 +17,10 @@ the file again when it changes, so a member added while it runs is admitted at o
     connect_burst = 20               # ... and in a burst (refused requests do not count)
     join_timeout = 10.0              # seconds a token waits for the second device
     session_bytes_per_second = 0     # per direction of each session; 0: no limit
+
+A *delegate* (``commonsync relay allow --delegate ID``) is a member whose device may tell the
+relay which devices it vouches for (``Vouch``, SPEC.md §14.1): an association's admin device,
+so that the members its folders admit can use the relay without the hoster adding each one.
 
 The defaults are sized for a small association's server: a thousand members online at once
 cost a file descriptor and a few kilobytes each; a session costs two descriptors and a 64 KiB
@@ -77,10 +82,13 @@ class RelayServerConfig:
     listen: str = f"0.0.0.0:{DEFAULT_RELAY_PORT}"
     open: bool = False
     members: list[DeviceId] = field(default_factory=list)
+    delegates: list[DeviceId] = field(default_factory=list)
     limits: RelayLimits = field(default_factory=RelayLimits)
 
     def admits(self, device: DeviceId) -> bool:
-        return self.open or device in self.members
+        """Admitted by the file itself: open, a member or a delegate (devices vouched for
+        are the server's to add)."""
+        return self.open or device in self.members or device in self.delegates
 
     @classmethod
     def load(cls, path: Path) -> RelayServerConfig:
@@ -92,6 +100,10 @@ class RelayServerConfig:
                 members=[
                     DeviceId.parse(_typed(m, str, "members"))
                     for m in _typed(raw.get("members", []), list, "members")
+                ],
+                delegates=[
+                    DeviceId.parse(_typed(m, str, "delegates"))
+                    for m in _typed(raw.get("delegates", []), list, "delegates")
                 ],
                 limits=RelayLimits.from_dict(_table(raw.get("limits", {}), "limits")),
             )
@@ -110,6 +122,7 @@ class RelayServerConfig:
                     "listen": self.listen,
                     "open": self.open,
                     "members": [str(m) for m in self.members],
+                    "delegates": [str(d) for d in self.delegates],
                     "limits": {f.name: getattr(self.limits, f.name) for f in fields(RelayLimits)},
                 },
                 stream,

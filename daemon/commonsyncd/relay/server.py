@@ -12,6 +12,13 @@ kinds of connection, told apart by their first byte:
   part of a short code it reads out to someone joining a folder; whoever asks for a session
   with a nameplate (``ConnectCode``) reaches the member that holds it. The relay sees only the
   nameplate, never the rest of the code (the devices' PAKE uses that).
+- **delegates**: the hoster may name members (``relay allow --delegate ID``, an association's
+  admin devices) that vouch for other devices (``Vouch``): the relay admits every device some
+  delegate currently vouches for, as if the hoster had added it, and closes the connections
+  and sessions of a device no delegate vouches for any more. It learns device IDs only: not
+  which folder, member or role they belong to. The sets are kept in the state file
+  (:data:`VOUCHED_FILE`), so that members still get in after a restart while no admin is
+  online.
 - **strangers**: a device that is not a member, but names the ``join`` feature in its
   handshake, is admitted for one thing: reaching a member to join a folder (``ConnectCode``,
   or ``Connect`` to a connected member, whose own handshake decides). Strangers are bounded
@@ -33,6 +40,7 @@ JSON object per line (who connected, sessions and their byte counts), never cont
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 import os
@@ -70,6 +78,8 @@ from commonsync.relay.wire import (
     RefuseReason,
     RelayMessage,
     ReleaseCode,
+    Vouch,
+    Vouched,
 )
 from commonsync.wire.handshake import JOIN_FEATURE, PeerRefusedError
 
@@ -105,6 +115,13 @@ MAX_WAITING_PER_PAIR = 2
 #: The smallest free number is handed out, so codes stay short while few are held.
 MAX_CLAIMS_PER_CONNECTION = 4
 MAX_CLAIMS = 1000
+#: The delegates' vouched sets, in the relay's data directory (beside ``relay.key``).
+VOUCHED_FILE = "relay-vouched.json"
+#: The largest vouched-sets file read back (a delegate's set is at most MAX_VOUCHED IDs of
+#: 63 characters; a relay with more delegates than this allows is refused at start).
+MAX_VOUCHED_FILE = 64 * 1024 * 1024
+#: Seconds between two looks at relay.toml (a delegation withdrawn takes effect within it).
+CONFIG_POLL = 1.0
 
 #: Called with every chunk of bytes the relay forwards (tests: check that it is ciphertext).
 Tap = Callable[[bytes], None]
@@ -173,6 +190,10 @@ class _Control:
     stranger: bool = False
     #: The nameplates this connection holds.
     claims: set[int] = field(default_factory=set)
+    #: A delegate's vouched set being sent, batch by batch (``Vouch`` with ``final`` false).
+    vouching: set[DeviceId] = field(default_factory=set)
+    #: Why the relay ends this connection itself (told to the device as it closes).
+    closing: tuple[RefuseReason, str] | None = None
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
 
     @property
@@ -221,6 +242,7 @@ class RelayServer:
         clock: Callable[[], float] = time.monotonic,
         idle_timeout: float = IDLE_TIMEOUT,
         strangers: StrangerLimits = StrangerLimits(),
+        vouched_file: Path | None = None,
     ) -> None:
         self.identity = identity
         self.config = config
@@ -251,6 +273,14 @@ class RelayServer:
         self._refusals = LogRate(log, "connections refused")
         self._refused_requests = LogRate(log, "session requests refused")
         self._stranger_log = LogRate(log, "connections of devices that are not members")
+        #: Each delegate's vouched set (SPEC.md §14.1), and their union for the current
+        #: delegates; the sets survive a restart in ``vouched_file``.
+        self._vouched_file = vouched_file
+        self.vouched: dict[DeviceId, frozenset[DeviceId]] = load_vouched(vouched_file)
+        self._vouched_all: frozenset[DeviceId] = frozenset()
+        self._update_vouched()
+        #: The cancel scopes of spliced sessions, per device taking part.
+        self._spliced: dict[DeviceId, set[anyio.CancelScope]] = {}
 
     @property
     def _greeting(self) -> int:
@@ -262,7 +292,7 @@ class RelayServer:
         return self.config.limits
 
     def admits(self, device: DeviceId) -> bool:
-        return self._open_override or self.config.admits(device)
+        return self._open_override or self.config.admits(device) or device in self._vouched_all
 
     async def serve(self, listener: anyio.abc.Listener[anyio.abc.SocketStream]) -> None:
         """Serve ``listener`` until cancelled (surviving a lack of file descriptors)."""
@@ -270,6 +300,8 @@ class RelayServer:
             tasks.start_soon(self._refusals.run)
             tasks.start_soon(self._refused_requests.run)
             tasks.start_soon(self._stranger_log.run)
+            if self._config_file is not None:
+                tasks.start_soon(self._watch_config)
             await inbound.serve(
                 listener, self._handle, self._admission, on_refused=self._refused_at_once
             )
@@ -334,9 +366,17 @@ class RelayServer:
             _Replayed(stream, first),
             self.identity,
             accept=self.admits,
+            features=[wire.VOUCH_FEATURE],
             max_message_size=wire.MAX_RELAY_MESSAGE,
             accept_joiners=True,
         )
+
+    async def _watch_config(self) -> None:
+        """Look at relay.toml every :data:`CONFIG_POLL` seconds: a member removed or a
+        delegation withdrawn takes effect on connected devices too, not only on new ones."""
+        while True:
+            await anyio.sleep(CONFIG_POLL)
+            await self._reload_if_changed()
 
     async def _reload_if_changed(self) -> None:
         """Read the configuration again if it changed (``commonsync relay allow``)."""
@@ -352,7 +392,16 @@ class RelayServer:
             log.warning("kept the previous configuration: %s", exc)
             return
         self.config.members, self.config.open = config.members, config.open
+        self.config.delegates = config.delegates
         log.info("configuration read again: %s", _membership(self.config, self._open_override))
+        withdrawn = [d for d in self.vouched if d not in self.config.delegates]
+        for delegate in withdrawn:
+            del self.vouched[delegate]
+            log.info("delegation of %s withdrawn: its vouches are forgotten", delegate.short_str)
+        self._update_vouched()
+        if withdrawn:
+            await self._save_vouched()
+        self._enforce()
 
     # -- control connections ---------------------------------------------------------------
 
@@ -422,6 +471,8 @@ class RelayServer:
                 elif error is not None:
                     log.info("device %s broke the relay protocol: %s", device.short_str, error)
                     await self._goodbye(channel, RefuseReason.PROTOCOL_ERROR, str(error))
+            if control.closing is not None:
+                await self._goodbye(channel, *control.closing)
         finally:
             if registry.get(device) is control:
                 del registry[device]
@@ -459,6 +510,8 @@ class RelayServer:
                     self._on_claim(control, message)
                 elif isinstance(message, ReleaseCode):
                     self._release(control, message.nameplate)
+                elif isinstance(message, Vouch):
+                    await self._on_vouch(control, message)
                 elif not isinstance(message, Pong):
                     raise RelayProtocolError(
                         f"{type(message).__name__} is sent by relays, not by devices"
@@ -619,6 +672,88 @@ class RelayServer:
             bucket = self._buckets[key] = TokenBucket(rate, burst, now)
         return bucket.take(now)
 
+    # -- delegated admission ---------------------------------------------------------------
+
+    async def _on_vouch(self, control: _Control, request: Vouch) -> None:
+        """A batch of a delegate's vouched set; the final one puts the set in force,
+        replacing the previous one, and closes what it no longer admits."""
+        refuse = partial(self._refuse, control, request.request_id)
+        if request.request_id == 0:
+            control.vouching.clear()
+            return refuse(RefuseReason.INVALID, "request ID 0 is reserved")
+        if control.stranger or control.device not in self.config.delegates:
+            control.vouching.clear()
+            return refuse(
+                RefuseReason.NOT_DELEGATE,
+                "this device is not a delegate of the relay: its hoster may make it one with "
+                f"`commonsync relay allow --delegate {control.device}`",
+            )
+        control.vouching.update(DeviceId(d) for d in request.devices)
+        if len(control.vouching) > wire.MAX_VOUCHED:
+            control.vouching.clear()
+            return refuse(
+                RefuseReason.INVALID,
+                f"a delegate vouches for at most {wire.MAX_VOUCHED} devices at this relay",
+            )
+        if not request.final:
+            return
+        vouched, control.vouching = frozenset(control.vouching), set()
+        previous = self.vouched.get(control.device, frozenset())
+        self.vouched[control.device] = vouched
+        self._update_vouched()
+        control.queue(Vouched(request.request_id, len(vouched)))
+        if vouched != previous:
+            log.info(
+                "delegate %s vouches for %d devices (%d added, %d withdrawn)",
+                control.device.short_str,
+                len(vouched),
+                len(vouched - previous),
+                len(previous - vouched),
+            )
+            await self._save_vouched()
+            self._enforce()
+
+    def _update_vouched(self) -> None:
+        delegates = set(self.config.delegates)
+        self._vouched_all = frozenset().union(
+            *(devices for delegate, devices in self.vouched.items() if delegate in delegates)
+        )
+
+    def _enforce(self) -> None:
+        """Close the control connections and sessions of the devices no longer admitted
+        (removed from relay.toml, or no delegate vouches for them any more)."""
+        for device, control in list(self.controls.items()):
+            if not self.admits(device) and control.closing is None:
+                log.info("device %s is no longer a member: closing its connection", device)
+                control.closing = (RefuseReason.NOT_MEMBER, "no longer a member of the relay")
+                control.scope.cancel()
+        for token, pending in list(self._pending.items()):
+            if not self._session_admitted(pending):  # its token is forgotten: never spliced
+                del self._pending[token]
+                self._count(pending, -1)
+        for device, scopes in list(self._spliced.items()):
+            if not self.admits(device):
+                for scope in scopes:
+                    scope.cancel()
+
+    def _session_admitted(self, pending: _Pending) -> bool:
+        """Whether both devices of a session may still use the relay (a stranger's join
+        needs only its target to)."""
+        return self.admits(pending.target) and (pending.stranger or self.admits(pending.requester))
+
+    async def _save_vouched(self) -> None:
+        if self._vouched_file is None:
+            return
+        try:
+            await anyio.to_thread.run_sync(save_vouched, self._vouched_file, dict(self.vouched))
+        except OSError as exc:
+            log.warning(
+                "could not keep the vouched devices in %s (%s): after a restart, they get in "
+                "again once their delegates are online",
+                self._vouched_file,
+                exc.strerror,
+            )
+
     # -- nameplates ------------------------------------------------------------------------
 
     def _on_claim(self, control: _Control, request: ClaimCode) -> None:
@@ -756,10 +891,22 @@ class RelayServer:
         cap = strangers.session_bytes if pending.stranger else 0
         capped: list[str] = []
         with anyio.move_on_after(strangers.session_time if pending.stranger else math.inf) as ttl:
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(self._pump, a, b, counts, 0, tasks.cancel_scope, cap, capped)
-                tasks.start_soon(self._pump, b, a, counts, 1, tasks.cancel_scope, cap, capped)
-        if ttl.cancelled_caught:
+            devices = (pending.requester, pending.target)
+            for device in devices:
+                self._spliced.setdefault(device, set()).add(ttl)
+            try:
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(self._pump, a, b, counts, 0, tasks.cancel_scope, cap, capped)
+                    tasks.start_soon(self._pump, b, a, counts, 1, tasks.cancel_scope, cap, capped)
+            finally:
+                for device in devices:
+                    scopes = self._spliced.get(device, set())
+                    scopes.discard(ttl)
+                    if not scopes:
+                        self._spliced.pop(device, None)
+        if ttl.cancelled_caught and not self._session_admitted(pending):
+            capped.append("cut: a device is no longer a member")
+        elif ttl.cancelled_caught:
             capped.append(f"cut after {strangers.session_time:g} s")
         log.info(
             "session %s ended after %.1f s: %d bytes forwarded one way, %d the other%s",
@@ -885,7 +1032,54 @@ def _stamp(path: Path | None) -> tuple[int, int, int] | None:
 def _membership(config: RelayServerConfig, open_override: bool) -> str:
     if open_override or config.open:
         return "open to any device"
-    return f"members only ({len(config.members)} members)"
+    delegates = f", {len(config.delegates)} delegates" if config.delegates else ""
+    return f"members only ({len(config.members)} members{delegates})"
+
+
+def load_vouched(path: Path | None) -> dict[DeviceId, frozenset[DeviceId]]:
+    """The delegates' vouched sets kept by :func:`save_vouched` (none if there is no file).
+    A file that cannot be read is a :class:`ConfigError` saying which and why."""
+    if path is None:
+        return {}
+    try:
+        with path.open("rb") as stream:
+            data = stream.read(MAX_VOUCHED_FILE + 1)
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        if len(data) > MAX_VOUCHED_FILE:
+            raise ValueError(f"larger than {MAX_VOUCHED_FILE} bytes")
+        raw = json.loads(data)
+        if not isinstance(raw, dict) or raw.get("format") != 1:
+            raise ValueError("not a vouched-devices file of format 1")
+        sets = raw.get("vouched")
+        if not isinstance(sets, dict):
+            raise ValueError("`vouched` is not a table")
+        out: dict[DeviceId, frozenset[DeviceId]] = {}
+        for delegate, devices in sets.items():
+            if not isinstance(devices, list) or len(devices) > wire.MAX_VOUCHED:
+                raise ValueError(f"the set of {delegate} is not a list of device IDs")
+            out[DeviceId.parse(delegate)] = frozenset(DeviceId.parse(d) for d in devices)
+    except (ValueError, TypeError, CommonsyncError) as exc:
+        raise ConfigError(
+            f"{path}: {exc}; remove the file to start without vouched devices (delegates "
+            "send their sets again when they connect)"
+        ) from None
+    return out
+
+
+def save_vouched(path: Path, vouched: Mapping[DeviceId, frozenset[DeviceId]]) -> None:
+    """Write the vouched sets anew, then rename the file into place."""
+    data = {
+        "format": 1,
+        "vouched": {str(d): sorted(str(v) for v in devices) for d, devices in vouched.items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    temp = path.with_suffix(".tmp")
+    temp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(temp, path)
 
 
 # -- the relay's home and process -----------------------------------------------------------
@@ -931,6 +1125,7 @@ async def run_relay(
         config_file=home.relay_config_file,
         open_override=open_override,
         tap=tap,
+        vouched_file=home.data_dir / VOUCHED_FILE,
     )
     bound = listener.extra(anyio.abc.SocketAttribute.local_port)
     async with anyio.create_task_group() as tasks:
