@@ -701,7 +701,6 @@ class RelayServer:
         previous = self.vouched.get(control.device, frozenset())
         self.vouched[control.device] = vouched
         self._update_vouched()
-        control.queue(Vouched(request.request_id, len(vouched)))
         if vouched != previous:
             log.info(
                 "delegate %s vouches for %d devices (%d added, %d withdrawn)",
@@ -712,6 +711,8 @@ class RelayServer:
             )
             await self._save_vouched()
             self._enforce()
+        # Answered once the set is in force and kept.
+        control.queue(Vouched(request.request_id, len(vouched)))
 
     def _update_vouched(self) -> None:
         delegates = set(self.config.delegates)
