@@ -156,6 +156,7 @@ class Node:
         self.store = store
         self.event_bus = EventBus()
         self.peers = Peers(self)
+        self.peers.relays.vouches = self._vouched_devices
         self.runners: dict[bytes, FolderRunner] = {}
         self.offers: dict[bytes, PendingOffer] = {}
         #: The TCP port it listens on (the one chosen, when configured with port 0).
@@ -285,6 +286,7 @@ class Node:
                 continue
             version = folder.members.version
             self._learn_members(runner, folder)
+            self.peers.relays.vouches_changed()
             self._renew_exposed_epoch(folder)
             with anyio.move_on_after(30):  # the folder may be reopened meanwhile
                 await folder.members.wait_for_change(version)
@@ -363,6 +365,23 @@ class Node:
             log.warning("%s: could not start a new key epoch: %s", folder.root, exc)
         finally:
             self._renewing.discard(folder.folder_id)
+
+    def _vouched_devices(self) -> frozenset[DeviceId] | None:
+        """What this device vouches for at relays that delegated admission to it (SPEC.md
+        §14.1): every device of every member of the folders whose logs make it an admin or
+        owner; None when it is an admin of none. Device IDs only: no folder, name or role."""
+        me = self.identity.public_key
+        devices: set[DeviceId] | None = None
+        for runner in list(self.runners.values()):
+            state = runner.folder.members.state if runner.folder is not None else None
+            if state is None:
+                continue
+            if not any(me in m.devices and m.role >= Role.ADMIN for m in state.members.values()):
+                continue
+            devices = devices or set()
+            for member in state.members.values():
+                devices.update(DeviceId.from_public_key(k) for k in member.devices)
+        return None if devices is None else frozenset(devices)
 
     async def _make_runner(self, config: FolderConfig) -> FolderRunner:
         try:

@@ -26,7 +26,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from rich.progress_bar import ProgressBar
@@ -42,6 +42,9 @@ from .members_cli import ROLES, members_command
 from .members_cli import add_parsers as add_member_parsers
 from .output import Output
 from .terminal import json_visible, visible
+
+if TYPE_CHECKING:
+    from .relay.config import RelayServerConfig
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
@@ -146,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     relay = command(
         "relay",
-        "community relays: run one for your members (serve, id, allow), or use one (add, list)",
+        "community relays: run one for your members (serve, id, allow, disallow), or use one "
+        "(add, list)",
     )
     relay_commands = relay.add_subparsers(dest="relay_command", required=True, metavar="ACTION")
     serve = relay_commands.add_parser(
@@ -166,9 +170,32 @@ def build_parser() -> argparse.ArgumentParser:
         "id", help="print the relay's ID (members add the relay with it)", parents=[common]
     )
     allow = relay_commands.add_parser(
-        "allow", help="let devices use this relay (members)", parents=[common]
+        "allow",
+        help="let devices use this relay (members); with --delegate, let them vouch for others",
+        description="Let devices use this relay. With --delegate, the devices (an "
+        "association's admin devices) may also vouch for other devices: the relay then admits "
+        "the members of their folders without you adding each one, and drops those they stop "
+        "vouching for. The relay learns device IDs only, never folders, names or roles.",
+        parents=[common],
     )
-    allow.add_argument("device_id", nargs="+", metavar="DEVICE_ID")
+    allow.add_argument(
+        "device_id", nargs="+", metavar="DEVICE_ID", help="device IDs (`commonsync id` on each)"
+    )
+    allow.add_argument(
+        "--delegate",
+        action="store_true",
+        help="also let these devices vouch for the devices the relay admits",
+    )
+    disallow = relay_commands.add_parser(
+        "disallow",
+        help="stop letting devices use this relay; with --delegate, withdraw only a delegation",
+        description="Remove devices from the relay's members and delegates. With --delegate, "
+        "only withdraw their delegation (they stay members if they were). A running relay "
+        "closes the connections of devices it no longer admits within a second.",
+        parents=[common],
+    )
+    disallow.add_argument("device_id", nargs="+", metavar="DEVICE_ID")
+    disallow.add_argument("--delegate", action="store_true", help="withdraw the delegation only")
     relay_add = relay_commands.add_parser(
         "add", help="use a relay: this device keeps a connection to it", parents=[common]
     )
@@ -269,7 +296,7 @@ def run_command(args: argparse.Namespace, home: Home, out: Output) -> int:
                 raise UsageError(f"{args.folder} is not a folder. Give the path of a directory.")
             core_home = getattr(args, "home", None)
             return trio.run(run_core_demo, args.folder, core_home, out.console)
-        case "relay" if args.relay_command in ("serve", "id", "allow"):
+        case "relay" if args.relay_command in ("serve", "id", "allow", "disallow"):
             return relay_host_command(args, home, out)
     if args.command == "join":
         ensure_running(home, getattr(args, "home", None), out)
@@ -480,6 +507,10 @@ def relay_host_command(args: argparse.Namespace, home: Home, out: Output) -> int
                 f"{text!r} is not a valid device ID: {exc}",
                 "copy it from `commonsync id` on the device",
             ) from None
+    if args.relay_command == "disallow":
+        return _relay_disallow(config, devices, args.delegate, home, out)
+    if args.delegate:
+        return _relay_delegate(config, devices, home, out)
     added = [d for d in dict.fromkeys(devices) if d not in config.members]
     if added:
         config.members.extend(added)
@@ -497,6 +528,60 @@ def relay_host_command(args: argparse.Namespace, home: Home, out: Output) -> int
             f"{len(config.members)} members; a running relay admits new ones at their next "
             "connection"
         )
+    return EXIT_OK
+
+
+def _relay_delegate(
+    config: RelayServerConfig, devices: list[DeviceId], home: Home, out: Output
+) -> int:
+    """``relay allow --delegate``: the devices may vouch for others (and use the relay)."""
+    added = [d for d in dict.fromkeys(devices) if d not in config.delegates]
+    if added:
+        config.delegates.extend(added)
+        config.save(home.relay_config_file)
+    if out.json:
+        out.data({"delegates_added": [str(d) for d in added], "delegates": len(config.delegates)})
+        return EXIT_OK
+    for device in devices:
+        state = "may now vouch for" if device in added else "already vouches for"
+        out.line(f"device {device} {state} the devices this relay admits")
+    if added:
+        out.line(
+            "a running relay takes the vouches of a new delegate at its next connection; "
+            "the relay learns device IDs only"
+        )
+    return EXIT_OK
+
+
+def _relay_disallow(
+    config: RelayServerConfig, devices: list[DeviceId], delegate_only: bool, home: Home, out: Output
+) -> int:
+    """``relay disallow [--delegate]``: members (and delegations) removed."""
+    wanted = set(devices)
+    delegations = [d for d in config.delegates if d in wanted]
+    members = [] if delegate_only else [d for d in config.members if d in wanted]
+    config.delegates = [d for d in config.delegates if d not in wanted]
+    if not delegate_only:
+        config.members = [d for d in config.members if d not in wanted]
+    if delegations or members:
+        config.save(home.relay_config_file)
+    if out.json:
+        out.data(
+            {
+                "members_removed": [str(d) for d in members],
+                "delegations_withdrawn": [str(d) for d in delegations],
+            }
+        )
+        return EXIT_OK
+    for device in devices:
+        what = []
+        if device in members:
+            what.append("is no longer a member")
+        if device in delegations:
+            what.append("no longer vouches for anyone")
+        out.line(f"device {device} " + (" and ".join(what) or "was neither member nor delegate"))
+    if delegations or members:
+        out.line("a running relay closes the connections of devices it no longer admits")
     return EXIT_OK
 
 
