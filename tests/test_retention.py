@@ -3,7 +3,10 @@ with a fake clock (a number) and checked on random histories."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from commonsyncd.config import Config, ConfigError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -207,3 +210,37 @@ def test_pruning_again_deletes_nothing_more(
     versions = _versions(history)
     kept = kept_after(versions, policy, 10**9)
     assert plan_pruning(kept, NOW, policy, 10**9) == set()
+
+
+# -- the daemon's configuration ---------------------------------------------------------------
+
+
+def test_the_policy_is_read_from_and_written_to_the_daemons_toml(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    folder = "5f" * 32
+    path.write_text(
+        f'[[folders]]\nid = "{folder}"\nlabel = "a"\npath = "/a"\n\n'
+        f'[[folders]]\nid = "{"6e" * 32}"\nlabel = "b"\npath = "/b"\n'
+        '[folders.versions]\nkeep = "all"\nmax_age = "30d"\nmax_size = "5 GB"\n'
+    )
+    config = Config.load(path)
+    assert config.folders[0].versions == RetentionPolicy()
+    assert config.folders[1].versions == RetentionPolicy(False, 30 * DAY, "5 GB")
+    config.save(path)
+    text = path.read_text()
+    assert text.count("[folders.versions]") == 1  # the default is not written out
+    assert Config.load(path).folders == config.folders
+
+
+@pytest.mark.parametrize(
+    ("table", "words"),
+    [('keep = "some"', "keep"), ('max_size = "lots"', "max_size"), ("max_age = -1", "max_age"),
+     ("every = 1", "no every setting")],
+)  # fmt: skip
+def test_a_bad_policy_names_its_setting(tmp_path: Path, table: str, words: str) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'[[folders]]\nid = "{"5f" * 32}"\nlabel = "a"\npath = "/a"\n[folders.versions]\n{table}\n'
+    )
+    with pytest.raises(ConfigError, match=words):
+        Config.load(path)

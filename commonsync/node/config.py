@@ -18,6 +18,7 @@ import anyio.abc
 from ..errors import CommonsyncError, DeviceIdError
 from ..formats.device_id import DeviceId
 from ..relay.wire import DEFAULT_RELAY_PORT
+from ..sync.retention import RetentionPolicy
 
 DEFAULT_PORT = 22070
 
@@ -80,6 +81,8 @@ class FolderConfig:
     label: str
     path: Path
     devices: list[DeviceId] = field(default_factory=list)
+    #: How its versions folder is pruned (commonsync.sync.retention; the daemon applies it).
+    versions: RetentionPolicy = field(default_factory=RetentionPolicy)
 
 
 @dataclass

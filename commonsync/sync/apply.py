@@ -86,6 +86,7 @@ from .target import open_target as _open_target
 from .target import reported as _reported
 from .target import run as _run
 from .target import same as _same
+from .versions import DELETED as _DELETED
 from .versions import keep_version as _keep_version
 
 __all__ = [
@@ -928,7 +929,7 @@ def _delete(
     if stat.S_ISDIR(st.st_mode):
         _remove_directory(target)
     elif versions and stat.S_ISREG(st.st_mode):
-        _keep_version(target, expected, clock_ns(), move=True)
+        _keep_version(target, expected, clock_ns(), move=True, why=_DELETED)
     else:
         os.unlink(target.name, dir_fd=target.fd)
     os.fsync(target.fd)

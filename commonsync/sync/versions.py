@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import re
 import stat
@@ -27,7 +28,7 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
-from ..errors import VersionsUnavailableError
+from ..errors import CommonsyncError, VersionsUnavailableError
 from . import layout
 from .beneath import enter as _enter
 from .beneath import lstat_at as _lstat
@@ -41,7 +42,18 @@ from .target import changed as _changed
 from .target import run as _run
 from .target import same as _same
 
-__all__ = ["keep_version", "prune_versions"]
+__all__ = ["DELETED", "REPLACED", "WHY_FILE", "keep_version", "prune_versions", "read_why"]
+
+#: Why a version was kept, as :func:`keep_version` notes it in :data:`WHY_FILE` (for
+#: ``commonsync versions list``); :mod:`commonsync.sync.history` adds its own reasons.
+REPLACED = "replaced by another device's version"
+DELETED = "deleted by another device"
+#: One JSON object per line, ``{"name": <name under the versions folder>, "why": ...}``:
+#: beside the versions folder, never synced (it is under the metadata directory), rewritten
+#: without the lines of deleted versions when they are pruned.
+WHY_FILE = f"{layout.METADATA_DIR}/versions-why"
+#: Read at most this much of it (it holds one short line per kept version).
+MAX_WHY_BYTES = 16 * 1024 * 1024
 
 _SECOND_NS = 1_000_000_000
 #: A path replaced several times within one second gets versions stamped one second apart;
@@ -71,9 +83,17 @@ async def prune_versions(root: Path, older_than_ns: int) -> int:
 # -- keeping a replaced file -----------------------------------------------------------------
 
 
-def keep_version(target: _Target, expected: LocalState | None, now_ns: int, *, move: bool) -> None:
+def keep_version(
+    target: _Target,
+    expected: LocalState | None,
+    now_ns: int,
+    *,
+    move: bool,
+    why: str = REPLACED,
+) -> str:
     """Keep the file at the target in the versions folder: hard-linked there (``move`` false,
-    so the target never goes missing before its replacement arrives) or moved there.
+    so the target never goes missing before its replacement arrives) or moved there. Returns
+    its name under the versions folder; ``why`` is noted in :data:`WHY_FILE` for people.
 
     The kept entry is compared with ``expected`` once more where nobody else writes; if it is
     not the file the scanner saw, it is put back and :class:`LocalChangedError` raised.
@@ -129,6 +149,57 @@ def keep_version(target: _Target, expected: LocalState | None, now_ns: int, *, m
         os.fsync(versions_fd)
     finally:
         os.close(versions_fd)
+    name = f"{parent}/{kept}" if parent else kept
+    _note_why(target, name, why)
+    return name
+
+
+def _note_why(target: _Target, name: str, why: str) -> None:
+    """Append why ``name`` was kept to :data:`WHY_FILE`; best effort: a version kept without
+    its reason is still kept (the listing then says nothing of why)."""
+    line = json.dumps({"name": name, "why": why}, ensure_ascii=False) + "\n"
+    with contextlib.suppress(OSError, CommonsyncError):
+        found = _walk(target.root_fd, target.root, WHY_FILE, create=True)
+        if found is None:
+            return
+        parent_fd, leaf = found
+        try:
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(leaf, flags, 0o600, dir_fd=parent_fd)
+            try:
+                os.write(fd, line.encode("utf-8"))
+            finally:
+                os.close(fd)
+        finally:
+            os.close(parent_fd)
+
+
+def read_why(root_fd: int, root: Path) -> dict[str, str]:
+    """What :data:`WHY_FILE` says of each kept version, by name (later lines win)."""
+    found = _walk(root_fd, root, WHY_FILE, create=False)
+    if found is None:
+        return {}
+    parent_fd, leaf = found
+    try:
+        try:
+            fd = os.open(leaf, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+        except OSError:
+            return {}
+        try:
+            data = os.read(fd, MAX_WHY_BYTES)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(parent_fd)
+    reasons = {}
+    for line in data.decode("utf-8", "replace").splitlines():
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(item, dict) and isinstance(item.get("name"), str):
+            reasons[item["name"]] = str(item.get("why") or "")
+    return reasons
 
 
 def _put_back(target: _Target, versions_fd: int, kept: str, *, moved: bool) -> None:

@@ -15,6 +15,13 @@
     POST /relays                      {"relay"}: use a relay, given as RELAYID@HOST:PORT
     GET  /conflicts                   conflict copies on disk, per folder
     GET  /members?folder=F            a folder's members, their roles and devices
+    GET  /conflicts?folder=F          a folder's conflict copies: path, file, device, time, size
+    POST /conflicts/resolve           {"folder", "path", "keep"}: resolve a conflict, keeping
+                                      "mine", "theirs" or "both" (published as an edit)
+    GET  /versions?folder=F&path=P    the kept versions of a folder (of P in it, if given)
+    POST /versions/restore            {"folder", "path", "at"}: put a kept version back (the
+                                      newest, or the one kept at "at"), published as an edit
+    POST /versions/prune              {"folder"}: apply the folder's retention policy now
     POST /members/remove              {"folder", "member"}: remove a member (a new key epoch)
     POST /members/role                {"folder", "member", "role"}: change a member's role
     POST /invites                     {"folder", "role", "name", "expires", "uses", "code"}:
@@ -176,6 +183,32 @@ class ControlApi:
             404,
             f"no such request: {request.method} {request.path}",
             hint="see the list in `commonsyncd.api`",
+            case ("GET", "/conflicts") if request.query.get("folder"):
+                reference = _text(dict(request.query), "folder")
+                return {
+                    "folder": node.folder(reference).label,
+                    "conflicts": await node.conflicts(reference),
+                }
+            case ("POST", "/conflicts/resolve"):
+                return await node.resolve_conflict(
+                    _text(body, "folder"), _text(body, "path"), _text(body, "keep")
+                )
+            case ("GET", "/versions"):
+                query = dict(request.query)
+                reference = _text(query, "folder")
+                return {
+                    "folder": node.folder(reference).label,
+                    "versions": await node.versions(reference, query.get("path") or None),
+                }
+            case ("POST", "/versions/restore"):
+                at = body.get("at")
+                if at is not None and (
+                    isinstance(at, bool) or not isinstance(at, str | int | float)
+                ):
+                    raise ControlError(400, "'at' must be a time (a string) or seconds (a number)")
+                return await node.restore(_text(body, "folder"), _text(body, "path"), at)
+            case ("POST", "/versions/prune"):
+                return await node.prune_versions(_text(body, "folder"))
         )
 
     async def _events(self, *, replay: bool) -> AsyncIterator[dict[str, Any]]:

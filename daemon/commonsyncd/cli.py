@@ -47,6 +47,8 @@ if TYPE_CHECKING:
     from .relay.config import RelayServerConfig
 
 EXIT_OK = 0
+from .versions_cli import add_parsers as add_versions_parsers
+from .versions_cli import versions_command
 EXIT_PROBLEM = 1
 EXIT_USAGE = 2
 EXIT_NOT_RUNNING = 3
@@ -228,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=300.0,
         help="give up waiting after this many seconds (exit code 1)",
     )
-    command("conflicts", "list conflict copies")
+    add_versions_parsers(command, common)  # versions ..., conflicts ...
     events = command("events", "follow what happens, one line per event (Ctrl-C to stop)")
     events.add_argument("--replay", action="store_true", help="start with the recent events")
 
@@ -328,16 +330,8 @@ def run_command(args: argparse.Namespace, home: Home, out: Output) -> int:
             return members_command(args, client, out)
         case "status":
             return status_command(args, client, out)
-        case "conflicts":
-            answer = client.request("GET", "/conflicts")
-            if out.json:
-                out.data(answer)
-                return EXIT_OK
-            rows = [(f["label"], c) for f in answer["folders"] for c in f["conflicts"]]
-            if not rows:
-                out.line("no conflict copies")
-            out.table("Conflict copies", ["folder", "path"], rows)
-            return EXIT_OK
+        case "versions" | "conflicts":
+            return versions_command(args, client, out)
         case "events":
             for event in client.stream("/events?replay=1" if args.replay else "/events"):
                 if out.json:

@@ -24,6 +24,12 @@ the device and of its folders live beside the state (:mod:`commonsyncd.home`), n
     label = "choir"
     path = "/home/ada/Choir"
     devices = ["ZS5WX2N-43CA4PY-…"]
+
+    [folders.versions]            # optional: how its .commonsync/versions/ is pruned
+    keep = "staggered"            # all for an hour, hourly for a day, daily for 30 days,
+                                  # then weekly; or "all": no thinning
+    max_age = "365d"              # older versions go ("0": no age limit)
+    max_size = "10%"              # of the folder's size (at least 100 MB), or "5 GB", or "none"
 """
 
 from __future__ import annotations
@@ -48,6 +54,13 @@ from commonsync.node.config import (
     format_address,
     parse_address,
     remote_address,
+)
+from commonsync.sync.retention import (
+    DAY,
+    DEFAULT_MAX_AGE,
+    DEFAULT_MAX_SIZE,
+    RetentionPolicy,
+    parse_age,
 )
 from commonsync.sync.space import MinFree
 
@@ -147,6 +160,7 @@ class Config(NodeConfig):
                         DeviceId.parse(_typed(d, str, "folders.devices"))
                         for d in _typed(entry.get("devices", []), list, "folders.devices")
                     ],
+                    _retention(_table(entry.get("versions", {}), "folders.versions")),
                 )
             )
         return config
@@ -173,10 +187,43 @@ class Config(NodeConfig):
                     "label": f.label,
                     "path": str(f.path),
                     "devices": [str(d) for d in f.devices],
+                    **_retention_table(f.versions),
                 }
                 for f in self.folders
             ],
         }
+
+
+def _retention(table: dict[str, Any]) -> RetentionPolicy:
+    """A folder's ``[folders.versions]`` table (every key optional)."""
+    unknown = set(table) - {"keep", "max_age", "max_size"}
+    if unknown:
+        raise ValueError(f"folders.versions has no {', '.join(sorted(unknown))} setting")
+    keep = _typed(table.get("keep", "staggered"), str, "folders.versions.keep")
+    if keep not in ("staggered", "all"):
+        raise ValueError(f'folders.versions.keep is "staggered" or "all", not {keep!r}')
+    max_age = parse_age(
+        _typed(table.get("max_age", DEFAULT_MAX_AGE), (str, int, float), "folders.versions.max_age")
+    )
+    max_size = str(
+        _typed(table.get("max_size", DEFAULT_MAX_SIZE), (str, int), "folders.versions.max_size")
+    )
+    return RetentionPolicy(staggered=keep == "staggered", max_age=max_age, max_size=max_size)
+
+
+def _retention_table(policy: RetentionPolicy) -> dict[str, Any]:
+    """``{"versions": {...}}`` for a policy other than the default, else nothing (the file
+    stays as short as the defaults allow)."""
+    if policy == RetentionPolicy():
+        return {}
+    age = f"{policy.max_age // DAY}d" if policy.max_age % DAY == 0 else policy.max_age
+    return {
+        "versions": {
+            "keep": "staggered" if policy.staggered else "all",
+            "max_age": age,
+            "max_size": policy.max_size,
+        }
+    }
 
 
 def _typed(value: Any, kind: type | tuple[type, ...], name: str) -> Any:

@@ -4,9 +4,11 @@ The Node does the syncing (folders, peers, discovery, relays, offers). Around it
 adds what a long-running program for a person needs: the TOML configuration it reads at
 start and writes back whenever a command changes it, the control socket the ``commonsync``
 command talks to (:mod:`commonsyncd.api`), the check of the index left by the last run
-(:mod:`commonsyncd.index_check`), and the signals that stop it. SIGTERM or SIGINT cancels
-everything: the watchers stop, a write in progress is abandoned safely (files are assembled in
-temporary files and renamed into place), the sessions and the index close.
+(:mod:`commonsyncd.index_check`), the hourly pruning of each folder's versions under its
+retention policy (:func:`commonsync.node.history.prune_periodically`), and the signals that
+stop it. SIGTERM or SIGINT cancels everything: the watchers stop, a write in progress is
+abandoned safely (files are assembled in temporary files and renamed into place), the
+sessions and the index close.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import anyio
 import anyio.to_thread
 
 from commonsync.node.config import NodeConfig
+from commonsync.node.history import prune_periodically
 from commonsync.node.node import Node
 from commonsync.sync.store import open_store
 
@@ -52,6 +55,7 @@ async def run_daemon(home: Home, *, watch: bool = True) -> None:
         # First, since its lock says whether another daemon already runs with this home.
         await tasks.start(serve_control, home.socket_path, ControlApi(node).handle)
         await tasks.start(node.run)
+        tasks.start_soon(prune_periodically, node.runners, node.store)  # versions retention
 
 
 async def _stop_on_signal(
