@@ -79,9 +79,9 @@ from ..sync.members import FolderMembers
 from ..sync.scanner import ScanReport
 from ..sync.space import MinFree
 from ..sync.store import IndexStore, open_store
+from . import history
 from .config import (
     ConfigError,
-from . import history
     DeviceConfig,
     FolderConfig,
     NodeConfig,
@@ -1110,6 +1110,33 @@ class Node:
         runner = self.runners[self._find_folder(reference).folder_id]
         return await runner.rescan(confirm_deletions=confirm_deletions)
 
+    # -- versions and conflicts (commonsync.node.history) -----------------------------------
+
+    async def versions(self, reference: str, path: str | None = None) -> list[dict[str, Any]]:
+        """The kept versions of a folder (of ``path`` in it, if given), oldest first."""
+        return await history.versions(self.folder(reference), path)
+
+    async def restore(
+        self, reference: str, path: str, at: str | float | None = None
+    ) -> dict[str, Any]:
+        """Put a kept version of ``path`` back (the newest, or the one kept at ``at``) and
+        publish it; what is there now goes to the versions folder. Refused for a reader."""
+        return await history.restore(self.folder(reference), path, at, self.identity.public_key)
+
+    async def prune_versions(self, reference: str) -> dict[str, Any]:
+        """Apply the folder's retention policy to its versions now."""
+        return await history.prune(self.folder(reference), self.store, time.time_ns())
+
+    async def conflicts(self, reference: str) -> list[dict[str, Any]]:
+        """The conflict copies in a folder."""
+        return await history.conflicts(self.folder(reference))
+
+    async def resolve_conflict(self, reference: str, path: str, keep: str) -> dict[str, Any]:
+        """Resolve the conflict of ``path`` keeping ``mine``, ``theirs`` or ``both``, as a
+        local edit that is published; nothing is lost (see :func:`history.resolve`)."""
+        me = self.identity.public_key
+        return await history.resolve(self.folder(reference), path, keep, me)
+
     # -- lookups -------------------------------------------------------------------------------
 
     def folder(self, reference: str) -> FolderRunner:
@@ -1251,30 +1278,3 @@ def _local_addresses() -> list[str]:
     return sorted(
         {ip.ip for adapter in ifaddr.get_adapters() for ip in adapter.ips if isinstance(ip.ip, str)}
     )
-    # -- versions and conflicts (commonsync.node.history) -----------------------------------
-
-    async def versions(self, reference: str, path: str | None = None) -> list[dict[str, Any]]:
-        """The kept versions of a folder (of ``path`` in it, if given), oldest first."""
-        return await history.versions(self.folder(reference), path)
-
-    async def restore(
-        self, reference: str, path: str, at: str | float | None = None
-    ) -> dict[str, Any]:
-        """Put a kept version of ``path`` back (the newest, or the one kept at ``at``) and
-        publish it; what is there now goes to the versions folder. Refused for a reader."""
-        return await history.restore(self.folder(reference), path, at, self.identity.public_key)
-
-    async def prune_versions(self, reference: str) -> dict[str, Any]:
-        """Apply the folder's retention policy to its versions now."""
-        return await history.prune(self.folder(reference), self.store, time.time_ns())
-
-    async def conflicts(self, reference: str) -> list[dict[str, Any]]:
-        """The conflict copies in a folder."""
-        return await history.conflicts(self.folder(reference))
-
-    async def resolve_conflict(self, reference: str, path: str, keep: str) -> dict[str, Any]:
-        """Resolve the conflict of ``path`` keeping ``mine``, ``theirs`` or ``both``, as a
-        local edit that is published; nothing is lost (see :func:`history.resolve`)."""
-        me = self.identity.public_key
-        return await history.resolve(self.folder(reference), path, keep, me)
-

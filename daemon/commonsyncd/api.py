@@ -14,7 +14,6 @@
     GET  /relays                      the community relays, connected or not (and why not)
     POST /relays                      {"relay"}: use a relay, given as RELAYID@HOST:PORT
     GET  /conflicts                   conflict copies on disk, per folder
-    GET  /members?folder=F            a folder's members, their roles and devices
     GET  /conflicts?folder=F          a folder's conflict copies: path, file, device, time, size
     POST /conflicts/resolve           {"folder", "path", "keep"}: resolve a conflict, keeping
                                       "mine", "theirs" or "both" (published as an edit)
@@ -22,6 +21,7 @@
     POST /versions/restore            {"folder", "path", "at"}: put a kept version back (the
                                       newest, or the one kept at "at"), published as an edit
     POST /versions/prune              {"folder"}: apply the folder's retention policy now
+    GET  /members?folder=F            a folder's members, their roles and devices
     POST /members/remove              {"folder", "member"}: remove a member (a new key epoch)
     POST /members/role                {"folder", "member", "role"}: change a member's role
     POST /invites                     {"folder", "role", "name", "expires", "uses", "code"}:
@@ -166,23 +166,6 @@ class ControlApi:
             case ("POST", "/relays"):
                 relay = await node.add_relay(_text(body, "relay"))
                 return {"id": str(relay.relay_id), "address": relay.address}
-            case ("GET", "/conflicts"):
-                return {
-                    "folders": [
-                        {
-                            "label": runner.label,
-                            "path": str(runner.root),
-                            "conflicts": runner.conflict_copies(),
-                        }
-                        for runner in node.runners.values()
-                    ]
-                }
-            case ("GET", "/events"):
-                return self._events(replay=request.query.get("replay") == "1")
-        raise ControlError(
-            404,
-            f"no such request: {request.method} {request.path}",
-            hint="see the list in `commonsyncd.api`",
             case ("GET", "/conflicts") if request.query.get("folder"):
                 reference = _text(dict(request.query), "folder")
                 return {
@@ -209,6 +192,23 @@ class ControlApi:
                 return await node.restore(_text(body, "folder"), _text(body, "path"), at)
             case ("POST", "/versions/prune"):
                 return await node.prune_versions(_text(body, "folder"))
+            case ("GET", "/conflicts"):
+                return {
+                    "folders": [
+                        {
+                            "label": runner.label,
+                            "path": str(runner.root),
+                            "conflicts": runner.conflict_copies(),
+                        }
+                        for runner in node.runners.values()
+                    ]
+                }
+            case ("GET", "/events"):
+                return self._events(replay=request.query.get("replay") == "1")
+        raise ControlError(
+            404,
+            f"no such request: {request.method} {request.path}",
+            hint="see the list in `commonsyncd.api`",
         )
 
     async def _events(self, *, replay: bool) -> AsyncIterator[dict[str, Any]]:

@@ -42,13 +42,13 @@ from .members_cli import ROLES, members_command
 from .members_cli import add_parsers as add_member_parsers
 from .output import Output
 from .terminal import json_visible, visible
+from .versions_cli import add_parsers as add_versions_parsers
+from .versions_cli import versions_command
 
 if TYPE_CHECKING:
     from .relay.config import RelayServerConfig
 
 EXIT_OK = 0
-from .versions_cli import add_parsers as add_versions_parsers
-from .versions_cli import versions_command
 EXIT_PROBLEM = 1
 EXIT_USAGE = 2
 EXIT_NOT_RUNNING = 3
