@@ -6,6 +6,8 @@ file system and is atomic). The scanner skips both; :func:`is_internal` is the o
 
 - ``.commonsync/``            the folder's metadata directory (never synced)
 - ``.commonsync/versions/``   replaced and deleted files, as ``<path>~YYYYMMDD-HHMMSS<.ext>``
+- ``.commonsync/versions-why``   why each of them was kept, one JSON line each
+  (:mod:`commonsync.sync.versions`; listed, restored and pruned by :mod:`commonsync.sync.history`)
 - ``<dir>/.<name>.cs-tmp-<hex>``   a file being assembled, renamed over ``<dir>/<name>`` when
   whole; ``<hex>`` comes from the target version's content digest, so that an interrupted
   transfer finds its partial file again and fetches only what is missing
