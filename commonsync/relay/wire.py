@@ -11,6 +11,9 @@ A device talks to a relay in two kinds of connection (SPEC.md §14):
   number, the **nameplate** (``ClaimCode`` → ``CodeClaimed``), and the person joining asks
   for a session with whoever holds it (``ConnectCode``); the relay never sees the rest of the
   code, only the nameplate;
+- a relay that names :data:`VOUCH_FEATURE` in its handshake takes ``Vouch`` from the devices
+  its hoster made *delegates* (an association's admins): the set of device IDs each vouches
+  for, which the relay then admits (``Vouched`` answers); it learns device IDs only;
 - a **session connection**: a fresh TCP connection that starts with :func:`preamble` (magic,
   version, a single-use token), answered by one :class:`JoinStatus` byte; after ``JOINED``
   the relay copies bytes between the two devices that presented the same token, and the
