@@ -342,7 +342,6 @@ async def test_a_strangers_session_is_cut_at_its_byte_cap_and_time() -> None:
         connect_relay(HOST, port, JOINER, RELAY.device_id, features=JOIN) as joiner,
     ):
         with anyio.fail_after(20):
-
             invitations = admin.invitations()
 
             async def spliced() -> tuple[anyio.abc.SocketStream, anyio.abc.SocketStream]:
