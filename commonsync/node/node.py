@@ -59,10 +59,12 @@ from ..formats.messages import Join, Joined, JoinStatus, Offer
 from ..membership.codes import JoinCode, looks_like_code
 from ..membership.entries import (
     Action,
+    AddDevice,
     AddMember,
     Entry,
     Invite,
     NewEpoch,
+    RemoveDevice,
     RemoveMember,
     RevokeInvitation,
     Role,
@@ -171,6 +173,8 @@ class Node:
         #: The role to give a device a folder is shared with, until the entry admitting it
         #: is written (at its next session: the entry needs its key). Writer if none.
         self._roles: dict[tuple[bytes, DeviceId], Role] = {}
+        #: Devices shared a folder as another device of a member (its ID), not as a new one.
+        self._device_of: dict[tuple[bytes, DeviceId], bytes] = {}
         #: The short join codes this device holds open for people it invited.
         self.codes = OpenCodes()
         #: Folders whose missing key epoch this device waits its turn to start.
@@ -470,14 +474,19 @@ class Node:
         if members.log is None or members.is_member(public_key):
             return True
         device = exchange.peer
-        if (folder_id, device) not in self._roles and members.was_removed(public_key):
+        shared = (folder_id, device) in self._roles or (folder_id, device) in self._device_of
+        if not shared and members.was_removed(public_key):
             return False  # removed by a member: admitted again only if a person shares again
         role = self._roles.get((folder_id, device), Role.WRITER)
         known = self.config.device(device)
         name = (known.name if known is not None else "") or device.short_str
+        member = self._device_of.get((folder_id, device))
         try:
             await runner.folder.append_log_entry(
-                AddMember(name, role, (public_key,)), int(time.time())
+                AddMember(name, role, (public_key,))
+                if member is None
+                else AddDevice(member, public_key),
+                int(time.time()),
             )
         except CommonsyncError as exc:
             log.warning(
@@ -488,6 +497,7 @@ class Node:
             )
             return False
         self._roles.pop((folder_id, device), None)
+        self._device_of.pop((folder_id, device), None)
         log.info(
             "admitted %s to folder %s as %s", device.short_str, runner.label, role.name.lower()
         )
@@ -611,6 +621,147 @@ class Node:
                 credits = await self._credits(config, found)
             await self._append(folder, SetRole(found.id, role, credits))
         return {"folder": config.label, "member": found.name, "role": role.name.lower()}
+
+    def member_devices(self, reference: str, member: str | None = None) -> dict[str, Any]:
+        """The devices of a folder's members (of one member, by name, member ID prefix or
+        one of its devices' IDs), as :meth:`members` lists them (JSON-ready)."""
+        listed = self.members(reference)
+        if member is not None:
+            found = self._find_member(self._running_folder(reference), member)
+            wanted = found.id.hex()[:16]
+            listed["members"] = [m for m in listed["members"] if m["id"] == wanted]
+        return {"folder": listed["folder"], "role": listed["role"], "members": listed["members"]}
+
+    async def add_member_device(self, reference: str, member: str, device: str) -> dict[str, Any]:
+        """Share a folder with a known device as another device of an existing member (a
+        person's phone beside their laptop), not as a new member: at its next session, once
+        its key is known, this device writes the add device entry and offers it the folder.
+        Allowed to the member itself and to admins (owners for an owner's device)."""
+        async with self._lock:
+            config = self._find_folder(reference)
+            folder = self._running_folder(reference)
+            found = self._find_member(folder, member)
+            known = self._find_device(device)
+            state = folder.members.state
+            assert state is not None  # _find_member found the member in it
+            mine = state.member_of(self.identity.public_key)
+            needed = Role.OWNER if found.role is Role.OWNER else Role.ADMIN
+            if mine is None or (mine.id != found.id and mine.role < needed):
+                being = "not a member" if mine is None else f"a {mine.role.name.lower()}"
+                raise RequestConflictError(
+                    f"only {found.name} itself and {needed.name.lower()}s of folder "
+                    f"{config.label} may add a device to {found.name}; this device is {being}",
+                    hint=f"ask an admin of {config.label} (`commonsync members "
+                    f"{config.label}` lists them)",
+                )
+            if known.device_id in config.devices:
+                raise RequestConflictError(
+                    f"folder {config.label} is already shared with {known.device_id.short_str}",
+                    hint=f"`commonsync member devices {config.label}` shows whose device it is",
+                )
+            self._device_of[config.folder_id, known.device_id] = found.id
+            config.devices.append(known.device_id)
+            self._changed()
+        self.peers.restart(known.device_id)
+        return {"folder": config.label, "member": found.name, "device": str(known.device_id)}
+
+    async def device_lost(self, reference: str, device: str) -> dict[str, Any]:
+        """Remove one device of a member (a stolen phone) from a folder; the member stays. The
+        device is credited with the versions this device has of it, so that what it made
+        before stays valid and what it makes after is refused, and a new key epoch begins,
+        sealed to the devices that remain (by an admin: a writer's own device leaves that to
+        the first admin device that sees the removal, SPEC.md §15.7)."""
+        async with self._lock:
+            config = self._find_folder(reference)
+            folder = self._running_folder(reference)
+            member, key = self._find_member_device(folder, device)
+            shown = self._device_label(key)
+            state = folder.members.state
+            assert state is not None  # _find_member_device found a member in it
+            mine = state.member_of(self.identity.public_key)
+            if key == self.identity.public_key:
+                raise RequestConflictError(
+                    f"{shown} is this device: it cannot declare itself lost",
+                    hint="run `commonsync device lost` on another device of yours, or ask an "
+                    f"admin of {config.label}",
+                )
+            if mine is None or (mine.id != member.id and mine.role < Role.ADMIN):
+                being = "not a member" if mine is None else f"a {mine.role.name.lower()}"
+                raise RequestConflictError(
+                    f"only {member.name} itself, admins and owners of folder {config.label} may "
+                    f"remove a device of {member.name}; this device is {being}",
+                    hint=f"ask an admin of {config.label} (`commonsync members "
+                    f"{config.label}` lists them)",
+                )
+            if member.devices == {key}:
+                # (The last owner's only device: only that owner may remove it, from this
+                # very device, refused above.)
+                raise RequestConflictError(
+                    f"{shown} is the only device of {member.name} in folder {config.label}",
+                    hint=f"remove the member instead (`commonsync member remove {config.label} "
+                    f"{member.name}`)",
+                )
+            last = await self.store.last_authored(config.folder_id, key)
+            await self._append(folder, RemoveDevice(member.id, key, last))
+            admin = folder.members.my_role is not None and folder.members.my_role >= Role.ADMIN
+            if admin:
+                await self._append(folder, self._new_epoch(folder))
+            gone = DeviceId.from_public_key(key)
+            config.devices = [d for d in config.devices if d != gone]
+            self._changed()
+        self.peers.restart(gone)
+        return {
+            "folder": config.label,
+            "member": member.name,
+            "device": str(gone),
+            "device_name": shown,
+            "credited": last,
+            "epoch": folder.keyring.current.epoch,
+            "epoch_pending": not admin,
+        }
+
+    def _device_label(self, key: bytes) -> str:
+        """A member device as a person knows it: its name here and its short ID."""
+        device = DeviceId.from_public_key(key)
+        known = self.config.device(device)
+        name = self.device_name if key == self.identity.public_key else known.name if known else ""
+        return f"{name} ({device.short_str})" if name else device.short_str
+
+    def _find_member_device(self, folder: Folder, reference: str) -> tuple[Member, bytes]:
+        """A member's device by its name here, its device ID or a unique prefix of it (at
+        least 7 characters, dashes ignored)."""
+        state = folder.members.state
+        if state is None:
+            raise RequestConflictError(
+                "the folder has no membership log: it was made before members existed",
+                hint="make a new folder to share it with members and roles",
+            )
+        wanted = reference.strip()
+        cleaned = wanted.replace("-", "").upper()
+        matches = []
+        for member in state.members.values():
+            for key in member.devices:
+                device = DeviceId.from_public_key(key)
+                known = self.config.device(device)
+                name = self.device_name if key == self.identity.public_key else (
+                    known.name if known else ""
+                )  # fmt: skip
+                if (name and name == wanted) or (
+                    len(cleaned) >= 7 and str(device).replace("-", "").startswith(cleaned)
+                ):
+                    matches.append((member, key))
+        if len(matches) == 1:
+            return matches[0]
+        label = self.runners[folder.folder_id].label
+        if not matches:
+            raise NotFoundError(
+                f"no device {reference!r} among the members of folder {label}",
+                hint=f"`commonsync member devices {label}` lists them",
+            )
+        raise RequestConflictError(
+            f"{reference!r} names {len(matches)} devices in folder {label}",
+            hint="use more of its device ID",
+        )
 
     async def _credits(self, config: FolderConfig, member: Member) -> tuple[tuple[bytes, int], ...]:
         """Per device of ``member``, the last of its versions this device holds: what stays

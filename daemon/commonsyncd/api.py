@@ -24,6 +24,11 @@
     GET  /members?folder=F            a folder's members, their roles and devices
     POST /members/remove              {"folder", "member"}: remove a member (a new key epoch)
     POST /members/role                {"folder", "member", "role"}: change a member's role
+    GET  /members/devices?folder=F[&member=M]  the devices of the members (or of one)
+    POST /members/devices             {"folder", "member", "device"}: share the folder with a
+                                      known device as another device of that member
+    POST /devices/lost                {"folder", "device"}: remove one device of a member
+                                      (a stolen phone; the member stays, a new key epoch)
     POST /invites                     {"folder", "role", "name", "expires", "uses", "code"}:
                                       invite someone; the answer holds the link to send
                                       them, and a short code unless "code" is false
@@ -130,6 +135,16 @@ class ControlApi:
                     parent=Path(_text(body, "parent")) if body.get("parent") else None,
                 )
                 return runner.status()
+            case ("GET", "/members/devices"):
+                query = dict(request.query)
+                member = query.get("member") or None
+                return node.member_devices(_text(query, "folder"), member)
+            case ("POST", "/members/devices"):
+                return await node.add_member_device(
+                    _text(body, "folder"), _text(body, "member"), _text(body, "device")
+                )
+            case ("POST", "/devices/lost"):
+                return await node.device_lost(_text(body, "folder"), _text(body, "device"))
             case ("POST", "/members/role"):
                 return await node.set_role(
                     _text(body, "folder"), _text(body, "member"), _role(body.get("role"))

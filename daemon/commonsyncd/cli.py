@@ -38,7 +38,7 @@ from .background import ensure_running, set_up
 from .config import ConfigError, parse_address
 from .control import ControlClient, ControlError, DaemonNotRunningError
 from .home import Home
-from .members_cli import ROLES, members_command
+from .members_cli import ROLES, add_device_lost_parser, device_lost_command, members_command
 from .members_cli import add_parsers as add_member_parsers
 from .output import Output
 from .terminal import json_visible, visible
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     confirm.add_argument("folder")
 
-    device = command("device", "add and list devices")
+    device = command("device", "add and list devices; remove a lost one from a folder")
     device_commands = device.add_subparsers(dest="device_command", required=True, metavar="ACTION")
     device_add = device_commands.add_parser(
         "add", help="accept a device (pairing: each side adds the other)", parents=[common]
@@ -148,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     device_add.add_argument("--name", default="", help="a name for it")
     device_commands.add_parser("list", help="known and pending devices", parents=[common])
+    add_device_lost_parser(device_commands, common)
 
     relay = command(
         "relay",
@@ -431,6 +432,8 @@ def folder_command(args: argparse.Namespace, client: ControlClient, out: Output)
 
 
 def device_command(args: argparse.Namespace, client: ControlClient, out: Output) -> int:
+    if args.device_command == "lost":
+        return device_lost_command(args, client, out)
     if args.device_command == "add":
         answer = client.request(
             "POST",

@@ -33,7 +33,7 @@ def add_parsers(command: Any, common: argparse.ArgumentParser) -> None:
     (``common`` holds the options every command takes)."""
     members = command("members", "a folder's members: names, roles, devices")
     members.add_argument("folder", help="its label or ID")
-    member = command("member", "remove a member of a folder, or change its role")
+    member = command("member", "remove a member of a folder, change its role, list its devices")
     actions = member.add_subparsers(dest="member_command", required=True, metavar="ACTION")
     remove = actions.add_parser(
         "remove",
@@ -48,6 +48,24 @@ def add_parsers(command: Any, common: argparse.ArgumentParser) -> None:
     role.add_argument("folder", help="its label or ID")
     role.add_argument("member", help="its name, member ID, or a device ID of it")
     role.add_argument("role", choices=ROLES)
+    devices = actions.add_parser(
+        "devices", help="the devices of a folder's members (or of one member)", parents=[common]
+    )
+    devices.add_argument("folder", help="its label or ID")
+    devices.add_argument("member", nargs="?", help="its name, member ID, or a device ID of it")
+    device_add = actions.add_parser(
+        "device-add",
+        help="share a folder with a paired device as another device of a member",
+        description="Share a folder with a device you paired (`commonsync device add`) as "
+        "another device of an existing member, e.g. your phone beside your laptop: it joins "
+        "that member, with its role, instead of becoming a member of its own. The member "
+        "itself or an admin may do it; the device then accepts the folder as usual.",
+        parents=[common],
+    )
+    device_add.add_argument("folder", help="its label or ID")
+    device_add.add_argument("member", help="its name, member ID, or a device ID of it")
+    device_add.add_argument("device", help="the device's ID, or its name here")
+
 
     invite = command("invite", "invite someone to a folder: prints a link (and its QR code)")
     invite.add_argument("folder", help="its label or ID")
@@ -74,6 +92,45 @@ def add_parsers(command: Any, common: argparse.ArgumentParser) -> None:
     )
 
 
+def add_device_lost_parser(device_commands: Any, common: argparse.ArgumentParser) -> None:
+    """``commonsync device lost FOLDER DEVICE``, among the ``device`` actions."""
+    lost = device_commands.add_parser(
+        "lost",
+        help="remove one lost or stolen device of a member from a folder (the member stays)",
+        description="Remove one device of a member from a folder, e.g. a stolen phone. Its "
+        "changes made before stay; those it makes after are refused by every member. A new "
+        "key epoch begins, sealed to the devices that remain: the lost device reads nothing "
+        "new. The member keeps its other devices. Invitations written on that device, and "
+        "the one that admitted its member, are revoked.",
+        parents=[common],
+    )
+    lost.add_argument("folder", help="its label or ID")
+    lost.add_argument("device", help="its name, device ID, or a unique prefix of its ID")
+
+
+def device_lost_command(args: argparse.Namespace, client: ControlClient, out: Output) -> int:
+    answer = client.request("POST", "/devices/lost", {"folder": args.folder, "device": args.device})
+    if out.json:
+        out.data(answer)
+        return 0
+    out.line(
+        f"removed device {answer['device_name']} of {answer['member']} from folder "
+        f"{answer['folder']}; what it made up to its version {answer['credited']} stays, what "
+        f"it makes from now on is refused."
+    )
+    if answer["epoch_pending"]:
+        out.line(
+            "A new key epoch is left to the folder's admins: the first admin device that "
+            "sees the removal starts it."
+        )
+    else:
+        out.line(
+            f"The folder is now at key epoch {answer['epoch']}, which the lost device does "
+            "not hold."
+        )
+    return 0
+
+
 def members_command(args: argparse.Namespace, client: ControlClient, out: Output) -> int:
     if args.command == "invite":
         return _invite(args, client, out)
@@ -85,6 +142,28 @@ def members_command(args: argparse.Namespace, client: ControlClient, out: Output
             out.data(answer)
             return 0
         _print_members(answer, out)
+        return 0
+    if args.member_command == "devices":
+        query = f"/members/devices?folder={quote(args.folder)}"
+        if args.member:
+            query += f"&member={quote(args.member)}"
+        answer = client.request("GET", query)
+        if out.json:
+            out.data(answer)
+        else:
+            _print_devices(answer, out)
+        return 0
+    if args.member_command == "device-add":
+        body = {"folder": args.folder, "member": args.member, "device": args.device}
+        answer = client.request("POST", "/members/devices", body)
+        if out.json:
+            out.data(answer)
+        else:
+            out.line(
+                f"folder {answer['folder']} is offered to {answer['device']} as a device of "
+                f"{answer['member']}; it accepts it with `commonsync folder accept "
+                f"{answer['folder']} PATH`"
+            )
         return 0
     if args.member_command == "remove":
         answer = client.request(
@@ -163,6 +242,24 @@ def _print_members(answer: dict[str, Any], out: Output) -> None:
     ]
     if codes:
         out.table("Open codes", ["code", "invitation", "tries left", "at", "until"], codes)
+
+
+def _print_devices(answer: dict[str, Any], out: Output) -> None:
+    rows = []
+    for member in answer["members"]:
+        for device in member["devices"]:
+            state = "this device" if device["this_device"] else (
+                "connected" if device["connected"] else "not connected"
+            )  # fmt: skip
+            rows.append((member["name"], device["name"], device["id"], state))
+    out.table(f"Devices of folder {answer['folder']}", ["member", "name", "device", "state"], rows)
+    if not rows:
+        out.line("no devices")
+    else:
+        out.line(
+            f"a lost or stolen one: `commonsync device lost {answer['folder']} DEVICE` (by "
+            "its member or an admin)"
+        )
 
 
 def _a(role: str) -> str:

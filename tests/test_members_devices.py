@@ -1,0 +1,132 @@
+"""A member's devices between library Nodes: a second device of a member, and one of them
+lost (SPEC.md §15.2 add device / remove device, §15.5 credits, §15.7 epochs).
+
+Real Nodes on loopback, driven through their API, as in ``test_members_sync``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+
+from commonsync import Node
+from commonsync.errors import NotFoundError, RequestConflictError
+from commonsync.membership.entries import Role
+
+from .test_members_sync import folder_of, know, nodes, share_and_accept
+from .test_node import until
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "trio"
+
+
+async def apart(node: Node, other: Node) -> list[list[str]]:
+    """``node`` and ``other`` forget where the other is and their session ends; the
+    addresses, to give back with :func:`together`."""
+    kept = []
+    for a, b in ((node, other), (other, node)):
+        known = a.config.device(b.device_id)
+        assert known is not None
+        kept.append(known.addresses)
+        known.addresses = []
+        a.peers.restart(b.device_id)
+    await until(lambda: other.device_id not in node.peers.links, "the session ends")
+    await until(lambda: node.device_id not in other.peers.links, "on both sides")
+    return kept
+
+
+def together(node: Node, other: Node, addresses: list[list[str]]) -> None:
+    for (a, b), kept in zip(((node, other), (other, node)), addresses, strict=True):
+        known = a.config.device(b.device_id)
+        assert known is not None
+        known.addresses = kept
+    node.peers.dial(other.device_id)
+
+
+async def test_a_lost_device_is_removed_and_its_member_keeps_syncing(tmp_path: Path) -> None:
+    """Bob shares the folder with his phone as a device of his own. While Alice is cut off,
+    the phone's next version reaches Bob's laptop only, and Alice declares the phone lost:
+    its versions up to the sequence credited in the removal (what Alice held of it) stay
+    valid (Carol, admitted later, takes them), the one Alice never saw and those after are
+    refused, it holds no key of the new epoch, and Bob's laptop goes on syncing."""
+    scores = tmp_path / "scores"
+    scores.mkdir()
+    async with nodes(tmp_path, "alice", "bob", "phone", "carol") as (alice, bob, phone, carol):
+        await know(alice, bob, "bob")
+        await know(bob, alice)
+        await know(bob, phone, "phone")
+        await know(phone, bob)
+        await alice.add_folder(scores, "scores")
+        laptop = await share_and_accept(alice, bob, "scores", tmp_path / "bob")
+        with pytest.raises(RequestConflictError, match="already shared"):
+            await bob.add_member_device("scores", "bob", str(alice.device_id))
+        answer = await bob.add_member_device("scores", "bob", "phone")
+        assert answer == {"folder": "scores", "member": "bob", "device": str(phone.device_id)}
+        await until(lambda: bool(phone.offers), "the folder is offered to the phone")
+        await phone.accept_folder("scores", tmp_path / "phone")
+        theirs = folder_of(phone, "scores")
+        await until(lambda: theirs.members.log is not None, "the log reaches the phone")
+        owner = folder_of(alice, "scores")
+        await until(lambda: len(owner.members) == 3, "the phone's entry reaches alice")
+        assert theirs.members.my_role is Role.WRITER
+        listed = alice.member_devices("scores", "bob")["members"]
+        assert [len(m["devices"]) for m in listed] == [2]
+        assert owner.members.state is not None
+        assert len(owner.members.state.members) == 2  # bob is one member with two devices
+
+        (tmp_path / "phone" / "early.txt").write_text("from the phone, while it was Bob's")
+        await until(lambda: (scores / "early.txt").exists(), "the phone's file reaches alice")
+        # Alice is cut off; the phone's next version reaches Bob's laptop only.
+        addresses = await apart(alice, bob)
+        (tmp_path / "phone" / "late.txt").write_text("made before the removal, unseen by alice")
+        await until(lambda: (tmp_path / "bob" / "late.txt").exists(), "it reaches the laptop")
+
+        # Refused with a sentence a person can act on.
+        short = phone.device_id.short_str
+        with pytest.raises(NotFoundError, match="no device 'nobody'"):
+            await alice.device_lost("scores", "nobody")
+        with pytest.raises(RequestConflictError, match="is this device"):
+            await alice.device_lost("scores", alice.device_id.short_str)
+        with pytest.raises(RequestConflictError, match=r"may remove a device of .* a writer"):
+            await bob.device_lost("scores", alice.device_id.short_str)
+        lost = await alice.device_lost("scores", short)
+        assert (lost["member"], lost["epoch"], lost["epoch_pending"]) == ("bob", 1, False)
+        credited = lost["credited"]
+        assert credited >= 1  # the last version of the phone that alice holds: early.txt's
+        assert owner.members.state.credited[phone.identity.public_key] == credited
+        assert [m["devices"][0]["id"] for m in alice.member_devices("scores", "bob")["members"]] \
+            == [str(bob.device_id)]  # fmt: skip
+        with pytest.raises(RequestConflictError, match="only device of bob"):
+            await alice.device_lost("scores", bob.device_id.short_str)
+
+        # They meet again. Bob's laptop, modified to forward what the log no longer lets the
+        # phone write, sends the late version on: Alice refuses it (its sequence is above the
+        # credit), and Bob's laptop goes on syncing with the new key.
+        laptop.members.may_author = lambda device, sequence: True  # type: ignore[method-assign]
+        together(alice, bob, addresses)
+        await until(lambda: laptop.keyring.current.epoch == 1, "bob's laptop gets epoch 1")
+        await until(lambda: bool(owner.refusals()), "alice refuses the phone's late version")
+        assert "is not a writer" in str(owner.refusals()[0])
+        (tmp_path / "phone" / "after.txt").write_text("after the removal")
+        await phone.rescan("scores")
+        (tmp_path / "bob" / "laptop.txt").write_text("bob goes on")
+        await until(lambda: (scores / "laptop.txt").exists(), "bob's laptop still syncs")
+        await anyio.sleep(1)
+        assert not (scores / "late.txt").exists()
+        assert not (scores / "after.txt").exists()
+        assert not (tmp_path / "bob" / "after.txt").exists()
+        assert not (tmp_path / "phone" / "laptop.txt").exists()
+        assert not theirs.keyring.holds(1)
+        assert (scores / "early.txt").exists()
+
+        # Carol, admitted after the removal, takes the phone's version credited to it.
+        await carol.join((await alice.invite("scores"))["link"], tmp_path / "carol")
+        await until(lambda: (tmp_path / "carol" / "laptop.txt").exists(), "carol syncs")
+        await until(lambda: (tmp_path / "carol" / "early.txt").exists(), "a credited version")
+        assert not (tmp_path / "carol" / "late.txt").exists()
