@@ -31,6 +31,7 @@ from commonsync.sync.history import (
     resolve_conflict,
     restore_version,
 )
+from commonsync.sync.retention import RetentionPolicy, plan_pruning
 from commonsync.sync.store import LocalFile
 from commonsync.sync.target import open_target
 from commonsync.sync.versions import DELETED, WHY_FILE, keep_version
@@ -204,3 +205,28 @@ def test_times_people_type() -> None:
     assert parse_time(1_772_366_400) == (1_772_366_400 * S, S)
     with pytest.raises(InvalidRequestError, match="not a time"):
         parse_time("yesterday")
+
+
+def test_pruning_on_disk_with_a_fake_clock(root: Path) -> None:
+    """Versions kept at chosen times, pruned as the daemon would at a chosen 'now'."""
+    day = 86400 * S
+    names = {
+        "ancient": keep(root, "a.txt", b"x" * 10, T0 - 400 * day),
+        "morning": keep(root, "a.txt", b"x" * 20, T0 - 2 * day - 3600 * S),
+        "evening": keep(root, "a.txt", b"x" * 30, T0 - 2 * day),  # the same UTC day
+        "newest": keep(root, "a.txt", b"x" * 40, T0 - 60 * S),
+        "other": keep(root, "b/c.txt", b"y", T0 - 400 * day),
+    }
+    found = run(list_versions, root)
+    plan = plan_pruning([v.kept for v in found], T0, RetentionPolicy(max_size="none"))
+    assert plan == {names["ancient"], names["morning"], names["other"]}
+    assert run(delete_versions, root, plan) == 3
+    left = run(list_versions, root)
+    assert [v.name for v in left] == [names["evening"], names["newest"]]
+    assert not (root / layout.VERSIONS_DIR / "b").exists()
+    # A day later nothing more goes; a year later only the age limit takes the newest.
+    assert plan_pruning([v.kept for v in left], T0 + day, RetentionPolicy()) == set()
+    assert plan_pruning([v.kept for v in left], T0 + 366 * day, RetentionPolicy()) == {
+        names["evening"],
+        names["newest"],
+    }

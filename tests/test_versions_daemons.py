@@ -68,6 +68,7 @@ def test_restore_reaches_the_other_device(two: tuple[Device, Device]) -> None:
 
     done = a.json("versions", "restore", LABEL, "notes/agenda.txt", "--at", version["local_time"])
     assert done["restored"]["name"] == version["name"]
+    assert done["not_sent_yet"] == ""
     assert content(a.folder / "notes/agenda.txt") == b"first draft\n"
     wait_for(
         lambda: content(b.folder / "notes/agenda.txt") == b"first draft\n",

@@ -99,13 +99,14 @@ async def restore(
         )
     chosen = _pick(kept, at, runner.label)
     set_aside = await restore_version(runner.root, chosen, time.time_ns())
-    await runner.rescan()
+    not_sent = await _publish(runner)
     log.info("folder %s: restored %s as kept at %s", runner.label, wanted, _iso(chosen.time_ns))
     return {
         "folder": runner.label,
         "path": wanted,
         "restored": _version(chosen),
         "set_aside": set_aside,
+        "not_sent_yet": not_sent,
     }
 
 
@@ -259,7 +260,7 @@ async def resolve(runner: FolderRunner, path: str, keep: Keep | str, me: bytes) 
             )
     now = time.time_ns()
     done = [await resolve_conflict(runner.root, c.path, choice, now) for c in chosen]
-    await runner.rescan()
+    not_sent = await _publish(runner)
     log.info("folder %s: resolved the conflict of %s (%s)", runner.label, wanted, choice.value)
     return {
         "folder": runner.label,
@@ -268,6 +269,7 @@ async def resolve(runner: FolderRunner, path: str, keep: Keep | str, me: bytes) 
         "copies": [c.path for c in chosen],
         "versions": [d["versions"] for d in done if d.get("versions")],
         "renamed": [d["renamed"] for d in done if d.get("renamed")],
+        "not_sent_yet": not_sent,
     }
 
 
@@ -283,6 +285,17 @@ def _keep(keep: Keep | str) -> Keep:
 
 
 # -- common -----------------------------------------------------------------------------------
+
+
+async def _publish(runner: FolderRunner) -> str:
+    """Scan the folder now, so that what was just changed goes out as a new version; ""
+    when it did, else why not yet (a scan that cannot run now, say deletions held for
+    confirmation: the change is on disk, and the next scan that runs publishes it)."""
+    try:
+        await runner.rescan()
+    except UnavailableError as exc:
+        return f"{exc}; {exc.hint}" if exc.hint else str(exc)
+    return ""
 
 
 def _running(runner: FolderRunner) -> Folder:

@@ -67,7 +67,7 @@ def add_parsers(command: Any, common: argparse.ArgumentParser) -> None:
     )
     resolve.add_argument("folder", help="its label or ID")
     resolve.add_argument("path", help="the file or its conflict copy, relative to the folder")
-    resolve.add_argument("--keep", choices=KEEP, required=True)
+    resolve.add_argument("--keep", choices=KEEP, required=True, help="which version to keep")
 
 
 def versions_command(args: argparse.Namespace, client: ControlClient, out: Output) -> int:
@@ -108,7 +108,7 @@ def versions_command(args: argparse.Namespace, client: ControlClient, out: Outpu
         )
         out.line(
             f"restored {answer['path']} as it was kept at {answer['restored']['local_time']}"
-            f"{aside}; it is sent to the other devices"
+            f"{aside}; {_sent(answer)}"
         )
         return 0
     answer = client.request("POST", "/versions/prune", {"folder": args.folder})
@@ -141,6 +141,7 @@ def _conflicts(args: argparse.Namespace, client: ControlClient, out: Output) -> 
                 f"kept {which} at {answer['path']}; the other is in the versions folder "
                 f"(`commonsync versions list {answer['folder']}`)"
             )
+        out.line(_sent(answer))
         return 0
     folder = getattr(args, "folder", None)
     if not folder:
@@ -176,6 +177,12 @@ def _conflicts(args: argparse.Namespace, client: ControlClient, out: Output) -> 
         ],
     )
     return 0
+
+
+def _sent(answer: dict[str, Any]) -> str:
+    if answer.get("not_sent_yet"):
+        return f"not sent to the other devices yet: {answer['not_sent_yet']}"
+    return "sent to the other devices"
 
 
 def _size(n: int) -> str:
