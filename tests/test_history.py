@@ -230,3 +230,14 @@ def test_pruning_on_disk_with_a_fake_clock(root: Path) -> None:
         names["evening"],
         names["newest"],
     }
+
+
+def test_the_reasons_of_versions_no_longer_there_are_forgotten(root: Path) -> None:
+    a = keep(root, "a.txt", b"a", T0)
+    b = keep(root, "b.txt", b"b", T0)
+    [version, _] = run(list_versions, root)
+    run(restore_version, root, version, T0 + S)  # a.txt's version leaves the folder
+    assert run(delete_versions, root, set()) == 0
+    text = (root / WHY_FILE).read_text()
+    assert a not in text
+    assert b in text

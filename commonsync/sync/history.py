@@ -26,6 +26,7 @@ from functools import partial
 from pathlib import Path
 
 from ..errors import (
+    CommonsyncError,
     InvalidPathError,
     InvalidRequestError,
     NotFoundError,
@@ -267,9 +268,7 @@ def _touch(target: _Target, now_ns: int) -> None:
 
 async def delete_versions(root: Path, names: set[str]) -> int:
     """Delete the kept versions named ``names`` (their directories too, once empty) and
-    forget why they were kept; how many were deleted."""
-    if not names:
-        return 0
+    forget why they (and versions no longer there) were kept; how many were deleted."""
     return await _run(root, layout.VERSIONS_DIR, partial(_delete_versions, root, names))
 
 
@@ -309,10 +308,13 @@ def _delete_versions(root: Path, names: set[str]) -> int:
 
 
 def _forget_why(root_fd: int, root: Path, names: set[str]) -> None:
-    """Rewrite :data:`WHY_FILE` without the lines of ``names`` (a temporary file renamed
-    over it, so that it is never half written)."""
+    """Rewrite :data:`WHY_FILE` without the lines of ``names`` nor of versions no longer
+    there (restored, or removed by hand), so that it stays as long as the versions folder
+    is; a temporary file renamed over it, so that it is never half written. A reason noted
+    while this runs may be lost (never the version itself)."""
     reasons = read_why(root_fd, root)
-    if not any(name in reasons for name in names):
+    gone = {name for name in reasons if name in names or not _exists(root_fd, root, name)}
+    if not gone:
         return
     found = _walk(root_fd, root, WHY_FILE, create=False)
     if found is None:
@@ -324,7 +326,7 @@ def _forget_why(root_fd: int, root: Path, names: set[str]) -> None:
                      dir_fd=parent_fd)  # fmt: skip
         try:
             for name, why in reasons.items():
-                if name not in names:
+                if name not in gone:
                     line = json.dumps({"name": name, "why": why}, ensure_ascii=False) + "\n"
                     os.write(fd, line.encode("utf-8"))
             os.fsync(fd)
@@ -333,6 +335,19 @@ def _forget_why(root_fd: int, root: Path, names: set[str]) -> None:
         os.rename(temp, leaf, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
     finally:
         os.close(parent_fd)
+
+
+def _exists(root_fd: int, root: Path, name: str) -> bool:
+    try:
+        found = _walk(root_fd, root, f"{layout.VERSIONS_DIR}/{name}", create=False)
+    except (OSError, CommonsyncError):
+        return False
+    if found is None:
+        return False
+    try:
+        return _lstat(found[0], found[1]) is not None
+    finally:
+        os.close(found[0])
 
 
 # -- conflicts --------------------------------------------------------------------------------
