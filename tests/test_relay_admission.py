@@ -6,6 +6,7 @@ sockets."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,9 +20,10 @@ from commonsyncd.relay.config import RelayServerConfig
 from commonsyncd.relay.server import RelayServer, StrangerLimits, load_vouched
 
 from commonsync import DeviceIdentity
-from commonsync.errors import RelayError, RelayRefusedError
+from commonsync.errors import CommonsyncError, RelayError, RelayRefusedError
 from commonsync.relay.client import RelayControl, connect_relay, join_session
 from commonsync.relay.wire import MAX_VOUCH_BATCH, MAX_VOUCHED, RefuseReason, Vouch, encode
+from commonsync.wire.channel import accept_channel
 from commonsync.wire.handshake import JOIN_FEATURE
 from tests.test_relay import HOST, RELAY, first_invitation, relay, until
 
@@ -30,6 +32,7 @@ pytestmark = pytest.mark.anyio
 ADMIN, MEMBER, OTHER, JOINER, JOINER2, JOINER3 = (DeviceIdentity.generate() for _ in range(6))
 #: ADMIN is a delegate; MEMBER and OTHER get in only when ADMIN vouches for them.
 JOIN = [JOIN_FEATURE]
+CONNECTION_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 
 
 @pytest.fixture
@@ -414,3 +417,27 @@ async def test_a_stranger_reaches_the_holder_of_a_nameplate() -> None:
             with pytest.raises(RelayRefusedError, match="no device holds that code") as gone:
                 await joiner.request_code_session(nameplate)
             assert gone.value.reason == RefuseReason.UNKNOWN_CODE
+
+
+async def test_a_relay_that_does_not_take_vouches_is_never_sent_one() -> None:
+    """A relay of an older version names no ``relay-vouch`` feature in its handshake (and
+    would end the connection on an unknown message type): the client sends it nothing."""
+    listener = await anyio.create_tcp_listener(local_host=HOST, local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    received: list[bytes] = []
+
+    async def older_relay(stream: anyio.abc.SocketStream) -> None:
+        channel = await accept_channel(stream, RELAY, accept=lambda _d: True)
+        with contextlib.suppress(anyio.EndOfStream, *CONNECTION_ERRORS, CommonsyncError):
+            while True:
+                received.append(await channel.receive())
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(listener.serve, older_relay)
+        with anyio.fail_after(20):
+            async with connect_relay(HOST, port, ADMIN, RELAY.device_id) as admin:
+                assert not admin.takes_vouches
+                with pytest.raises(RelayError, match="does not take vouches"):
+                    await admin.vouch({MEMBER.device_id})
+        tasks.cancel_scope.cancel()
+    assert received == []

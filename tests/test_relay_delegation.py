@@ -14,7 +14,9 @@ import socket
 from pathlib import Path
 
 import pytest
+from commonsyncd.relay.config import RelayServerConfig
 
+from commonsync import DeviceIdentity
 from commonsync.membership.links import JoinLink
 from tests.daemons import LOOPBACK, Device, wait_for
 from tests.relays import RelayProcess
@@ -110,3 +112,24 @@ def _relay_toml(relay: RelayProcess) -> str:
     found = list(relay.home.rglob("relay.toml"))
     assert found, "the relay has no relay.toml"
     return found[0].read_text()
+
+
+def test_allow_and_disallow_delegates_from_the_command_line(tmp_path: Path) -> None:
+    relay = RelayProcess(tmp_path)
+    admin, member = DeviceIdentity.generate().device_id, DeviceIdentity.generate().device_id
+    relay.init(str(member))
+    assert "may now vouch for" in relay.run("allow", "--delegate", str(admin)).stdout
+    assert "already vouches" in relay.run("allow", "--delegate", str(admin)).stdout
+    assert "no longer vouches" in relay.run("disallow", "--delegate", str(admin)).stdout
+    relay.run("allow", "--delegate", str(admin), str(member))
+    config = RelayServerConfig.load(next(relay.home.rglob("relay.toml")))
+    assert (config.members, config.delegates) == ([member], [admin, member])
+    said = relay.run("disallow", "--delegate", str(member)).stdout
+    assert "is no longer a member" not in said  # --delegate leaves membership alone
+    said = relay.run("disallow", str(admin), str(member)).stdout
+    assert f"device {member} is no longer a member" in said
+    config = RelayServerConfig.load(next(relay.home.rglob("relay.toml")))
+    assert (config.members, config.delegates) == ([], [])
+    refused = relay.run("allow", "--delegate", "not-an-id", check=False)
+    assert refused.returncode != 0
+    assert "not a valid device ID" in refused.stderr
