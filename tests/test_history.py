@@ -126,6 +126,13 @@ def test_paths_must_be_inside_the_folder(root: Path) -> None:
     for bad in ["/etc/passwd", "../x", "notes/../../x", ".commonsync/versions/a~x", str(root)]:
         with pytest.raises(InvalidRequestError):
             relative_path(root, bad)
+    # From inside the folder, a relative path is from where the person is; from outside,
+    # from the folder's root.
+    assert relative_path(root, "plan.txt", str(root / "notes")) == "notes/plan.txt"
+    assert relative_path(root, "../a.txt", str(root / "notes")) == "a.txt"
+    assert relative_path(root, "notes/plan.txt", str(root.parent)) == "notes/plan.txt"
+    with pytest.raises(InvalidRequestError, match="outside the folder"):
+        relative_path(root, "../x", str(root))
 
 
 def test_delete_versions_removes_files_empty_directories_and_their_reasons(root: Path) -> None:

@@ -73,24 +73,28 @@ _STAMP = re.compile(r"(\d{8})-(\d{6})")
 # -- versions ---------------------------------------------------------------------------------
 
 
-async def versions(runner: FolderRunner, path: str | None = None) -> list[dict[str, Any]]:
-    """The kept versions of ``path`` in the folder (all paths if None), oldest first."""
+async def versions(
+    runner: FolderRunner, path: str | None = None, cwd: str | None = None
+) -> list[dict[str, Any]]:
+    """The kept versions of ``path`` in the folder (all paths if None), oldest first; a
+    relative ``path`` is taken from ``cwd`` if that is inside the folder, else from its
+    root (as for every request here)."""
     _running(runner)
     found = await list_versions(runner.root)
     if path is not None:
-        wanted = relative_path(runner.root, path)
+        wanted = relative_path(runner.root, path, cwd)
         found = [v for v in found if v.path == wanted]
     return [_version(v) for v in found]
 
 
 async def restore(
-    runner: FolderRunner, path: str, at: str | float | None, me: bytes
+    runner: FolderRunner, path: str, at: str | float | None, me: bytes, cwd: str | None = None
 ) -> dict[str, Any]:
     """Put a kept version of ``path`` back (the newest, or the one kept at ``at``: see
     :func:`parse_time`) and publish it as a new edit; what is there now is kept first."""
     folder = _running(runner)
     _check_writer(runner, folder, me, "restore a version")
-    wanted = relative_path(runner.root, path)
+    wanted = relative_path(runner.root, path, cwd)
     kept = [v for v in await list_versions(runner.root) if v.path == wanted]
     if not kept:
         raise NotFoundError(
@@ -225,7 +229,9 @@ async def conflicts(runner: FolderRunner) -> list[dict[str, Any]]:
     return [_conflict(c) for c in await find_conflicts(runner.root)]
 
 
-async def resolve(runner: FolderRunner, path: str, keep: Keep | str, me: bytes) -> dict[str, Any]:
+async def resolve(
+    runner: FolderRunner, path: str, keep: Keep | str, me: bytes, cwd: str | None = None
+) -> dict[str, Any]:
     """Resolve the conflicts of ``path`` (a file with conflict copies, or one copy), keeping
     ``keep`` (see :class:`~commonsync.sync.history.Keep`), and publish the outcome.
 
@@ -235,7 +241,7 @@ async def resolve(runner: FolderRunner, path: str, keep: Keep | str, me: bytes) 
     folder = _running(runner)
     choice = _keep(keep)
     _check_writer(runner, folder, me, "resolve a conflict")
-    wanted = relative_path(runner.root, path)
+    wanted = relative_path(runner.root, path, cwd)
     found = await find_conflicts(runner.root)
     if conflict_original(wanted) is not None:
         chosen = [c for c in found if c.path == wanted]

@@ -1263,16 +1263,20 @@ class Node:
 
     # -- versions and conflicts (commonsync.node.history) -----------------------------------
 
-    async def versions(self, reference: str, path: str | None = None) -> list[dict[str, Any]]:
-        """The kept versions of a folder (of ``path`` in it, if given), oldest first."""
-        return await history.versions(self.folder(reference), path)
+    async def versions(
+        self, reference: str, path: str | None = None, *, cwd: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The kept versions of a folder (of ``path`` in it, if given), oldest first. A
+        relative ``path`` is from the folder's root, or from ``cwd`` if that is inside it."""
+        return await history.versions(self.folder(reference), path, cwd)
 
     async def restore(
-        self, reference: str, path: str, at: str | float | None = None
+        self, reference: str, path: str, at: str | float | None = None, *, cwd: str | None = None
     ) -> dict[str, Any]:
         """Put a kept version of ``path`` back (the newest, or the one kept at ``at``) and
         publish it; what is there now goes to the versions folder. Refused for a reader."""
-        return await history.restore(self.folder(reference), path, at, self.identity.public_key)
+        me = self.identity.public_key
+        return await history.restore(self.folder(reference), path, at, me, cwd)
 
     async def prune_versions(self, reference: str) -> dict[str, Any]:
         """Apply the folder's retention policy to its versions now."""
@@ -1282,11 +1286,13 @@ class Node:
         """The conflict copies in a folder."""
         return await history.conflicts(self.folder(reference))
 
-    async def resolve_conflict(self, reference: str, path: str, keep: str) -> dict[str, Any]:
+    async def resolve_conflict(
+        self, reference: str, path: str, keep: str, *, cwd: str | None = None
+    ) -> dict[str, Any]:
         """Resolve the conflict of ``path`` keeping ``mine``, ``theirs`` or ``both``, as a
         local edit that is published; nothing is lost (see :func:`history.resolve`)."""
         me = self.identity.public_key
-        return await history.resolve(self.folder(reference), path, keep, me)
+        return await history.resolve(self.folder(reference), path, keep, me, cwd)
 
     # -- lookups -------------------------------------------------------------------------------
 

@@ -114,11 +114,17 @@ class ConflictCopy:
     original_exists: bool
 
 
-def relative_path(root: Path, path: str) -> str:
+def relative_path(root: Path, path: str, cwd: str | None = None) -> str:
     """``path`` as a folder-relative ``/`` path: given relative to the folder, or absolute
-    and inside it. :class:`InvalidRequestError` for a path outside the folder or into
-    commonsync's own files."""
+    and inside it; relative to ``cwd`` when that is a directory inside the folder (a person
+    who is in ``docs/`` of the folder means ``docs/report.pdf`` by ``report.pdf``).
+    :class:`InvalidRequestError` for a path outside the folder or into commonsync's own
+    files."""
     text = path.strip()
+    if not os.path.isabs(text) and cwd and os.path.isabs(cwd):
+        here = Path(os.path.abspath(cwd))
+        if here.is_relative_to(Path(os.path.abspath(root))):
+            text = os.path.join(here, text)
     if os.path.isabs(text):
         absolute = Path(os.path.abspath(text))
         base = Path(os.path.abspath(root))

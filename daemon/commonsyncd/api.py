@@ -15,11 +15,13 @@
     POST /relays                      {"relay"}: use a relay, given as RELAYID@HOST:PORT
     GET  /conflicts                   conflict copies on disk, per folder
     GET  /conflicts?folder=F          a folder's conflict copies: path, file, device, time, size
-    POST /conflicts/resolve           {"folder", "path", "keep"}: resolve a conflict, keeping
-                                      "mine", "theirs" or "both" (published as an edit)
-    GET  /versions?folder=F&path=P    the kept versions of a folder (of P in it, if given)
-    POST /versions/restore            {"folder", "path", "at"}: put a kept version back (the
-                                      newest, or the one kept at "at"), published as an edit
+    POST /conflicts/resolve           {"folder", "path", "keep", "cwd"}: resolve a conflict,
+                                      keeping "mine", "theirs" or "both" (published as an edit)
+    GET  /versions?folder=F&path=P&cwd=D  the kept versions of a folder (of P in it, if given)
+    POST /versions/restore            {"folder", "path", "at", "cwd"}: put a kept version back
+                                      (the newest, or the one kept at "at"), published as an
+                                      edit; a relative path is from the folder's root, or from
+                                      "cwd" when that directory is inside the folder
     POST /versions/prune              {"folder"}: apply the folder's retention policy now
     GET  /members?folder=F            a folder's members, their roles and devices
     POST /members/remove              {"folder", "member"}: remove a member (a new key epoch)
@@ -189,14 +191,19 @@ class ControlApi:
                 }
             case ("POST", "/conflicts/resolve"):
                 return await node.resolve_conflict(
-                    _text(body, "folder"), _text(body, "path"), _text(body, "keep")
+                    _text(body, "folder"),
+                    _text(body, "path"),
+                    _text(body, "keep"),
+                    cwd=_optional(body, "cwd"),
                 )
             case ("GET", "/versions"):
                 query = dict(request.query)
                 reference = _text(query, "folder")
                 return {
                     "folder": node.folder(reference).label,
-                    "versions": await node.versions(reference, query.get("path") or None),
+                    "versions": await node.versions(
+                        reference, query.get("path") or None, cwd=query.get("cwd") or None
+                    ),
                 }
             case ("POST", "/versions/restore"):
                 at = body.get("at")
@@ -204,7 +211,9 @@ class ControlApi:
                     isinstance(at, bool) or not isinstance(at, str | int | float)
                 ):
                     raise ControlError(400, "'at' must be a time (a string) or seconds (a number)")
-                return await node.restore(_text(body, "folder"), _text(body, "path"), at)
+                return await node.restore(
+                    _text(body, "folder"), _text(body, "path"), at, cwd=_optional(body, "cwd")
+                )
             case ("POST", "/versions/prune"):
                 return await node.prune_versions(_text(body, "folder"))
             case ("GET", "/conflicts"):
@@ -243,6 +252,13 @@ def _role(value: Any) -> Role:
     if not isinstance(value, str) or value.lower() not in names:
         raise ControlError(400, f"a role is one of {', '.join(names)}")
     return Role[value.upper()]
+
+
+def _optional(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise ControlError(400, f"{name!r} must be a string")
+    return value or None
 
 
 def _text(body: dict[str, Any], name: str) -> str:

@@ -6,6 +6,7 @@ is a local edit that the daemon scans and publishes at once."""
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 from urllib.parse import urlencode
 
@@ -74,7 +75,7 @@ def versions_command(args: argparse.Namespace, client: ControlClient, out: Outpu
     if args.command == "conflicts":
         return _conflicts(args, client, out)
     if args.versions_command == "list":
-        query = {"folder": args.folder} | ({"path": args.path} if args.path else {})
+        query = {"folder": args.folder} | ({"path": args.path, "cwd": _cwd()} if args.path else {})
         answer = client.request("GET", f"/versions?{urlencode(query)}")
         if out.json:
             out.data(answer)
@@ -94,7 +95,7 @@ def versions_command(args: argparse.Namespace, client: ControlClient, out: Outpu
         )
         return 0
     if args.versions_command == "restore":
-        body: dict[str, Any] = {"folder": args.folder, "path": args.path}
+        body: dict[str, Any] = {"folder": args.folder, "path": args.path, "cwd": _cwd()}
         if args.at:
             body["at"] = args.at
         answer = client.request("POST", "/versions/restore", body)
@@ -128,7 +129,7 @@ def _conflicts(args: argparse.Namespace, client: ControlClient, out: Output) -> 
         answer = client.request(
             "POST",
             "/conflicts/resolve",
-            {"folder": args.folder, "path": args.path, "keep": args.keep},
+            {"folder": args.folder, "path": args.path, "keep": args.keep, "cwd": _cwd()},
         )
         if out.json:
             out.data(answer)
@@ -177,6 +178,14 @@ def _conflicts(args: argparse.Namespace, client: ControlClient, out: Output) -> 
         ],
     )
     return 0
+
+
+def _cwd() -> str:
+    """Where the person is: a relative PATH is from there when it is inside the folder."""
+    try:
+        return os.getcwd()
+    except OSError:  # a directory deleted under the shell
+        return ""
 
 
 def _sent(answer: dict[str, Any]) -> str:
