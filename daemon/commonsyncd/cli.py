@@ -1,9 +1,9 @@
 """The ``commonsync`` command: set up this device, and drive its daemon.
 
 ``init``, ``id``, ``daemon``, ``demo``, ``core-demo`` and the hoster's ``relay serve``,
-``relay id``, ``relay allow`` and ``relay disallow`` work on their own; every other command talks to the running
-daemon through its control socket (so the daemon, which owns the configuration, applies the
-change at once).
+``relay id``, ``relay allow`` and ``relay disallow`` work on their own; every other command
+talks to the running daemon through its control socket (so the daemon, which owns the
+configuration, applies the change at once).
 
 Exit codes:
 
