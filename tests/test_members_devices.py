@@ -14,6 +14,7 @@ import pytest
 from commonsync import Node
 from commonsync.errors import NotFoundError, RequestConflictError
 from commonsync.membership.entries import Role
+from commonsync.membership.log import decode_log
 
 from .test_members_sync import folder_of, know, nodes, share_and_accept
 from .test_node import until
@@ -113,6 +114,11 @@ async def test_a_lost_device_is_removed_and_its_member_keeps_syncing(tmp_path: P
         await until(lambda: laptop.keyring.current.epoch == 1, "bob's laptop gets epoch 1")
         await until(lambda: bool(owner.refusals()), "alice refuses the phone's late version")
         assert "is not a writer" in str(owner.refusals()[0])
+        problems = [p["problem"] for p in alice.folder("scores").status()["problems"]]
+        assert problems == [
+            f"refused 1 change from bob (device {short}), which was removed from scores: what "
+            f"it made after version {credited} (the last credited at its removal) is not taken"
+        ]
         (tmp_path / "phone" / "after.txt").write_text("after the removal")
         await phone.rescan("scores")
         (tmp_path / "bob" / "laptop.txt").write_text("bob goes on")
@@ -130,3 +136,49 @@ async def test_a_lost_device_is_removed_and_its_member_keeps_syncing(tmp_path: P
         await until(lambda: (tmp_path / "carol" / "laptop.txt").exists(), "carol syncs")
         await until(lambda: (tmp_path / "carol" / "early.txt").exists(), "a credited version")
         assert not (tmp_path / "carol" / "late.txt").exists()
+
+
+async def test_an_older_log_served_by_a_member_is_refused_and_reported(tmp_path: Path) -> None:
+    """Bob, an admin, writes an invitation, then serves the log he had before it (a modified
+    client, or a restored backup): Alice refuses his log and takes none of his entries while
+    his log lacks what he showed her, says so in her folder's problems, and keeps syncing;
+    once his log holds it again (he takes what she sends him), the problem is gone."""
+    scores = tmp_path / "scores"
+    scores.mkdir()
+    async with nodes(tmp_path, "alice", "bob") as (alice, bob):
+        await know(alice, bob, "bob")
+        await know(bob, alice)
+        await alice.add_folder(scores, "scores")
+        theirs = await share_and_accept(alice, bob, "scores", tmp_path / "bob", Role.ADMIN)
+        ours = folder_of(alice, "scores")
+        assert theirs.members.log is not None
+        before = theirs.members.log.entries()
+        invited = await bob.invite("scores", code=False)
+        assert ours.members.log is not None
+        entries = ours.members.log.entries
+        wanted = invited["invitation"]
+        await until(
+            lambda: any(e.hash.hex().startswith(wanted) for e in entries()),
+            "bob's invitation reaches alice",
+        )
+        assert not alice.folder("scores").status()["problems"]
+
+        # Bob's log goes back to what it was before his invitation.
+        theirs.members.log = decode_log(ours.folder_id, before)
+        bob.peers.restart(alice.device_id)
+        await until(lambda: bool(ours.members.rollbacks), "alice sees an older log")
+        problems = alice.folder("scores").status()["problems"]
+        assert len(problems) == 1
+        assert (
+            "serves an older membership log of scores: it lacks 1 entry" in problems[0]["problem"]
+        )
+        assert problems[0]["problem"].startswith("bob (device ")
+        assert "commonsync device lost scores" in problems[0]["hint"]
+        (tmp_path / "bob" / "bass.txt").write_text("still syncing")
+        await until(lambda: (scores / "bass.txt").exists(), "bob's file still reaches alice")
+
+        # Alice sent him what he lacks; at his next session his log holds it: no problem.
+        await until(lambda: theirs.members.heads == ours.members.heads, "bob takes it again")
+        bob.peers.restart(alice.device_id)
+        await until(lambda: not ours.members.rollbacks, "the problem is gone")
+        assert not alice.folder("scores").status()["problems"]

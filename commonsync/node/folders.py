@@ -46,6 +46,7 @@ from ..sync.space import DEFAULT_MIN_FREE, DiskReserve, MinFree
 from ..sync.store import IndexStore
 from .config import FolderConfig
 from .events import EventBus
+from .problems import folder_problems
 
 log = logging.getLogger(__name__)
 
@@ -544,7 +545,8 @@ class FolderRunner:
         state = self.state
         words = state.value
         if state is FolderState.SYNCING and progress is not None:
-            words = f"syncing {progress.files} files, {_megabytes(progress.bytes)} left"
+            files = "1 file" if progress.files == 1 else f"{progress.files} files"
+            words = f"syncing {files}, {_megabytes(progress.bytes)} left"
         elif state is FolderState.NEEDS_CONFIRMATION and self.vanished is not None:
             vanished, indexed = self.vanished
             words = (
@@ -602,6 +604,9 @@ class FolderRunner:
             "ignored": ignored,
             "ignore_error": rules_problem,
             "refused": refused,
+            # What it refused from others, a sentence and a hint each (membership refusals,
+            # rollbacks): `commonsync status` exits with 1 while there are any.
+            "problems": [] if self.folder is None else folder_problems(self.folder, self.label),
             "not_synced": []
             if self.last_scan is None
             else [

@@ -481,6 +481,14 @@ class PeerExchange:
         }
         self._log_known[message.folder_id] = known | set(message.heads)
         self._peer_epoch[message.folder_id] = message.epoch
+        lacking = members.peer_heads(self.session.channel.peer_public_key, message.heads)
+        if lacking:
+            log.warning(
+                "%s serves an older membership log: it lacks %d entries it held before; its "
+                "entries are not taken until it holds them again",
+                self.peer.short_str,
+                lacking,
+            )
         heard.set()
         await self._send_log_news(folder)
         assert self._tasks is not None
@@ -497,6 +505,10 @@ class PeerExchange:
             folder.log_refused(peer, None, str(error))
         known = self._log_known.setdefault(message.folder_id, set())
         known.update(e.hash for e in entries)
+        peer_key = self.session.channel.peer_public_key
+        if peer_key in folder.members.rollbacks:
+            return  # its log is an older one (a rollback): none of it is taken meanwhile
+        folder.members.peer_sent(peer_key, (e.hash for e in entries))
         for entry, reason in await folder.take_log_entries(entries):
             folder.log_refused(peer, entry, reason)
 
@@ -575,7 +587,8 @@ class PeerExchange:
             folder.log_refused(
                 self.peer.short_str,
                 None,
-                f"it named {len(missing)} membership entries as its log's heads and did not "
+                f"it named {len(missing)} membership "
+                f"{'entry' if len(missing) == 1 else 'entries'} as its log's heads and did not "
                 f"send them within {LOG_HEADS_WAIT:g} s (it may hold back the log, or they "
                 "were refused)",
             )

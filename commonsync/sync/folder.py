@@ -180,6 +180,9 @@ class Folder:
         self._last_applied = -WRITING_QUIET
         self._refusals = Refusals()
         self._log_refusals = Refusals(noun=("membership entry", "membership entries"))
+        #: The versions refused because the log lets their author write no more (or never
+        #: did), per author device (public key): what status words per member.
+        self.refused_authors: dict[bytes, int] = {}
         #: Who may write (None until the folder has a membership log: then anyone holding
         #: its key); :func:`open_folder` loads it.
         self.members = FolderMembers(key.folder_id, identity, store)
@@ -377,6 +380,10 @@ class Folder:
                     f"its author {author} is not a writer of this folder (a reader, or not a "
                     "member), or was not any more when it made this version"
                 )
+                if record.author in self.refused_authors or len(self.refused_authors) < 64:
+                    self.refused_authors[record.author] = (
+                        self.refused_authors.get(record.author, 0) + 1
+                    )
             if reason is None:
                 accepted.append(remote)
             else:

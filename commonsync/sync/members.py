@@ -58,6 +58,12 @@ class FolderMembers:
         #: Without a log: the entries peers sent so far, until they make one (bounded).
         self._candidates: dict[bytes, Entry] = {}
         self._candidate_bytes = 0
+        #: Per peer device (public key): the entries it showed it holds, by naming them as
+        #: its log's heads or sending them (:meth:`peer_heads`).
+        self._shown: dict[bytes, set[bytes]] = {}
+        #: The peer devices whose last log lacked entries they showed they held before (an
+        #: older log: a rollback), with how many; their entries are not taken meanwhile.
+        self.rollbacks: dict[bytes, int] = {}
 
     async def load(self) -> None:
         """Read the log the store holds, if any."""
@@ -117,6 +123,35 @@ class FolderMembers:
     def entries_beyond(self, heads: Iterable[bytes]) -> list[Entry]:
         """What a holder of ``heads`` lacks, parents first."""
         return [] if self.log is None else self.log.entries_beyond(heads)
+
+    def peer_heads(self, peer: bytes, heads: Sequence[bytes]) -> int:
+        """Note the heads a peer names for its log (SPEC.md §15.8), and how many entries it
+        showed it held before (named as heads, or sent) its log now lacks: a device's log
+        only grows, so such a log is an older one (restored from a backup, or held back on
+        purpose to write as if it had not seen them). 0 if none, or if the peer names heads
+        this log does not hold yet (they may descend from the others: not judged then).
+        The peer stays in :attr:`rollbacks` until a log of it lacks none."""
+        if self.log is None:
+            return 0
+        shown = self._shown.setdefault(peer, set())
+        lacking = 0
+        if all(h in self.log for h in heads):
+            beyond = {e.hash for e in self.log.entries_beyond(heads)}
+            lacking = len(shown & beyond)
+            if lacking:
+                self.rollbacks[peer] = lacking
+            else:
+                self.rollbacks.pop(peer, None)
+        self.peer_sent(peer, heads)
+        return lacking
+
+    def peer_sent(self, peer: bytes, hashes: Iterable[bytes]) -> None:
+        """Note entries a peer showed it holds (it named or sent them)."""
+        shown = self._shown.setdefault(peer, set())
+        shown.update(hashes)
+        if self.log is not None and len(shown) > len(self.log) + 64:
+            # Bounded: the entries it named and we do not hold (never sent, or refused) go.
+            self._shown[peer] = {h for h in shown if h in self.log}
 
     def was_removed(self, device: bytes) -> bool:
         """Whether the log removed ``device`` (with its member, or alone) at some point: such a
