@@ -76,7 +76,7 @@ async def test_node_lists_restores_and_prunes_under_the_folders_policy(tmp_path:
         await prune_and_wait(node)
         assert sorted(v["size"] for v in await node.versions("f")) == [5, 8]
 
-        with pytest.raises(NotFoundError, match="no version of 'c.txt'"):
+        with pytest.raises(NotFoundError, match=r"no version of 'c\.txt'"):
             await node.restore("f", "c.txt")
         with pytest.raises(NotFoundError, match="no folder"):
             await node.versions("nosuch")
