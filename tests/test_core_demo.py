@@ -33,7 +33,7 @@ def test_demo_processes_a_folder_and_checks_itself(tmp_path: Path) -> None:
     assert "refused" in result.stdout
     assert (home / "device.key").stat().st_mode & 0o777 == 0o600
     assert (home / "index.db").exists()
-    sealed = b"".join(p.read_bytes() for p in (home / "relay-storage").rglob("*") if p.is_file())
+    sealed = b"".join(p.read_bytes() for p in (home / "sealed").rglob("*") if p.is_file())
     assert b"letter" not in sealed
     assert "Chère Anne".encode() not in sealed
 

@@ -376,12 +376,13 @@ async def _serve_code(
             left = codes.end(opened, outcome)
             opened = None
             detail = (
-                f"wrong code: check it with the person who gave it ({left} attempts left)"
+                "wrong code: check it with the person who gave it "
+                f"({left} {'attempt' if left == 1 else 'attempts'} left)"
                 if left
                 else "wrong code, for the last time: the code is now void; ask for a new one"
             )
             log.warning(
-                "a wrong code for folder %s was tried from %s (%d attempts left)",
+                "a wrong code for folder %s was tried from %s (attempts left: %d)",
                 folder,
                 channel.peer.short_str,
                 left,

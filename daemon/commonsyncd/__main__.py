@@ -1,9 +1,10 @@
-"""``commonsyncd``: the sync daemon, in the foreground (``commonsync daemon`` is the same).
+"""commonsyncd: the sync daemon, in the foreground (`commonsync daemon` is the same).
 
-    commonsyncd [--home DIR] [--log-level LEVEL]
+    commonsyncd [--home DIR] [--log-level LEVEL] [--log-format auto|json|text] [--log-file PATH]
 
-Stops cleanly on SIGTERM or SIGINT. Logs go to standard error, one JSON object per line
-(also the one sentence that says why it could not start, and a crash's traceback).
+Stops cleanly on SIGTERM or SIGINT. Logs go to standard error (or --log-file): lines a person
+reads on a terminal, one JSON object per line otherwise; that includes the one sentence that
+says why it could not start, and a crash's traceback.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import trio
 
 from commonsync import CommonsyncError
 
+from . import __version__
 from .daemon import run_daemon
 from .home import Home
-from .logs import setup_logging
+from .logs import LogFileError, LogOptions, add_log_arguments, options_from, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +30,18 @@ log = logging.getLogger(__name__)
 EXIT_CRASHED = 70
 
 
-def run(home: Home, log_level: str = "info", *, watch: bool = True) -> int:
-    setup_logging(log_level)
+def run(
+    home: Home,
+    log_level: str = "info",
+    *,
+    watch: bool = True,
+    log_options: LogOptions | None = None,
+) -> int:
+    try:
+        setup_logging(log_level, log_options)
+    except LogFileError as exc:
+        print(f"commonsyncd: {exc}", file=sys.stderr)
+        return 2
     return run_process(lambda: run_daemon(home, watch=watch), "commonsyncd")
 
 
@@ -38,7 +50,7 @@ def run_process(main: Callable[[], Awaitable[None]], name: str) -> int:
 
     0 when it stopped on a signal, 2 when it could not start (a start-up error is one
     sentence, prefixed with ``name``), 130 on Ctrl-C, :data:`EXIT_CRASHED` on a bug. Each is
-    logged, so that standard error holds nothing but JSON lines."""
+    logged, so that standard error holds nothing but log lines."""
     try:
         trio.run(main)
     except CommonsyncError as exc:
@@ -72,20 +84,28 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="commonsyncd", description=__doc__.splitlines()[0])
-    parser.add_argument("--home", type=Path, help="keep keys, configuration and state here")
-    parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    parser = argparse.ArgumentParser(
+        prog="commonsyncd",
+        description="The commonsync sync daemon, in the foreground (stop it with SIGTERM or "
+        "Ctrl-C). `commonsync daemon` is the same; `commonsync --help` lists what drives it.",
     )
+    parser.add_argument("--version", action="version", version=f"commonsyncd {__version__}")
+    parser.add_argument("--home", type=Path, help="keep keys, configuration and state here")
+    add_log_arguments(parser)
     args = parser.parse_args(argv)
-    setup_logging(args.log_level)
+    options = options_from(args)
+    try:
+        setup_logging(args.log_level, options)
+    except LogFileError as exc:
+        print(f"commonsyncd: {exc}", file=sys.stderr)
+        return 2
     try:
         home = Home.resolve(args.home)
         home.require_initialised()
     except CommonsyncError as exc:
         log.error("commonsyncd: %s", exc)
         return 2
-    return run(home, args.log_level)
+    return run(home, args.log_level, log_options=options)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The control API's routes: what ``commonsync`` (or ``curl --unix-socket``) can ask.
 
     GET  /status                      this device, its folders, devices, pending devices and
-                                      offered folders, with each folder's state in words
+                                      offered folders, with each folder's state in words;
+                                      "log": where the daemon's log goes (kind, path)
     GET  /folders                     the folders (as in /status)
     POST /folders                     {"path", "label"}: sync a directory (a new folder)
     POST /folders/accept              {"folder", "path"}: accept a folder another device offered
@@ -61,6 +62,7 @@ from commonsync.membership.entries import Role
 from commonsync.node.node import DEFAULT_INVITATION_LIFETIME, Node
 
 from .control import ControlError, Request
+from .logs import destination as log_destination
 
 #: The HTTP status of each way a request to the Node can fail.
 STATUS = {
@@ -90,7 +92,7 @@ class ControlApi:
         body = request.body if isinstance(request.body, dict) else {}
         match route:
             case ("GET", "/status"):
-                return node.status()
+                return {**node.status(), "log": log_destination()}
             case ("GET", "/folders"):
                 status = node.status()
                 return {"folders": status["folders"], "offered": status["offered_folders"]}

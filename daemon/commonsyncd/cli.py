@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -34,13 +35,17 @@ from rich.progress_bar import ProgressBar
 from commonsync import CommonsyncError, DeviceId
 from commonsync.errors import DeviceIdError
 
+from . import __version__
 from .background import ensure_running, set_up
-from .config import ConfigError, parse_address
+from .config import Config, ConfigError, parse_address
 from .control import ControlClient, ControlError, DaemonNotRunningError
 from .home import Home
+from .logs import add_log_arguments, describe, options_from, set_log_options
 from .members_cli import ROLES, add_device_lost_parser, device_lost_command, members_command
 from .members_cli import add_parsers as add_member_parsers
-from .output import Output
+from .ops_cli import OpsError, ParseError, Parser, ops_command
+from .ops_cli import add_parsers as add_ops_parsers
+from .output import Output, plural
 from .terminal import json_visible, visible
 from .versions_cli import add_parsers as add_versions_parsers
 from .versions_cli import versions_command
@@ -53,6 +58,9 @@ EXIT_PROBLEM = 1
 EXIT_USAGE = 2
 EXIT_NOT_RUNNING = 3
 EXIT_INTERRUPTED = 130
+#: Standard output was closed early (`commonsync status | head -1`): 128 + SIGPIPE, as a
+#: program killed by SIGPIPE would end, but quietly.
+EXIT_BROKEN_PIPE = 141
 
 
 class UsageError(CommonsyncError):
@@ -67,7 +75,7 @@ class UsageError(CommonsyncError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument(
         "--home",
         type=Path,
@@ -77,11 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON, for scripts"
     )
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="commonsync",
         description="Peer-to-peer, end-to-end encrypted file sync.",
         parents=[common],
     )
+    parser.add_argument("--version", action="version", version=f"commonsync {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help: str, **kw: Any) -> argparse.ArgumentParser:
@@ -109,14 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     command("id", "print this device's ID (give it to the devices you pair with)")
     daemon = command("daemon", "run the sync daemon in the foreground (as commonsyncd does)")
-    daemon.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
-    )
+    add_log_arguments(daemon)
 
     folder = command("folder", "add, list and accept folders")
     folder_commands = folder.add_subparsers(dest="folder_command", required=True, metavar="ACTION")
     add = folder_commands.add_parser("add", help="sync a directory", parents=[common])
-    add.add_argument("path", type=Path)
+    add.add_argument("path", type=Path, help="the directory (created if missing)")
     add.add_argument("--label", default="", help="a short name (default: the directory's name)")
     folder_commands.add_parser("list", help="folders, and folders offered to you", parents=[common])
     accept = folder_commands.add_parser(
@@ -125,20 +132,20 @@ def build_parser() -> argparse.ArgumentParser:
     accept.add_argument("folder", help="its label or ID, as `folder list` shows it")
     accept.add_argument("path", type=Path, help="where to keep it (created if missing)")
     rescan = folder_commands.add_parser("rescan", help="scan a folder now", parents=[common])
-    rescan.add_argument("folder")
+    rescan.add_argument("folder", help="its label or ID")
     confirm = folder_commands.add_parser(
         "confirm-deletions",
         parents=[common],
         help="send the deletions the mass-deletion guard held back to the other devices",
     )
-    confirm.add_argument("folder")
+    confirm.add_argument("folder", help="its label or ID")
 
     device = command("device", "add and list devices; remove a lost one from a folder")
     device_commands = device.add_subparsers(dest="device_command", required=True, metavar="ACTION")
     device_add = device_commands.add_parser(
         "add", help="accept a device (pairing: each side adds the other)", parents=[common]
     )
-    device_add.add_argument("device_id")
+    device_add.add_argument("device_id", help="its device ID (`commonsync id` on it)")
     device_add.add_argument(
         "--address",
         action="append",
@@ -168,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--open", action="store_true", help="let any device use the relay, not only members"
     )
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_log_arguments(serve)
     relay_commands.add_parser(
         "id", help="print the relay's ID (members add the relay with it)", parents=[common]
     )
@@ -197,12 +204,16 @@ def build_parser() -> argparse.ArgumentParser:
         "closes the connections of devices it no longer admits within a second.",
         parents=[common],
     )
-    disallow.add_argument("device_id", nargs="+", metavar="DEVICE_ID")
+    disallow.add_argument(
+        "device_id", nargs="+", metavar="DEVICE_ID", help="device IDs (`commonsync id` on each)"
+    )
     disallow.add_argument("--delegate", action="store_true", help="withdraw the delegation only")
     relay_add = relay_commands.add_parser(
         "add", help="use a relay: this device keeps a connection to it", parents=[common]
     )
-    relay_add.add_argument("relay", metavar="RELAYID@HOST:PORT")
+    relay_add.add_argument(
+        "relay", metavar="RELAYID@HOST:PORT", help="the relay's ID (`relay id` there) and address"
+    )
     relay_commands.add_parser(
         "list", help="this device's relays, and whether they are connected", parents=[common]
     )
@@ -218,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
         "share, and only owners make owners)",
     )
     add_member_parsers(command, common)
+    add_ops_parsers(command, common)
 
     status = command("status", "what is in sync, what is transferring")
     status.add_argument(
@@ -251,25 +263,52 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    out = Output(getattr(args, "json", False))
+    """Run one command; its exit code.
+
+    Standard output closed early (`commonsync status | head -1`) ends the command quietly,
+    as Python's documentation advises for SIGPIPE: what is left to write goes to /dev/null,
+    so that the interpreter's last flush cannot fail again with a traceback."""
     try:
+        try:
+            return _main(sys.argv[1:] if argv is None else argv)
+        finally:
+            sys.stdout.flush()  # here, not at exit: after --help too (argparse's SystemExit)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: list[str]) -> int:
+    # Errors are JSON with --json, even the parser's own (before the arguments are parsed).
+    out = Output("--json" in argv)
+    try:
+        args = build_parser().parse_args(argv)
+        out = Output(getattr(args, "json", False))
         home = Home.resolve(getattr(args, "home", None))
         return run_command(args, home, out)
-    except UsageError as exc:
-        out.error(str(exc), exc.hint)
+    except ParseError as exc:
+        if not out.json:
+            exc.print_text()
+            return EXIT_USAGE
+        out.error(str(exc), exc.hint, exit_code=EXIT_USAGE)
+        return EXIT_USAGE
+    except (UsageError, OpsError) as exc:
+        out.error(str(exc), exc.hint, exit_code=EXIT_USAGE)
         return EXIT_USAGE
     except DaemonNotRunningError as exc:
-        out.error(str(exc), "start it with `commonsync daemon` (or `commonsyncd`)")
+        hint = "start it with `commonsync daemon` (or `commonsyncd`)"
+        out.error(str(exc), hint, exit_code=EXIT_NOT_RUNNING)
         return EXIT_NOT_RUNNING
     except ControlError as exc:
-        out.error(exc.message, exc.hint)
-        return EXIT_USAGE if exc.status < 500 else EXIT_PROBLEM
+        code = EXIT_USAGE if exc.status < 500 else EXIT_PROBLEM
+        out.error(exc.message, exc.hint, exit_code=code)
+        return code
     except CommonsyncError as exc:
-        out.error(str(exc))
+        out.error(str(exc), getattr(exc, "hint", ""), exit_code=EXIT_USAGE)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        out.error("interrupted")
+        out.error("interrupted", exit_code=EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
 
 
@@ -287,7 +326,9 @@ def run_command(args: argparse.Namespace, home: Home, out: Output) -> int:
         case "daemon":
             from .__main__ import run
 
-            return run(home, args.log_level)
+            return run(home, args.log_level, log_options=options_from(args))
+        case "logs" | "service" | "completion":
+            return ops_command(args, home, out, build_parser)
         case "demo":
             from .demo import run_demo
 
@@ -345,10 +386,7 @@ def run_command(args: argparse.Namespace, home: Home, out: Output) -> int:
 
 def init(args: argparse.Namespace, home: Home, out: Output) -> int:
     if home.initialised:
-        identity = home.load_identity()
-        out.line(f"this device is already set up in {home.config_dir}; its ID is")
-        print(identity.device_id)
-        return EXIT_OK
+        return _init_again(args, home, out)
     try:
         parse_address(args.listen)
     except ConfigError as exc:
@@ -369,6 +407,50 @@ def init(args: argparse.Namespace, home: Home, out: Output) -> int:
         "Start the daemon with `commonsync daemon`, and give this ID to the devices "
         "you pair with (`commonsync device add ID` on each)."
     )
+    return EXIT_OK
+
+
+def _init_again(args: argparse.Namespace, home: Home, out: Output) -> int:
+    """``init`` on a device set up before: its ID, and with ``--name``, its new name. A name
+    is configuration only (peers see it from their next connection), so renaming is safe;
+    but a running daemon owns the configuration and would write the old name back."""
+    identity = home.load_identity()
+    config = Config.load(home.config_file)
+    old_name = config.name
+    if args.name and args.name != old_name:
+        try:
+            ControlClient(home.socket_path, timeout=5).request("GET", "/status")
+        except DaemonNotRunningError:
+            config.name = args.name
+            config.save(home.config_file)
+        else:
+            raise UsageError(
+                f"this device is already set up (as {old_name!r}), and its daemon is running: "
+                "the name cannot be changed under it",
+                f"stop the daemon, run `commonsync init --name {args.name}` again, then start it",
+            )
+    renamed = config.name != old_name
+    if out.json:
+        out.data(
+            {
+                "device_id": str(identity.device_id),
+                "config": str(home.config_file),
+                "name": config.name,
+                "renamed_from": old_name if renamed else None,
+            }
+        )
+        return EXIT_OK
+    if renamed:
+        out.line(
+            f"this device was already set up in {home.config_dir}: renamed it from "
+            f"{old_name!r} to {config.name!r} (peers see the new name from their next "
+            "connection); its ID is"
+        )
+    else:
+        out.line(
+            f"this device is already set up in {home.config_dir} as {config.name!r}; its ID is"
+        )
+    print(identity.device_id)
     return EXIT_OK
 
 
@@ -407,7 +489,7 @@ def folder_command(args: argparse.Namespace, client: ControlClient, out: Output)
             if out.json:
                 out.data(answer)
             else:
-                out.line(f"sent {answer['deleted']} deletions to the other devices")
+                out.line(f"sent {plural(answer['deleted'], 'deletion')} to the other devices")
             return EXIT_OK
     answer = client.request("GET", "/folders")
     if out.json:
@@ -482,6 +564,7 @@ def relay_host_command(args: argparse.Namespace, home: Home, out: Output) -> int
     from .relay.server import load_or_create, run_relay_process
 
     if args.relay_command == "serve":
+        set_log_options(options_from(args))  # run_relay_process sets the log up with them
         return run_relay_process(home, args.listen, args.open, args.log_level)
     identity, config, created = load_or_create(home)
     if created and not out.json:
@@ -522,8 +605,8 @@ def relay_host_command(args: argparse.Namespace, home: Home, out: Output) -> int
             out.line(f"device {device} is already a member")
     if added:
         out.line(
-            f"{len(config.members)} members; a running relay admits new ones at their next "
-            "connection"
+            f"{plural(len(config.members), 'member')}; a running relay admits new ones at their "
+            "next connection"
         )
     return EXIT_OK
 
@@ -678,6 +761,8 @@ def show_status(status: dict[str, Any], out: Output) -> None:
         )
     for notice in status.get("notices", []):
         out.line(notice)
+    if status.get("log"):
+        out.line(f"log: {describe(status['log'])}")
 
 
 def _event_line(event: dict[str, Any]) -> str:

@@ -2,10 +2,11 @@
 
 It does what a device does before anything goes on the network: create a device identity and a
 folder key, chunk and hash every file, sign and seal one record per entry, seal every distinct
-chunk as a relay would store it, and keep the index in SQLite. Then it checks its own work the
-way a receiving member would: it opens every sealed record and chunk, rebuilds every file and
-compares it with the original, looks for any file name or content in the sealed bytes, and
-shows that a flipped bit is refused.
+chunk as it leaves the device (all that a peer's connection, or a relay forwarding it, ever
+carries), and keep the index in SQLite. Then it checks its own work the way a receiving member
+would: it opens every sealed record and chunk, rebuilds every file and compares it with the
+original, looks for any file name or content in the sealed bytes, and shows that a flipped bit
+is refused.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from commonsync import (
 from commonsync.formats import paths as cs_paths
 from commonsync.formats.records import seal_record, sign_record
 from commonsync.sync.store import IndexEntry, open_store
+
+from .output import plural
 
 _SAMPLE_BIG = 48 * 1024 * 1024
 
@@ -97,14 +100,16 @@ async def _demo(folder: Path, home: Path, console: Console) -> int:
         f"Folder key  folder {key.folder_id.hex()[:16]}…, epoch {key.epoch}, 256-bit secret"
     )
 
-    relay = home / "relay-storage"  # what a community relay would hold: ciphertext only
-    (relay / "chunks").mkdir(parents=True, exist_ok=True)
-    (relay / "records").mkdir(parents=True, exist_ok=True)
+    outbox = home / "sealed"  # what leaves the device: ciphertext only
+    (outbox / "chunks").mkdir(parents=True, exist_ok=True)
+    (outbox / "records").mkdir(parents=True, exist_ok=True)
     tally = _Tally()
     started = time.perf_counter()
     async with open_store(home / "index.db") as store:
         await store.add_folder(key.folder_id, folder.name)
-        entries = await trio.to_thread.run_sync(_scan_and_seal, folder, identity, key, relay, tally)
+        entries = await trio.to_thread.run_sync(
+            _scan_and_seal, folder, identity, key, outbox, tally
+        )
         await store.put(key.folder_id, entries)
         scanned = time.perf_counter() - started
         console.print(
@@ -117,26 +122,28 @@ async def _demo(folder: Path, home: Path, console: Console) -> int:
     table.add_row(
         "files / directories / symlinks", f"{tally.files} / {tally.directories} / {tally.symlinks}"
     )
-    table.add_row("plaintext", f"{tally.plaintext_bytes:,} bytes in {tally.chunks} chunks")
+    table.add_row(
+        "plaintext", f"{tally.plaintext_bytes:,} bytes in {plural(tally.chunks, 'chunk')}"
+    )
     table.add_row("distinct chunks (sealed once each)", f"{len(tally.distinct_chunks)}")
-    table.add_row("sealed chunks on the relay", f"{tally.sealed_chunk_bytes:,} bytes")
-    table.add_row("sealed records on the relay", f"{tally.sealed_record_bytes:,} bytes")
+    table.add_row("sealed chunks (what leaves the device)", f"{tally.sealed_chunk_bytes:,} bytes")
+    table.add_row("sealed records (what leaves the device)", f"{tally.sealed_record_bytes:,} bytes")
     table.add_row("records in the SQLite index", f"{len(stored)} (local sequence 1..{len(stored)})")
     console.print(table)
 
-    problems = await trio.to_thread.run_sync(_check_as_a_member, folder, key, relay)
+    problems = await trio.to_thread.run_sync(_check_as_a_member, folder, key, outbox)
     if problems:
         for problem in problems:
             console.print(f"[red]✗[/] {problem}")
         return 1
     console.print("[green]✓[/] every file rebuilt from sealed chunks matches the original")
-    console.print("[green]✓[/] no file name and no file content appears in the relay's bytes")
-    _show_tamper_refusal(key, relay, console)
+    console.print("[green]✓[/] no file name and no file content appears in the sealed bytes")
+    _show_tamper_refusal(key, outbox, console)
     return 0
 
 
 def _scan_and_seal(
-    folder: Path, identity: DeviceIdentity, key: FolderKey, relay: Path, tally: _Tally
+    folder: Path, identity: DeviceIdentity, key: FolderKey, outbox: Path, tally: _Tally
 ) -> list[IndexEntry]:
     entries = []
     sequence = 0
@@ -159,7 +166,7 @@ def _scan_and_seal(
                 with open(path, "rb", buffering=0) as f:
                     refs = list(hasher.hash_stream(f))
                 chunks = tuple(ChunkEntry(r.id, r.size) for r in refs)
-                _seal_new_chunks(path, refs, key, relay, tally)
+                _seal_new_chunks(path, refs, key, outbox, tally)
             else:
                 continue  # sockets, devices and pipes are not synced
             sequence += 1
@@ -178,14 +185,14 @@ def _scan_and_seal(
             )
             signed = sign_record(identity, key.folder_id, record)
             sealed = seal_record(key, signed)
-            (relay / "records" / f"{sequence:08d}").write_bytes(sealed)
+            (outbox / "records" / f"{sequence:08d}").write_bytes(sealed)
             tally.sealed_record_bytes += len(sealed)
             entries.append(IndexEntry(record, signed, on_disk=True))
     return entries
 
 
 def _seal_new_chunks(
-    path: Path, refs: list[ChunkRef], key: FolderKey, relay: Path, tally: _Tally
+    path: Path, refs: list[ChunkRef], key: FolderKey, outbox: Path, tally: _Tally
 ) -> None:
     with open(path, "rb") as f:
         for ref in refs:
@@ -197,13 +204,13 @@ def _seal_new_chunks(
                 continue
             sealed_id, sealed = seal_chunk(key, f.read(size))
             assert sealed_id == cid
-            (relay / "chunks" / cid.hex()).write_bytes(sealed)
+            (outbox / "chunks" / cid.hex()).write_bytes(sealed)
             tally.distinct_chunks.add(cid)
             tally.sealed_chunk_bytes += len(sealed)
 
 
-def _check_as_a_member(folder: Path, key: FolderKey, relay: Path) -> list[str]:
-    """Rebuild every file from the relay's sealed bytes alone, as another member would."""
+def _check_as_a_member(folder: Path, key: FolderKey, outbox: Path) -> list[str]:
+    """Rebuild every file from the sealed bytes alone, as another member would."""
     keyring = FolderKeyring([key])
     problems = []
     names = {p.name.encode() for p in folder.rglob("*")}
@@ -214,11 +221,11 @@ def _check_as_a_member(folder: Path, key: FolderKey, relay: Path) -> list[str]:
             with open(p, "rb") as f:
                 f.seek(p.stat().st_size // 2 - 16)
                 needles.add(f.read(32))
-    for sealed_chunk in (relay / "chunks").iterdir():
+    for sealed_chunk in (outbox / "chunks").iterdir():
         data = sealed_chunk.read_bytes()
         if any(needle in data for needle in needles):
             problems.append("a sealed chunk contains file content in the clear")
-    for sealed_path in sorted((relay / "records").iterdir()):
+    for sealed_path in sorted((outbox / "records").iterdir()):
         sealed = sealed_path.read_bytes()
         record = open_and_verify(keyring, sealed)
         if any(name in sealed for name in names if len(name) >= 4):
@@ -228,7 +235,7 @@ def _check_as_a_member(folder: Path, key: FolderKey, relay: Path) -> list[str]:
         digest = hashlib.blake2b()
         for chunk in record.chunks:
             digest.update(
-                open_chunk(keyring, chunk.id, (relay / "chunks" / chunk.id.hex()).read_bytes())
+                open_chunk(keyring, chunk.id, (outbox / "chunks" / chunk.id.hex()).read_bytes())
             )
         original = hashlib.blake2b((folder / record.path).read_bytes()).digest()
         if digest.digest() != original:
@@ -236,16 +243,16 @@ def _check_as_a_member(folder: Path, key: FolderKey, relay: Path) -> list[str]:
     return problems
 
 
-def _show_tamper_refusal(key: FolderKey, relay: Path, console: Console) -> None:
+def _show_tamper_refusal(key: FolderKey, outbox: Path, console: Console) -> None:
     keyring = FolderKeyring([key])
-    victim = sorted((relay / "chunks").iterdir())[0]
+    victim = sorted((outbox / "chunks").iterdir())[0]
     tampered = bytearray(victim.read_bytes())
     tampered[len(tampered) // 2] ^= 1
     try:
         open_chunk(keyring, bytes.fromhex(victim.name), bytes(tampered))
     except CommonsyncError as exc:
         console.print(f"[green]✓[/] a chunk with one flipped bit is refused: {exc}")
-    record_file = sorted((relay / "records").iterdir())[0]
+    record_file = sorted((outbox / "records").iterdir())[0]
     tampered = bytearray(record_file.read_bytes())
     tampered[-3] ^= 1
     try:

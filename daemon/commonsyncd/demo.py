@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from .control import ControlClient, DaemonNotRunningError
 from .home import Home
+from .logs import as_text
 
 #: How long the demo waits for one step before saying it failed.
 STEP_TIMEOUT = 60.0
@@ -71,7 +73,7 @@ class Device:
 
     def _answers(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
-            raise DemoError(f"the daemon of {self.name} exited; see {self.log}")
+            raise DemoError(f"the daemon of {self.name} exited (its log follows)")
         try:
             self.client.request("GET", "/status")
         except DaemonNotRunningError:
@@ -113,20 +115,42 @@ def demo_directory(keep: Path | None) -> Iterator[Path]:
 def run_demo(keep: Path | None, console: Console) -> int:
     with demo_directory(keep) as base:
         alice, bob = Device("alice", base), Device("bob", base)
+        failure: DemoError | None = None
         try:
             _run(alice, bob, base, console)
         except DemoError as exc:
-            console.print(f"[red]demo failed:[/red] {exc}")
-            return 1
+            failure = exc
         finally:
             for device in (alice, bob):
                 device.stop()
-        if keep is None:
+        if failure is not None:
+            console.print(f"[red]demo failed:[/red] {escape(str(failure))}")
+        if keep is not None:
             console.print(
-                "(everything was in a temporary directory, now removed; "
-                "`commonsync demo --dir DIR` keeps it)"
+                f"Everything is kept in {base}; the daemons' logs: {alice.log}, {bob.log}"
             )
-    return 0
+        elif failure is not None:
+            # The logs go with the temporary directory: show their ends while they exist.
+            for device in (alice, bob):
+                _show_log_end(device, console)
+            console.print("(`commonsync demo --dir DIR` keeps the homes, folders and logs)")
+        else:
+            console.print(
+                "(everything, the daemons' logs included, was in a temporary directory, now "
+                "removed; `commonsync demo --dir DIR` keeps it)"
+            )
+    return 1 if failure is not None else 0
+
+
+def _show_log_end(device: Device, console: Console, lines: int = 15) -> None:
+    try:
+        tail = device.log.read_text("utf-8", errors="replace").splitlines()[-lines:]
+    except OSError:
+        return
+    if tail:
+        console.print(f"The end of {device.name}'s daemon log:", markup=False)
+        for line in tail:
+            console.print(as_text(line), markup=False, highlight=False)
 
 
 def _run(alice: Device, bob: Device, base: Path, console: Console) -> None:
@@ -205,7 +229,7 @@ def _run(alice: Device, bob: Device, base: Path, console: Console) -> None:
 
     step("6. Status")
     console.print(bob.cli("status"))
-    console.print(f"To do the same on two machines, see the README. Logs: {alice.log}, {bob.log}")
+    console.print("To do the same on two machines, see the README.")
 
 
 def _same(a: Path, b: Path) -> bool:

@@ -47,7 +47,7 @@ def add_parsers(command: Any, common: argparse.ArgumentParser) -> None:
     role = actions.add_parser("role", help="change a member's role", parents=[common])
     role.add_argument("folder", help="its label or ID")
     role.add_argument("member", help="its name, member ID, or a device ID of it")
-    role.add_argument("role", choices=ROLES)
+    role.add_argument("role", choices=ROLES, help="the new role")
     devices = actions.add_parser(
         "devices", help="the devices of a folder's members (or of one member)", parents=[common]
     )
