@@ -98,6 +98,21 @@ def test_the_cap_removes_the_oldest_first_but_never_the_newest() -> None:
     assert everything == {v.name for v in versions[1:5]}
 
 
+def test_the_cap_thins_the_largest_history_first() -> None:
+    """A file rewritten over and over (here by a member flushing its history) loses its own
+    old versions to the cap before any other file does."""
+    mb = 10**6
+    original = version("report.pdf", 10 * DAY, size=5 * mb, n=0)
+    spam = [version("report.pdf", 60 * i, size=20 * mb, n=i) for i in range(1, 11)]
+    letter = [version("letter.txt", 3 * DAY, size=mb, n=20), version("letter.txt", DAY, 1, 21)]
+    policy = RetentionPolicy(staggered=False, max_size="100 MB")
+    gone = plan_pruning([original, *spam, *letter], NOW, policy)
+    assert letter[0].name not in gone  # the other file keeps its history
+    assert spam[0].name not in gone  # the newest of the rewritten file stays
+    kept = [v for v in [original, *spam, *letter] if v.name not in gone]
+    assert sum(v.size for v in kept) <= 100 * mb
+
+
 def test_a_share_cap_follows_the_folder_size_with_a_floor() -> None:
     policy = RetentionPolicy()
     assert policy.cap(10 * 10**9) == 10**9

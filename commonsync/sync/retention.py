@@ -18,16 +18,20 @@ Within each of those buckets (a calendar hour, day or week in UTC, counted since
 that a version stays in one bucket as it ages within a tier) the newest version is the one kept.
 
 On top of that a size cap: when what is left is larger than ``max_size`` (by default 10 % of
-the folder's size, and never less than :data:`MIN_SHARE_CAP`), the oldest versions go first
-until it fits. Two things are never deleted by the thinning nor by the cap: the newest version
-of each path. After a deletion it is the only copy of that file left anywhere, and a cap that
-could take it would let one large new file wipe the last copy of everything else. Only
-``max_age`` removes it: a file deleted a year ago is a decision long made, and without that
-limit a folder where many files come and go would still grow for ever.
+the folder's size, and never less than :data:`MIN_SHARE_CAP`), the path whose versions take the
+most room loses its oldest one, again and again, until it fits: a file rewritten many times (by
+a person, or by a member flushing its history) thins its own history before anyone else's.
+
+The newest version of each path is never deleted by the thinning nor by the cap. After a
+deletion it is the only copy of that file left anywhere, and a cap that could take it would let
+one large new file wipe the last copy of everything else. Only ``max_age`` removes it: a file
+deleted a year ago is a decision long made, and without that limit a folder where many files
+come and go would still grow for ever.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import re
 from collections.abc import Iterable
@@ -205,12 +209,24 @@ def plan_pruning(
     cap = policy.cap(folder_size)
     if cap is None:
         return delete
+    # Over the cap: the path whose history takes the most room gives up its oldest version,
+    # again and again. One file edited over and over (a large file at work, or a member
+    # rewriting a file to flush its history) thins its own history first, not every other
+    # file's.
     total = sum(v.size for v in kept)
+    histories: dict[str, list[KeptVersion]] = {}
     for version in sorted(kept, key=lambda v: (v.time_ns, v.name)):
-        if total <= cap:
-            break
-        if version.name in newest:
-            continue
-        delete.add(version.name)
-        total -= version.size
+        if version.name not in newest:
+            histories.setdefault(version.path, []).append(version)
+    sizes = {path: sum(v.size for v in older) for path, older in histories.items()}
+    heap = [(-size, path) for path, size in sizes.items()]
+    heapq.heapify(heap)
+    while total > cap and heap:
+        _, path = heapq.heappop(heap)
+        oldest = histories[path].pop(0)
+        delete.add(oldest.name)
+        total -= oldest.size
+        sizes[path] -= oldest.size
+        if histories[path]:
+            heapq.heappush(heap, (-sizes[path], path))
     return delete
