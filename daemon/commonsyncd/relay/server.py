@@ -86,6 +86,7 @@ from commonsync.wire.handshake import JOIN_FEATURE, PeerRefusedError
 from ..config import ConfigError, format_address, parse_address, remote_address
 from ..home import Home
 from ..logs import setup_logging
+from ..output import plural
 from .config import RelayLimits, RelayServerConfig
 
 log = logging.getLogger(__name__)
@@ -1033,8 +1034,8 @@ def _stamp(path: Path | None) -> tuple[int, int, int] | None:
 def _membership(config: RelayServerConfig, open_override: bool) -> str:
     if open_override or config.open:
         return "open to any device"
-    delegates = f", {len(config.delegates)} delegates" if config.delegates else ""
-    return f"members only ({len(config.members)} members{delegates})"
+    delegates = f", {plural(len(config.delegates), 'delegate')}" if config.delegates else ""
+    return f"members only ({plural(len(config.members), 'member')}{delegates})"
 
 
 def load_vouched(path: Path | None) -> dict[DeviceId, frozenset[DeviceId]]:
