@@ -242,6 +242,9 @@ class Node:
             listener = await self._listen()
             for runner in list(self.runners.values()):
                 await tasks.start(_run_folder, runner, False)
+                # Its log keeps the address book (and what this device vouches for at its
+                # relays) after a restart too, not only for folders added while running.
+                tasks.start_soon(self._keep_address_book, runner)
             tasks.start_soon(self.peers.run, listener)
             if self.config.discovery_enabled:
                 tasks.start_soon(self._discover)
