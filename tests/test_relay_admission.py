@@ -441,3 +441,31 @@ async def test_a_relay_that_does_not_take_vouches_is_never_sent_one() -> None:
                     await admin.vouch({MEMBER.device_id})
         tasks.cancel_scope.cancel()
     assert received == []
+
+
+async def test_a_new_vouched_set_leaves_a_strangers_join_alone(tmp_path: Path) -> None:
+    """A stranger is never admitted, vouched for or not: a change of the sets must not cut
+    the join it is in the middle of (only sessions with a device no longer admitted)."""
+    config_file = delegating(tmp_path / "relay.toml", ADMIN)
+    async with (
+        served(config_file) as port,
+        connect_relay(HOST, port, ADMIN, RELAY.device_id) as admin,
+        connect_relay(HOST, port, JOINER, RELAY.device_id, features=JOIN) as joiner,
+    ):
+        with anyio.fail_after(20):
+            token = await joiner.request_session(ADMIN.device_id)
+            invitation = await first_invitation(admin)
+            ends: list[anyio.abc.SocketStream] = []
+
+            async def admin_side() -> None:
+                ends.append(await join_session(HOST, port, invitation.token))
+
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(admin_side)
+                stranger = await join_session(HOST, port, token)
+            assert await admin.vouch({MEMBER.device_id}) == 1
+            await stranger.send(b"still here")
+            assert await ends[0].receive() == b"still here"
+            assert not joiner.closed.is_set()
+            for stream in (stranger, ends[0]):
+                await stream.aclose()

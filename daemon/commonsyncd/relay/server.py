@@ -118,8 +118,8 @@ MAX_CLAIMS_PER_CONNECTION = 4
 MAX_CLAIMS = 1000
 #: The delegates' vouched sets, in the relay's data directory (beside ``relay.key``).
 VOUCHED_FILE = "relay-vouched.json"
-#: The largest vouched-sets file read back (a delegate's set is at most MAX_VOUCHED IDs of
-#: 63 characters; a relay with more delegates than this allows is refused at start).
+#: The largest vouched-sets file read back: room for about a hundred delegates' full sets
+#: (MAX_VOUCHED IDs of 63 characters each); a larger one is refused at start.
 MAX_VOUCHED_FILE = 64 * 1024 * 1024
 #: Seconds between two looks at relay.toml (a delegation withdrawn takes effect within it).
 CONFIG_POLL = 1.0
@@ -280,8 +280,9 @@ class RelayServer:
         self.vouched: dict[DeviceId, frozenset[DeviceId]] = load_vouched(vouched_file)
         self._vouched_all: frozenset[DeviceId] = frozenset()
         self._update_vouched()
-        #: The cancel scopes of spliced sessions, per device taking part.
-        self._spliced: dict[DeviceId, set[anyio.CancelScope]] = {}
+        #: Spliced sessions: each one's cancel scope, and its devices.
+        self._spliced: dict[anyio.CancelScope, _Pending] = {}
+        self._saving = anyio.Lock()
 
     @property
     def _greeting(self) -> int:
@@ -733,10 +734,9 @@ class RelayServer:
             if not self._session_admitted(pending):  # its token is forgotten: never spliced
                 del self._pending[token]
                 self._count(pending, -1)
-        for device, scopes in list(self._spliced.items()):
-            if not self.admits(device):
-                for scope in scopes:
-                    scope.cancel()
+        for scope, session in list(self._spliced.items()):
+            if not self._session_admitted(session):
+                scope.cancel()
 
     def _session_admitted(self, pending: _Pending) -> bool:
         """Whether both devices of a session may still use the relay (a stranger's join
@@ -747,7 +747,8 @@ class RelayServer:
         if self._vouched_file is None:
             return
         try:
-            await anyio.to_thread.run_sync(save_vouched, self._vouched_file, dict(self.vouched))
+            async with self._saving:  # one write at a time, each of the sets as they are then
+                await anyio.to_thread.run_sync(save_vouched, self._vouched_file, dict(self.vouched))
         except OSError as exc:
             log.warning(
                 "could not keep the vouched devices in %s (%s): after a restart, they get in "
@@ -893,19 +894,13 @@ class RelayServer:
         cap = strangers.session_bytes if pending.stranger else 0
         capped: list[str] = []
         with anyio.move_on_after(strangers.session_time if pending.stranger else math.inf) as ttl:
-            devices = (pending.requester, pending.target)
-            for device in devices:
-                self._spliced.setdefault(device, set()).add(ttl)
+            self._spliced[ttl] = pending
             try:
                 async with anyio.create_task_group() as tasks:
                     tasks.start_soon(self._pump, a, b, counts, 0, tasks.cancel_scope, cap, capped)
                     tasks.start_soon(self._pump, b, a, counts, 1, tasks.cancel_scope, cap, capped)
             finally:
-                for device in devices:
-                    scopes = self._spliced.get(device, set())
-                    scopes.discard(ttl)
-                    if not scopes:
-                        self._spliced.pop(device, None)
+                del self._spliced[ttl]
         if ttl.cancelled_caught and not self._session_admitted(pending):
             capped.append("cut: a device is no longer a member")
         elif ttl.cancelled_caught:
