@@ -21,11 +21,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from commonsyncd import demo
 from commonsyncd.cli import build_parser
 from commonsyncd.completion import SHELLS, commands, walk
 from commonsyncd.ops_cli import follow, last_lines
 from commonsyncd.output import plural
 from commonsyncd.service import shipped_unit
+from rich.console import Console
 
 from .daemons import ENV, LOOPBACK, ROOT, command, wait_for
 
@@ -500,3 +502,54 @@ def test_the_licence_is_the_agpl_in_full() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))
     assert pyproject["project"]["license"] == "AGPL-3.0-or-later"
     assert pyproject["project"]["license-files"] == ["LICENSE"]
+
+
+# -- the demo's texts ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_demo_names_no_file_it_removed() -> None:
+    done = subprocess.run(
+        [*command("commonsync"), "demo"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "now removed" in done.stdout
+    assert ".log" not in done.stdout, done.stdout  # its logs went with its temporary directory
+
+
+def test_a_failed_demo_shows_its_logs_before_removing_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def fail(alice: demo.Device, bob: demo.Device, base: Path, console: Console) -> None:
+        alice.log.write_text(
+            '{"time": "2026-05-12T17:00:00.000Z", "level": "error", "logger": "commonsyncd", '
+            '"message": "commonsyncd: the port is taken"}\n'
+        )
+        raise demo.DemoError("the daemon of alice exited (its log follows)")
+
+    monkeypatch.setattr(demo, "_run", fail)
+    console = Console(record=True, width=200)
+    assert demo.run_demo(None, console) == 1
+    said = console.export_text()
+    assert "demo failed: the daemon of alice exited (its log follows)" in said
+    assert "error   commonsyncd: commonsyncd: the port is taken" in said
+    assert ".log" not in said
+
+
+def test_dev_without_a_command_describes_each_truly() -> None:
+    done = subprocess.run(
+        [str(ROOT / "dev")], capture_output=True, text=True, timeout=STEP, check=False
+    )
+    assert done.returncode == 0
+    demo_line = next(line for line in done.stdout.splitlines() if "./dev demo" in line)
+    assert "two daemons" in demo_line, demo_line
+    unknown = subprocess.run(
+        [str(ROOT / "dev"), "nonsense"], capture_output=True, text=True, timeout=STEP, check=False
+    )
+    assert unknown.returncode == 2
+    assert "no command nonsense" in unknown.stderr

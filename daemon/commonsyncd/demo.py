@@ -228,7 +228,9 @@ def _run(alice: Device, bob: Device, base: Path, console: Console) -> None:
         console.print("bob keeps the deleted file in bob-files/.commonsync/versions/")
 
     step("6. Status")
-    console.print(bob.cli("status"))
+    # Where the logs are is said once, at the end (they go with a temporary directory).
+    status = bob.cli("status").splitlines()
+    console.print("\n".join(line for line in status if not line.startswith("log: ")), markup=False)
     console.print("To do the same on two machines, see the README.")
 
 

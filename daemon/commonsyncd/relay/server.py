@@ -33,8 +33,9 @@ kinds of connection, told apart by their first byte:
 Every resource a device can make the relay spend is bounded (limits in
 :class:`~commonsyncd.relay.config.RelayLimits`, constants below): connections still greeting,
 control connections, sessions in all and per device, session requests per device (a token
-bucket), how long a token waits, and optionally each session's bandwidth. The relay logs one
-JSON object per line (who connected, sessions and their byte counts), never contents.
+bucket), how long a token waits, and optionally each session's bandwidth. The relay logs (one
+JSON object per line, or text on a terminal: :mod:`commonsyncd.logs`) who connected, sessions
+and their byte counts, never contents.
 """
 
 from __future__ import annotations
