@@ -24,7 +24,8 @@ import pytest
 from commonsyncd import demo
 from commonsyncd.cli import build_parser
 from commonsyncd.completion import SHELLS, commands, walk
-from commonsyncd.ops_cli import follow, last_lines
+from commonsyncd.logs import describe, journal_command, systemd_unit
+from commonsyncd.ops_cli import _journal, follow, last_lines
 from commonsyncd.output import plural
 from commonsyncd.service import shipped_unit
 from rich.console import Console
@@ -205,6 +206,40 @@ def test_logs_follows_a_file_through_rotation(tmp_path: Path) -> None:
             done.set()
     writer.join()
     assert seen == ["after 1", "half a line", "rotated"]
+
+
+def test_a_daemon_run_by_systemd_has_its_log_read_from_the_journal() -> None:
+    user_unit = "0::/user.slice/user-1000.slice/user@1000.service/app.slice/commonsyncd.service\n"
+    assert systemd_unit(user_unit) == ("commonsyncd.service", "user")
+    assert systemd_unit("0::/system.slice/commonsyncd.service\n") == (
+        "commonsyncd.service",
+        "system",
+    )
+    # A terminal's scope under the user manager, cgroup v1 only, no cgroup: no unit.
+    assert (
+        systemd_unit("0::/user.slice/user-1000.slice/user@1000.service/app.slice/x.scope") is None
+    )
+    assert systemd_unit("0::/user.slice/user-1000.slice/user@1000.service\n") is None
+    assert systemd_unit("1:name=systemd:/system.slice/commonsyncd.service\n") is None
+    where = {"kind": "journal", "path": None, "unit": "commonsyncd.service", "scope": "user"}
+    assert journal_command(where, 5, True) == [
+        "journalctl",
+        "--user",
+        "--unit",
+        "commonsyncd.service",
+        "--output",
+        "cat",
+        "--no-pager",
+        "--lines",
+        "5",
+        "--follow",
+    ]
+    assert journal_command({**where, "scope": "system"}, 5, False)[:2] == ["journalctl", "--unit"]
+    assert journal_command({"kind": "journal", "path": None}, 5, False) is None
+    assert "journalctl --user --unit commonsyncd.service" in describe(where)
+    shown: list[str] = []
+    assert _journal(["printf", "one\\ntwo\\n"], shown.append) == 0
+    assert shown == ["one\n", "two\n"]
 
 
 def test_logs_without_a_daemon_or_a_file_says_so(tmp_path: Path) -> None:

@@ -169,7 +169,8 @@ def setup_logging(level: str = "info", options: LogOptions | None = None) -> Non
 
 def destination() -> dict[str, str | None]:
     """Where the log goes: ``{"kind": "file", "path": ...}``, or kind ``journal`` (systemd's
-    journal), ``terminal``, or ``stderr`` (a pipe or anything else), with path None."""
+    journal, with the ``unit`` and its ``scope``, user or system, when known), ``terminal``,
+    or ``stderr`` (a pipe or anything else), with path None."""
     return dict(_destination)
 
 
@@ -195,7 +196,14 @@ def _stderr_destination() -> dict[str, str | None]:
     # systemd names the journal's stream in JOURNAL_STREAM (device:inode); a child that
     # inherited the variable but writes elsewhere does not match it.
     if os.environ.get("JOURNAL_STREAM") == f"{info.st_dev}:{info.st_ino}":
-        return {"kind": "journal", "path": None}
+        try:
+            unit = systemd_unit(Path("/proc/self/cgroup").read_text())
+        except OSError:
+            unit = None
+        if unit is None:
+            return {"kind": "journal", "path": None}
+        name, scope = unit
+        return {"kind": "journal", "path": None, "unit": name, "scope": scope}
     if sys.stderr.isatty():
         return {"kind": "terminal", "path": None}
     if stat.S_ISREG(info.st_mode):
@@ -209,13 +217,43 @@ def _stderr_destination() -> dict[str, str | None]:
     return {"kind": "stderr", "path": None}
 
 
+def systemd_unit(cgroup: str) -> tuple[str, str] | None:
+    """The systemd service this process runs as, from ``/proc/self/cgroup``'s text: its
+    name, and ``"user"`` (a user manager's unit) or ``"system"``; None outside a service."""
+    for line in cgroup.splitlines():
+        if not line.startswith("0::"):
+            continue  # only the unified hierarchy names units reliably
+        parts = line[3:].strip("/").split("/")
+        services = [i for i, part in enumerate(parts) if part.endswith(".service")]
+        if not services or parts[services[-1]].startswith("user@"):
+            return None  # the user manager itself, or an app scope below it
+        last = services[-1]
+        user = any(part.startswith("user@") for part in parts[:last])
+        return parts[last], "user" if user else "system"
+    return None
+
+
+def journal_command(where: dict[str, Any], lines: int, follow: bool) -> list[str] | None:
+    """The ``journalctl`` command that prints the log of the service ``where`` describes (as
+    :func:`destination` gives it: kind ``journal`` with its unit), only its messages (the
+    lines the daemon wrote); None when the unit is not known."""
+    unit = where.get("unit")
+    if where.get("kind") != "journal" or not unit:
+        return None
+    command = ["journalctl", "--user"] if where.get("scope") == "user" else ["journalctl"]
+    command += ["--unit", str(unit), "--output", "cat", "--no-pager", "--lines", str(lines)]
+    return [*command, "--follow"] if follow else command
+
+
 def describe(where: dict[str, Any]) -> str:
     """Where a log goes, in words (``where`` as :func:`destination` gives it)."""
     kind, path = where.get("kind"), where.get("path")
     if kind == "file" and path:
         return str(path)
     if kind == "journal":
-        return "the systemd journal (`journalctl --user -u commonsyncd -f` reads it)"
+        command = journal_command(where, 20, True)
+        reads = " ".join(command) if command else "journalctl --user -u commonsyncd -f"
+        return f"the systemd journal (`commonsync logs -f` or `{reads}` reads it)"
     if kind == "terminal":
         return "the terminal the daemon runs in"
     return "the daemon's standard error"

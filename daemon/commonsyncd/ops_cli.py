@@ -8,6 +8,9 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import shutil
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +23,7 @@ from .background import log_file
 from .completion import SHELLS, script
 from .control import ControlClient, DaemonNotRunningError
 from .home import Home
-from .logs import as_text, describe
+from .logs import as_text, describe, journal_command
 from .output import Output
 from .service import Installed, ServiceError, install, render
 from .terminal import visible
@@ -163,27 +166,55 @@ def ops_command(
 def _logs(args: argparse.Namespace, home: Home, out: Output) -> int:
     if args.lines < 0:
         raise OpsError(f"-n {args.lines}: give a number of lines, 0 or more")
-    path, note = find_log(home)
+    source, note = find_log(home, args.lines, args.follow)
     if note and not out.json:
         out.errors.print(note, markup=False)
 
     def emit(line: str) -> None:
         print(as_text(line) if out.rich else visible(line.rstrip("\n")), flush=True)
 
-    for line in last_lines(path, args.lines):
+    if isinstance(source, list):  # the journal's, through journalctl
+        return _journal(source, emit)
+    for line in last_lines(source, args.lines):
         emit(line)
     if args.follow:
-        for line in follow(path):
+        for line in follow(source):
             emit(line)
     return 0
 
 
-def find_log(home: Home) -> tuple[Path, str]:
-    """The daemon's log file, and a note to show with it (or ``""``).
+def _journal(command: list[str], emit: Callable[[str], None]) -> int:
+    """Print what ``command`` (journalctl) prints, line by line; its exit code (0 when it was
+    ended by Ctrl-C or a closed pipe, as ``logs -f`` is)."""
+    try:
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, text=True, encoding="utf-8", errors="replace"
+        )
+    except OSError as exc:
+        raise OpsError(
+            f"cannot run {command[0]}: {exc.strerror or exc}",
+            f"read the journal another way: {' '.join(command)}",
+        ) from None
+    assert process.stdout is not None
+    try:
+        for line in process.stdout:
+            emit(line)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+        process.wait()
+        process.stdout.close()
+    return 0 if process.returncode in (0, -signal.SIGTERM) else 1
 
-    A running daemon says where its log goes (``/status``: ``--log-file``, or the file its
-    standard error was sent to, as ``commonsync join`` does); a daemon that is not running
-    left its last background run's log in the data directory, if any."""
+
+def find_log(home: Home, lines: int = 20, follow: bool = False) -> tuple[Path | list[str], str]:
+    """The daemon's log file (or the journalctl command that prints its last ``lines``, and
+    follows it), and a note to show with it (or ``""``).
+
+    A running daemon says where its log goes (``/status``: ``--log-file``, the file its
+    standard error was sent to, as ``commonsync join`` does, or the journal of its systemd
+    unit); a daemon that is not running left its last background run's log in the data
+    directory, if any."""
     home.require_initialised()
     try:
         status = ControlClient(home.socket_path, timeout=5).request("GET", "/status")
@@ -193,6 +224,9 @@ def find_log(home: Home) -> tuple[Path, str]:
         where = status.get("log") or {}
         if where.get("kind") == "file" and where.get("path"):
             return Path(where["path"]), ""
+        command = journal_command(where, lines, follow)
+        if command is not None and shutil.which(command[0]):
+            return command, ""
         hints = {
             "journal": "read it with `journalctl --user -u commonsyncd -f` (without --user "
             "for a system service)",
