@@ -479,6 +479,12 @@ def test_init_again_renames_or_says_why_not(tmp_path: Path, daemon: tuple[Path, 
     assert "renamed it from 'old' to 'new'" in done.stdout
     assert 'name = "new"' in (home / "config.toml").read_text()
     assert "already set up" in run("init", home=home).stdout
+    again = run("init", "--listen", "0.0.0.0:9", "--no-discovery", home=home)
+    assert again.returncode == 0
+    assert "--listen and --no-discovery changed nothing" in again.stderr
+    assert json.loads(run("init", "--json", "--listen", "0.0.0.0:9", home=home).stdout)[
+        "unchanged_options"
+    ] == ["--listen"]
     running_home, _ = daemon  # its daemon would write its old name back: refused
     refused = run("init", "--name", "other", home=running_home)
     assert refused.returncode == 2

@@ -61,6 +61,8 @@ EXIT_INTERRUPTED = 130
 #: Standard output was closed early (`commonsync status | head -1`): 128 + SIGPIPE, as a
 #: program killed by SIGPIPE would end, but quietly.
 EXIT_BROKEN_PIPE = 141
+#: Where a device set up by `init` listens for peers, unless told otherwise.
+DEFAULT_LISTEN = "0.0.0.0:22070"
 
 
 class UsageError(CommonsyncError):
@@ -100,8 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--name", default="", help="a name for this device (default: host name)")
     init.add_argument(
         "--listen",
-        default="0.0.0.0:22070",
-        help="address and port for peers to connect to (default: %(default)s)",
+        default=None,
+        help=f"address and port for peers to connect to (default: {DEFAULT_LISTEN})",
     )
     init.add_argument(
         "--discovery-interface",
@@ -388,13 +390,13 @@ def init(args: argparse.Namespace, home: Home, out: Output) -> int:
     if home.initialised:
         return _init_again(args, home, out)
     try:
-        parse_address(args.listen)
+        parse_address(args.listen or DEFAULT_LISTEN)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     identity = set_up(
         home,
         name=args.name,
-        listen=args.listen,
+        listen=args.listen or DEFAULT_LISTEN,
         discovery=not args.no_discovery,
         interfaces=args.discovery_interface,
     )
@@ -430,6 +432,22 @@ def _init_again(args: argparse.Namespace, home: Home, out: Output) -> int:
                 f"stop the daemon, run `commonsync init --name {args.name}` again, then start it",
             )
     renamed = config.name != old_name
+    unchanged = [
+        option
+        for option, given in [
+            ("--listen", args.listen is not None),
+            ("--no-discovery", args.no_discovery),
+            ("--discovery-interface", bool(args.discovery_interface)),
+        ]
+        if given
+    ]
+    if unchanged and not out.json:
+        out.errors.print(
+            f"{' and '.join(unchanged)} changed nothing: they apply when a device is set up. "
+            f"Change listen, discovery_enabled or discovery_interfaces in {home.config_file} "
+            "instead, with the daemon stopped.",
+            markup=False,
+        )
     if out.json:
         out.data(
             {
@@ -437,6 +455,7 @@ def _init_again(args: argparse.Namespace, home: Home, out: Output) -> int:
                 "config": str(home.config_file),
                 "name": config.name,
                 "renamed_from": old_name if renamed else None,
+                "unchanged_options": unchanged,
             }
         )
         return EXIT_OK
