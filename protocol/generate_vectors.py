@@ -603,7 +603,8 @@ def membership() -> dict[str, Any]:
             "membership log (SPEC.md §15): entries of each operation (inputs, signed bytes, "
             "encoding, hash); encodings every implementation refuses, with the reason; a log "
             "with a fork and its merge (effect order, heads, state, entries without effect, "
-            "entries refused); an invitation's key and admission signature; an epoch's secret "
+            "entries refused); removals revoking invitations (a log, its effects and state); "
+            "an invitation's key and admission signature; an epoch's secret "
             "sealed to a device (with the ephemeral key used: crypto_box_seal draws it at "
             "random) and the folder key it opens to. Bytes are hex; in args, "
             '{"hex": ...} is a msgpack bin and a plain string a msgpack str'
@@ -626,6 +627,7 @@ def membership() -> dict[str, Any]:
         "entries": [_entry_case(label, entry, by) for label, entry, by in cases],
         "invalid_entries": _invalid_entries(folder_id, people["ada"], bea),
         "log": _membership_log(),
+        "revocation": _membership_revocation(),
         "invitation": {
             "secret": invitation_secret.hex(),
             "key_seed": derive_key(invitation_secret, invitations.KEY_CONTEXT).hex(),
@@ -1084,6 +1086,116 @@ def _membership_log() -> dict[str, Any]:
         ],
         "state": log.state.as_json(),
         "refused": refused,
+    }
+
+
+def _membership_revocation() -> dict[str, Any]:
+    """Removals revoke invitations (SPEC.md §15.6). Ada (owner) invites a group (5 uses);
+    Bea joins with it, becomes an admin, adds her phone, and invites from the phone and from
+    her laptop. Ada removes Bea's phone (revoking the group's invitation, which admitted Bea,
+    and the phone's), then, apart from Cy, who admits Bea again under a new key with the
+    group's invitation, removes Bea (revoking the laptop's): the readmission takes no effect,
+    whatever the order; Dee's admission with the laptop's invitation after it is refused."""
+    me = membership_entries
+    folder_id = seed("membership revocation folder id", 32)
+    names = ["ada", "bea", "bea phone", "bea again", "cy", "dee"]
+    ids = {
+        n: DeviceIdentity.from_seed(seed(f"membership revocation device {n}", 32)) for n in names
+    }
+    secrets = {
+        n: seed(f"membership revocation secret {n}", 16) for n in ("group", "phone", "laptop")
+    }
+    day = MEMBERSHIP_T0 + 86400
+    times = iter(range(MEMBERSHIP_T0, day, 60))
+    written: dict[str, me.Entry] = {}
+
+    def write(label: str, by: str, after: list[str], action: Any) -> bytes:
+        parents = sorted(written[p].hash for p in after)
+        written[label] = me.make_entry(ids[by], folder_id, parents, next(times), action)
+        return written[label].hash
+
+    def admit(name: str, shown: str, secret: str, invitation: bytes) -> me.AddMember:
+        key = ids[name].public_key
+        proof = invitations.sign_admission(secrets[secret], folder_id, invitation, shown, [key])
+        return me.AddMember(shown, me.Role.WRITER, (key,), invitation, proof)
+
+    def invite(secret: str, uses: int) -> me.Invite:
+        return me.Invite(invitations.invitation_key(secrets[secret]), me.Role.WRITER, day, uses)
+
+    write("genesis: Ada", "ada", [], me.Genesis("Ada"))
+    group = write("Ada invites a group (5 uses)", "ada", ["genesis: Ada"], invite("group", 5))
+    bea = write(
+        "Bea joins with it",
+        "ada",
+        ["Ada invites a group (5 uses)"],
+        admit("bea", "Bea", "group", group),
+    )
+    write("Ada makes Bea an admin", "ada", ["Bea joins with it"], me.SetRole(bea, me.Role.ADMIN))
+    cy_key = ids["cy"].public_key
+    write(
+        "Ada adds Cy",
+        "ada",
+        ["Ada makes Bea an admin"],
+        me.AddMember("Cy", me.Role.WRITER, (cy_key,)),
+    )
+    phone = ids["bea phone"].public_key
+    write("Bea adds her phone", "bea", ["Ada adds Cy"], me.AddDevice(bea, phone))
+    write("Bea's phone invites", "bea phone", ["Bea adds her phone"], invite("phone", 3))
+    laptop = write("Bea's laptop invites", "bea", ["Bea's phone invites"], invite("laptop", 3))
+    write(
+        "Ada removes Bea's phone",
+        "ada",
+        ["Bea's laptop invites"],
+        me.RemoveDevice(bea, phone, 0),
+    )
+    write("Ada removes Bea", "ada", ["Ada removes Bea's phone"], me.RemoveMember(bea, ()))
+    readmission = admit("bea again", "Bea", "group", group)
+    write(
+        "Cy admits Bea again with the group's invitation",
+        "cy",
+        ["Bea's laptop invites"],
+        readmission,
+    )
+    merge = ["Ada removes Bea", "Cy admits Bea again with the group's invitation"]
+    dee = admit("dee", "Dee", "laptop", laptop)
+    refused = write("Ada admits Dee with the laptop's invitation", "ada", merge, dee)
+    entries = list(written.values())
+    log = MembershipLog(folder_id, entries[0])
+    got = log.add(entries[1:])
+    assert [(e.hash, r) for e, r in got] == [(refused, "the invitation was revoked")], got
+    labels = {e.hash: label for label, e in written.items()}
+    effects = log.effects()
+    no_effect = [(labels[e.hash], r) for e, r in effects if r is not None]
+    assert no_effect == [
+        (
+            "Cy admits Bea again with the group's invitation",
+            "a concurrent removal revokes the invitation it admits with",
+        )
+    ], no_effect
+    return {
+        "folder_id": folder_id.hex(),
+        "device_seeds": {name: ident.seed.hex() for name, ident in ids.items()},
+        "invitation_secrets": {name: secret.hex() for name, secret in secrets.items()},
+        "entries": [
+            {"label": label, "encoded": e.encoded.hex(), "hash": e.hash.hex()}
+            for label, e in written.items()
+            if e.hash != refused
+        ],
+        "effect_order": [e.hash.hex() for e, _ in effects],
+        "no_effect": [
+            {"hash": e.hash.hex(), "label": labels[e.hash], "reason": reason}
+            for e, reason in effects
+            if reason is not None
+        ],
+        "state": log.state.as_json(),
+        "refused": [
+            {
+                "label": labels[refused],
+                "encoded": written[labels[refused]].encoded.hex(),
+                "hash": refused.hex(),
+                "reason": "the invitation was revoked",
+            }
+        ],
     }
 
 

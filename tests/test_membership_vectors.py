@@ -271,6 +271,33 @@ def test_the_merge_epoch_opens_on_every_device_in_force() -> None:
 # -- invitation and epoch ------------------------------------------------------------------------
 
 
+REVOCATION = VECTORS["revocation"]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_removals_revoke_the_invitations_of_the_removed(seed: int) -> None:
+    """SPEC.md §15.6: a removal revokes the invitation that admitted the member (or the
+    device's member) and those the removed created; an admission with one concurrent with
+    the removal takes no effect, one after it is refused; in any arrival order."""
+    entries = [decode_entry(bytes.fromhex(e["encoded"])) for e in REVOCATION["entries"]]
+    assert [e.hash.hex() for e in entries] == [e["hash"] for e in REVOCATION["entries"]]
+    genesis, rest = entries[0], entries[1:]
+    log = MembershipLog(genesis.folder_id, genesis)
+    for entry in topological_shuffle(rest, genesis, random.Random(seed)):
+        assert log.add([entry]) == []
+    assert [e.hash.hex() for e, _ in log.effects()] == REVOCATION["effect_order"]
+    no_effect = [{"hash": e.hash.hex(), "reason": r} for e, r in log.effects() if r is not None]
+    assert no_effect == [
+        {"hash": n["hash"], "reason": n["reason"]} for n in REVOCATION["no_effect"]
+    ]
+    assert log.state.as_json() == REVOCATION["state"]
+    assert all(i["revoked"] for i in REVOCATION["state"]["invitations"])
+    refused = [decode_entry(bytes.fromhex(r["encoded"])) for r in REVOCATION["refused"]]
+    assert [(e.hash.hex(), why) for e, why in log.add(refused)] == [
+        (r["hash"], r["reason"]) for r in REVOCATION["refused"]
+    ]
+
+
 def test_the_invitation_key_and_admission() -> None:
     v = VECTORS["invitation"]
     secret = bytes.fromhex(v["secret"])
