@@ -127,13 +127,20 @@ class RelayLinks:
                 link.control, link.since, link.error = control, time.time(), ""
                 log.info("connected to %s at %s", link.name, link.config.address)
                 self._on_connected(link)
+                ended: CommonsyncError = RelayError(f"{link.name} closed the control connection")
                 async with anyio.create_task_group() as tasks:
                     if control.takes_vouches:
                         tasks.start_soon(self._vouch, link, control)
-                    async for invitation in control.invitations():
-                        self._on_invitation(link, invitation)
+                    try:
+                        async for invitation in control.invitations():
+                            self._on_invitation(link, invitation)
+                    except CommonsyncError as exc:
+                        # Raised below, as it is: from inside the task group it would come
+                        # out wrapped in an exception group, which nothing here catches (the
+                        # whole node stopped when a relay closed the connection).
+                        ended = exc
                     tasks.cancel_scope.cancel()
-                raise RelayError(f"{link.name} closed the control connection")
+                raise ended
         except CommonsyncError as exc:
             was_connected = link.control is not None
             changed = str(exc) != link.error
