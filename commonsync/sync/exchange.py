@@ -481,7 +481,11 @@ class PeerExchange:
         }
         self._log_known[message.folder_id] = known | set(message.heads)
         self._peer_epoch[message.folder_id] = message.epoch
-        lacking = members.peer_heads(self.session.channel.peer_public_key, message.heads)
+        # (A log with more heads than a LogHeads names is not judged: its other heads may be
+        # what covers the entries it showed before.)
+        lacking = 0
+        if len(message.heads) < MAX_LOG_HEADS:
+            lacking = members.peer_heads(self.session.channel.peer_public_key, message.heads)
         if lacking:
             log.warning(
                 "%s serves an older membership log: it lacks %d entries it held before; its "
