@@ -182,3 +182,37 @@ async def test_an_older_log_served_by_a_member_is_refused_and_reported(tmp_path:
         bob.peers.restart(alice.device_id)
         await until(lambda: not ours.members.rollbacks, "the problem is gone")
         assert not alice.folder("scores").status()["problems"]
+
+
+async def test_a_writer_removes_its_own_lost_device_and_an_admin_starts_the_epoch(
+    tmp_path: Path,
+) -> None:
+    """Bob, a writer, may remove his own phone but not start a key epoch: the first admin
+    device that sees the removal does (SPEC.md §15.7), sealed to Alice and Bob's laptop."""
+    scores = tmp_path / "scores"
+    scores.mkdir()
+    async with nodes(tmp_path, "alice", "bob", "phone") as (alice, bob, phone):
+        await know(alice, bob, "bob")
+        await know(bob, alice)
+        await know(bob, phone, "phone")
+        await know(phone, bob)
+        await alice.add_folder(scores, "scores")
+        laptop = await share_and_accept(alice, bob, "scores", tmp_path / "bob")
+        await bob.add_member_device("scores", "bob", "phone")
+        await until(lambda: bool(phone.offers), "the folder is offered to the phone")
+        await phone.accept_folder("scores", tmp_path / "phone")
+        lost_one = folder_of(phone, "scores")
+        await until(lambda: lost_one.members.my_role is Role.WRITER, "the phone is bob's")
+
+        answer = await bob.device_lost("scores", "phone")
+        assert (answer["epoch"], answer["epoch_pending"]) == (0, True)
+        owner = folder_of(alice, "scores")
+        await until(lambda: owner.keyring.current.epoch == 1, "alice starts epoch 1")
+        await until(lambda: laptop.keyring.current.epoch == 1, "bob's laptop gets it")
+        assert owner.members.state is not None
+        assert owner.members.state.epoch is not None
+        assert set(owner.members.state.epoch.wrapped) == {
+            alice.identity.public_key,
+            bob.identity.public_key,
+        }
+        assert not lost_one.keyring.holds(1)
