@@ -11,8 +11,8 @@ A device that is an admin or owner of a folder with a membership log also *vouch
 relay that takes vouches, for every device its folders' logs name (SPEC.md §14.1): at
 connect, and again whenever a log changes. A relay whose hoster made it a delegate
 (``commonsync relay allow --delegate``) then admits those devices and drops the removed
-ones; another relay refuses, and is not asked again on that connection. The relay learns
-device IDs only.
+ones; another relay refuses, and is asked again every five minutes (a delegation given
+meanwhile takes effect). The relay learns device IDs only.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ MAX_BACKOFF = 60.0
 STABLE_AFTER = 10.0
 #: Seconds after which the set to vouch for is looked at again even if no log said it changed.
 VOUCH_RECHECK = 30.0
+#: Seconds before a set the relay refused is offered again (a delegation given meanwhile).
+VOUCH_RETRY = 300.0
 
 
 @dataclass
@@ -51,6 +53,8 @@ class RelayLink:
     control: RelayControl | None = None
     since: float | None = None
     error: str = ""
+    #: The relay refused this device (it is not a member there): a problem for status.
+    refused: bool = False
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
 
     @property
@@ -125,6 +129,7 @@ class RelayLinks:
             host, port = parse_address(link.config.address, default_port=DEFAULT_RELAY_PORT)
             async with connect_relay(host, port, self._identity, link.relay_id) as control:
                 link.control, link.since, link.error = control, time.time(), ""
+                link.refused = False
                 log.info("connected to %s at %s", link.name, link.config.address)
                 self._on_connected(link)
                 ended: CommonsyncError = RelayError(f"{link.name} closed the control connection")
@@ -145,6 +150,7 @@ class RelayLinks:
             was_connected = link.control is not None
             changed = str(exc) != link.error
             link.error = str(exc)
+            link.refused = isinstance(exc, RelayRefusedError) and not was_connected
             if isinstance(exc, RelayRefusedError | RelayError) and not was_connected and changed:
                 log.warning("cannot use %s at %s: %s", link.name, link.config.address, exc)
             elif was_connected:
@@ -156,8 +162,11 @@ class RelayLinks:
 
     async def _vouch(self, link: RelayLink, control: RelayControl) -> None:
         """Keep the relay's copy of the set of devices this one vouches for current, while
-        the connection lasts; stop at a refusal (the relay's hoster did not delegate to us)."""
+        the connection lasts. A refusal (the relay's hoster did not make this device a
+        delegate) is logged once; the set is offered again every :data:`VOUCH_RETRY`
+        seconds, so that a delegation given later takes effect without a reconnection."""
         sent: frozenset[DeviceId] | None = None
+        refused = False
         while True:
             changed = self._vouches_changed
             wanted = self.vouches()
@@ -167,13 +176,16 @@ class RelayLinks:
                 try:
                     held = await control.vouch(wanted)
                 except RelayRefusedError as exc:
-                    log.info("%s takes no vouches from this device: %s", link.name, exc)
-                    return
+                    if not refused:
+                        log.info("%s takes no vouches from this device: %s", link.name, exc)
+                    refused = True
+                    await anyio.sleep(VOUCH_RETRY)
+                    continue
                 except CommonsyncError as exc:
                     log.debug("vouching at %s failed: %s", link.name, exc)
                     return  # the connection ends; the next one sends the set again
                 log.info("%s: vouched for %d devices", link.name, held)
-                sent = wanted
+                sent, refused = wanted, False
             with anyio.move_on_after(VOUCH_RECHECK):  # a folder started or stopped, too
                 await changed.wait()
 

@@ -646,8 +646,8 @@ def _relay_delegate(
         out.line(f"device {device} {state} the devices this relay admits")
     if added:
         out.line(
-            "a running relay takes the vouches of a new delegate at its next connection; "
-            "the relay learns device IDs only"
+            "a running relay takes a new delegate's vouches when its device next offers them "
+            "(within 5 minutes); the relay learns device IDs only"
         )
     return EXIT_OK
 
