@@ -704,7 +704,10 @@ class Node:
                     hint=f"remove the member instead (`commonsync member remove {config.label} "
                     f"{member.name}`)",
                 )
-            last = await self.store.last_authored(config.folder_id, key)
+            # A reader's records are taken from nobody: nothing to credit (SPEC.md §15.5).
+            last = 0
+            if member.role >= Role.WRITER:
+                last = await self.store.last_authored(config.folder_id, key)
             await self._append(folder, RemoveDevice(member.id, key, last))
             admin = folder.members.my_role is not None and folder.members.my_role >= Role.ADMIN
             if admin:

@@ -113,10 +113,15 @@ def device_lost_command(args: argparse.Namespace, client: ControlClient, out: Ou
     if out.json:
         out.data(answer)
         return 0
+    kept = (
+        f"what it made up to its version {answer['credited']} stays, anything else it sends is "
+        "refused"
+        if answer["credited"]
+        else "nothing it sends is taken"
+    )
     out.line(
         f"removed device {answer['device_name']} of {answer['member']} from folder "
-        f"{answer['folder']}; what it made up to its version {answer['credited']} stays, what "
-        f"it makes from now on is refused."
+        f"{answer['folder']}; {kept}."
     )
     if answer["epoch_pending"]:
         out.line(
