@@ -22,6 +22,7 @@ from commonsyncd.relay.server import RelayServer, StrangerLimits, load_vouched
 from commonsync import DeviceIdentity
 from commonsync.errors import CommonsyncError, RelayError, RelayRefusedError
 from commonsync.membership.entries import Role
+from commonsync.node import relay_links
 from commonsync.relay.client import RelayControl, connect_relay, join_session
 from commonsync.relay.wire import MAX_VOUCH_BATCH, MAX_VOUCHED, RefuseReason, Vouch, encode
 from commonsync.wire.channel import accept_channel
@@ -508,3 +509,31 @@ async def test_admin_devices_vouch_for_their_folders_members_until_demoted(
                 lambda: server.vouched.get(ben.device_id) == frozenset(), "ben withdraws"
             )
             assert server.vouched[anna.device_id] == both
+
+
+@pytest.mark.slow
+async def test_a_delegation_given_later_takes_effect_without_a_reconnection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anna's device is a plain member, so the relay refuses her set; once the hoster makes
+    her a delegate, her device's next offer (every VOUCH_RETRY seconds) is taken."""
+    monkeypatch.setattr(relay_links, "VOUCH_RETRY", 0.5)
+    config_file = tmp_path / "relay.toml"
+    (tmp_path / "anna").mkdir()
+    async with nodes(tmp_path, "anna") as (anna,):
+        RelayServerConfig(members=[anna.device_id]).save(config_file)
+        async with served(config_file) as port:
+            server = SERVERS[-1]
+            await anna.add_relay(f"{RELAY.device_id}@{HOST}:{port}")
+            await anna.add_folder(tmp_path / "anna", "choir")
+            await node_until(lambda: anna.device_id in server.controls, "anna connects")
+            await anyio.sleep(1)  # refused meanwhile, at least once
+            assert server.vouched == {}
+            control = server.controls[anna.device_id]
+            RelayServerConfig(members=[anna.device_id], delegates=[anna.device_id]).save(
+                config_file
+            )
+            await node_until(
+                lambda: server.vouched.get(anna.device_id) == {anna.device_id}, "anna vouches"
+            )
+            assert server.controls[anna.device_id] is control  # the same connection
