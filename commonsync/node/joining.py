@@ -17,7 +17,7 @@ then goes on in that channel as above.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from enum import IntEnum
 from typing import TypeVar
@@ -78,18 +78,23 @@ ChannelOpener = Callable[[], AbstractAsyncContextManager[tuple[Channel, list[str
 
 
 async def ask_to_join(
-    identity: DeviceIdentity, link: JoinLink, name: str, extra: dict[DeviceId, list[str]]
+    identity: DeviceIdentity,
+    link: JoinLink,
+    name: str,
+    extra: dict[DeviceId, list[str]],
+    own: Mapping[DeviceId, RelayControl] | None = None,
 ) -> tuple[DeviceId, list[str], Joined]:
     """Reach a member device the link names (at its addresses, then at those in ``extra``,
-    e.g. found on the LAN, then through the link's relays as a stranger) and ask it to admit
-    this device as ``name``: the device, the addresses that worked (none through a relay),
-    and its answer. :class:`JoinRefusedError` if a member refused,
+    e.g. found on the LAN, then through the link's relays: as a stranger, or through this
+    device's ``own`` control connection to a relay, by relay ID, where it is a member) and ask
+    it to admit this device as ``name``: the device, the addresses that worked (none through
+    a relay), and its answer. :class:`JoinRefusedError` if a member refused,
     :class:`~commonsync.errors.ChannelError` (with every attempt) if none could be reached."""
     request = _join_request(identity, link, name)
     failures: list[str] = []
     found = await _ask_directly(identity, link, request, extra, failures)
     if found is None:
-        found = await _ask_through_relays(identity, link, request, failures)
+        found = await _ask_through_relays(identity, link, request, failures, own or {})
     if found is not None:
         return found
     raise ChannelError(
@@ -127,7 +132,11 @@ async def _ask_directly(
 
 
 async def _ask_through_relays(
-    identity: DeviceIdentity, link: JoinLink, request: Join, failures: list[str]
+    identity: DeviceIdentity,
+    link: JoinLink,
+    request: Join,
+    failures: list[str],
+    own: Mapping[DeviceId, RelayControl],
 ) -> tuple[DeviceId, list[str], Joined] | None:
     """The link's member devices through the link's relays, this device connecting to each
     relay as a stranger that comes to join (SPEC.md §14.1, §15.9)."""
@@ -138,7 +147,7 @@ async def _ask_through_relays(
             failures.append(f"relay {text}: {exc}")
             continue
         try:
-            async with stranger_at_relay(identity, relay) as control:
+            async with stranger_at_relay(identity, relay, own.get(relay.relay_id)) as control:
                 for device, _ in link.devices:
                     where = f"{device.short_str} through relay {relay.relay_id.short_str}"
                     try:
@@ -198,11 +207,19 @@ async def code_channel_on_lan(
 
 @asynccontextmanager
 async def stranger_at_relay(
-    identity: DeviceIdentity, relay: RelayConfig
+    identity: DeviceIdentity, relay: RelayConfig, own: RelayControl | None = None
 ) -> AsyncIterator[RelayControl]:
     """A control connection to ``relay`` naming the ``join`` feature: a relay admits a
     device that is not one of its members so, for a short while, to reach a member device
-    (by its ID, or by a code's nameplate) and join a folder (SPEC.md §14.1)."""
+    (by its ID, or by a code's nameplate) and join a folder (SPEC.md §14.1).
+
+    ``own`` is this device's control connection to that relay, if it is one of its members
+    and connected: it is used instead (and left open), since the relay takes a second
+    connection with the same device ID for a reconnection and closes the first, and with it
+    the codes this device holds there."""
+    if own is not None and not own.closed.is_set():
+        yield own
+        return
     host, port = parse_address(relay.address, default_port=DEFAULT_RELAY_PORT)
     features = [JOIN_FEATURE]
     async with connect_relay(host, port, identity, relay.relay_id, features=features) as control:
@@ -211,11 +228,12 @@ async def stranger_at_relay(
 
 @asynccontextmanager
 async def code_channel_at_relay(
-    identity: DeviceIdentity, relay: RelayConfig, nameplate: int
+    identity: DeviceIdentity, relay: RelayConfig, nameplate: int, own: RelayControl | None = None
 ) -> AsyncIterator[tuple[Channel, list[str]]]:
     """A join channel, through ``relay``, to the device holding ``nameplate`` there (this
-    device need not be one of the relay's members to ask that)."""
-    async with stranger_at_relay(identity, relay) as control:
+    device need not be one of the relay's members to ask that; if it is, ``own`` is its
+    control connection there, :func:`stranger_at_relay`)."""
+    async with stranger_at_relay(identity, relay, own) as control:
         channel = await open_code_channel(
             control, identity, nameplate, features=[JOIN_FEATURE], timeout=CONNECT_TIMEOUT
         )

@@ -940,20 +940,27 @@ class Node:
         return {"folder": config.label, "revoked": matches[0].hex()[:16]}
 
     def _admitting_devices(self, folder: Folder) -> list[tuple[DeviceId, tuple[str, ...]]]:
-        """This device and the other members' devices it knows an address of: where a
-        joiner may be admitted."""
+        """This device and the other members' devices: where a joiner may be admitted. Those
+        it knows an address of come with their addresses; when this device uses relays, the
+        others follow with none, for the joiner to reach through the link's relays (so that
+        one is admitted while this device is away, though nobody's address is known)."""
+        state = folder.members.state
+        members = {
+            DeviceId.from_public_key(key)
+            for member in (state.members.values() if state else ())
+            for key in member.devices
+        }
         devices = [(self.device_id, tuple(self._own_addresses()[:8]))]
+        unaddressed: list[tuple[DeviceId, tuple[str, ...]]] = []
         for device in self.config.devices:
+            if device.device_id not in members:
+                continue
             addresses = [*device.addresses, *self.peers.discovered_addresses(device.device_id)]
-            if addresses and any(
-                DeviceId.from_public_key(key) == device.device_id
-                for member in (
-                    folder.members.state.members.values() if folder.members.state else ()
-                )
-                for key in member.devices
-            ):
+            if addresses:
                 devices.append((device.device_id, tuple(dict.fromkeys(addresses))[:8]))
-        return devices
+            elif self.config.relays:
+                unaddressed.append((device.device_id, ()))
+        return devices + unaddressed
 
     def _own_addresses(self) -> list[str]:
         host, _ = parse_address(self.config.listen)
@@ -1032,7 +1039,8 @@ class Node:
                 assert link is not None
                 found = {d: self.peers.discovered_addresses(d) for d, _ in link.devices}
                 name = name or link.name or self.device_name
-                device, addresses, answer = await ask_to_join(self.identity, link, name, found)
+                own = {r.relay_id: r.control for r in self.peers.relays.connected() if r.control}
+                device, addresses, answer = await ask_to_join(self.identity, link, name, found, own)
         except CodeRefusedError as exc:
             raise RequestConflictError(f"the code was refused: {exc}") from None
         except JoinRefusedError as exc:
@@ -1074,6 +1082,10 @@ class Node:
             self.config.folders.append(config)
             self._changed()
         runner = await self._start_folder(config, create=True)
+        # The admitting device knows us from its log's change and may have dialled already
+        # (through a relay, or found on the LAN): a session that began before the folder ran
+        # here shares no folder, and it starts again with it.
+        self.peers.restart(device)
         self.peers.dial(device)
         return runner
 
@@ -1092,7 +1104,7 @@ class Node:
         unique at a relay), then every device seen on the LAN (waiting a little for
         discovery, which may have just started, when it has seen nobody yet)."""
         openers: list[ChannelOpener] = [
-            partial(code_channel_at_relay, self.identity, link.config, code.nameplate)
+            partial(code_channel_at_relay, self.identity, link.config, code.nameplate, link.control)
             for link in list(self.peers.relays.links.values())
         ]
         if self.config.discovery_enabled:
