@@ -70,6 +70,17 @@ class DeviceConfig:
     device_id: DeviceId
     name: str = ""
     addresses: list[str] = field(default_factory=list)
+    #: The name the device gives itself (its Hello), learnt at each session: what people see
+    #: when they gave it none here (:attr:`display_name`); never replaces :attr:`name`.
+    reported_name: str = ""
+    #: Bandwidth limits for this device's sessions, bytes per second (0: none).
+    max_send_rate: int = 0
+    max_receive_rate: int = 0
+
+    @property
+    def display_name(self) -> str:
+        """The name a person chose for it here, else the one it gives itself ("" if none)."""
+        return self.name or self.reported_name
 
 
 @dataclass
@@ -129,6 +140,9 @@ class NodeConfig:
     devices: list[DeviceConfig] = field(default_factory=list)
     folders: list[FolderConfig] = field(default_factory=list)
     relays: list[RelayConfig] = field(default_factory=list)
+    #: Bandwidth limits for all sessions together, bytes per second (0: none).
+    max_send_rate: int = 0
+    max_receive_rate: int = 0
 
     def relay(self, relay_id: DeviceId) -> RelayConfig | None:
         return next((r for r in self.relays if r.relay_id == relay_id), None)

@@ -81,7 +81,7 @@ from ..sync.members import FolderMembers
 from ..sync.scanner import ScanReport
 from ..sync.space import MinFree
 from ..sync.store import IndexStore, open_store
-from . import history
+from . import history, ignores
 from .config import (
     ConfigError,
     DeviceConfig,
@@ -91,6 +91,8 @@ from .config import (
     format_address,
     parse_address,
 )
+from .devices import matches as device_matches
+from .devices import resolve as resolve_device
 from .events import EventBus
 from .folders import FolderRunner
 from .home import NodeHome
@@ -104,6 +106,7 @@ from .joining import (
     code_channel_on_lan,
     refused,
 )
+from .limits import RateLimits
 from .open_codes import CODE_LIFETIME, OpenCode, OpenCodes
 from .peers import Peers
 
@@ -158,6 +161,8 @@ class Node:
         self.identity = identity
         self.store = store
         self.event_bus = EventBus()
+        #: Bandwidth limits, overall and per device, that every session keeps to.
+        self.limits = RateLimits(config)
         self.peers = Peers(self)
         self.peers.relays.vouches = self._vouched_devices
         self.runners: dict[bytes, FolderRunner] = {}
@@ -548,11 +553,10 @@ class Node:
             devices = []
             for key in sorted(member.devices):
                 device = DeviceId.from_public_key(key)
-                known = self.config.device(device)
                 devices.append(
                     {
                         "id": str(device),
-                        "name": self.device_name if key == me else (known.name if known else ""),
+                        "name": self._display_name(device),
                         "this_device": key == me,
                         "connected": key in connected,
                     }
@@ -729,8 +733,7 @@ class Node:
     def _device_label(self, key: bytes) -> str:
         """A member device as a person knows it: its name here and its short ID."""
         device = DeviceId.from_public_key(key)
-        known = self.config.device(device)
-        name = self.device_name if key == self.identity.public_key else known.name if known else ""
+        name = self._display_name(device)
         return f"{name} ({device.short_str})" if name else device.short_str
 
     def _find_member_device(self, folder: Folder, reference: str) -> tuple[Member, bytes]:
@@ -742,32 +745,31 @@ class Node:
                 "the folder has no membership log: it was made before members existed",
                 hint="make a new folder to share it with members and roles",
             )
-        wanted = reference.strip()
-        cleaned = wanted.replace("-", "").upper()
-        matches = []
-        for member in state.members.values():
-            for key in member.devices:
-                device = DeviceId.from_public_key(key)
-                known = self.config.device(device)
-                name = self.device_name if key == self.identity.public_key else (
-                    known.name if known else ""
-                )  # fmt: skip
-                if (name and name == wanted) or (
-                    len(cleaned) >= 7 and str(device).replace("-", "").startswith(cleaned)
-                ):
-                    matches.append((member, key))
-        if len(matches) == 1:
-            return matches[0]
+        owners = {
+            DeviceId.from_public_key(key): (member, key)
+            for member in state.members.values()
+            for key in member.devices
+        }
         label = self.runners[folder.folder_id].label
-        if not matches:
-            raise NotFoundError(
-                f"no device {reference!r} among the members of folder {label}",
-                hint=f"`commonsync member devices {label}` lists them",
-            )
-        raise RequestConflictError(
-            f"{reference!r} names {len(matches)} devices in folder {label}",
-            hint="use more of its device ID",
+        found = resolve_device(
+            reference,
+            [(device, self._device_names(device)) for device in owners],
+            among=f"among the members of folder {label}",
+            hint=f"`commonsync member devices {label}` lists them",
         )
+        return owners[found]
+
+    def _device_names(self, device: DeviceId) -> tuple[str, ...]:
+        """The names a person may call ``device`` by here (see :mod:`.devices`)."""
+        if device == self.device_id:
+            return (self.device_name,)
+        known = self.config.device(device)
+        return (known.name, known.reported_name) if known is not None else ()
+
+    def _display_name(self, device: DeviceId) -> str:
+        """The name shown for ``device``: this device's own, or the one given here, else the
+        one it gives itself ("" if none)."""
+        return next((name for name in self._device_names(device) if name), "")
 
     async def _credits(self, config: FolderConfig, member: Member) -> tuple[tuple[bytes, int], ...]:
         """Per device of ``member``, the last of its versions this device holds: what stays
@@ -796,18 +798,14 @@ class Node:
                 hint="make a new folder to share it with members and roles",
             )
         wanted = reference.strip()
-        cleaned = wanted.replace("-", "").upper()
         matches = [
             m
             for m in state.members.values()
             if m.name == wanted
             or (len(wanted) >= 4 and m.id.hex().startswith(wanted.lower()))
-            or (
-                len(cleaned) >= 7
-                and any(
-                    str(DeviceId.from_public_key(d)).replace("-", "").startswith(cleaned)
-                    for d in m.devices
-                )
+            or any(
+                device_matches(wanted, device, self._device_names(device))
+                for device in map(DeviceId.from_public_key, m.devices)
             )
         ]
         if len(matches) == 1:
@@ -1312,6 +1310,74 @@ class Node:
         me = self.identity.public_key
         return await history.resolve(self.folder(reference), path, keep, me, cwd)
 
+    # -- ignore rules (commonsync.node.ignores) ---------------------------------------------
+
+    async def ignores(self, reference: str) -> dict[str, Any]:
+        """A folder's ignore patterns: for the whole folder (``.csignore``) and for this
+        device only (``.commonsync/ignore-local``)."""
+        return await ignores.listing(self.folder(reference))
+
+    async def add_ignore(
+        self, reference: str, pattern: str, *, this_device: bool = False
+    ) -> dict[str, Any]:
+        """Ignore ``pattern`` in a folder, for every device or for this one only; applied
+        at once (a rescan)."""
+        return await ignores.add(self.folder(reference), pattern, this_device=this_device)
+
+    async def remove_ignore(
+        self, reference: str, pattern: str, *, this_device: bool = False
+    ) -> dict[str, Any]:
+        """Stop ignoring ``pattern``: its files are published (and, for this device's rules,
+        fetched) again."""
+        return await ignores.remove(self.folder(reference), pattern, this_device=this_device)
+
+    # -- bandwidth limits (commonsync.node.limits) -------------------------------------------
+
+    async def set_limits(
+        self, device: str | None = None, *, send: int | None = None, receive: int | None = None
+    ) -> dict[str, Any]:
+        """Limit sending and receiving (bytes per second, 0: no limit, None: unchanged) for
+        one device, or for all sessions together; running sessions follow at once."""
+        async with self._lock:
+            target: NodeConfig | DeviceConfig = (
+                self.config if device is None else self._find_device(device)
+            )
+            if send is not None:
+                target.max_send_rate = send
+            if receive is not None:
+                target.max_receive_rate = receive
+            self.limits.apply(self.config)
+            self._changed()
+        return self.limits_status()
+
+    def limits_status(self) -> dict[str, Any]:
+        """The limits in force (bytes per second, 0: none): overall, and per device that
+        has one (JSON-ready)."""
+        return {
+            "send": self.config.max_send_rate,
+            "receive": self.config.max_receive_rate,
+            "devices": [
+                {
+                    "id": str(d.device_id),
+                    "name": d.display_name,
+                    "send": d.max_send_rate,
+                    "receive": d.max_receive_rate,
+                }
+                for d in self.config.devices
+                if d.max_send_rate or d.max_receive_rate
+            ],
+        }
+
+    def device_named(self, device: DeviceId, name: str) -> None:
+        """A device said its name (its Hello): keep it as the name it gives itself, shown
+        wherever a person gave it none; a name chosen here is never replaced."""
+        known = self.config.device(device)
+        name = "".join(c for c in name if c.isprintable()).strip()[:64]
+        if known is None or not name or known.reported_name == name:
+            return
+        known.reported_name = name
+        self._changed()
+
     # -- lookups -------------------------------------------------------------------------------
 
     def folder(self, reference: str) -> FolderRunner:
@@ -1324,16 +1390,21 @@ class Node:
         except ConfigError as exc:
             raise NotFoundError(str(exc), hint="`commonsync folder list` shows them") from None
 
+    def find_device(self, device: DeviceId | str) -> DeviceConfig:
+        """A known device by its name (given here, or its own), its device ID or a unique
+        prefix of the ID: what every request naming a device takes (:mod:`.devices`)."""
+        return self._find_device(device)
+
     def _find_device(self, device: DeviceId | str) -> DeviceConfig:
-        if isinstance(device, str):
-            by_name = [d for d in self.config.devices if d.name and d.name == device]
-            if len(by_name) == 1:
-                return by_name[0]
-            cleaned = device.strip().upper()
-            by_prefix = [d for d in self.config.devices if str(d.device_id).startswith(cleaned)]
-            if len(cleaned) >= 7 and len(by_prefix) == 1:
-                return by_prefix[0]
-        device_id = device if isinstance(device, DeviceId) else _parse_device_id(device)
+        if isinstance(device, DeviceId):
+            device_id = device
+        else:
+            device_id = resolve_device(
+                device,
+                [(d.device_id, (d.name, d.reported_name)) for d in self.config.devices],
+                hint="`commonsync device list` shows them; add a new one with "
+                "`commonsync device add ID`",
+            )
         known = self.config.device(device_id)
         if known is None:
             raise NotFoundError(

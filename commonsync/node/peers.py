@@ -48,6 +48,7 @@ from .events import EventBus
 from .folders import FolderRunner
 from .inbound import Admission, Ticket
 from .joining import serve_join
+from .limits import RateLimits
 from .lograte import LogRate
 from .open_codes import OpenCodes
 from .relay_links import RelayLink, RelayLinks
@@ -92,6 +93,7 @@ class PeerHost(Protocol):
     identity: DeviceIdentity
     config: NodeConfig
     event_bus: EventBus
+    limits: RateLimits
 
     @property
     def device_name(self) -> str: ...
@@ -101,6 +103,8 @@ class PeerHost(Protocol):
     async def on_offer(self, device: DeviceId, offer: Offer) -> None: ...
 
     async def admit(self, exchange: PeerExchange, folder_id: bytes) -> bool: ...
+
+    def device_named(self, device: DeviceId, name: str) -> None: ...
 
     async def admit_joiner(self, device: DeviceId, public_key: bytes, join: Join) -> Joined: ...
 
@@ -500,6 +504,8 @@ class Peers:
             label = folder_config.label.encode()[:MAX_LABEL_BYTES].decode(errors="ignore")
             offers.append(Offer(folder_config.folder_id, label, runner.key.to_bytes()))
         on_offer: OfferHandler = self._host.on_offer
+        # Its bytes keep to this device's limits and the overall ones (changed live).
+        channel.throttle(*self._host.limits.buckets(peer))
         exchange = PeerExchange(
             Session(channel),
             folders,
@@ -507,6 +513,7 @@ class Peers:
             offers=offers,
             on_offer=on_offer,
             admit=self._host.admit,
+            on_hello=lambda hello: self._host.device_named(peer, hello.device_name),
         )
         link = Link(peer, exchange, address, initiator, relay)
         existing = self.links.get(peer)
@@ -583,7 +590,8 @@ class Peers:
             out.append(
                 {
                     "id": str(device.device_id),
-                    "name": device.name,
+                    "name": device.display_name,
+                    "reported_name": device.reported_name,
                     "addresses": device.addresses,
                     "discovered": self.discovered_addresses(device.device_id),
                     "connected": link is not None,

@@ -23,6 +23,15 @@ always ignored, whatever the patterns say, and cannot be re-included.
 What ignoring means to the scanner: an ignored path is never recorded, and an indexed path that
 is now ignored is left as it is, never turned into a deletion.
 
+Rules for this device only (selective sync: no videos on the phone) are in
+:data:`LOCAL_FILE`, ``.commonsync/ignore-local``, with the same syntax. It is never synced (the
+``.commonsync/`` directory never is) and only adds to what ``.csignore`` ignores: a ``!`` there
+re-includes nothing ``.csignore`` keeps out, since that would publish what the folder's members
+agreed to keep out. A path either file ignores is neither published nor turned into a deletion
+by scans; a path this device's rules ignore is not written either
+(:class:`commonsync.sync.folder.Folder` keeps the versions peers announce in its index, not on
+disk, and fetches them when the rule goes).
+
 ``.csignore`` is synced, so a peer chooses what lands there: it is read without following a
 symlink, only if it is a regular file (never a FIFO or a device, which could block the reader),
 and only up to :data:`MAX_IGNORE_FILE_SIZE`. :meth:`IgnoreRules.load` raises
@@ -42,7 +51,7 @@ import stat
 import threading
 import unicodedata
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pathspec import GitIgnoreSpec
@@ -59,6 +68,9 @@ MAX_IGNORE_FILE_SIZE = 64 * 1024
 #: Where a folder keeps a copy of the last ``.csignore`` it could use (never synced), so that
 #: a rule file broken while the daemon was stopped still falls back to the last good rules.
 LAST_GOOD_FILE = f"{layout.METADATA_DIR}/last-good.csignore"
+#: This device's own rules for the folder (never synced): what it neither publishes nor
+#: writes, whatever the other devices do.
+LOCAL_FILE = f"{layout.METADATA_DIR}/ignore-local"
 
 
 class IgnoreRules:
@@ -82,6 +94,17 @@ class IgnoreRules:
         self.patterns: tuple[str, ...] = tuple(lines)
         self._spec = GitIgnoreSpec.from_lines(lines)
         self._empty = all(p.include is None for p in self._spec.patterns)
+        #: Rules that ignore paths as well (this device's own, :meth:`also`).
+        self._also: IgnoreRules | None = None
+
+    def also(self, other: IgnoreRules) -> IgnoreRules:
+        """These rules, and ``other`` too: a path is ignored if either set ignores it (so
+        ``other`` cannot re-include what these exclude)."""
+        if other._empty:
+            return self
+        both = IgnoreRules(self.patterns)
+        both._also = other
+        return both
 
     @classmethod
     def load(cls, root: Path) -> IgnoreRules:
@@ -114,6 +137,8 @@ class IgnoreRules:
         :meth:`ignores`. ``path`` is a valid folder-relative path (not checked here).
         """
         if layout.is_internal(path):
+            return True
+        if self._also is not None and self._also.matches(path, is_dir):
             return True
         if self._empty:
             return False
@@ -211,15 +236,20 @@ class RulesInUse:
     rules: IgnoreRules
     error: IgnoreFileError | None = None
     last_good: bool = False
+    #: This device's own rules alone (:data:`LOCAL_FILE`), already part of :attr:`rules`.
+    local: IgnoreRules = field(default_factory=IgnoreRules)
+    #: What is wrong with :data:`LOCAL_FILE` ("" if nothing; its last good rules apply).
+    local_error: str = ""
 
     @property
     def problem(self) -> str:
         """One sentence for a person: what is wrong, what to do, and what applies meanwhile
         ("" if all is well)."""
         if self.error is None:
-            return ""
+            return self.local_error
         meanwhile = "the last rules that could be used" if self.last_good else "no rules"
-        return f"{self.error} (until then, {meanwhile} apply)"
+        problem = f"{self.error} (until then, {meanwhile} apply)"
+        return f"{problem}; {self.local_error}" if self.local_error else problem
 
 
 class FolderRules:
@@ -234,9 +264,30 @@ class FolderRules:
         self._lock = threading.Lock()
         #: The last usable rule file's bytes and rules (None: not known yet).
         self._good: tuple[bytes, IgnoreRules] | None = None
+        #: The same for this device's own rules (:data:`LOCAL_FILE`).
+        self._local: tuple[bytes, IgnoreRules] = (b"", IgnoreRules())
 
     def load(self) -> RulesInUse:
-        """Read the ``.csignore`` again (compiling it only if it changed)."""
+        """Read the ``.csignore`` and this device's rules again (compiling each only if it
+        changed): the shared rules with this device's added."""
+        shared = self._load_shared()
+        local_error = ""
+        with self._lock:
+            try:
+                data = read_rule_file(self.root, LOCAL_FILE) or b""
+                if data != self._local[0]:
+                    source = str(self.root / LOCAL_FILE)
+                    self._local = (data, IgnoreRules.parse(data, source=source))
+            except IgnoreFileError as error:
+                local_error = (
+                    f"{error} (until then, the last rules of this device that could be used apply)"
+                )
+            local = self._local[1]
+        return RulesInUse(
+            shared.rules.also(local), shared.error, shared.last_good, local, local_error
+        )
+
+    def _load_shared(self) -> RulesInUse:
         with self._lock:
             try:
                 data = read_rule_file(self.root, IGNORE_FILE) or b""
@@ -288,3 +339,105 @@ class FolderRules:
                 raise
             finally:
                 os.close(fd)
+
+
+# -- editing the rule files (``commonsync ignore add/remove``) -------------------------------
+
+
+@dataclass(frozen=True)
+class RuleLists:
+    """A folder's patterns as its rule files hold them: ``folder`` in ``.csignore`` (for
+    every device), ``this_device`` in :data:`LOCAL_FILE`."""
+
+    folder: tuple[str, ...]
+    this_device: tuple[str, ...]
+
+
+def list_rules(root: Path) -> RuleLists:
+    """The patterns of both rule files (comments and blank lines left out). Raises
+    :class:`IgnoreFileError` for a file that cannot be read. Blocking."""
+    return RuleLists(
+        _patterns(read_rule_file(root, IGNORE_FILE)),
+        _patterns(read_rule_file(root, LOCAL_FILE)),
+    )
+
+
+def add_rule(root: Path, pattern: str, *, this_device: bool) -> bool:
+    """Append ``pattern`` to ``.csignore`` (or, ``this_device``, to :data:`LOCAL_FILE`);
+    False if it is there already. Raises :class:`IgnoreFileError` for a pattern that is not
+    one line of valid gitignore syntax, or a rule file that cannot be read or written: the
+    file is replaced whole (written beside it, then renamed), never half written. Blocking."""
+    pattern = _one_pattern(pattern)
+    path = LOCAL_FILE if this_device else IGNORE_FILE
+    data = read_rule_file(root, path) or b""
+    lines = data.decode("utf-8-sig", errors="replace").splitlines()
+    if pattern in (unicodedata.normalize("NFC", line.rstrip()) for line in lines):
+        return False
+    text = "\n".join([*lines, pattern]) + "\n"
+    IgnoreRules.parse(text.encode(), source=str(root / path))  # the whole file still compiles
+    write_rule_file(root, path, text.encode())
+    return True
+
+
+def remove_rule(root: Path, pattern: str, *, this_device: bool) -> bool:
+    """Remove every line that is ``pattern`` from ``.csignore`` (or :data:`LOCAL_FILE`);
+    False if there is none. Comments and other lines stay as they were. Blocking."""
+    pattern = _one_pattern(pattern)
+    path = LOCAL_FILE if this_device else IGNORE_FILE
+    data = read_rule_file(root, path)
+    if data is None:
+        return False
+    lines = data.decode("utf-8-sig", errors="replace").splitlines()
+    kept = [line for line in lines if unicodedata.normalize("NFC", line.rstrip()) != pattern]
+    if len(kept) == len(lines):
+        return False
+    write_rule_file(root, path, ("\n".join(kept) + "\n" if kept else "").encode())
+    return True
+
+
+def _one_pattern(pattern: str) -> str:
+    pattern = unicodedata.normalize("NFC", pattern.strip())
+    if not pattern or "\n" in pattern or "\r" in pattern or pattern.startswith("#"):
+        raise IgnoreFileError(
+            f"{pattern!r} is not a pattern: give one line of gitignore syntax, like *.mp4 or "
+            "/videos/"
+        )
+    IgnoreRules([pattern], source="the pattern")
+    return pattern
+
+
+def _patterns(data: bytes | None) -> tuple[str, ...]:
+    if not data:
+        return ()
+    lines = data.decode("utf-8-sig", errors="replace").splitlines()
+    return tuple(
+        line.rstrip() for line in lines if line.strip() and not line.lstrip().startswith("#")
+    )
+
+
+def write_rule_file(root: Path, path: str, data: bytes) -> None:
+    """Put ``data`` at ``path`` below ``root`` (its directory made if missing, for
+    :data:`LOCAL_FILE`): written whole to a temporary file, then renamed into place, never
+    following a symlink. Raises :class:`IgnoreFileError` saying what failed. Blocking."""
+    directory, _, name = path.rpartition("/")
+    temp = layout.temp_name(name)
+    shown = Path(root) / path
+    try:
+        with DirectoryChain.at(root) as chain:
+            if directory:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(directory, 0o700, dir_fd=chain.directory(""))
+            dir_fd = chain.directory(directory)
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644,
+                         dir_fd=dir_fd)  # fmt: skip
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+                os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except OSError:
+                os.unlink(temp, dir_fd=dir_fd)
+                raise
+            finally:
+                os.close(fd)
+    except OSError as exc:
+        raise IgnoreFileError(f"cannot write {shown}: {exc.strerror or exc}") from exc

@@ -30,6 +30,7 @@ from ..errors import ChannelError, HandshakeError, HandshakeTimeoutError
 from ..formats.device_id import DeviceId
 from ..formats.identity import DeviceIdentity
 from .handshake import AcceptPolicy, ChannelHandshake, Established, State
+from .ratelimit import Bucket, ThrottledStream
 from .transport import END_OF_STREAM, MAX_MESSAGE_SIZE
 
 #: Seconds a handshake may take before it is abandoned.
@@ -77,6 +78,14 @@ class Channel(anyio.abc.ObjectStream[bytes]):
         #: When bytes last arrived (``anyio.current_time()``): a peer's progress, also in
         #: the middle of a long frame.
         self.last_received = anyio.current_time()
+
+    def throttle(self, send: Sequence[Bucket], receive: Sequence[Bucket]) -> None:
+        """Keep this channel's bytes to bandwidth limits from now on: every bucket of
+        ``send`` for what it writes, of ``receive`` for what it reads (a limit changed on a
+        bucket applies at once). Call it before the channel is used by several tasks (a
+        session's start): it puts a :class:`~commonsync.wire.ratelimit.ThrottledStream`
+        under the channel."""
+        self._stream = ThrottledStream(self._stream, send, receive)
 
     async def send(self, item: bytes) -> None:
         """Send one message.

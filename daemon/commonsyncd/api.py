@@ -38,6 +38,16 @@
     POST /invites/revoke              {"folder", "invitation"}: revoke an invitation
     POST /join                        {"link", "path" or "parent", "name"}: join a folder
                                       by invitation ("link": a link or a short code)
+    GET  /ignores?folder=F            a folder's ignore patterns: for the whole folder
+                                      (.csignore) and for this device only
+    POST /ignores                     {"folder", "pattern", "this_device"}: ignore a pattern
+                                      (applied at once: a rescan)
+    POST /ignores/remove              {"folder", "pattern", "this_device"}: stop ignoring it
+    GET  /limits                      bandwidth limits (bytes per second, 0: none), overall
+                                      and per device
+    POST /limits                      {"device" (optional), "send", "receive"}: set limits
+                                      (rates like "500KiB/s", or bytes per second; 0 or
+                                      "none": no limit), applied to running sessions at once
     GET  /events                      a stream of events, one JSON object per line
 
 Errors are JSON ``{"error": ..., "hint": ...}`` with a 4xx status, or 503 when a folder
@@ -59,6 +69,7 @@ from commonsync.errors import (
     UnavailableError,
 )
 from commonsync.membership.entries import Role
+from commonsync.node.limits import parse_rate
 from commonsync.node.node import DEFAULT_INVITATION_LIFETIME, Node
 
 from .control import ControlError, Request
@@ -229,6 +240,20 @@ class ControlApi:
                         for runner in node.runners.values()
                     ]
                 }
+            case ("GET", "/ignores"):
+                return await node.ignores(_text(dict(request.query), "folder"))
+            case ("POST", "/ignores" | "/ignores/remove"):
+                change = node.add_ignore if route[1] == "/ignores" else node.remove_ignore
+                return await change(
+                    _text(body, "folder"),
+                    _text(body, "pattern"),
+                    this_device=body.get("this_device") is True,
+                )
+            case ("GET", "/limits"):
+                return node.limits_status()
+            case ("POST", "/limits"):
+                rates = {k: parse_rate(body[k]) for k in ("send", "receive") if k in body}
+                return await node.set_limits(_optional(body, "device"), **rates)
             case ("GET", "/events"):
                 return self._events(replay=request.query.get("replay") == "1")
         raise ControlError(

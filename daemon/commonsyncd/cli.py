@@ -40,6 +40,8 @@ from .background import ensure_running, set_up
 from .config import Config, ConfigError, parse_address
 from .control import ControlClient, ControlError, DaemonNotRunningError
 from .home import Home
+from .ignore_cli import add_parsers as add_ignore_parsers
+from .ignore_cli import ignore_command
 from .logs import add_log_arguments, describe, options_from, set_log_options
 from .members_cli import ROLES, add_device_lost_parser, device_lost_command, members_command
 from .members_cli import add_parsers as add_member_parsers
@@ -246,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="give up waiting after this many seconds (exit code 1)",
     )
     add_versions_parsers(command, common)  # versions ..., conflicts ...
+    add_ignore_parsers(command, common)  # ignore ..., limit
     events = command("events", "follow what happens, one line per event (Ctrl-C to stop)")
     events.add_argument("--replay", action="store_true", help="start with the recent events")
 
@@ -376,6 +379,8 @@ def run_command(args: argparse.Namespace, home: Home, out: Output) -> int:
             return status_command(args, client, out)
         case "versions" | "conflicts":
             return versions_command(args, client, out)
+        case "ignore" | "limit":
+            return ignore_command(args, client, out)
         case "events":
             for event in client.stream("/events?replay=1" if args.replay else "/events"):
                 if out.json:

@@ -8,6 +8,8 @@ the device and of its folders live beside the state (:mod:`commonsyncd.home`), n
     rescan_interval = 3600        # seconds between full rescans (changes are watched anyway)
     max_deleted_share = 0.5       # a scan that finds more of a folder gone asks first
     min_free = "1%"               # free disk space kept; a remote file that would eat into it waits
+    max_send_rate = "2 MiB/s"     # bandwidth for all sessions together ("none": no limit)
+    max_receive_rate = "none"
     relays = ["K7GQ2ZC-…@relay.example.org:22071"]   # community relays: RELAYID@HOST:PORT
 
     [discovery]
@@ -16,8 +18,10 @@ the device and of its folders live beside the state (:mod:`commonsyncd.home`), n
 
     [[devices]]
     id = "ZS5WX2N-43CA4PY-…"
-    name = "desktop"
+    name = "desktop"              # the name given here (`device add --name`)
+    reported_name = "ada-desktop" # the name the device gives itself, learnt from it
     addresses = ["192.168.1.20:22070"]
+    max_send_rate = "500 KiB/s"   # bandwidth for this device's sessions (optional)
 
     [[folders]]
     id = "5f0c…"
@@ -43,7 +47,7 @@ from typing import Any, BinaryIO
 import tomli_w
 
 from commonsync import DeviceId
-from commonsync.errors import DeviceIdError
+from commonsync.errors import DeviceIdError, InvalidRequestError
 from commonsync.node.config import (
     DEFAULT_PORT,
     ConfigError,
@@ -55,6 +59,7 @@ from commonsync.node.config import (
     parse_address,
     remote_address,
 )
+from commonsync.node.limits import format_rate, parse_rate
 from commonsync.sync.retention import (
     DAY,
     DEFAULT_MAX_AGE,
@@ -123,6 +128,8 @@ class Config(NodeConfig):
                 for i in _typed(discovery.get("interfaces", []), list, "discovery.interfaces")
             ],
         )
+        config.max_send_rate = _rate(raw, "max_send_rate", "")
+        config.max_receive_rate = _rate(raw, "max_receive_rate", "")
         parse_address(config.listen)
         if not 0 <= config.max_deleted_share <= 1:
             raise ValueError("max_deleted_share must be between 0 and 1")
@@ -144,6 +151,11 @@ class Config(NodeConfig):
                     DeviceId.parse(_typed(entry["id"], str, "devices.id")),
                     _typed(entry.get("name", ""), str, "devices.name"),
                     addresses,
+                    reported_name=_typed(
+                        entry.get("reported_name", ""), str, "devices.reported_name"
+                    ),
+                    max_send_rate=_rate(entry, "max_send_rate", "devices."),
+                    max_receive_rate=_rate(entry, "max_receive_rate", "devices."),
                 )
             )
         for entry in _typed(raw.get("folders", []), list, "folders"):
@@ -166,8 +178,17 @@ class Config(NodeConfig):
         return config
 
     def _to_dict(self) -> dict[str, Any]:
+        rates = {
+            k: format_rate(v)
+            for k, v in (
+                ("max_send_rate", self.max_send_rate),
+                ("max_receive_rate", self.max_receive_rate),
+            )
+            if v
+        }
         return {
             "name": self.name,
+            **rates,
             "listen": self.listen,
             "rescan_interval": self.rescan_interval,
             "max_deleted_share": self.max_deleted_share,
@@ -178,7 +199,18 @@ class Config(NodeConfig):
                 "interfaces": self.discovery_interfaces,
             },
             "devices": [
-                {"id": str(d.device_id), "name": d.name, "addresses": d.addresses}
+                {
+                    "id": str(d.device_id),
+                    "name": d.name,
+                    "addresses": d.addresses,
+                    **({"reported_name": d.reported_name} if d.reported_name else {}),
+                    **({"max_send_rate": format_rate(d.max_send_rate)} if d.max_send_rate else {}),
+                    **(
+                        {"max_receive_rate": format_rate(d.max_receive_rate)}
+                        if d.max_receive_rate
+                        else {}
+                    ),
+                }
                 for d in self.devices
             ],
             "folders": [
@@ -224,6 +256,15 @@ def _retention_table(policy: RetentionPolicy) -> dict[str, Any]:
             "max_size": policy.max_size,
         }
     }
+
+
+def _rate(table: dict[str, Any], key: str, prefix: str) -> int:
+    """A bandwidth limit (``"500 KiB/s"``, bytes per second, or ``"none"``), 0 if absent."""
+    value = _typed(table.get(key, 0), (str, int), prefix + key)
+    try:
+        return parse_rate(value)
+    except InvalidRequestError as exc:
+        raise ValueError(f"{prefix}{key}: {exc}") from None
 
 
 def _typed(value: Any, kind: type | tuple[type, ...], name: str) -> Any:
