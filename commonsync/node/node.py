@@ -737,8 +737,8 @@ class Node:
         return f"{name} ({device.short_str})" if name else device.short_str
 
     def _find_member_device(self, folder: Folder, reference: str) -> tuple[Member, bytes]:
-        """A member's device by its name here, its device ID or a unique prefix of it (at
-        least 7 characters, dashes ignored)."""
+        """A member's device by its name here, its device ID or a unique prefix of it (as
+        every device reference: :func:`~commonsync.node.devices.resolve`)."""
         state = folder.members.state
         if state is None:
             raise RequestConflictError(

@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     share = command("share", "offer a folder to a device (it accepts with `folder accept`)")
     share.add_argument("folder", help="its label or ID")
-    share.add_argument("device", help="the device's ID (or the name you gave it)")
+    share.add_argument("device", help="the device: its name, short ID, ID or a unique prefix")
     share.add_argument(
         "--role",
         choices=ROLES,
