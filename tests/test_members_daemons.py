@@ -6,6 +6,7 @@ library, talking the real protocol to the daemons)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ import anyio.to_thread
 import pytest
 
 from commonsync import Node
+from commonsync.formats.device_id import DeviceId
+from commonsync.membership.entries import Entry
 from commonsync.membership.log import decode_log
 
 from .daemons import LOOPBACK, Device, wait_for
@@ -130,9 +133,17 @@ async def test_a_member_serving_an_older_log_is_reported_and_the_others_go_on(
                 "mallory's invitation to reach anna",
             )
 
-            # Her log goes back to what it was before her invitation, and she reconnects.
+            # Her log goes back to what it was before her invitation, she takes no entry
+            # (so that it stays old), and she reconnects to Anna (her sessions with Ben, found
+            # through the log, go on).
+            anna_id = DeviceId.parse(anna.device_id)
             folder.members.log = decode_log(folder.folder_id, before)
-            mallory.peers.restart(next(iter(mallory.peers.links)))
+
+            async def take_nothing(entries: Sequence[Entry]) -> list[tuple[Entry, str]]:
+                return []
+
+            folder.take_log_entries = take_nothing  # type: ignore[method-assign]
+            mallory.peers.restart(anna_id)
             done = await run(lambda: anna.run("status", check=False))
             deadline = time.monotonic() + 30
             while "serves an older membership log" not in done.stdout:
@@ -155,9 +166,11 @@ async def test_a_member_serving_an_older_log_is_reported_and_the_others_go_on(
             assert ours.returncode == 0, ours.stdout
             assert "1 local change not shared (you are a reader of choir)" in ours.stdout
 
-            # Mallory took what Anna sent her; at her next session the problem is gone.
+            # Mallory takes what Anna sends her; at her next session the problem is gone.
+            del folder.take_log_entries
+            mallory.peers.restart(anna_id)
             await until(lambda: len(folder.members) == len(before) + 1, "mallory catches up")
-            mallory.peers.restart(next(iter(mallory.peers.links)))
+            mallory.peers.restart(anna_id)
             await until(
                 lambda: anna.run("status", check=False).returncode == 0, "the problem to go"
             )

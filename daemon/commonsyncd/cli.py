@@ -736,6 +736,8 @@ def status_command(args: argparse.Namespace, client: ControlClient, out: Output)
         show_status(status, out)
     if any(f["state"] in ("error", "needs confirmation") for f in status["folders"]):
         return EXIT_PROBLEM
+    if any(f.get("problems") for f in status["folders"]):
+        return EXIT_PROBLEM  # refused versions, membership entries or an older log
     if args.wait and not settled:
         out.error(f"not in sync after {args.timeout:g} s")
         return EXIT_PROBLEM
@@ -760,6 +762,9 @@ def show_status(status: dict[str, Any], out: Output) -> None:
         role = folder.get("role") or ""
         rows.append((folder["label"], role, folder["summary"], bar, folder["path"]))
     out.table("Folders", ["folder", "role", "state", "progress", "path"], rows)
+    for folder in status["folders"]:
+        for problem in folder.get("problems", []):
+            out.line(f"{folder['label']}: {problem['problem']}. {problem['hint']}.")
     connected = [
         (
             d["name"] or d["id"][:7],
