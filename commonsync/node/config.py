@@ -70,6 +70,9 @@ class DeviceConfig:
     device_id: DeviceId
     name: str = ""
     addresses: list[str] = field(default_factory=list)
+    #: Paused by a person (`commonsync device pause`): not dialled, its connections refused
+    #: (it is not listed as waiting either), until resumed; kept across restarts.
+    paused: bool = field(default=False, kw_only=True)
     #: The name the device gives itself (its Hello), learnt at each session: what people see
     #: when they gave it none here (:attr:`display_name`); never replaces :attr:`name`.
     reported_name: str = ""
@@ -94,6 +97,9 @@ class FolderConfig:
     devices: list[DeviceId] = field(default_factory=list)
     #: How its versions folder is pruned (commonsync.sync.retention; the daemon applies it).
     versions: RetentionPolicy = field(default_factory=RetentionPolicy)
+    #: Paused by a person (`commonsync folder pause`): not scanned, not exchanged, until
+    #: resumed; kept across restarts.
+    paused: bool = field(default=False, kw_only=True)
 
 
 @dataclass

@@ -121,3 +121,10 @@ class NodeHome:
     def folder_key_file(self, folder_id: bytes, epoch: int | None = None) -> Path:
         suffix = "" if epoch is None else f".{epoch}"
         return self.keys_dir / f"{folder_id.hex()}{suffix}.key"
+
+    def remove_folder_keys(self, folder_id: bytes) -> None:
+        """Delete every key of a folder (the one it was shared with and its later epochs'):
+        the folder was removed from this device, which then reads none of it any more."""
+        for path in self.keys_dir.glob(f"{folder_id.hex()}*.key"):
+            if path.name.split(".")[0] == folder_id.hex():
+                path.unlink(missing_ok=True)

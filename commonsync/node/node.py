@@ -81,7 +81,7 @@ from ..sync.members import FolderMembers
 from ..sync.scanner import ScanReport
 from ..sync.space import MinFree
 from ..sync.store import IndexStore, open_store
-from . import history, ignores
+from . import history, ignores, lifecycle
 from .config import (
     ConfigError,
     DeviceConfig,
@@ -184,6 +184,9 @@ class Node:
         self.codes = OpenCodes()
         #: Folders whose missing key epoch this device waits its turn to start.
         self._renewing: set[bytes] = set()
+        #: Each folder's runner in a cancel scope of its own: stopped alone when it is
+        #: paused, moved or removed (commonsync.node.lifecycle).
+        self.folder_tasks = lifecycle.FolderTasks()
 
     @classmethod
     @asynccontextmanager
@@ -246,7 +249,9 @@ class Node:
             self._tasks = tasks
             listener = await self._listen()
             for runner in list(self.runners.values()):
-                await tasks.start(_run_folder, runner, False)
+                if runner.config.paused:
+                    continue  # paused by a person: its runner only says so in status
+                await self.folder_tasks.start(tasks, runner, create=False)
                 # Its log keeps the address book (and what this device vouches for at its
                 # relays) after a restart too, not only for folders added while running.
                 tasks.start_soon(self._keep_address_book, runner)
@@ -284,7 +289,7 @@ class Node:
     async def _start_folder(self, config: FolderConfig, *, create: bool = False) -> FolderRunner:
         assert self._tasks is not None, "the node is not running"
         runner = await self._make_runner(config)
-        await self._tasks.start(_run_folder, runner, create)
+        await self.folder_tasks.start(self._tasks, runner, create=create)
         self._tasks.start_soon(self._keep_address_book, runner)
         return runner
 
@@ -1274,8 +1279,58 @@ class Node:
         """Scan a folder now; with ``confirm_deletions``, publish the deletions the
         mass-deletion guard held back. :class:`~commonsync.errors.UnavailableError` when the
         folder cannot scan (its disk is away: the error says why, its hint what to do)."""
-        runner = self.runners[self._find_folder(reference).folder_id]
-        return await runner.rescan(confirm_deletions=confirm_deletions)
+        config = self._find_folder(reference)
+        if config.paused:
+            raise UnavailableError(
+                f"folder {config.label} is paused",
+                hint=f"resume it with `commonsync folder resume {config.label}`",
+            )
+        return await self.runners[config.folder_id].rescan(confirm_deletions=confirm_deletions)
+
+    # -- changing one's mind (commonsync.node.lifecycle) ------------------------------------
+
+    async def remove_folder(self, reference: str) -> dict[str, Any]:
+        """Stop syncing a folder and forget its index and keys; its files stay on disk
+        (only its marker goes). Its devices' sessions start again without it."""
+        return await lifecycle.remove_folder(self, reference)
+
+    async def move_folder(self, reference: str, path: Path | str) -> dict[str, Any]:
+        """Sync a folder at ``path`` from now on: found there (moved by a person), renamed
+        there (same file system), or, for a folder stuck at a wrong path that never held
+        files, started there (see :func:`lifecycle.move_folder`)."""
+        return await lifecycle.move_folder(self, reference, path)
+
+    async def pause_folder(self, reference: str) -> dict[str, Any]:
+        """No scanning and no exchange for a folder until resumed (kept in the config)."""
+        return await lifecycle.pause_folder(self, reference)
+
+    async def resume_folder(self, reference: str) -> dict[str, Any]:
+        return await lifecycle.resume_folder(self, reference)
+
+    async def remove_device(self, reference: str) -> dict[str, Any]:
+        """Forget a device (unshared from every folder); refused for a member's device of
+        a folder with a membership log, which `member remove` is for."""
+        return await lifecycle.remove_device(self, reference)
+
+    async def pause_device(self, reference: str) -> dict[str, Any]:
+        """No session with a device until resumed (kept in the config, whatever the logs
+        of its folders say)."""
+        return await lifecycle.pause_device(self, reference)
+
+    async def resume_device(self, reference: str) -> dict[str, Any]:
+        return await lifecycle.resume_device(self, reference)
+
+    async def rename_device(self, reference: str, name: str) -> dict[str, Any]:
+        return await lifecycle.rename_device(self, reference, name)
+
+    async def unshare(self, folder: str, device: str) -> dict[str, Any]:
+        """Stop syncing a folder with one device (or withdraw an offer not yet taken)."""
+        return await lifecycle.unshare(self, folder, device)
+
+    async def reconfigure(self, config: NodeConfig) -> lifecycle.Reconfigured:
+        """Make the running configuration ``config`` (a file edited by hand), change by
+        change, each checked as its command is."""
+        return await lifecycle.reconfigure(self, config)
 
     # -- versions and conflicts (commonsync.node.history) -----------------------------------
 
@@ -1429,14 +1484,20 @@ class Node:
             )
         raise RequestConflictError(f"{reference!r} names several offered folders; use its ID")
 
-    def _check_new_folder(self, path: Path, label: str) -> None:
+    def _check_new_folder(
+        self, path: Path, label: str, *, moving: FolderConfig | None = None
+    ) -> None:
+        """Refuse a place (and label) for a new folder, or for ``moving`` (checked against
+        the other folders only), that overlaps a folder, the metadata or this home."""
         if not label:
             raise InvalidRequestError("a folder needs a label", hint="pass --label NAME")
-        if any(f.label == label for f in self.config.folders):
+        if any(f.label == label and f is not moving for f in self.config.folders):
             raise RequestConflictError(
                 f"a folder is already labelled {label!r}", hint="choose another with --label"
             )
         for other in self.config.folders:
+            if other is moving:
+                continue
             if (
                 path == other.path
                 or path.is_relative_to(other.path)
@@ -1484,15 +1545,6 @@ class Node:
                 for o in self.offers.values()
             ],
         }
-
-
-async def _run_folder(
-    runner: FolderRunner,
-    create: bool,
-    *,
-    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    await runner.run(create=create, task_status=task_status)
 
 
 def _folder_path(path: Path | str) -> Path:

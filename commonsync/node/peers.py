@@ -224,7 +224,9 @@ class Peers:
     async def _dial_loop(self, device_id: DeviceId) -> None:
         backoff = MIN_BACKOFF
         try:
-            while (device := self._host.config.device(device_id)) is not None:
+            while (device := self._host.config.device(device_id)) is not None and not (
+                device.paused
+            ):
                 link = self.links.get(device_id)
                 if link is not None:
                     await link.closed.wait()
@@ -398,8 +400,9 @@ class Peers:
         self, addresses: list[str], how: str, source: str
     ) -> Callable[[DeviceId], bool]:
         def accept(device_id: DeviceId) -> bool:
-            if self._host.config.device(device_id) is not None:
-                return True
+            known = self._host.config.device(device_id)
+            if known is not None:
+                return not known.paused  # paused by a person: refused, and not waiting
             self.note_pending(device_id, addresses, how=how, source=source)
             return False
 
@@ -595,6 +598,7 @@ class Peers:
                     "addresses": device.addresses,
                     "discovered": self.discovered_addresses(device.device_id),
                     "connected": link is not None,
+                    "paused": device.paused,
                     "address": link.address if link else "",
                     "via": "" if link is None else "relay" if link.relay else "direct",
                     "relay": str(link.relay) if link and link.relay else "",

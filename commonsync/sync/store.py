@@ -416,6 +416,13 @@ class IndexStore:
 
         return await self._run(folders)
 
+    async def remove_folder(self, folder_id: bytes) -> None:
+        """Forget a folder: its records, local states, pull state, peers' progress, chunk
+        locations and membership log (every table cascades from ``folders``)."""
+        await self._run(
+            lambda conn: conn.execute("DELETE FROM folders WHERE folder_id = ?", (folder_id,))
+        )
+
     # -- records ----------------------------------------------------------------------------
 
     async def put(

@@ -49,6 +49,9 @@
                                       (rates like "500KiB/s", or bytes per second; 0 or
                                       "none": no limit), applied to running sessions at once
     GET  /events                      a stream of events, one JSON object per line
+    POST /folders/remove, /folders/move, /folders/pause, /folders/resume, /folders/unshare,
+    /devices/remove, /devices/pause, /devices/resume, /devices/rename: changing one's mind,
+                                      applied at once (:mod:`commonsyncd.lifecycle_api`)
 
 Errors are JSON ``{"error": ..., "hint": ...}`` with a 4xx status, or 503 when a folder
 cannot do it now (a rescan of a folder whose disk is away: the error says why, the hint what
@@ -57,7 +60,7 @@ to do; the CLI's exit code is then 1); the CLI prints them as they are.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +76,7 @@ from commonsync.node.limits import parse_rate
 from commonsync.node.node import DEFAULT_INVITATION_LIFETIME, Node
 
 from .control import ControlError, Request
+from .lifecycle_api import route as lifecycle_route
 from .logs import destination as log_destination
 
 #: The HTTP status of each way a request to the Node can fail.
@@ -87,8 +91,12 @@ STATUS = {
 class ControlApi:
     """The routes above, on a running :class:`~commonsync.node.node.Node`."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(
+        self, node: Node, *, config_problem: Callable[[], dict[str, str] | None] = lambda: None
+    ) -> None:
         self._node = node
+        #: The configuration file's problem (edited by hand, and not applied), for status.
+        self._config_problem = config_problem
 
     async def handle(self, request: Request) -> Any:
         try:
@@ -103,7 +111,12 @@ class ControlApi:
         body = request.body if isinstance(request.body, dict) else {}
         match route:
             case ("GET", "/status"):
-                return {**node.status(), "log": log_destination()}
+                status = {**node.status(), "log": log_destination()}
+                problem = self._config_problem()
+                status["config_error"] = problem["problem"] if problem else ""
+                if problem is not None:  # listed with the device's problems: exit code 1
+                    status["problems"] = [*status.get("problems", []), problem]
+                return status
             case ("GET", "/folders"):
                 status = node.status()
                 return {"folders": status["folders"], "offered": status["offered_folders"]}
@@ -256,6 +269,9 @@ class ControlApi:
                 return await node.set_limits(_optional(body, "device"), **rates)
             case ("GET", "/events"):
                 return self._events(replay=request.query.get("replay") == "1")
+        answer = await lifecycle_route(node, request.method, route[1], body)
+        if answer is not None:
+            return answer
         raise ControlError(
             404,
             f"no such request: {request.method} {request.path}",

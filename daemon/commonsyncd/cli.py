@@ -42,6 +42,9 @@ from .control import ControlClient, ControlError, DaemonNotRunningError
 from .home import Home
 from .ignore_cli import add_parsers as add_ignore_parsers
 from .ignore_cli import ignore_command
+from .lifecycle_cli import add_device_parsers, add_folder_parsers, lifecycle_command
+from .lifecycle_cli import add_parsers as add_lifecycle_parsers
+from .lifecycle_cli import handles as lifecycle_handles
 from .logs import add_log_arguments, describe, options_from, set_log_options
 from .members_cli import ROLES, add_device_lost_parser, device_lost_command, members_command
 from .members_cli import add_parsers as add_member_parsers
@@ -143,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="send the deletions the mass-deletion guard held back to the other devices",
     )
     confirm.add_argument("folder", help="its label or ID")
+    add_folder_parsers(folder_commands, common)  # remove, move, pause, resume
 
     device = command("device", "add and list devices; remove a lost one from a folder")
     device_commands = device.add_subparsers(dest="device_command", required=True, metavar="ACTION")
@@ -160,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     device_add.add_argument("--name", default="", help="a name for it")
     device_commands.add_parser("list", help="known and pending devices", parents=[common])
     add_device_lost_parser(device_commands, common)
+    add_device_parsers(device_commands, common)  # remove, pause, resume, rename
 
     relay = command(
         "relay",
@@ -248,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="give up waiting after this many seconds (exit code 1)",
     )
     add_versions_parsers(command, common)  # versions ..., conflicts ...
+    add_lifecycle_parsers(command, common)  # unshare
     add_ignore_parsers(command, common)  # ignore ..., limit
     events = command("events", "follow what happens, one line per event (Ctrl-C to stop)")
     events.add_argument("--replay", action="store_true", help="start with the recent events")
@@ -351,6 +357,8 @@ def run_command(args: argparse.Namespace, home: Home, out: Output) -> int:
         ensure_running(home, getattr(args, "home", None), out)
     home.require_initialised()
     client = ControlClient(home.socket_path)
+    if lifecycle_handles(args):  # folder remove/move/pause/resume, device remove/..., unshare
+        return lifecycle_command(args, client, out)
     match args.command:
         case "folder":
             return folder_command(args, client, out)

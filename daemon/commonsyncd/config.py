@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -108,7 +109,7 @@ class Config(NodeConfig):
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         temp = path.with_suffix(".tmp")
         with private_file(temp) as stream:
-            tomli_w.dump(self._to_dict(), stream)
+            tomli_w.dump(_with_paused(self, self._to_dict()), stream)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temp, path)
@@ -175,6 +176,7 @@ class Config(NodeConfig):
                     _retention(_table(entry.get("versions", {}), "folders.versions")),
                 )
             )
+        _read_paused(raw, config)
         return config
 
     def _to_dict(self) -> dict[str, Any]:
@@ -224,6 +226,28 @@ class Config(NodeConfig):
                 for f in self.folders
             ],
         }
+
+
+def _read_paused(raw: dict[str, Any], config: NodeConfig) -> None:
+    """``paused = true`` in a ``[[devices]]`` or ``[[folders]]`` table (`device pause`,
+    `folder pause`), read after the tables themselves (same order, same count)."""
+    for kind, items in _pausable(config):  # same order and count as the tables read
+        for entry, item in zip(raw.get(kind, []), items, strict=True):
+            item.paused = _typed(entry.get("paused", False), bool, f"{kind}.paused")
+
+
+def _pausable(config: NodeConfig) -> list[tuple[str, Sequence[DeviceConfig | FolderConfig]]]:
+    return [("devices", config.devices), ("folders", config.folders)]
+
+
+def _with_paused(config: NodeConfig, table: dict[str, Any]) -> dict[str, Any]:
+    """``table`` (what :meth:`Config._to_dict` made) with ``paused = true`` in the tables
+    of paused devices and folders; nothing for the others (the file stays short)."""
+    for kind, items in _pausable(config):
+        for entry, item in zip(table[kind], items, strict=True):
+            if item.paused:
+                entry["paused"] = True
+    return table
 
 
 def _retention(table: dict[str, Any]) -> RetentionPolicy:

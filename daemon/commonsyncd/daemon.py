@@ -5,9 +5,10 @@ adds what a long-running program for a person needs: the TOML configuration it r
 start and writes back whenever a command changes it, the control socket the ``commonsync``
 command talks to (:mod:`commonsyncd.api`), the check of the index left by the last run
 (:mod:`commonsyncd.index_check`), the hourly pruning of each folder's versions under its
-retention policy (:func:`commonsync.node.history.prune_periodically`), and the signals that
-stop it. SIGTERM or SIGINT cancels everything: the watchers stop, a write in progress is
-abandoned safely (files are assembled in temporary files and renamed into place), the
+retention policy (:func:`commonsync.node.history.prune_periodically`), the configuration
+file watched and applied live when a person edits it (:mod:`commonsyncd.reload`), and the
+signals that stop it. SIGTERM or SIGINT cancels everything: the watchers stop, a write in
+progress is abandoned safely (files are assembled in temporary files and renamed into place), the
 sessions and the index close.
 """
 
@@ -19,7 +20,6 @@ import signal
 import anyio
 import anyio.to_thread
 
-from commonsync.node.config import NodeConfig
 from commonsync.node.history import prune_periodically
 from commonsync.node.node import Node
 from commonsync.sync.store import open_store
@@ -29,6 +29,7 @@ from .config import Config
 from .control import serve_control
 from .home import Home
 from .index_check import recover_index
+from .reload import ConfigFile
 
 log = logging.getLogger(__name__)
 
@@ -41,21 +42,23 @@ async def run_daemon(home: Home, *, watch: bool = True) -> None:
     home.make_dirs()
     rebuild = await anyio.to_thread.run_sync(recover_index, home.state_file, home.socket_path)
 
-    def save(_changed: NodeConfig) -> None:
-        config.save(home.config_file)
-
+    config_file = ConfigFile(home.config_file, config)
     async with open_store(home.state_file) as store, anyio.create_task_group() as tasks:
         # Before anything answers: a SIGTERM sent as soon as `status` works, while the node
         # still starts its folders, must stop the daemon cleanly too.
         await tasks.start(_stop_on_signal, tasks.cancel_scope)
-        node = Node(home.node_home, config, identity, store, watch=watch, on_config_change=save)
+        node = Node(
+            home.node_home, config, identity, store, watch=watch, on_config_change=config_file.save
+        )
         if rebuild is not None:
             node.notices.append(rebuild.notice())
         await node.prepare()  # status lists every folder as soon as the socket answers
         # First, since its lock says whether another daemon already runs with this home.
-        await tasks.start(serve_control, home.socket_path, ControlApi(node).handle)
+        api = ControlApi(node, config_problem=config_file.problem)
+        await tasks.start(serve_control, home.socket_path, api.handle)
         await tasks.start(node.run)
         tasks.start_soon(prune_periodically, node.runners, node.store)  # versions retention
+        tasks.start_soon(config_file.watch, node)  # config.toml edited by hand: applied
 
 
 async def _stop_on_signal(
