@@ -33,10 +33,10 @@ import dataclasses
 import errno
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
@@ -51,12 +51,14 @@ from ..errors import (
     UnavailableError,
 )
 from ..formats.device_id import DeviceId
+from ..membership.entries import Role
 from ..sync.layout import FOLDER_MARKER, METADATA_DIR
+from ..sync.store import IndexStore
 from .config import ConfigError, DeviceConfig, FolderConfig, NodeConfig, RelayConfig
+from .events import EventBus
 from .folders import FolderRunner
-
-if TYPE_CHECKING:
-    from .node import Node
+from .home import NodeHome
+from .peers import Peers
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,47 @@ STOP_TIMEOUT = 10.0
 #: How long a removal waits for the sessions that carried the folder to end, before it
 #: forgets the folder's index (a session that is still closing would write to it).
 SESSION_END_WAIT = 5.0
+
+
+class Node(Protocol):
+    """What these changes use of their :class:`~commonsync.node.node.Node` (its own helpers
+    included: each change is checked and applied as the Node's requests are)."""
+
+    config: NodeConfig
+    runners: dict[bytes, FolderRunner]
+    #: Folders offered to this device (:class:`~commonsync.node.node.PendingOffer`).
+    offers: dict[bytes, Any]
+    peers: Peers
+    store: IndexStore
+    home: NodeHome
+    event_bus: EventBus
+    folder_tasks: FolderTasks
+    _lock: anyio.Lock
+    _tasks: anyio.abc.TaskGroup | None
+    _roles: dict[tuple[bytes, DeviceId], Role]
+    _device_of: dict[tuple[bytes, DeviceId], bytes]
+
+    def _find_folder(self, reference: str) -> FolderConfig: ...
+
+    def _find_device(self, device: DeviceId | str) -> DeviceConfig: ...
+
+    def _changed(self) -> None: ...
+
+    async def _make_runner(self, config: FolderConfig) -> FolderRunner: ...
+
+    async def _keep_address_book(self, runner: FolderRunner) -> None: ...
+
+    def _check_new_folder(
+        self, path: Path, label: str, *, moving: FolderConfig | None = None
+    ) -> None: ...
+
+    async def add_device(
+        self, device: DeviceId | str, *, name: str = "", addresses: Sequence[str] = ()
+    ) -> DeviceConfig: ...
+
+    async def share(
+        self, folder: FolderRunner | str, device: DeviceId | str, *, role: Role = Role.WRITER
+    ) -> tuple[FolderConfig, DeviceConfig]: ...
 
 
 # -- running one folder on its own ----------------------------------------------------------
