@@ -456,6 +456,7 @@ def wire_messages() -> dict[str, Any]:
         messages.CodeAnswer(0, "", seed("code member proof", 32), "commonsync://join/aaaa#bbbb"),
         messages.CodeAnswer(1, "wrong code: check it with the person who gave it", b"", ""),
         messages.CodeAnswer(2, "no code 7 is open on this device", b"", ""),
+        messages.Progress(seed("folder id", 32), seed("index id", 16), 1200, 3400, 7, 812_000_000),
     ]
     return {
         "description": "encoded wire messages (see protocol/messages.json for the schema)",

@@ -45,7 +45,7 @@ def test_pair_share_sync_then_catch_up_after_a_restart(two: tuple[Device, Device
         return folder["state"] == "up to date" and (b.folder / "big.bin").exists()
 
     wait_for(settled, "the large file to arrive", timeout=120)
-    assert any(s.startswith("syncing 1 files") and "MB left" in s for s in seen), seen
+    assert any(s.startswith("syncing 1 file,") and "MB left" in s for s in seen), seen
     assert seen[-1] == "up to date"
     assert tree(a.folder) == tree(b.folder)
     status = b.run("status")

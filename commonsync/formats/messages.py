@@ -389,12 +389,36 @@ class CodeAnswer(Message):
     link: str
 
 
+@dataclass(frozen=True)
+class Progress(Message):
+    """How far the sender is with a shared folder, for the receiver's status (SPEC.md §13):
+    it has taken the receiver's index ``index_id`` up to local sequence ``seen``, its own
+    index is at ``highest``, and it still has ``need_files`` files of ``need_bytes`` bytes to
+    write. Sent only to a peer that names the ``progress`` feature in its ``Hello``."""
+
+    TYPE = 21
+    FIELDS = (
+        _bin("folder_id", 32, 32),
+        _bin("index_id", 16, 16),
+        _uint("seen"),
+        _uint("highest"),
+        _uint("need_files"),
+        _uint("need_bytes"),
+    )
+    folder_id: bytes
+    index_id: bytes
+    seen: int
+    highest: int
+    need_files: int
+    need_bytes: int
+
+
 SCHEMA: dict[int, type[Message]] = {
     cls.TYPE: cls
     for cls in (
         Hello, Folders, IndexRequest, Index, ChunkRequest, ChunkResponse, Ping, Pong, Close, Offer,
         ChunkBatchRequest, ChunkBatchResponse, LogHeads, LogEntries, EpochKeys,
-        Join, Joined, CodeHello, CodeProof, CodeAnswer,
+        Join, Joined, CodeHello, CodeProof, CodeAnswer, Progress,
     )
 }  # fmt: skip
 
@@ -496,6 +520,7 @@ __all__ = [
     "Message",
     "Ping",
     "Pong",
+    "Progress",
     "decode",
     "decode_typed",
     "encode",

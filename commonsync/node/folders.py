@@ -47,6 +47,7 @@ from ..sync.store import IndexStore
 from .config import FolderConfig
 from .events import EventBus
 from .problems import folder_problems
+from .progress import name_problems, not_synced_problems, peer_status, transfer_status
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ RETRY_INTERVAL = 2.0
 MAX_RETRY_INTERVAL = 60.0
 #: How long a scan a person asked for waits for a folder that cannot run to come back.
 RESCAN_WAIT = 5.0
+#: While remote versions are written: how often a "progress" event tells how far it is (s).
+PROGRESS_EVENT_INTERVAL = 2.0
 
 
 class FolderState(enum.Enum):
@@ -87,8 +90,6 @@ class FolderState(enum.Enum):
     UP_TO_DATE = "up to date"
     NEEDS_CONFIRMATION = "needs confirmation"
     ERROR = "error"
-    #: Paused by a person (`commonsync folder pause`): not running, on purpose.
-    PAUSED = "paused"
 
 
 class FolderUnavailableError(UnavailableError):
@@ -238,6 +239,7 @@ class FolderRunner:
                     tasks.start_soon(self._scan_when_asked)
                     tasks.start_soon(self._rescan_periodically)
                     tasks.start_soon(self._check_periodically)
+                    tasks.start_soon(self._publish_progress)
                     self._now_running()
                     await self._stopping.wait()
                 tasks.cancel_scope.cancel()
@@ -424,6 +426,25 @@ class FolderRunner:
                 self._stop_with(exc)
                 return
 
+    async def _publish_progress(self) -> None:
+        """While remote versions are being written, an event every
+        :data:`PROGRESS_EVENT_INTERVAL` seconds with the files and bytes left, the rate and
+        the time left: ``commonsync events`` shows bytes as well as files."""
+        while True:
+            await anyio.sleep(PROGRESS_EVENT_INTERVAL)
+            folder = self.folder
+            if folder is None or not folder.busy:
+                continue
+            left = folder.progress()
+            files = "1 file" if left.files == 1 else f"{left.files} files"
+            self._events.publish(
+                self.label,
+                "progress",
+                detail=f"{files}, {transfer_status(folder)['transfer']}",
+                bytes_left=str(left.bytes),
+                files_left=str(left.files),
+            )
+
     async def _watch(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
@@ -519,7 +540,12 @@ class FolderRunner:
         if event.kind in (EventKind.IDLE, EventKind.SCANNED):
             return
         self._events.publish(
-            self.label, event.kind.value, path=event.path, detail=event.detail, peer=event.peer
+            self.label,
+            event.kind.value,
+            path=event.path,
+            detail=event.detail,
+            peer=event.peer,
+            bytes=str(event.size) if event.size else "",
         )
         if event.kind is EventKind.ERROR:
             log.warning("folder %s: %s: %s", self.label, event.path or "-", event.detail)
@@ -530,8 +556,6 @@ class FolderRunner:
     def state(self) -> FolderState:
         # Never "up to date" before the watch and the first scan: a write meanwhile would
         # otherwise go unseen by a script that waits for it.
-        if self.config.paused:
-            return FolderState.PAUSED
         if self.folder is None or not self._watched:
             return FolderState.ERROR if self.error else FolderState.STARTING
         if self.vanished is not None:
@@ -548,9 +572,10 @@ class FolderRunner:
         progress = self.folder.progress() if self.folder is not None else None
         state = self.state
         words = state.value
+        transfer = transfer_status(self.folder)
         if state is FolderState.SYNCING and progress is not None:
             files = "1 file" if progress.files == 1 else f"{progress.files} files"
-            words = f"syncing {files}, {_megabytes(progress.bytes)} left"
+            words = f"syncing {files}, {transfer['transfer']}"
         elif state is FolderState.NEEDS_CONFIRMATION and self.vanished is not None:
             vanished, indexed = self.vanished
             words = (
@@ -594,6 +619,13 @@ class FolderRunner:
             "files_left": progress.files if progress else 0,
             "bytes_left": left,
             "bytes_total": self._burst_bytes,
+            # Bytes per second over the last seconds, and seconds left at that pace (None:
+            # nothing moves, no estimate).
+            "rate": transfer["rate"],
+            "eta": transfer["eta"],
+            # Per device the folder is shared with: how far it is behind this device, and
+            # this device behind it (see commonsync.node.progress).
+            "peers": peer_status(self.folder, list(self.config.devices)),
             "devices": [str(d) for d in self.config.devices],
             # This device's role in the folder's membership (None: no log, or not a member).
             "role": role.name.lower() if role is not None else None,
@@ -610,7 +642,13 @@ class FolderRunner:
             "refused": refused,
             # What it refused from others, a sentence and a hint each (membership refusals,
             # rollbacks): `commonsync status` exits with 1 while there are any.
-            "problems": [] if self.folder is None else folder_problems(self.folder, self.label),
+            "problems": []
+            if self.folder is None
+            else folder_problems(self.folder, self.label)
+            # What stops it from finishing: entries it cannot read or record, names this
+            # file system cannot hold (one sentence and a hint each, as above).
+            + not_synced_problems(self.last_scan.report if self.last_scan else None, self.label)
+            + name_problems(self.folder, self.label),
             "not_synced": []
             if self.last_scan is None
             else [

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import anyio
 import anyio.abc
 
-from ..errors import CommonsyncError, RelayRefusedError
+from ..errors import CommonsyncError, RefusedByPeerError, RelayRefusedError
 from ..formats.device_id import DeviceId
 from ..formats.identity import DeviceIdentity
 from ..formats.messages import Join, Joined, Offer
@@ -48,7 +48,6 @@ from .events import EventBus
 from .folders import FolderRunner
 from .inbound import Admission, Ticket
 from .joining import serve_join
-from .limits import RateLimits
 from .lograte import LogRate
 from .open_codes import OpenCodes
 from .relay_links import RelayLink, RelayLinks
@@ -93,7 +92,6 @@ class PeerHost(Protocol):
     identity: DeviceIdentity
     config: NodeConfig
     event_bus: EventBus
-    limits: RateLimits
 
     @property
     def device_name(self) -> str: ...
@@ -103,8 +101,6 @@ class PeerHost(Protocol):
     async def on_offer(self, device: DeviceId, offer: Offer) -> None: ...
 
     async def admit(self, exchange: PeerExchange, folder_id: bytes) -> bool: ...
-
-    def device_named(self, device: DeviceId, name: str) -> None: ...
 
     async def admit_joiner(self, device: DeviceId, public_key: bytes, join: Join) -> Joined: ...
 
@@ -149,6 +145,9 @@ class Peers:
         self._tasks: anyio.abc.TaskGroup | None = None
         #: Bytes sent and received in sessions that ended, per device.
         self._ended_traffic: dict[DeviceId, tuple[int, int]] = {}
+        #: The devices whose last answer was a refusal of this device (it does not accept
+        #: it), with what they said: a problem status shows until a session runs.
+        self.refused_by: dict[DeviceId, str] = {}
         self.relays = RelayLinks(
             host.identity,
             host.config.relays,
@@ -224,9 +223,7 @@ class Peers:
     async def _dial_loop(self, device_id: DeviceId) -> None:
         backoff = MIN_BACKOFF
         try:
-            while (device := self._host.config.device(device_id)) is not None and not (
-                device.paused
-            ):
+            while (device := self._host.config.device(device_id)) is not None:
                 link = self.links.get(device_id)
                 if link is not None:
                     await link.closed.wait()
@@ -264,6 +261,8 @@ class Peers:
                 )
             except (OSError, CommonsyncError) as exc:
                 log.debug("cannot reach %s at %s: %s", device_id.short_str, address, exc)
+                if isinstance(exc, RefusedByPeerError) and "does not accept" in str(exc):
+                    self.refused_by[device_id] = str(exc)  # not a peer that was stopping
                 continue
             found = self.discovered.get(device_id)
             if found is not None:
@@ -283,6 +282,8 @@ class Peers:
             try:
                 channel = await open_relayed_channel(control, self._host.identity, device_id)
             except CommonsyncError as exc:
+                if isinstance(exc, RefusedByPeerError) and "does not accept" in str(exc):
+                    self.refused_by[device_id] = str(exc)
                 offline = isinstance(exc, RelayRefusedError) and exc.reason == RefuseReason.OFFLINE
                 level = logging.DEBUG if offline else logging.INFO
                 target = device_id.short_str
@@ -400,9 +401,8 @@ class Peers:
         self, addresses: list[str], how: str, source: str
     ) -> Callable[[DeviceId], bool]:
         def accept(device_id: DeviceId) -> bool:
-            known = self._host.config.device(device_id)
-            if known is not None:
-                return not known.paused  # paused by a person: refused, and not waiting
+            if self._host.config.device(device_id) is not None:
+                return True
             self.note_pending(device_id, addresses, how=how, source=source)
             return False
 
@@ -507,8 +507,6 @@ class Peers:
             label = folder_config.label.encode()[:MAX_LABEL_BYTES].decode(errors="ignore")
             offers.append(Offer(folder_config.folder_id, label, runner.key.to_bytes()))
         on_offer: OfferHandler = self._host.on_offer
-        # Its bytes keep to this device's limits and the overall ones (changed live).
-        channel.throttle(*self._host.limits.buckets(peer))
         exchange = PeerExchange(
             Session(channel),
             folders,
@@ -516,7 +514,6 @@ class Peers:
             offers=offers,
             on_offer=on_offer,
             admit=self._host.admit,
-            on_hello=lambda hello: self._host.device_named(peer, hello.device_name),
         )
         link = Link(peer, exchange, address, initiator, relay)
         existing = self.links.get(peer)
@@ -528,6 +525,7 @@ class Peers:
             existing.scope.cancel()
         self.links[peer] = link
         self.pending.pop(peer, None)
+        self.refused_by.pop(peer, None)
         log.info(
             "connected to %s (%s, %s)",
             peer.short_str,
@@ -593,12 +591,10 @@ class Peers:
             out.append(
                 {
                     "id": str(device.device_id),
-                    "name": device.display_name,
-                    "reported_name": device.reported_name,
+                    "name": device.name,
                     "addresses": device.addresses,
                     "discovered": self.discovered_addresses(device.device_id),
                     "connected": link is not None,
-                    "paused": device.paused,
                     "address": link.address if link else "",
                     "via": "" if link is None else "relay" if link.relay else "direct",
                     "relay": str(link.relay) if link and link.relay else "",

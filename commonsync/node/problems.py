@@ -16,6 +16,7 @@ from ..formats.device_id import DeviceId
 from ..membership.entries import AddDevice, AddMember, Genesis, Role
 from ..membership.log import MembershipLog, State
 from ..sync.folder import Folder
+from .progress import NAME_REFUSAL
 
 #: What the engine says of a version refused for its author's role (the other refusals'
 #: reasons are told as they are).
@@ -30,8 +31,8 @@ def folder_problems(folder: Folder, label: str) -> list[dict[str, str]]:
     for author, count in sorted(folder.refused_authors.items()):
         problems.append(_refused_author(state, log_, author, count, label))
     for refusal in folder.refusals():
-        if _ROLE_REFUSAL in refusal.reason:
-            continue  # told per author above
+        if _ROLE_REFUSAL in refusal.reason or refusal.reason == NAME_REFUSAL:
+            continue  # told per author above; names: by commonsync.node.progress
         problems.append(
             {
                 "problem": f"refused {_changes(refusal.count)} from "

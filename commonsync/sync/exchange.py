@@ -59,6 +59,7 @@ from ..formats.messages import (
     Offer,
     Ping,
     Pong,
+    Progress,
 )
 from ..formats.records import ChunkEntry, Record, open_record, seal_record, verify_record
 from ..membership.entries import Entry, decode_entry
@@ -75,7 +76,13 @@ REFUSALS_PER_SUMMARY = 1000
 CLIENT = "commonsync 0.1.0"
 #: The Hello feature of a device that exchanges membership logs (SPEC.md §15.8).
 MEMBERSHIP_FEATURE = "membership"
-FEATURES = [MEMBERSHIP_FEATURE]
+#: The Hello feature of a device that takes ``Progress`` reports (SPEC.md §13).
+PROGRESS_FEATURE = "progress"
+FEATURES = [MEMBERSHIP_FEATURE, PROGRESS_FEATURE]
+#: A progress report goes out at most this often per folder (s), and at least this often
+#: while something changed; and its wait between two looks (s).
+REPORT_INTERVAL = 1.0
+REPORT_MIN_GAP = 0.2
 #: Encoded entries per LogEntries message at most (a log of a few hundred entries is one).
 LOG_BATCH_BYTES = 1024 * 1024
 #: A peer that names log heads and has not sent them this many seconds later is reported.
@@ -155,6 +162,17 @@ class FolderEndpoint(Protocol):
 
     def attach(self, peer: PeerExchange) -> None: ...
 
+    async def progress_report(self, peer: DeviceId) -> tuple[bytes, int, int, int, int]:
+        """The peer's index ID and how far we took it, our highest sequence, and the files
+        and bytes we have left to write (SPEC.md §13)."""
+        ...
+
+    async def peer_reported(
+        self, peer: DeviceId, peer_key: bytes, report: tuple[bytes, int, int, int, int]
+    ) -> None:
+        """Take the peer's progress report ``(index_id, seen, highest, files, bytes)``."""
+        ...
+
     def detach(self, peer: PeerExchange) -> None: ...
 
 
@@ -204,11 +222,8 @@ class PeerExchange:
         offers: Sequence[Offer] = (),
         on_offer: OfferHandler | None = None,
         admit: AdmitHandler | None = None,
-        on_hello: Callable[[Hello], None] | None = None,
     ) -> None:
         self.session = session
-        #: Told the peer's Hello when it comes (a node learns the peer's name from it).
-        self._on_hello = on_hello
         self._offers = list(offers)
         self._on_offer = on_offer
         self._admit = admit
@@ -237,6 +252,8 @@ class PeerExchange:
         self._peer_epoch: dict[bytes, int] = {}
         self._log_heard: dict[bytes, anyio.Event] = {}
         self._log_sending: dict[bytes, anyio.Lock] = {}
+        #: Per shared folder: the peer's last progress report (SPEC.md §13).
+        self._reports: dict[bytes, tuple[bytes, int, int, int, int]] = {}
 
     def __repr__(self) -> str:
         return f"<PeerExchange with {self.peer.short_str}>"
@@ -304,8 +321,6 @@ class PeerExchange:
             if self.peer_hello is not None:
                 raise ProtocolError("a second Hello")
             self.peer_hello = message
-            if self._on_hello is not None:
-                self._on_hello(message)
         elif isinstance(message, Folders):
             await self._on_folders(message)
         elif isinstance(message, IndexRequest):
@@ -342,6 +357,8 @@ class PeerExchange:
             await self._on_log_entries(message)
         elif isinstance(message, EpochKeys):
             await self._on_epoch_keys(message)
+        elif isinstance(message, Progress):
+            await self._on_progress(message)
         elif isinstance(message, Pong | Close):
             pass
 
@@ -384,6 +401,9 @@ class PeerExchange:
             progress = await folder.peer_progress(self.peer)
             index_id, after = progress if progress is not None else (bytes(16), 0)
             await self.session.send(IndexRequest(folder_id, index_id, after))
+            if self.speaks_progress:
+                assert self._tasks is not None
+                self._tasks.start_soon(self._report_progress, folder)
 
     async def _push_index(self, folder: FolderEndpoint, after: int) -> None:
         """Send our records after ``after``, then every change as it happens.
@@ -460,6 +480,41 @@ class PeerExchange:
             await folder.receive_records(self, verified)
         last = message.records[-1][0] if message.records else message.max_sequence
         await folder.set_peer_progress(self.peer, message.index_id, last)
+
+    # -- progress ------------------------------------------------------------------------------
+
+    @property
+    def speaks_progress(self) -> bool:
+        """Whether the peer takes ``Progress`` reports (it said so in its Hello)."""
+        hello = self.peer_hello
+        return hello is not None and PROGRESS_FEATURE in hello.features
+
+    async def _report_progress(self, folder: FolderEndpoint) -> None:
+        """Tell the peer how far we are with ``folder`` whenever that changed (at most every
+        :data:`REPORT_MIN_GAP`, looked at every :data:`REPORT_INTERVAL`), and keep our view
+        of the peer current with our index (which grows as files are scanned here)."""
+        folder_id = folder.key.folder_id
+        peer_key = self.session.channel.peer_public_key
+        sent: Progress | None = None
+        while True:
+            index_id, seen, highest, files, size = await folder.progress_report(self.peer)
+            report = Progress(folder_id, index_id, seen, highest, files, size)
+            if report != sent:
+                await self.session.send(report)
+                sent = report
+            heard = self._reports.get(folder_id)
+            if heard is not None:
+                await folder.peer_reported(self.peer, peer_key, heard)
+            await anyio.sleep(REPORT_MIN_GAP)
+            with anyio.move_on_after(REPORT_INTERVAL):
+                await folder.wait_for_change(highest)
+
+    async def _on_progress(self, message: Progress) -> None:
+        folder = self._shared(message.folder_id)  # this device names the feature: taken
+        report = (message.index_id, message.seen, message.highest, message.need_files,
+                  message.need_bytes)  # fmt: skip
+        self._reports[message.folder_id] = report
+        await folder.peer_reported(self.peer, self.session.channel.peer_public_key, report)
 
     # -- membership logs -----------------------------------------------------------------------
 

@@ -58,11 +58,12 @@ from . import apply, layout, scanner
 from .beneath import DirectoryChain
 from .decide import REFUSED_INTERNAL, Action, decide, refusal
 from .exchange import PeerExchange, RemoteRecord
-from .ignore import IGNORE_FILE, FolderRules, IgnoreRules
+from .ignore import IGNORE_FILE, FolderRules
 from .layout import conflict_name
 from .marker import init_folder
 from .members import FolderMembers
 from .peer_chunks import Ask, from_peers
+from .progress import InFlight, PeerView, RateMeter, eta
 from .refusals import Refusal, Refusals
 from .space import DiskReserve
 from .store import (
@@ -82,9 +83,6 @@ log = logging.getLogger(__name__)
 EVENT_BUFFER = 1024
 #: Seconds a temporary file must be left unchanged before it may be taken for a left-over.
 TEMP_GRACE = 60.0
-#: Why a remote version is not written: a rule of this device ignores its path. It stays in
-#: the index, and is pending again when this device's rules change.
-IGNORED_HERE = "ignored on this device"
 
 
 class EventKind(enum.Enum):
@@ -107,6 +105,8 @@ class Event:
     path: str = ""
     detail: str = ""
     peer: str = ""
+    #: The bytes of a file version written (``APPLIED``).
+    size: int = 0
 
 
 @dataclass
@@ -168,6 +168,13 @@ class Folder:
         #: What is left to write, kept up to date as versions are taken and written, and
         #: counted again from the store after each round of the puller.
         self._left = Progress(0, 0)
+        #: The chunk bytes already obtained for large files being written (they are not
+        #: "left" any more, before their file is complete), and how fast chunks come.
+        self._in_flight = InFlight()
+        self.meter = RateMeter()
+        #: Per connected peer that reports its progress: how far it is behind us, and we
+        #: behind it (:mod:`commonsync.sync.progress`); set by the exchange.
+        self.peer_views: dict[DeviceId, PeerView] = {}
         #: The pending versions the puller holds right now (one window of them, read from
         #: the store: what waits is on disk, not in memory), and their conflict copies.
         self._window: dict[str, PendingVersion] = {}
@@ -205,8 +212,6 @@ class Folder:
         self._space_poll = SPACE_POLL  # longer each time space looked back but was not
         self._room: tuple[float, int] | None = None  # (when measured, bytes) for a second
         self._rules = FolderRules(self.root)
-        #: This device's own ignore rules, as the last scan read them (None: not read yet).
-        self._local_rules: IgnoreRules | None = None
         #: What is wrong with the folder's ``.csignore``, for a person ("" if nothing): the
         #: last scan used the last good rules instead (see :class:`FolderRules`).
         self.ignore_problem = ""
@@ -231,10 +236,12 @@ class Folder:
         """What happens in this folder, as it happens (one reader)."""
         return self._events_out
 
-    def _emit(self, kind: EventKind, path: str = "", detail: str = "", peer: str = "") -> None:
+    def _emit(
+        self, kind: EventKind, path: str = "", detail: str = "", peer: str = "", size: int = 0
+    ) -> None:
         # Nobody is reading fast enough: an event stream must never stall syncing.
         with contextlib.suppress(anyio.WouldBlock):
-            self._events_in.send_nowait(Event(kind, path, detail, peer))
+            self._events_in.send_nowait(Event(kind, path, detail, peer, size))
 
     @property
     def busy(self) -> bool:
@@ -249,9 +256,21 @@ class Folder:
         return time.monotonic() - self._last_applied < WRITING_QUIET
 
     def progress(self) -> Progress:
-        """Remote versions decided on but not yet on disk (sizes of files still to write);
-        refused versions are not counted (see :meth:`refusals`)."""
-        return self._left
+        """Remote versions decided on but not yet on disk (sizes of files still to write,
+        less the chunks already obtained for those being written: the bytes move as chunks
+        arrive, also within one large file); refused versions are not counted (see
+        :meth:`refusals`)."""
+        left = self._left
+        return Progress(left.files, max(0, left.bytes - self._in_flight.bytes))
+
+    def rate(self) -> float:
+        """Bytes per second of chunks obtained for remote versions, over the last seconds."""
+        return self.meter.rate()
+
+    def eta(self) -> float | None:
+        """Seconds until the remote versions are written at the current rate (None: no
+        estimate, nothing moves)."""
+        return eta(self.progress().bytes, self.rate())
 
     def refusals(self) -> list[Refusal]:
         """The remote versions refused since the folder was opened, per device and reason."""
@@ -273,7 +292,6 @@ class Folder:
                 log.warning("%s: %s", self.root, rules.problem)
                 self._emit(EventKind.ERROR, IGNORE_FILE, rules.problem)
             self.ignore_problem = rules.problem
-            await self._take_local_rules(rules.local)
             report = await scanner.scan(
                 self.root,
                 self.store,
@@ -292,28 +310,6 @@ class Folder:
         if report.temp_files:
             await self._remove_stale_temps(report.temp_files)
         return report
-
-    async def _take_local_rules(self, rules: IgnoreRules) -> None:
-        """Use this device's own ignore rules (``.commonsync/ignore-local``) from now on. When
-        they changed, the versions refused because a rule of theirs ignored the path are
-        pending again: those no rule ignores now are fetched and written (removing a rule
-        brings the files back), the others are refused again by the puller."""
-        if self._local_rules is not None and rules.patterns == self._local_rules.patterns:
-            return
-        self._local_rules = rules
-        if await self.store.unrefuse(self.folder_id, IGNORED_HERE):
-            self._pending_changed.set()
-
-    async def _ignored_here(self, remotes: list[RemoteRecord]) -> list[RemoteRecord]:
-        """Those of ``remotes`` whose paths this device's own rules ignore: not written here,
-        and left in the index (the index keeps what the peers announced)."""
-        if self._local_rules is None:  # the puller runs before the first scan: read them
-            loaded = await anyio.to_thread.run_sync(self._rules.load)
-            self._local_rules = loaded.local
-        rules = self._local_rules
-        if not rules.patterns:
-            return []
-        return [r for r in remotes if rules.ignores(r.record.path, r.record.kind is Kind.DIRECTORY)]
 
     async def _remove_stale_temps(self, temps: Sequence[tuple[str, int]]) -> None:
         """Remove the temporary files a scan found that belong to no version still to be
@@ -385,10 +381,51 @@ class Folder:
             self._retry_all_at = max(time.monotonic(), self._retried_all_at + RETRY_ALL_INTERVAL)
             self._pending_changed.set()
 
+    def attached_peers(self) -> list[PeerExchange]:
+        """The sessions that carry this folder now."""
+        return list(self._peers)
+
     def detach(self, peer: PeerExchange) -> None:
         if peer in self._peers:
             self._peers.remove(peer)
+            self.peer_views.pop(peer.peer, None)
             self._emit(EventKind.PEER_DISCONNECTED, peer=peer.peer.short_str)
+
+    async def progress_report(self, peer: DeviceId) -> tuple[bytes, int, int, int, int]:
+        """What this device tells ``peer`` of its progress (SPEC.md §13): the index of the
+        peer it has taken and how far, its own highest sequence, the files and bytes it has
+        left to write."""
+        seen = await self.store.peer_progress(self.folder_id, peer)
+        _, highest = await self.index_state()
+        index_id, sequence = (seen.index_id, seen.sequence) if seen else (bytes(16), 0)
+        left = self.progress()
+        return index_id, sequence, highest, left.files, left.bytes
+
+    async def peer_reported(
+        self, peer: DeviceId, peer_key: bytes, report: tuple[bytes, int, int, int, int]
+    ) -> None:
+        """Take a peer's progress report ``(index_id, seen, highest, files, bytes)``, and
+        work out what of our index it has not been
+        told of yet: :attr:`peer_views`."""
+        index_id, seen, highest, files, size = report
+        ours, our_highest = await self.index_state()
+        seen = seen if index_id == ours else 0
+        untold_files, untold_bytes, total = await self.store.files_after(
+            self.folder_id, seen, peer_key
+        )
+        taken = await self.store.peer_progress(self.folder_id, peer)
+        self.peer_views[peer] = PeerView(
+            need_files=files,
+            need_bytes=size,
+            seen=seen,
+            highest=highest,
+            untold_files=untold_files,
+            untold_bytes=untold_bytes,
+            total_bytes=total,
+            our_highest=our_highest,
+            we_seen=taken.sequence if taken is not None else 0,
+            reported_at=time.time(),
+        )
 
     async def receive_records(self, source: PeerExchange, records: Sequence[RemoteRecord]) -> None:
         """Rule on each remote record; those we take are stored (not yet on disk), where the
@@ -741,10 +778,6 @@ class Folder:
                 and entry.local_sequence == v.local_sequence  # else: changed since paged
             ]
             del entries
-            if ignored := await self._ignored_here(remotes):
-                batch.refused += [(r, IGNORED_HERE, False) for r in ignored]
-                skipped = {id(r) for r in ignored}
-                remotes = [r for r in remotes if id(r) not in skipped]
             if phase is PullPhase.FILES:
                 small = [r for r in remotes if r.record.size <= SMALL_FILE]
                 await self._with_sources(small, partial(self._apply_small, small, batch))
@@ -883,11 +916,18 @@ class Folder:
             applied = await self._apply(remote)
         except InsufficientSpaceError as exc:
             # Pending still: tried again, at once when space returns.
+            self._in_flight.done(remote.record.path)
             self._wait_for_space(exc, [remote.record.path])
             return
         except CommonsyncError as exc:
+            self._in_flight.done(remote.record.path)
             self._failed(remote, exc, batch)
             return
+        except BaseException:
+            self._in_flight.done(remote.record.path)
+            raise
+        if applied is _WAIT or applied is _DONE:
+            self._in_flight.done(remote.record.path)  # else: counted until it is recorded
         if applied is _DONE:
             batch.refused.append((remote, DONE_REASON, False))
         elif applied is not _WAIT:
@@ -949,6 +989,8 @@ class Folder:
                 max(0, self._left.files - len(written)),
                 max(0, self._left.bytes - sum(_bytes(r.record) for r, _ in written)),
             )
+        for remote, _ in items:
+            self._in_flight.done(remote.record.path)
         if self._space_waiters:
             self._space_waiters.difference_update(r.record.path for r, _ in items)
             if not self._space_waiters:
@@ -960,6 +1002,7 @@ class Folder:
             self._emit(
                 EventKind.DELETED if remote.record.deleted else EventKind.APPLIED,
                 remote.record.path,
+                size=_bytes(remote.record),
             )
         if self._publish_copies:
             self._publish_copies = False
@@ -1095,11 +1138,18 @@ class Folder:
         # Before fetching: a record may list one chunk thousands of times (a file far larger
         # than what crosses the wire); apply_file checks again before every write.
         await self._ensure_room(record.size, record.path)
+        path = record.path
+
+        async def read_chunk(chunk: ChunkEntry) -> bytes:
+            data = await self._fetch_chunk(chunk)
+            self._in_flight.add(path, len(data))
+            return data
+
         state = await apply.apply_file(
             self.root,
             record,
             expected=expected,
-            read_chunk=self._fetch_chunk,
+            read_chunk=read_chunk,
             chunk_id_key=self._key.chunk_id_key,
             reader_checks=True,  # each chunk it returns matched its ID
             reserve=self.disk_reserve,
@@ -1168,6 +1218,7 @@ class Folder:
             data = None  # looked up for the whole round: no local file has it
         if data is not None:
             self.stats.chunk_bytes_local += len(data)
+            self.meter.add(len(data))
             return data
 
         async def ask(peer: PeerExchange, wanted: list[ChunkEntry]) -> list[bytes | None]:
@@ -1190,6 +1241,7 @@ class Folder:
             if data is not None:
                 found[chunk.id] = data
                 self.stats.chunk_bytes_local += len(data)
+                self.meter.add(len(data))
         missing = [c for c in chunks if c.id not in found]
         if missing:
 
@@ -1216,6 +1268,7 @@ class Folder:
 
     def _received(self, data: bytes) -> None:
         self.stats.chunk_bytes_received += len(data)
+        self.meter.add(len(data))
 
     def _tampered(self, peer: PeerExchange) -> None:
         log.warning("%s sent a chunk that does not match its ID", peer.peer.short_str)

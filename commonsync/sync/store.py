@@ -416,13 +416,6 @@ class IndexStore:
 
         return await self._run(folders)
 
-    async def remove_folder(self, folder_id: bytes) -> None:
-        """Forget a folder: its records, local states, pull state, peers' progress, chunk
-        locations and membership log (every table cascades from ``folders``)."""
-        await self._run(
-            lambda conn: conn.execute("DELETE FROM folders WHERE folder_id = ?", (folder_id,))
-        )
-
     # -- records ----------------------------------------------------------------------------
 
     async def put(
@@ -747,20 +740,6 @@ class IndexStore:
 
         await self._run(retry)
 
-    async def unrefuse(self, folder_id: bytes, reason: str) -> int:
-        """Make the versions refused for ``reason`` pending again, due now (what refused
-        them may have changed: a rule of this device that ignored their paths was removed);
-        how many."""
-
-        def unrefuse(conn: sqlite3.Connection) -> int:
-            return conn.execute(
-                "UPDATE pull_state SET refused = NULL, retry_at = 0, attempts = 0"
-                " WHERE folder_id = ? AND refused = ?",
-                (folder_id, reason),
-            ).rowcount
-
-        return await self._run(unrefuse)
-
     async def forget_stale_pull_state(self, folder_id: bytes) -> None:
         """Drop what the puller kept about versions that are on disk or superseded now."""
 
@@ -843,6 +822,30 @@ class IndexStore:
             return int(row[0])
 
         return await self._run(last)
+
+    async def files_after(
+        self, folder_id: bytes, after: int, not_author: bytes
+    ) -> tuple[int, int, int]:
+        """Of the current file versions (not deleted) after local sequence ``after`` and not
+        made by ``not_author``: how many, and their bytes; and the bytes of every current
+        file version. What a peer that has taken our index up to ``after`` has not been told
+        of yet (see :mod:`commonsync.sync.progress`)."""
+
+        def sizes(conn: sqlite3.Connection) -> tuple[int, int, int]:
+            files, size = conn.execute(
+                "SELECT count(*), coalesce(sum(size), 0) FROM records"
+                " WHERE folder_id = ? AND local_seq > ? AND kind = 0 AND deleted = 0"
+                " AND author != ?",
+                (folder_id, after, not_author),
+            ).fetchone()
+            (total,) = conn.execute(
+                "SELECT coalesce(sum(size), 0) FROM records"
+                " WHERE folder_id = ? AND kind = 0 AND deleted = 0",
+                (folder_id,),
+            ).fetchone()
+            return int(files), int(size), int(total)
+
+        return await self._run(sizes)
 
     async def count_authored(self, folder_id: bytes, author: bytes, after: int = 0) -> int:
         """How many current versions ``author`` made with a sequence above ``after``."""

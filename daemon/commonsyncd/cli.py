@@ -25,12 +25,10 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
-from rich.progress_bar import ProgressBar
 
 from commonsync import CommonsyncError, DeviceId
 from commonsync.errors import DeviceIdError
@@ -40,18 +38,16 @@ from .background import ensure_running, set_up
 from .config import Config, ConfigError, parse_address
 from .control import ControlClient, ControlError, DaemonNotRunningError
 from .home import Home
-from .ignore_cli import add_parsers as add_ignore_parsers
-from .ignore_cli import ignore_command
-from .lifecycle_cli import add_device_parsers, add_folder_parsers, lifecycle_command
-from .lifecycle_cli import add_parsers as add_lifecycle_parsers
-from .lifecycle_cli import handles as lifecycle_handles
-from .logs import add_log_arguments, describe, options_from, set_log_options
+from .logs import add_log_arguments, options_from, set_log_options
 from .members_cli import ROLES, add_device_lost_parser, device_lost_command, members_command
 from .members_cli import add_parsers as add_member_parsers
 from .ops_cli import OpsError, ParseError, Parser, ops_command
 from .ops_cli import add_parsers as add_ops_parsers
 from .output import Output, plural
-from .terminal import json_visible, visible
+from .status_cli import StatusUsageError, event_line, status_command
+from .status_cli import add_parser as add_status_parser
+from .status_cli import relay_rows as _relay_rows
+from .terminal import json_visible
 from .versions_cli import add_parsers as add_versions_parsers
 from .versions_cli import versions_command
 
@@ -146,7 +142,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="send the deletions the mass-deletion guard held back to the other devices",
     )
     confirm.add_argument("folder", help="its label or ID")
-    add_folder_parsers(folder_commands, common)  # remove, move, pause, resume
 
     device = command("device", "add and list devices; remove a lost one from a folder")
     device_commands = device.add_subparsers(dest="device_command", required=True, metavar="ACTION")
@@ -164,7 +159,6 @@ def build_parser() -> argparse.ArgumentParser:
     device_add.add_argument("--name", default="", help="a name for it")
     device_commands.add_parser("list", help="known and pending devices", parents=[common])
     add_device_lost_parser(device_commands, common)
-    add_device_parsers(device_commands, common)  # remove, pause, resume, rename
 
     relay = command(
         "relay",
@@ -229,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     share = command("share", "offer a folder to a device (it accepts with `folder accept`)")
     share.add_argument("folder", help="its label or ID")
-    share.add_argument("device", help="the device: its name, short ID, ID or a unique prefix")
+    share.add_argument("device", help="the device's ID (or the name you gave it)")
     share.add_argument(
         "--role",
         choices=ROLES,
@@ -240,21 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_member_parsers(command, common)
     add_ops_parsers(command, common)
 
-    status = command("status", "what is in sync, what is transferring")
-    status.add_argument(
-        "--wait",
-        action="store_true",
-        help="wait until every folder is up to date and every device connected",
-    )
-    status.add_argument(
-        "--timeout",
-        type=float,
-        default=300.0,
-        help="give up waiting after this many seconds (exit code 1)",
-    )
+    add_status_parser(command)  # status [--wait] [--folder F] [--device D]
     add_versions_parsers(command, common)  # versions ..., conflicts ...
-    add_lifecycle_parsers(command, common)  # unshare
-    add_ignore_parsers(command, common)  # ignore ..., limit
     events = command("events", "follow what happens, one line per event (Ctrl-C to stop)")
     events.add_argument("--replay", action="store_true", help="start with the recent events")
 
@@ -357,8 +338,6 @@ def run_command(args: argparse.Namespace, home: Home, out: Output) -> int:
         ensure_running(home, getattr(args, "home", None), out)
     home.require_initialised()
     client = ControlClient(home.socket_path)
-    if lifecycle_handles(args):  # folder remove/move/pause/resume, device remove/..., unshare
-        return lifecycle_command(args, client, out)
     match args.command:
         case "folder":
             return folder_command(args, client, out)
@@ -384,17 +363,18 @@ def run_command(args: argparse.Namespace, home: Home, out: Output) -> int:
         case "members" | "member" | "invite" | "join":
             return members_command(args, client, out)
         case "status":
-            return status_command(args, client, out)
+            try:
+                return status_command(args, client, out)
+            except StatusUsageError as exc:
+                raise UsageError(str(exc), exc.hint) from None
         case "versions" | "conflicts":
             return versions_command(args, client, out)
-        case "ignore" | "limit":
-            return ignore_command(args, client, out)
         case "events":
             for event in client.stream("/events?replay=1" if args.replay else "/events"):
                 if out.json:
                     print(json_visible(json.dumps(event, ensure_ascii=False)), flush=True)
                 else:
-                    out.line(_event_line(event))
+                    out.line(event_line(event))
             return EXIT_OK
     raise UsageError(f"unknown command {args.command}")
 
@@ -717,96 +697,6 @@ def relay_command(args: argparse.Namespace, client: ControlClient, out: Output) 
         out.line("no relays: add one with `commonsync relay add RELAYID@HOST:PORT`")
     out.table("Relays", ["id", "address", "state"], _relay_rows(answer["relays"], full_id=True))
     return EXIT_OK
-
-
-def _relay_rows(relays: list[dict[str, Any]], *, full_id: bool = False) -> list[tuple[str, ...]]:
-    return [
-        (
-            r["id"] if full_id else r["id"][:7],
-            r["address"],
-            "connected" if r["connected"] else f"not connected: {r['error'] or 'connecting'}",
-        )
-        for r in relays
-    ]
-
-
-def status_command(args: argparse.Namespace, client: ControlClient, out: Output) -> int:
-    deadline = time.monotonic() + args.timeout
-    while True:
-        status = client.request("GET", "/status")
-        settled = _settled(status)
-        if not args.wait or settled or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    if out.json:
-        out.data(status)
-    else:
-        show_status(status, out)
-    if any(f["state"] in ("error", "needs confirmation") for f in status["folders"]):
-        return EXIT_PROBLEM
-    if any(f.get("problems") for f in status["folders"]):
-        return EXIT_PROBLEM  # refused versions, membership entries or an older log
-    if args.wait and not settled:
-        out.error(f"not in sync after {args.timeout:g} s")
-        return EXIT_PROBLEM
-    return EXIT_OK
-
-
-def _settled(status: dict[str, Any]) -> bool:
-    folders_ok = all(f["state"] == "up to date" for f in status["folders"])
-    wanted = {d for f in status["folders"] for d in f["devices"]}
-    connected = {d["id"] for d in status["devices"] if d["connected"]}
-    return folders_ok and wanted <= connected
-
-
-def show_status(status: dict[str, Any], out: Output) -> None:
-    out.line(f"device {status['name']} ({status['device_id']}), port {status['port']}")
-    rows: list[tuple[Any, ...]] = []
-    for folder in status["folders"]:
-        bar: Any = ""
-        if folder["state"] == "syncing" and out.rich and folder["bytes_total"]:
-            done = folder["bytes_total"] - folder["bytes_left"]
-            bar = ProgressBar(total=folder["bytes_total"], completed=done, width=24)
-        role = folder.get("role") or ""
-        rows.append((folder["label"], role, folder["summary"], bar, folder["path"]))
-    out.table("Folders", ["folder", "role", "state", "progress", "path"], rows)
-    for folder in status["folders"]:
-        for problem in folder.get("problems", []):
-            out.line(f"{folder['label']}: {problem['problem']}. {problem['hint']}.")
-    connected = [
-        (
-            d["name"] or d["id"][:7],
-            "connected" if d["connected"] else "not connected",
-            d["via"],
-            d["address"] or "",
-        )
-        for d in status["devices"]
-    ]
-    if connected:
-        out.table("Devices", ["device", "state", "via", "address"], connected)
-    if status["relays"]:
-        out.table("Relays", ["relay", "address", "state"], _relay_rows(status["relays"]))
-    for pending in status["pending_devices"]:
-        out.line(
-            f"device {pending['id']} wants to connect ({pending['how']}); accept it with "
-            f"`commonsync device add {pending['id']}`"
-        )
-    for offer in status["offered_folders"]:
-        out.line(
-            f"folder {offer['label']} is offered to this device; accept it with "
-            f"`commonsync folder accept {offer['label']} PATH`"
-        )
-    for notice in status.get("notices", []):
-        out.line(notice)
-    if status.get("log"):
-        out.line(f"log: {describe(status['log'])}")
-
-
-def _event_line(event: dict[str, Any]) -> str:
-    when = time.strftime("%H:%M:%S", time.localtime(event["time"]))
-    parts = [when, event.get("folder") or "-", event["kind"]]
-    parts += [event[k] for k in ("path", "peer", "detail") if event.get(k)]
-    return "  ".join(visible(p) for p in parts)  # a newline in a name cannot forge a line
 
 
 if __name__ == "__main__":
