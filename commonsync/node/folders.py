@@ -90,6 +90,8 @@ class FolderState(enum.Enum):
     UP_TO_DATE = "up to date"
     NEEDS_CONFIRMATION = "needs confirmation"
     ERROR = "error"
+    #: Paused by a person (`commonsync folder pause`): not running, on purpose.
+    PAUSED = "paused"
 
 
 class FolderUnavailableError(UnavailableError):
@@ -556,6 +558,8 @@ class FolderRunner:
     def state(self) -> FolderState:
         # Never "up to date" before the watch and the first scan: a write meanwhile would
         # otherwise go unseen by a script that waits for it.
+        if self.config.paused:
+            return FolderState.PAUSED
         if self.folder is None or not self._watched:
             return FolderState.ERROR if self.error else FolderState.STARTING
         if self.vanished is not None:

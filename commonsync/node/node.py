@@ -81,7 +81,7 @@ from ..sync.members import FolderMembers
 from ..sync.scanner import ScanReport
 from ..sync.space import MinFree
 from ..sync.store import IndexStore, open_store
-from . import history
+from . import history, ignores, lifecycle
 from .config import (
     ConfigError,
     DeviceConfig,
@@ -91,6 +91,8 @@ from .config import (
     format_address,
     parse_address,
 )
+from .devices import matches as device_matches
+from .devices import resolve as resolve_device
 from .events import EventBus
 from .folders import FolderRunner
 from .home import NodeHome
@@ -104,6 +106,7 @@ from .joining import (
     code_channel_on_lan,
     refused,
 )
+from .limits import RateLimits
 from .open_codes import CODE_LIFETIME, OpenCode, OpenCodes
 from .peers import Peers
 from .progress import device_problems
@@ -159,6 +162,8 @@ class Node:
         self.identity = identity
         self.store = store
         self.event_bus = EventBus()
+        #: Bandwidth limits, overall and per device, that every session keeps to.
+        self.limits = RateLimits(config)
         self.peers = Peers(self)
         self.peers.relays.vouches = self._vouched_devices
         self.runners: dict[bytes, FolderRunner] = {}
@@ -180,6 +185,9 @@ class Node:
         self.codes = OpenCodes()
         #: Folders whose missing key epoch this device waits its turn to start.
         self._renewing: set[bytes] = set()
+        #: Each folder's runner in a cancel scope of its own: stopped alone when it is
+        #: paused, moved or removed (commonsync.node.lifecycle).
+        self.folder_tasks = lifecycle.FolderTasks()
 
     @classmethod
     @asynccontextmanager
@@ -242,7 +250,9 @@ class Node:
             self._tasks = tasks
             listener = await self._listen()
             for runner in list(self.runners.values()):
-                await tasks.start(_run_folder, runner, False)
+                if runner.config.paused:
+                    continue  # paused by a person: its runner only says so in status
+                await self.folder_tasks.start(tasks, runner, create=False)
                 # Its log keeps the address book (and what this device vouches for at its
                 # relays) after a restart too, not only for folders added while running.
                 tasks.start_soon(self._keep_address_book, runner)
@@ -280,7 +290,7 @@ class Node:
     async def _start_folder(self, config: FolderConfig, *, create: bool = False) -> FolderRunner:
         assert self._tasks is not None, "the node is not running"
         runner = await self._make_runner(config)
-        await self._tasks.start(_run_folder, runner, create)
+        await self.folder_tasks.start(self._tasks, runner, create=create)
         self._tasks.start_soon(self._keep_address_book, runner)
         return runner
 
@@ -549,11 +559,10 @@ class Node:
             devices = []
             for key in sorted(member.devices):
                 device = DeviceId.from_public_key(key)
-                known = self.config.device(device)
                 devices.append(
                     {
                         "id": str(device),
-                        "name": self.device_name if key == me else (known.name if known else ""),
+                        "name": self._display_name(device),
                         "this_device": key == me,
                         "connected": key in connected,
                     }
@@ -730,45 +739,43 @@ class Node:
     def _device_label(self, key: bytes) -> str:
         """A member device as a person knows it: its name here and its short ID."""
         device = DeviceId.from_public_key(key)
-        known = self.config.device(device)
-        name = self.device_name if key == self.identity.public_key else known.name if known else ""
+        name = self._display_name(device)
         return f"{name} ({device.short_str})" if name else device.short_str
 
     def _find_member_device(self, folder: Folder, reference: str) -> tuple[Member, bytes]:
-        """A member's device by its name here, its device ID or a unique prefix of it (at
-        least 7 characters, dashes ignored)."""
+        """A member's device by its name here, its device ID or a unique prefix of it (as
+        every device reference: :func:`~commonsync.node.devices.resolve`)."""
         state = folder.members.state
         if state is None:
             raise RequestConflictError(
                 "the folder has no membership log: it was made before members existed",
                 hint="make a new folder to share it with members and roles",
             )
-        wanted = reference.strip()
-        cleaned = wanted.replace("-", "").upper()
-        matches = []
-        for member in state.members.values():
-            for key in member.devices:
-                device = DeviceId.from_public_key(key)
-                known = self.config.device(device)
-                name = self.device_name if key == self.identity.public_key else (
-                    known.name if known else ""
-                )  # fmt: skip
-                if (name and name == wanted) or (
-                    len(cleaned) >= 7 and str(device).replace("-", "").startswith(cleaned)
-                ):
-                    matches.append((member, key))
-        if len(matches) == 1:
-            return matches[0]
+        owners = {
+            DeviceId.from_public_key(key): (member, key)
+            for member in state.members.values()
+            for key in member.devices
+        }
         label = self.runners[folder.folder_id].label
-        if not matches:
-            raise NotFoundError(
-                f"no device {reference!r} among the members of folder {label}",
-                hint=f"`commonsync member devices {label}` lists them",
-            )
-        raise RequestConflictError(
-            f"{reference!r} names {len(matches)} devices in folder {label}",
-            hint="use more of its device ID",
+        found = resolve_device(
+            reference,
+            [(device, self._device_names(device)) for device in owners],
+            among=f"among the members of folder {label}",
+            hint=f"`commonsync member devices {label}` lists them",
         )
+        return owners[found]
+
+    def _device_names(self, device: DeviceId) -> tuple[str, ...]:
+        """The names a person may call ``device`` by here (see :mod:`.devices`)."""
+        if device == self.device_id:
+            return (self.device_name,)
+        known = self.config.device(device)
+        return (known.name, known.reported_name) if known is not None else ()
+
+    def _display_name(self, device: DeviceId) -> str:
+        """The name shown for ``device``: this device's own, or the one given here, else the
+        one it gives itself ("" if none)."""
+        return next((name for name in self._device_names(device) if name), "")
 
     async def _credits(self, config: FolderConfig, member: Member) -> tuple[tuple[bytes, int], ...]:
         """Per device of ``member``, the last of its versions this device holds: what stays
@@ -797,18 +804,14 @@ class Node:
                 hint="make a new folder to share it with members and roles",
             )
         wanted = reference.strip()
-        cleaned = wanted.replace("-", "").upper()
         matches = [
             m
             for m in state.members.values()
             if m.name == wanted
             or (len(wanted) >= 4 and m.id.hex().startswith(wanted.lower()))
-            or (
-                len(cleaned) >= 7
-                and any(
-                    str(DeviceId.from_public_key(d)).replace("-", "").startswith(cleaned)
-                    for d in m.devices
-                )
+            or any(
+                device_matches(wanted, device, self._device_names(device))
+                for device in map(DeviceId.from_public_key, m.devices)
             )
         ]
         if len(matches) == 1:
@@ -941,20 +944,27 @@ class Node:
         return {"folder": config.label, "revoked": matches[0].hex()[:16]}
 
     def _admitting_devices(self, folder: Folder) -> list[tuple[DeviceId, tuple[str, ...]]]:
-        """This device and the other members' devices it knows an address of: where a
-        joiner may be admitted."""
+        """This device and the other members' devices: where a joiner may be admitted. Those
+        it knows an address of come with their addresses; when this device uses relays, the
+        others follow with none, for the joiner to reach through the link's relays (so that
+        one is admitted while this device is away, though nobody's address is known)."""
+        state = folder.members.state
+        members = {
+            DeviceId.from_public_key(key)
+            for member in (state.members.values() if state else ())
+            for key in member.devices
+        }
         devices = [(self.device_id, tuple(self._own_addresses()[:8]))]
+        unaddressed: list[tuple[DeviceId, tuple[str, ...]]] = []
         for device in self.config.devices:
+            if device.device_id not in members:
+                continue
             addresses = [*device.addresses, *self.peers.discovered_addresses(device.device_id)]
-            if addresses and any(
-                DeviceId.from_public_key(key) == device.device_id
-                for member in (
-                    folder.members.state.members.values() if folder.members.state else ()
-                )
-                for key in member.devices
-            ):
+            if addresses:
                 devices.append((device.device_id, tuple(dict.fromkeys(addresses))[:8]))
-        return devices
+            elif self.config.relays:
+                unaddressed.append((device.device_id, ()))
+        return devices + unaddressed
 
     def _own_addresses(self) -> list[str]:
         host, _ = parse_address(self.config.listen)
@@ -1033,7 +1043,8 @@ class Node:
                 assert link is not None
                 found = {d: self.peers.discovered_addresses(d) for d, _ in link.devices}
                 name = name or link.name or self.device_name
-                device, addresses, answer = await ask_to_join(self.identity, link, name, found)
+                own = {r.relay_id: r.control for r in self.peers.relays.connected() if r.control}
+                device, addresses, answer = await ask_to_join(self.identity, link, name, found, own)
         except CodeRefusedError as exc:
             raise RequestConflictError(f"the code was refused: {exc}") from None
         except JoinRefusedError as exc:
@@ -1075,6 +1086,10 @@ class Node:
             self.config.folders.append(config)
             self._changed()
         runner = await self._start_folder(config, create=True)
+        # The admitting device knows us from its log's change and may have dialled already
+        # (through a relay, or found on the LAN): a session that began before the folder ran
+        # here shares no folder, and it starts again with it.
+        self.peers.restart(device)
         self.peers.dial(device)
         return runner
 
@@ -1093,7 +1108,7 @@ class Node:
         unique at a relay), then every device seen on the LAN (waiting a little for
         discovery, which may have just started, when it has seen nobody yet)."""
         openers: list[ChannelOpener] = [
-            partial(code_channel_at_relay, self.identity, link.config, code.nameplate)
+            partial(code_channel_at_relay, self.identity, link.config, code.nameplate, link.control)
             for link in list(self.peers.relays.links.values())
         ]
         if self.config.discovery_enabled:
@@ -1265,8 +1280,58 @@ class Node:
         """Scan a folder now; with ``confirm_deletions``, publish the deletions the
         mass-deletion guard held back. :class:`~commonsync.errors.UnavailableError` when the
         folder cannot scan (its disk is away: the error says why, its hint what to do)."""
-        runner = self.runners[self._find_folder(reference).folder_id]
-        return await runner.rescan(confirm_deletions=confirm_deletions)
+        config = self._find_folder(reference)
+        if config.paused:
+            raise UnavailableError(
+                f"folder {config.label} is paused",
+                hint=f"resume it with `commonsync folder resume {config.label}`",
+            )
+        return await self.runners[config.folder_id].rescan(confirm_deletions=confirm_deletions)
+
+    # -- changing one's mind (commonsync.node.lifecycle) ------------------------------------
+
+    async def remove_folder(self, reference: str) -> dict[str, Any]:
+        """Stop syncing a folder and forget its index and keys; its files stay on disk
+        (only its marker goes). Its devices' sessions start again without it."""
+        return await lifecycle.remove_folder(self, reference)
+
+    async def move_folder(self, reference: str, path: Path | str) -> dict[str, Any]:
+        """Sync a folder at ``path`` from now on: found there (moved by a person), renamed
+        there (same file system), or, for a folder stuck at a wrong path that never held
+        files, started there (see :func:`lifecycle.move_folder`)."""
+        return await lifecycle.move_folder(self, reference, path)
+
+    async def pause_folder(self, reference: str) -> dict[str, Any]:
+        """No scanning and no exchange for a folder until resumed (kept in the config)."""
+        return await lifecycle.pause_folder(self, reference)
+
+    async def resume_folder(self, reference: str) -> dict[str, Any]:
+        return await lifecycle.resume_folder(self, reference)
+
+    async def remove_device(self, reference: str) -> dict[str, Any]:
+        """Forget a device (unshared from every folder); refused for a member's device of
+        a folder with a membership log, which `member remove` is for."""
+        return await lifecycle.remove_device(self, reference)
+
+    async def pause_device(self, reference: str) -> dict[str, Any]:
+        """No session with a device until resumed (kept in the config, whatever the logs
+        of its folders say)."""
+        return await lifecycle.pause_device(self, reference)
+
+    async def resume_device(self, reference: str) -> dict[str, Any]:
+        return await lifecycle.resume_device(self, reference)
+
+    async def rename_device(self, reference: str, name: str) -> dict[str, Any]:
+        return await lifecycle.rename_device(self, reference, name)
+
+    async def unshare(self, folder: str, device: str) -> dict[str, Any]:
+        """Stop syncing a folder with one device (or withdraw an offer not yet taken)."""
+        return await lifecycle.unshare(self, folder, device)
+
+    async def reconfigure(self, config: NodeConfig) -> lifecycle.Reconfigured:
+        """Make the running configuration ``config`` (a file edited by hand), change by
+        change, each checked as its command is."""
+        return await lifecycle.reconfigure(self, config)
 
     # -- versions and conflicts (commonsync.node.history) -----------------------------------
 
@@ -1301,6 +1366,74 @@ class Node:
         me = self.identity.public_key
         return await history.resolve(self.folder(reference), path, keep, me, cwd)
 
+    # -- ignore rules (commonsync.node.ignores) ---------------------------------------------
+
+    async def ignores(self, reference: str) -> dict[str, Any]:
+        """A folder's ignore patterns: for the whole folder (``.csignore``) and for this
+        device only (``.commonsync/ignore-local``)."""
+        return await ignores.listing(self.folder(reference))
+
+    async def add_ignore(
+        self, reference: str, pattern: str, *, this_device: bool = False
+    ) -> dict[str, Any]:
+        """Ignore ``pattern`` in a folder, for every device or for this one only; applied
+        at once (a rescan)."""
+        return await ignores.add(self.folder(reference), pattern, this_device=this_device)
+
+    async def remove_ignore(
+        self, reference: str, pattern: str, *, this_device: bool = False
+    ) -> dict[str, Any]:
+        """Stop ignoring ``pattern``: its files are published (and, for this device's rules,
+        fetched) again."""
+        return await ignores.remove(self.folder(reference), pattern, this_device=this_device)
+
+    # -- bandwidth limits (commonsync.node.limits) -------------------------------------------
+
+    async def set_limits(
+        self, device: str | None = None, *, send: int | None = None, receive: int | None = None
+    ) -> dict[str, Any]:
+        """Limit sending and receiving (bytes per second, 0: no limit, None: unchanged) for
+        one device, or for all sessions together; running sessions follow at once."""
+        async with self._lock:
+            target: NodeConfig | DeviceConfig = (
+                self.config if device is None else self._find_device(device)
+            )
+            if send is not None:
+                target.max_send_rate = send
+            if receive is not None:
+                target.max_receive_rate = receive
+            self.limits.apply(self.config)
+            self._changed()
+        return self.limits_status()
+
+    def limits_status(self) -> dict[str, Any]:
+        """The limits in force (bytes per second, 0: none): overall, and per device that
+        has one (JSON-ready)."""
+        return {
+            "send": self.config.max_send_rate,
+            "receive": self.config.max_receive_rate,
+            "devices": [
+                {
+                    "id": str(d.device_id),
+                    "name": d.display_name,
+                    "send": d.max_send_rate,
+                    "receive": d.max_receive_rate,
+                }
+                for d in self.config.devices
+                if d.max_send_rate or d.max_receive_rate
+            ],
+        }
+
+    def device_named(self, device: DeviceId, name: str) -> None:
+        """A device said its name (its Hello): keep it as the name it gives itself, shown
+        wherever a person gave it none; a name chosen here is never replaced."""
+        known = self.config.device(device)
+        name = "".join(c for c in name if c.isprintable()).strip()[:64]
+        if known is None or not name or known.reported_name == name:
+            return
+        known.reported_name = name
+        self._changed()
+
     # -- lookups -------------------------------------------------------------------------------
 
     def folder(self, reference: str) -> FolderRunner:
@@ -1313,16 +1446,21 @@ class Node:
         except ConfigError as exc:
             raise NotFoundError(str(exc), hint="`commonsync folder list` shows them") from None
 
+    def find_device(self, device: DeviceId | str) -> DeviceConfig:
+        """A known device by its name (given here, or its own), its device ID or a unique
+        prefix of the ID: what every request naming a device takes (:mod:`.devices`)."""
+        return self._find_device(device)
+
     def _find_device(self, device: DeviceId | str) -> DeviceConfig:
-        if isinstance(device, str):
-            by_name = [d for d in self.config.devices if d.name and d.name == device]
-            if len(by_name) == 1:
-                return by_name[0]
-            cleaned = device.strip().upper()
-            by_prefix = [d for d in self.config.devices if str(d.device_id).startswith(cleaned)]
-            if len(cleaned) >= 7 and len(by_prefix) == 1:
-                return by_prefix[0]
-        device_id = device if isinstance(device, DeviceId) else _parse_device_id(device)
+        if isinstance(device, DeviceId):
+            device_id = device
+        else:
+            device_id = resolve_device(
+                device,
+                [(d.device_id, (d.name, d.reported_name)) for d in self.config.devices],
+                hint="`commonsync device list` shows them; add a new one with "
+                "`commonsync device add ID`",
+            )
         known = self.config.device(device_id)
         if known is None:
             raise NotFoundError(
@@ -1347,14 +1485,20 @@ class Node:
             )
         raise RequestConflictError(f"{reference!r} names several offered folders; use its ID")
 
-    def _check_new_folder(self, path: Path, label: str) -> None:
+    def _check_new_folder(
+        self, path: Path, label: str, *, moving: FolderConfig | None = None
+    ) -> None:
+        """Refuse a place (and label) for a new folder, or for ``moving`` (checked against
+        the other folders only), that overlaps a folder, the metadata or this home."""
         if not label:
             raise InvalidRequestError("a folder needs a label", hint="pass --label NAME")
-        if any(f.label == label for f in self.config.folders):
+        if any(f.label == label and f is not moving for f in self.config.folders):
             raise RequestConflictError(
                 f"a folder is already labelled {label!r}", hint="choose another with --label"
             )
         for other in self.config.folders:
+            if other is moving:
+                continue
             if (
                 path == other.path
                 or path.is_relative_to(other.path)
@@ -1410,15 +1554,6 @@ class Node:
                 for o in self.offers.values()
             ],
         }
-
-
-async def _run_folder(
-    runner: FolderRunner,
-    create: bool,
-    *,
-    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    await runner.run(create=create, task_status=task_status)
 
 
 def _folder_path(path: Path | str) -> Path:

@@ -48,6 +48,7 @@ from .events import EventBus
 from .folders import FolderRunner
 from .inbound import Admission, Ticket
 from .joining import serve_join
+from .limits import RateLimits
 from .lograte import LogRate
 from .open_codes import OpenCodes
 from .relay_links import RelayLink, RelayLinks
@@ -92,6 +93,7 @@ class PeerHost(Protocol):
     identity: DeviceIdentity
     config: NodeConfig
     event_bus: EventBus
+    limits: RateLimits
 
     @property
     def device_name(self) -> str: ...
@@ -101,6 +103,8 @@ class PeerHost(Protocol):
     async def on_offer(self, device: DeviceId, offer: Offer) -> None: ...
 
     async def admit(self, exchange: PeerExchange, folder_id: bytes) -> bool: ...
+
+    def device_named(self, device: DeviceId, name: str) -> None: ...
 
     async def admit_joiner(self, device: DeviceId, public_key: bytes, join: Join) -> Joined: ...
 
@@ -223,7 +227,9 @@ class Peers:
     async def _dial_loop(self, device_id: DeviceId) -> None:
         backoff = MIN_BACKOFF
         try:
-            while (device := self._host.config.device(device_id)) is not None:
+            while (device := self._host.config.device(device_id)) is not None and not (
+                device.paused
+            ):
                 link = self.links.get(device_id)
                 if link is not None:
                     await link.closed.wait()
@@ -401,8 +407,9 @@ class Peers:
         self, addresses: list[str], how: str, source: str
     ) -> Callable[[DeviceId], bool]:
         def accept(device_id: DeviceId) -> bool:
-            if self._host.config.device(device_id) is not None:
-                return True
+            known = self._host.config.device(device_id)
+            if known is not None:
+                return not known.paused  # paused by a person: refused, and not waiting
             self.note_pending(device_id, addresses, how=how, source=source)
             return False
 
@@ -507,6 +514,8 @@ class Peers:
             label = folder_config.label.encode()[:MAX_LABEL_BYTES].decode(errors="ignore")
             offers.append(Offer(folder_config.folder_id, label, runner.key.to_bytes()))
         on_offer: OfferHandler = self._host.on_offer
+        # Its bytes keep to this device's limits and the overall ones (changed live).
+        channel.throttle(*self._host.limits.buckets(peer))
         exchange = PeerExchange(
             Session(channel),
             folders,
@@ -514,6 +523,7 @@ class Peers:
             offers=offers,
             on_offer=on_offer,
             admit=self._host.admit,
+            on_hello=lambda hello: self._host.device_named(peer, hello.device_name),
         )
         link = Link(peer, exchange, address, initiator, relay)
         existing = self.links.get(peer)
@@ -591,10 +601,12 @@ class Peers:
             out.append(
                 {
                     "id": str(device.device_id),
-                    "name": device.name,
+                    "name": device.display_name,
+                    "reported_name": device.reported_name,
                     "addresses": device.addresses,
                     "discovered": self.discovered_addresses(device.device_id),
                     "connected": link is not None,
+                    "paused": device.paused,
                     "address": link.address if link else "",
                     "via": "" if link is None else "relay" if link.relay else "direct",
                     "relay": str(link.relay) if link and link.relay else "",

@@ -222,8 +222,11 @@ class PeerExchange:
         offers: Sequence[Offer] = (),
         on_offer: OfferHandler | None = None,
         admit: AdmitHandler | None = None,
+        on_hello: Callable[[Hello], None] | None = None,
     ) -> None:
         self.session = session
+        #: Told the peer's Hello when it comes (a node learns the peer's name from it).
+        self._on_hello = on_hello
         self._offers = list(offers)
         self._on_offer = on_offer
         self._admit = admit
@@ -321,6 +324,8 @@ class PeerExchange:
             if self.peer_hello is not None:
                 raise ProtocolError("a second Hello")
             self.peer_hello = message
+            if self._on_hello is not None:
+                self._on_hello(message)
         elif isinstance(message, Folders):
             await self._on_folders(message)
         elif isinstance(message, IndexRequest):

@@ -58,7 +58,7 @@ from . import apply, layout, scanner
 from .beneath import DirectoryChain
 from .decide import REFUSED_INTERNAL, Action, decide, refusal
 from .exchange import PeerExchange, RemoteRecord
-from .ignore import IGNORE_FILE, FolderRules
+from .ignore import IGNORE_FILE, FolderRules, IgnoreRules
 from .layout import conflict_name
 from .marker import init_folder
 from .members import FolderMembers
@@ -83,6 +83,9 @@ log = logging.getLogger(__name__)
 EVENT_BUFFER = 1024
 #: Seconds a temporary file must be left unchanged before it may be taken for a left-over.
 TEMP_GRACE = 60.0
+#: Why a remote version is not written: a rule of this device ignores its path. It stays in
+#: the index, and is pending again when this device's rules change.
+IGNORED_HERE = "ignored on this device"
 
 
 class EventKind(enum.Enum):
@@ -212,6 +215,8 @@ class Folder:
         self._space_poll = SPACE_POLL  # longer each time space looked back but was not
         self._room: tuple[float, int] | None = None  # (when measured, bytes) for a second
         self._rules = FolderRules(self.root)
+        #: This device's own ignore rules, as the last scan read them (None: not read yet).
+        self._local_rules: IgnoreRules | None = None
         #: What is wrong with the folder's ``.csignore``, for a person ("" if nothing): the
         #: last scan used the last good rules instead (see :class:`FolderRules`).
         self.ignore_problem = ""
@@ -292,6 +297,7 @@ class Folder:
                 log.warning("%s: %s", self.root, rules.problem)
                 self._emit(EventKind.ERROR, IGNORE_FILE, rules.problem)
             self.ignore_problem = rules.problem
+            await self._take_local_rules(rules.local)
             report = await scanner.scan(
                 self.root,
                 self.store,
@@ -310,6 +316,28 @@ class Folder:
         if report.temp_files:
             await self._remove_stale_temps(report.temp_files)
         return report
+
+    async def _take_local_rules(self, rules: IgnoreRules) -> None:
+        """Use this device's own ignore rules (``.commonsync/ignore-local``) from now on. When
+        they changed, the versions refused because a rule of theirs ignored the path are
+        pending again: those no rule ignores now are fetched and written (removing a rule
+        brings the files back), the others are refused again by the puller."""
+        if self._local_rules is not None and rules.patterns == self._local_rules.patterns:
+            return
+        self._local_rules = rules
+        if await self.store.unrefuse(self.folder_id, IGNORED_HERE):
+            self._pending_changed.set()
+
+    async def _ignored_here(self, remotes: list[RemoteRecord]) -> list[RemoteRecord]:
+        """Those of ``remotes`` whose paths this device's own rules ignore: not written here,
+        and left in the index (the index keeps what the peers announced)."""
+        if self._local_rules is None:  # the puller runs before the first scan: read them
+            loaded = await anyio.to_thread.run_sync(self._rules.load)
+            self._local_rules = loaded.local
+        rules = self._local_rules
+        if not rules.patterns:
+            return []
+        return [r for r in remotes if rules.ignores(r.record.path, r.record.kind is Kind.DIRECTORY)]
 
     async def _remove_stale_temps(self, temps: Sequence[tuple[str, int]]) -> None:
         """Remove the temporary files a scan found that belong to no version still to be
@@ -778,6 +806,10 @@ class Folder:
                 and entry.local_sequence == v.local_sequence  # else: changed since paged
             ]
             del entries
+            if ignored := await self._ignored_here(remotes):
+                batch.refused += [(r, IGNORED_HERE, False) for r in ignored]
+                skipped = {id(r) for r in ignored}
+                remotes = [r for r in remotes if id(r) not in skipped]
             if phase is PullPhase.FILES:
                 small = [r for r in remotes if r.record.size <= SMALL_FILE]
                 await self._with_sources(small, partial(self._apply_small, small, batch))

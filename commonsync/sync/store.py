@@ -416,6 +416,13 @@ class IndexStore:
 
         return await self._run(folders)
 
+    async def remove_folder(self, folder_id: bytes) -> None:
+        """Forget a folder: its records, local states, pull state, peers' progress, chunk
+        locations and membership log (every table cascades from ``folders``)."""
+        await self._run(
+            lambda conn: conn.execute("DELETE FROM folders WHERE folder_id = ?", (folder_id,))
+        )
+
     # -- records ----------------------------------------------------------------------------
 
     async def put(
@@ -739,6 +746,20 @@ class IndexStore:
                 conn.executemany(update + " AND path = ?", [(folder_id, p) for p in wanted])
 
         await self._run(retry)
+
+    async def unrefuse(self, folder_id: bytes, reason: str) -> int:
+        """Make the versions refused for ``reason`` pending again, due now (what refused
+        them may have changed: a rule of this device that ignored their paths was removed);
+        how many."""
+
+        def unrefuse(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "UPDATE pull_state SET refused = NULL, retry_at = 0, attempts = 0"
+                " WHERE folder_id = ? AND refused = ?",
+                (folder_id, reason),
+            ).rowcount
+
+        return await self._run(unrefuse)
 
     async def forget_stale_pull_state(self, folder_id: bytes) -> None:
         """Drop what the puller kept about versions that are on disk or superseded now."""

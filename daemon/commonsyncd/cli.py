@@ -38,6 +38,11 @@ from .background import ensure_running, set_up
 from .config import Config, ConfigError, parse_address
 from .control import ControlClient, ControlError, DaemonNotRunningError
 from .home import Home
+from .ignore_cli import add_parsers as add_ignore_parsers
+from .ignore_cli import ignore_command
+from .lifecycle_cli import add_device_parsers, add_folder_parsers, lifecycle_command
+from .lifecycle_cli import add_parsers as add_lifecycle_parsers
+from .lifecycle_cli import handles as lifecycle_handles
 from .logs import add_log_arguments, options_from, set_log_options
 from .members_cli import ROLES, add_device_lost_parser, device_lost_command, members_command
 from .members_cli import add_parsers as add_member_parsers
@@ -142,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="send the deletions the mass-deletion guard held back to the other devices",
     )
     confirm.add_argument("folder", help="its label or ID")
+    add_folder_parsers(folder_commands, common)  # remove, move, pause, resume
 
     device = command("device", "add and list devices; remove a lost one from a folder")
     device_commands = device.add_subparsers(dest="device_command", required=True, metavar="ACTION")
@@ -159,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     device_add.add_argument("--name", default="", help="a name for it")
     device_commands.add_parser("list", help="known and pending devices", parents=[common])
     add_device_lost_parser(device_commands, common)
+    add_device_parsers(device_commands, common)  # remove, pause, resume, rename
 
     relay = command(
         "relay",
@@ -223,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     share = command("share", "offer a folder to a device (it accepts with `folder accept`)")
     share.add_argument("folder", help="its label or ID")
-    share.add_argument("device", help="the device's ID (or the name you gave it)")
+    share.add_argument("device", help="the device: its name, short ID, ID or a unique prefix")
     share.add_argument(
         "--role",
         choices=ROLES,
@@ -236,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_status_parser(command)  # status [--wait] [--folder F] [--device D]
     add_versions_parsers(command, common)  # versions ..., conflicts ...
+    add_lifecycle_parsers(command, common)  # unshare
+    add_ignore_parsers(command, common)  # ignore ..., limit
     events = command("events", "follow what happens, one line per event (Ctrl-C to stop)")
     events.add_argument("--replay", action="store_true", help="start with the recent events")
 
@@ -338,6 +347,8 @@ def run_command(args: argparse.Namespace, home: Home, out: Output) -> int:
         ensure_running(home, getattr(args, "home", None), out)
     home.require_initialised()
     client = ControlClient(home.socket_path)
+    if lifecycle_handles(args):  # folder remove/move/pause/resume, device remove/..., unshare
+        return lifecycle_command(args, client, out)
     match args.command:
         case "folder":
             return folder_command(args, client, out)
@@ -369,6 +380,8 @@ def run_command(args: argparse.Namespace, home: Home, out: Output) -> int:
                 raise UsageError(str(exc), exc.hint) from None
         case "versions" | "conflicts":
             return versions_command(args, client, out)
+        case "ignore" | "limit":
+            return ignore_command(args, client, out)
         case "events":
             for event in client.stream("/events?replay=1" if args.replay else "/events"):
                 if out.json:
