@@ -75,6 +75,8 @@ def test_folder_pause_resume_survives_a_restart(two: tuple[Device, Device]) -> N
     code, error = error_of(b, "folder", "rescan", LABEL)
     assert code == 1
     assert "paused" in error["error"]
+    # Out of sync on purpose: not waited for.
+    assert b.run("status", "--wait", "--timeout", "30").returncode == 0
 
     # Kept across a restart: in the configuration, and the folder does not start.
     config = tomllib.loads((b.home / "config.toml").read_text())
@@ -197,6 +199,8 @@ def test_devices_renamed_paused_resumed_and_removed(
     stays_away(b.folder / "2.txt", "nothing reaches a paused device")
     assert not b.connected_to(a), "a paused device is refused when it dials"
     assert a.status()["pending_devices"] == [], "nor listed as waiting"
+    assert "paused" in a.run("device", "list").stdout
+    assert a.run("status", "--wait", "--timeout", "30").returncode == 0  # not waited for
 
     a.run("device", "resume", b.device_id[:9])
     arrives(b.folder / "2.txt", b"2\n", "2.txt on bob once resumed")
@@ -273,6 +277,12 @@ def test_config_edited_by_hand_is_applied_live(two: tuple[Device, Device]) -> No
     assert shown.returncode == 1
     assert "not valid TOML" in " ".join(shown.stdout.split())
     assert b.folder_state(LABEL)["state"] == "paused"
+    # A command changes the configuration meanwhile: the unreadable file is kept aside.
+    b.run("device", "rename", "alice-laptop", "alice")
+    assert (b.home / "config.toml.rejected").read_text() == "this is [not toml\n"
+    assert tomllib.loads(file.read_text())["devices"][0]["name"] == "alice"
+    assert "config.toml.rejected" in b.status()["config_error"]
+    config["devices"][0]["name"] = "alice"
 
     # Fixed: applied, and the error is gone.
     config["folders"][0]["paused"] = False

@@ -567,7 +567,7 @@ def device_command(args: argparse.Namespace, client: ControlClient, out: Output)
         (
             d["id"],
             d["name"],
-            "connected" if d["connected"] else "not connected",
+            "paused" if d.get("paused") else "connected" if d["connected"] else "not connected",
             d["address"] or ", ".join(d["addresses"] + d["discovered"]),
             ", ".join(d["folders"]),
         )

@@ -10,6 +10,9 @@ shared with (or only ``--device``):
   its progress, SPEC.md §13). A device that does not report it (an older version) counts
   once it is connected: status says its progress is unknown.
 
+A folder or a device that a person paused (``folder pause``, ``device pause``) is not waited
+for: it is out of sync on purpose.
+
 Meanwhile it shows the progress live on a terminal (plain lines in a pipe, when something
 changes). It exits with 0 once all of that holds, with 1 after ``--timeout`` seconds (saying
 what it still waits for), and with 1 whenever a folder has a problem (a folder in error,
@@ -146,16 +149,17 @@ def awaited(status: dict[str, Any], folders: list[str], devices: list[str]) -> l
     """What ``--wait`` still waits for, one phrase each (empty: all is in sync)."""
     names = {d["id"]: d["name"] or d["id"][:7] for d in status["devices"]}
     connected = {d["id"] for d in status["devices"] if d["connected"]}
+    paused = {d["id"] for d in status["devices"] if d.get("paused")}
     waiting = []
     for folder in status["folders"]:
-        if folder["id"] not in folders:
+        if folder["id"] not in folders or folder["state"] == "paused":
             continue
         label = folder["label"]
         if folder["state"] != "up to date":
             waiting.append(f"{label}: {folder['summary']}")
         peers = {p["id"]: p for p in folder.get("peers", [])}
         for device in folder["devices"]:
-            if device not in devices:
+            if device not in devices or device in paused:
                 continue
             name = names.get(device, device[:7])
             peer = peers.get(device, {})
@@ -268,7 +272,7 @@ def show_status(status: dict[str, Any], out: Output) -> None:
     connected = [
         (
             d["name"] or d["id"][:7],
-            "connected" if d["connected"] else "not connected",
+            "paused" if d.get("paused") else "connected" if d["connected"] else "not connected",
             d["via"],
             d["address"] or "",
         )
