@@ -60,6 +60,7 @@ def test_this_device_ignores_a_directory_and_the_other_sees_no_deletion(
     assert (alice.folder / "videos" / "a.mp4").read_bytes() == b"final cut\n"
     # Versions held back for the rule do not count as "left to sync".
     wait_for(lambda: _up_to_date(bob), "bob up to date with videos ignored")
+    assert "ignored by .csignore and this device's rules" in bob.folder_state("shared")["summary"]
 
     listed = bob.run("ignore", "list", "shared").stdout
     assert "videos/" in listed

@@ -592,7 +592,10 @@ class FolderRunner:
         ignored = self.last_scan.report.ignored if self.last_scan is not None else 0
         if state is FolderState.UP_TO_DATE and ignored:
             # Visible, so that a rule like `*` cannot silently stop the folder publishing.
-            words += f" ({ignored} ignored by {IGNORE_FILE})"
+            rules = IGNORE_FILE
+            if self.folder is not None and self.folder.ignores_here:
+                rules += " and this device's rules (`commonsync ignore list`)"
+            words += f" ({ignored} ignored by {rules})"
         not_synced = self._not_synced()
         if not_synced:
             words += f"; {not_synced}"

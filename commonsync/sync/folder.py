@@ -317,6 +317,11 @@ class Folder:
             await self._remove_stale_temps(report.temp_files)
         return report
 
+    @property
+    def ignores_here(self) -> bool:
+        """Whether this device has ignore rules of its own for the folder (as last read)."""
+        return self._local_rules is not None and bool(self._local_rules.patterns)
+
     async def _take_local_rules(self, rules: IgnoreRules) -> None:
         """Use this device's own ignore rules (``.commonsync/ignore-local``) from now on. When
         they changed, the versions refused because a rule of theirs ignored the path are
