@@ -195,8 +195,12 @@ def test_devices_renamed_paused_resumed_and_removed(
     devices = a.json("device", "list")
     assert devices["devices"][0]["paused"] is True
     assert devices["pending"] == []
+    # The folder's log changes (bob becomes a reader): its address book is read again, and
+    # the pause, which is this device's own, stays.
+    a.run("member", "role", LABEL, "bob", "reader")
     (a.folder / "2.txt").write_bytes(b"2\n")
     stays_away(b.folder / "2.txt", "nothing reaches a paused device")
+    assert a.json("device", "list")["devices"][0]["paused"] is True
     assert not b.connected_to(a), "a paused device is refused when it dials"
     assert a.status()["pending_devices"] == [], "nor listed as waiting"
     assert "paused" in a.run("device", "list").stdout

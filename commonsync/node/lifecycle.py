@@ -233,18 +233,28 @@ async def remove_folder(node: Node, reference: str) -> dict[str, Any]:
     async with node._lock:
         config = node._find_folder(reference)
         folder_id = config.folder_id
-        runner = node.runners.get(folder_id)
-        member = _my_membership(node, runner)
-        node.config.folders.remove(config)
-        node._changed()
+        member = await _still_member(node, node.runners.get(folder_id))
+        # Stopped first (its sessions start again without it), then forgotten: a folder
+        # accepted again later must not find the old index (its files, as it knew them,
+        # would read as deleted). If that fails, the folder runs on as it was.
         await node.folder_tasks.stop(folder_id)
-        node.runners.pop(folder_id, None)
         await _end_sessions(node, list(config.devices))
-        await node.store.remove_folder(folder_id)
-        await anyio.to_thread.run_sync(node.home.remove_folder_keys, folder_id)
+        try:
+            await node.store.remove_folder(folder_id)
+            await anyio.to_thread.run_sync(node.home.remove_folder_keys, folder_id)
+        except (CommonsyncError, OSError) as exc:
+            if not config.paused:
+                await _start(node, config, create=False)
+            raise UnavailableError(
+                f"folder {config.label} could not be forgotten: {exc}; it runs on as before",
+                hint="`commonsync status` and the daemon's log say more; try again",
+            ) from None
+        node.config.folders.remove(config)
+        node.runners.pop(folder_id, None)
         for table in (node._roles, node._device_of):
             for key in [k for k in table if k[0] == folder_id]:
                 del table[key]
+        node._changed()
         marker_removed = await anyio.to_thread.run_sync(_remove_marker, config.path)
     node.event_bus.publish(config.label, "removed", detail=str(config.path))
     log.info("folder %s removed (its files stay in %s)", config.label, config.path)
@@ -260,9 +270,14 @@ async def remove_folder(node: Node, reference: str) -> dict[str, Any]:
     }
 
 
-def _my_membership(node: Node, runner: FolderRunner | None) -> bool:
-    folder = runner.folder if runner is not None else None
-    return folder is not None and folder.members.my_role is not None
+async def _still_member(node: Node, runner: FolderRunner | None) -> bool:
+    """Whether this device is a member in the folder's log (a paused or stopped folder's
+    log is not read: one that has a log is taken to count this device in)."""
+    if runner is None:
+        return False
+    if runner.folder is not None:
+        return runner.folder.members.my_role is not None
+    return bool(await node.store.membership_entries(runner.config.folder_id))
 
 
 def _remove_marker(root: Path) -> bool:
