@@ -2,6 +2,7 @@
 
 Devices are named by their device IDs, folders by their IDs (hex) and labels; the keys of
 the device and of its folders live beside the state (:mod:`commonsyncd.home`), never here.
+The running daemon applies a change made to the file by hand at once (:mod:`commonsyncd.reload`).
 
     name = "laptop"
     listen = "0.0.0.0:22070"
@@ -21,6 +22,7 @@ the device and of its folders live beside the state (:mod:`commonsyncd.home`), n
     name = "desktop"              # the name given here (`device add --name`)
     reported_name = "ada-desktop" # the name the device gives itself, learnt from it
     addresses = ["192.168.1.20:22070"]
+    paused = true                 # optional: `device pause` (no connection until resumed)
     max_send_rate = "500 KiB/s"   # bandwidth for this device's sessions (optional)
 
     [[folders]]
@@ -28,6 +30,7 @@ the device and of its folders live beside the state (:mod:`commonsyncd.home`), n
     label = "choir"
     path = "/home/ada/Choir"
     devices = ["ZS5WX2N-43CA4PY-…"]
+    paused = true                 # optional: `folder pause` (not scanned or synced)
 
     [folders.versions]            # optional: how its .commonsync/versions/ is pruned
     keep = "staggered"            # all for an hour, hourly for a day, daily for 30 days,
