@@ -215,6 +215,13 @@ def test_devices_are_named_by_their_own_name_short_id_or_prefix(
     alice.run("limit", "--device", bob.device_id[:7], "--send", "1MiB/s")
     alice.run("limit", "--device", bob.device_id[:5].lower(), "--send", "none")
     alice.run("limit", "--device", bob.device_id, "--receive", "none")
+    shown = alice.run("status", "--device", bob.device_id[:5].lower(), check=False)
+    assert shown.returncode in (0, 1), shown.stderr
+    assert "bob" in shown.stdout
+    for command in (["status"], ["limit", "--send", "1MB/s"]):
+        refused = alice.run(*command, "--device", "carol", check=False)
+        assert refused.returncode == 2
+        assert "no device 'carol'" in refused.stderr
     unknown = alice.run("limit", "--device", "carol", "--send", "1MB/s", check=False)
     assert unknown.returncode == 2
     assert "no device 'carol'" in unknown.stderr

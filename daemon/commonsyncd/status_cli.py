@@ -34,6 +34,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from commonsync.formats.device_id import DeviceId
+from commonsync.node.devices import resolve as resolve_device
 from commonsync.sync.progress import duration
 
 from .control import ControlClient
@@ -129,16 +131,19 @@ def select(status: dict[str, Any], folder: str, device: str) -> tuple[list[str],
             )
         folders = found
     if device:
-        wanted = device.replace("-", "").upper()
-        found = [d["id"] for d in status["devices"] if d["name"] == device] or [
-            d["id"] for d in status["devices"] if d["id"].replace("-", "").startswith(wanted)
-        ]
-        if len(found) != 1:
-            what = "no device" if not found else "more than one device"
-            raise StatusUsageError(
-                f"{what} is {device!r} here",
-                "give a name or the start of an ID as `commonsync device list` shows",
+        # The same resolver as every command that names a device (name, short ID, ID,
+        # unique prefix; ambiguous or unknown refused with a sentence, exit code 2).
+        found = [
+            str(
+                resolve_device(
+                    device,
+                    [
+                        (DeviceId.parse(d["id"]), (d["name"], d.get("reported_name", "")))
+                        for d in status["devices"]
+                    ],
+                )
             )
+        ]
         devices = found
         if not folder:  # the folders shared with it
             folders = [f["id"] for f in status["folders"] if found[0] in f["devices"]]
