@@ -130,6 +130,7 @@ async def test_a_configuration_changed_as_a_whole(tmp_path: Path) -> None:
         new.devices.append(DeviceConfig(device, "laptop", ["127.0.0.1:9"]))
         new.relays.append(RelayConfig(relay, "127.0.0.1:9"))
         new.rescan_interval = 60.0
+        new.max_send_rate = 500_000
         done = await node.reconfigure(new)
         assert done.refused == []
         assert node.folder("one").state is FolderState.PAUSED
@@ -137,6 +138,8 @@ async def test_a_configuration_changed_as_a_whole(tmp_path: Path) -> None:
         assert node.config.device(device) is not None
         assert relay in node.peers.relays.links
         assert node.config.rescan_interval == 60.0
+        assert node.limits_status()["send"] == 500_000  # applied live, as `limit` does
+        assert "bandwidth limits" in done.applied
         assert any("applies when the daemon starts again" in a for a in done.applied)
 
         # A change its command would refuse is refused, and says why; the rest applies.

@@ -110,6 +110,10 @@ class Node(Protocol):
         self, folder: FolderRunner | str, device: DeviceId | str, *, role: Role = Role.WRITER
     ) -> tuple[FolderConfig, DeviceConfig]: ...
 
+    async def set_limits(
+        self, device: str | None = None, *, send: int | None = None, receive: int | None = None
+    ) -> dict[str, Any]: ...
+
 
 # -- running one folder on its own ----------------------------------------------------------
 
@@ -581,7 +585,7 @@ async def unshare(node: Node, folder: str, reference: str) -> dict[str, Any]:
 
 #: The parts of a configuration :func:`reconfigure` applies one change at a time; any other
 #: setting (the port, discovery, scan settings) is kept and applies at the next start.
-APPLIED_LIVE = ("devices", "folders", "relays")
+APPLIED_LIVE = ("devices", "folders", "relays", "max_send_rate", "max_receive_rate")
 #: What applies a change (a request to the node), given as a sentence and its coroutine.
 Attempt = Callable[[str, Awaitable[object]], Awaitable[None]]
 
@@ -617,6 +621,10 @@ async def reconfigure(node: Node, new: NodeConfig) -> Reconfigured:
         if name not in APPLIED_LIVE and getattr(new, name) != getattr(old, name):
             setattr(old, name, getattr(new, name))
             done.applied.append(f"{name} (applies when the daemon starts again)")
+    rates = (new.max_send_rate, new.max_receive_rate)
+    if rates != (old.max_send_rate, old.max_receive_rate):
+        limits = node.set_limits(None, send=rates[0], receive=rates[1])
+        await attempt("bandwidth limits", limits)
     await _reconfigure_relays(node, new, done)
     # Devices first (a folder may name a device added by hand), then folders, then the
     # devices removed (once no folder names them).
@@ -641,9 +649,14 @@ async def reconfigure(node: Node, new: NodeConfig) -> Reconfigured:
         if device.paused != known.paused:
             change = pause_device(node, ref) if device.paused else resume_device(node, ref)
             await attempt(f"device {ref[:7]} {'paused' if device.paused else 'resumed'}", change)
+        rates = (device.max_send_rate, device.max_receive_rate)
+        if rates != (known.max_send_rate, known.max_receive_rate):
+            limits = node.set_limits(ref, send=rates[0], receive=rates[1])
+            await attempt(f"device {ref[:7]}: bandwidth limits", limits)
     for folder in list(old.folders):
         if new.folder(folder.folder_id) is None:
-            await attempt(f"folder {folder.label} removed", remove_folder(node, folder.label))
+            removal = remove_folder(node, folder.folder_id.hex())
+            await attempt(f"folder {folder.label} removed", removal)
     for folder in new.folders:
         await _reconfigure_folder(node, folder, attempt)
     wanted = {d.device_id for d in new.devices}
@@ -684,24 +697,25 @@ async def _reconfigure_folder(node: Node, new: FolderConfig, attempt: Attempt) -
         await attempt(f"folder {new.label} added", _add_folder(node, new))
         return
     what = f"folder {config.label}"
+    ref = config.folder_id.hex()  # exact, whatever the label becomes
     if new.label != config.label:
         await attempt(f"{what} relabelled {new.label}", _relabel(node, config, new.label))
     if new.path != config.path:
-        await attempt(f"{what} moved to {new.path}", move_folder(node, config.label, new.path))
+        await attempt(f"{what} moved to {new.path}", move_folder(node, ref, new.path))
     for device in new.devices:
         if device not in config.devices:
-            shared = node.share(config.label, device)
+            shared = node.share(ref, device)
             await attempt(f"{what} shared with {device.short_str}", shared)
     for device in list(config.devices):
         if device not in new.devices:
-            ref = str(device)
-            await attempt(f"{what} unshared from {ref[:7]}", unshare(node, config.label, ref))
+            unshared = unshare(node, ref, str(device))
+            await attempt(f"{what} unshared from {device.short_str}", unshared)
     if new.versions != config.versions:
         config.versions = new.versions
         node._changed()
     if new.paused != config.paused:
         change = pause_folder if new.paused else resume_folder
-        await attempt(f"{what} {'paused' if new.paused else 'resumed'}", change(node, config.label))
+        await attempt(f"{what} {'paused' if new.paused else 'resumed'}", change(node, ref))
 
 
 async def _relabel(node: Node, config: FolderConfig, label: str) -> None:
