@@ -11,9 +11,12 @@ from pathlib import Path
 import pytest
 
 from commonsync import DeviceIdentity, FolderKey, Session
+from commonsync.errors import UnrepresentableNameError
 from commonsync.formats.messages import Hello, Message, Progress
-from commonsync.node.progress import peer_status
+from commonsync.node.problems import folder_problems
+from commonsync.node.progress import NAME_REFUSAL, name_problems, peer_status
 from commonsync.sync.exchange import MEMBERSHIP_FEATURE
+from commonsync.sync.folder import _permanent_reason
 from commonsync.sync.progress import PeerView, RateMeter, duration, eta, transfer_words
 
 from .test_exchange import Side, connected, same, until
@@ -136,3 +139,27 @@ async def test_a_peer_without_the_feature_gets_no_report_and_is_unknown(tmp_path
                 assert not entry["caught_up"]
                 assert entry["state"].startswith("unknown")
     assert not [m for m in a.sent if isinstance(m, Progress)]  # none to the older device
+
+
+async def test_names_this_file_system_cannot_hold_are_a_problem_with_their_own_hint(
+    tmp_path: Path,
+) -> None:
+    """A version whose name the file system here refuses is refused for good by the puller
+    (never mangled); status tells it as one problem with what to do, not as a misbehaving
+    device. (Linux file systems hold any name a record may carry, so the puller's refusal
+    is made here as it makes it, with the reason it gives.)"""
+    reason = _permanent_reason(UnrepresentableNameError("cannot hold it", "a:b.txt"))
+    assert reason == NAME_REFUSAL
+    a = Side("a", tmp_path, FolderKey.generate(), DeviceIdentity.generate())
+    async with a.opened() as fa:
+        fa._refused("ZS5WX2N", reason, "a:b.txt")
+        fa._refused("ZS5WX2N", reason, "c?.txt")
+        assert folder_problems(fa, "choir") == []
+        assert name_problems(fa, "choir") == [
+            {
+                "problem": "2 files of choir from device ZS5WX2N cannot be written here: this "
+                "file system cannot hold their names",
+                "hint": "rename them on a device that holds them (for example, without "
+                "characters such as : or \\ for Windows and some USB disks)",
+            }
+        ]

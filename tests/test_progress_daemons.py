@@ -9,6 +9,7 @@ is one sentence with a hint in ``status``, which exits with 1."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -91,6 +92,13 @@ def test_bytes_left_move_within_one_large_file_and_the_sender_waits_for_its_peer
         lambda: [p["state"] for p in a.folder_state("shared")["peers"]] == ["up to date"],
         "alice to see bob up to date",
     )
+    events = subprocess.Popen(
+        [*command("commonsync"), "--home", str(b.home), "events"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     (a.folder / "large.bin").write_bytes(os.urandom(LARGE))
 
     def bob_behind() -> bool:
@@ -133,6 +141,15 @@ def test_bytes_left_move_within_one_large_file_and_the_sender_waits_for_its_peer
     finally:
         waiting.kill()
         waiting.wait(timeout=10)
+        events.send_signal(signal.SIGINT)
+        try:
+            events_out, _ = events.communicate(timeout=20)
+        finally:
+            events.kill()
+    # `commonsync events` said how many bytes were left on the way, and the file's size.
+    progress = [line for line in events_out.splitlines() if "  progress  " in line]
+    assert any("1 file, " in line and "MB left" in line for line in progress), events_out
+    assert any("applied  large.bin  6.3 MB" in line for line in events_out.splitlines()), events_out
     assert waiting.returncode == 0, stdout + stderr
     assert seen["file"], "alice's status --wait returned before bob had the file"
     assert "waiting: shared: bob syncing" in stdout, stdout  # plain lines while waiting

@@ -59,6 +59,13 @@ WAIT_HELP = (
 )
 
 
+#: A device connected to this one whose session does not carry the folder.
+NOT_SYNCING = (
+    "connected, but not syncing this folder with this device (it has not accepted it yet, "
+    "or it stopped sharing it)"
+)
+
+
 class StatusUsageError(Exception):
     """An unknown or ambiguous ``--folder`` or ``--device``; ``hint`` says what to give."""
 
@@ -170,6 +177,8 @@ def awaited(status: dict[str, Any], folders: list[str], devices: list[str]) -> l
             peer = peers.get(device, {})
             if device not in connected:
                 waiting.append(f"{label}: {name} is not connected")
+            elif not peer.get("connected"):
+                waiting.append(f"{label}: {name} {NOT_SYNCING}")
             elif not peer.get("caught_up") and not peer.get("state", "").startswith("unknown"):
                 waiting.append(f"{label}: {name} {peer.get('state', 'not reported yet')}")
     return waiting
@@ -266,8 +275,13 @@ def show_status(status: dict[str, Any], out: Output) -> None:
     for problem in status.get("problems", []):
         out.line(f"{problem['problem']}. {problem['hint']}.")
     names = {d["id"]: d["name"] or d["id"][:7] for d in status["devices"]}
+    connected_now = {d["id"] for d in status["devices"] if d["connected"]}
     remote = [
-        (folder["label"], names.get(peer["id"], peer["id"][:7]), peer["state"])
+        (
+            folder["label"],
+            names.get(peer["id"], peer["id"][:7]),
+            NOT_SYNCING if peer["id"] in connected_now and not peer["connected"] else peer["state"],
+        )
         for folder in status["folders"]
         for peer in folder.get("peers", [])
         if peer["id"] in names
