@@ -234,3 +234,28 @@ def test_devices_are_named_by_their_own_name_short_id_or_prefix(
     assert name_of(alice, bob) == "Bob's laptop"
     alice.run("limit", "--device", "Bob's laptop", "--send", "2MB/s")
     assert alice.json("limit")["devices"][0]["send"] == 2_000_000
+
+
+def test_an_edit_made_while_ignored_meets_the_others_as_a_conflict(
+    two: tuple[Device, Device],
+) -> None:
+    alice, bob = two
+    (alice.folder / "videos").mkdir(parents=True)
+    (alice.folder / "videos" / "a.mp4").write_bytes(b"v1\n")
+    pair_and_share(alice, bob)
+    wait_for(lambda: tree(alice.folder) == tree(bob.folder), "the first sync")
+    bob.run("ignore", "add", "shared", "videos/", "--this-device")
+    # Both edit the file: bob's edit is not sent, alice's is not written on bob.
+    (bob.folder / "videos" / "a.mp4").write_bytes(b"bob's edit\n")
+    (alice.folder / "videos" / "a.mp4").write_bytes(b"alice's edit\n")
+    _barrier(alice, bob, "after-edits.txt")
+    assert (bob.folder / "videos" / "a.mp4").read_bytes() == b"bob's edit\n"
+    # The rule goes: neither edit is lost, each device has both, as for any conflict.
+    bob.run("ignore", "remove", "shared", "videos/", "--this-device")
+
+    def both_kept(device: Device) -> bool:
+        contents = {v for k, v in tree(device.folder).items() if k.startswith("videos/")}
+        return contents == {b"bob's edit\n", b"alice's edit\n"}
+
+    wait_for(lambda: both_kept(bob) and both_kept(alice), "both edits on both devices")
+    wait_for(lambda: tree(alice.folder) == tree(bob.folder), "both the same")
