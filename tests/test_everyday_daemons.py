@@ -90,6 +90,16 @@ def test_this_device_ignores_a_directory_and_the_other_sees_no_deletion(
     assert folder_rules["folder_rules"] == ["*.pdf"]
     assert folder_rules["this_device"] == []
 
+    # This device's rule file edited by hand applies at once too (it is watched).
+    (bob.folder / ".commonsync" / "ignore-local").write_text("*.tmp\n")
+    wait_for(
+        lambda: "this device's rules" in bob.folder_state("shared")["summary"],
+        "bob's rules edited by hand to apply",
+    )
+    (alice.folder / "scratch.tmp").write_text("alice's scratch\n")
+    _barrier(alice, bob, "after-tmp.txt")
+    assert not (bob.folder / "scratch.tmp").exists()
+
     # Removing a rule that is not there says which rules there are (exit code 2).
     done = bob.run("ignore", "remove", "shared", "*.pdf", "--this-device", check=False)
     assert done.returncode == 2

@@ -38,7 +38,7 @@ from ..errors import (
 from ..formats.identity import DeviceIdentity
 from ..formats.keys import FolderKey
 from ..sync.folder import Event, EventKind, Folder, open_folder
-from ..sync.ignore import IGNORE_FILE
+from ..sync.ignore import IGNORE_FILE, LOCAL_FILE
 from ..sync.layout import FOLDER_MARKER, METADATA_DIR, is_conflict_copy, is_internal
 from ..sync.marker import check_folder
 from ..sync.scanner import ScanReport, SkipReason
@@ -498,6 +498,8 @@ class FolderRunner:
         prefix = root + "/"
         probe = prefix + WATCH_PROBE
         marker = prefix + FOLDER_MARKER
+        # This device's own ignore rules, edited by hand: they apply at once, as .csignore's.
+        local_rules = prefix + LOCAL_FILE
 
         def relevant(_change: Change, path: str) -> bool:
             # Called for every change the OS reports: plain string work, no Path objects.
@@ -506,6 +508,8 @@ class FolderRunner:
                 return False
             if path in (marker, root):
                 return True  # the folder going away: the scan it asks for says so
+            if path == local_rules:
+                return True
             if not path.startswith(prefix):
                 return False
             relative = path[len(prefix) :]
