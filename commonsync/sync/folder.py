@@ -437,16 +437,30 @@ class Folder:
     async def peer_reported(
         self, peer: DeviceId, peer_key: bytes, report: tuple[bytes, int, int, int, int]
     ) -> None:
-        """Take a peer's progress report ``(index_id, seen, highest, files, bytes)``, and
-        work out what of our index it has not been
-        told of yet: :attr:`peer_views`."""
+        """Take a peer's progress report ``(index_id, seen, highest, files, bytes)`` (again,
+        when our index may have grown since), and work out what of our index it has not
+        been told of yet: :attr:`peer_views`. The sums over our index are worked out again
+        only when the peer's ``seen`` or our highest sequence moved (each is a walk of part
+        or all of the index)."""
         index_id, seen, highest, files, size = report
         ours, our_highest = await self.index_state()
         seen = seen if index_id == ours else 0
-        untold_files, untold_bytes, total = await self.store.files_after(
-            self.folder_id, seen, peer_key
-        )
         taken = await self.store.peer_progress(self.folder_id, peer)
+        before = self.peer_views.get(peer)
+        if before is not None and (before.seen, before.our_highest) == (seen, our_highest):
+            untold_files, untold_bytes, total = (
+                before.untold_files, before.untold_bytes, before.total_bytes
+            )  # fmt: skip
+        else:
+            untold_files, untold_bytes, total = await self.store.files_after(
+                self.folder_id, seen, peer_key
+            )
+        same_report = before is not None and (
+            before.need_files,
+            before.need_bytes,
+            before.seen,
+            before.highest,
+        ) == (files, size, seen, highest)
         self.peer_views[peer] = PeerView(
             need_files=files,
             need_bytes=size,
@@ -457,7 +471,7 @@ class Folder:
             total_bytes=total,
             our_highest=our_highest,
             we_seen=taken.sequence if taken is not None else 0,
-            reported_at=time.time(),
+            reported_at=before.reported_at if same_report and before else time.time(),
         )
 
     async def receive_records(self, source: PeerExchange, records: Sequence[RemoteRecord]) -> None:
