@@ -6,19 +6,23 @@ error) and is shown as unknown, never as up to date."""
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pytest
 
 from commonsync import DeviceIdentity, FolderKey, Session
-from commonsync.errors import UnrepresentableNameError
+from commonsync.errors import MissingChunkError, UnrepresentableNameError
 from commonsync.formats.messages import Hello, Message, Progress
+from commonsync.formats.records import ChunkEntry
 from commonsync.node.problems import folder_problems
 from commonsync.node.progress import NAME_REFUSAL, name_problems, peer_status
+from commonsync.sync import apply
 from commonsync.sync.exchange import MEMBERSHIP_FEATURE
 from commonsync.sync.folder import _permanent_reason
 from commonsync.sync.progress import PeerView, RateMeter, duration, eta, transfer_words
 
+from .test_apply import KEY, file_record
 from .test_exchange import Side, connected, same, until
 
 pytestmark = pytest.mark.anyio
@@ -163,3 +167,47 @@ async def test_names_this_file_system_cannot_hold_are_a_problem_with_their_own_h
                 "characters such as : or \\ for Windows and some USB disks)",
             }
         ]
+
+
+async def test_chunks_an_interrupted_attempt_wrote_count_as_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large file resumed after an interruption: the chunks its temporary file holds are
+    told to ``held`` (the bytes left then start where they were), the others are fetched;
+    together, the whole file, once."""
+    monkeypatch.setattr(apply, "FETCH_WINDOW", 1)  # chunks come in order: the first, then none
+    data = random.Random(16).randbytes(4 * 1024 * 1024)
+    rec, source = file_record("large.bin", data)
+    assert len(rec.chunks) >= 3
+    calls = 0
+
+    async def fails_second(entry: ChunkEntry) -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise MissingChunkError("no peer has it now")
+        return await source(entry)
+
+    with pytest.raises(MissingChunkError):
+        await apply.apply_file(
+            tmp_path, rec, expected=None, read_chunk=fails_second, chunk_id_key=KEY.chunk_id_key
+        )
+    held: list[int] = []
+    fetched: list[int] = []
+
+    async def counted(entry: ChunkEntry) -> bytes:
+        data = await source(entry)
+        fetched.append(len(data))
+        return data
+
+    await apply.apply_file(
+        tmp_path,
+        rec,
+        expected=None,
+        read_chunk=counted,
+        chunk_id_key=KEY.chunk_id_key,
+        held=held.append,
+    )
+    assert (tmp_path / "large.bin").read_bytes() == data
+    assert held == [rec.chunks[0].size]
+    assert sum(held) + sum(fetched) == len(data)

@@ -163,6 +163,7 @@ async def apply_file(
     clock_ns: Callable[[], int] = time.time_ns,
     reader_checks: bool = False,
     reserve: DiskReserve = DEFAULT_RESERVE,
+    held: Callable[[int], None] | None = None,
 ) -> LocalState:
     """Make the file version ``record`` real at ``root / record.path``; returns its new state.
 
@@ -174,6 +175,10 @@ async def apply_file(
     goes to the versions folder under ``layout.version_name(path, clock_ns())`` unless
     ``versions`` is false. On :class:`LocalChangedError` the complete temporary file is kept, so
     applying the same version after the conflict is resolved fetches nothing.
+
+    ``held`` is told the size of each chunk found already in the temporary file (what an
+    interrupted attempt wrote), so that progress counts it as done, as it counts the chunks
+    ``read_chunk`` returns.
 
     With ``reader_checks``, ``read_chunk`` promises to return only chunks it checked against
     their IDs (as :class:`commonsync.sync.folder.Folder`'s does), and they are not hashed again.
@@ -200,7 +205,7 @@ async def apply_file(
         temp = _fit_temp_name(target.name, record.content_digest())
         # Before anything is fetched: room for what the temporary file does not hold yet.
         await target.run(partial(_check_room, target, temp, record, reserve))
-        await _assemble(target, temp, record, read_chunk, chunk_id_key, write_key, reserve)
+        await _assemble(target, temp, record, read_chunk, chunk_id_key, write_key, reserve, held)
         return await target.run(partial(_place_file, target, temp, expected, versions, clock_ns))
     finally:
         target.close()
@@ -457,8 +462,10 @@ async def _assemble(
     key: bytes,
     write_key: bytes | None,
     reserve: DiskReserve,
+    held_chunk: Callable[[int], None] | None = None,
 ) -> None:
-    """Fill the temporary file ``temp`` with ``record``'s chunks, keeping those already there,
+    """Fill the temporary file ``temp`` with ``record``'s chunks, keeping those already there
+    (each told to ``held_chunk``),
     then fix its size, mode and mtime and fsync it. Before each write, ``reserve`` is checked
     (the disk may fill meanwhile): :class:`InsufficientSpaceError` stops the file.
 
@@ -479,6 +486,8 @@ async def _assemble(
             if not held:
                 wanted = repeated if entry.id in first_offset else missing
                 wanted.append((index, offset, entry))
+            elif held_chunk is not None:
+                held_chunk(entry.size)
             first_offset.setdefault(entry.id, offset)
             offset += entry.size
 

@@ -1201,6 +1201,7 @@ class Folder:
             record,
             expected=expected,
             read_chunk=read_chunk,
+            held=partial(self._in_flight.add, path),  # chunks an earlier attempt wrote
             chunk_id_key=self._key.chunk_id_key,
             reader_checks=True,  # each chunk it returns matched its ID
             reserve=self.disk_reserve,
