@@ -9,6 +9,8 @@ is one sentence with a hint in ``status``, which exits with 1."""
 from __future__ import annotations
 
 import os
+import pty
+import select
 import signal
 import subprocess
 import sys
@@ -18,7 +20,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemons import ENV, LOOPBACK, ROOT, Device, command, pair_and_share, tree, wait_for
+from tests.daemons import (
+    ENV,
+    LOOPBACK,
+    ROOT,
+    STEP,
+    Device,
+    command,
+    pair_and_share,
+    tree,
+    wait_for,
+)
 from tests.relays import RelayProcess
 from tests.tmpfs import mounted_or_skip
 
@@ -188,11 +200,47 @@ def test_wait_for_one_device_that_is_not_connected_times_out(
     assert time.monotonic() - started >= 2
     # Plain lines while it waits (not a terminal).
     assert "waiting: shared: bob is not connected" in done.stdout
+    # On a terminal, the progress is shown live while it waits (then the status, as usual).
+    shown, code = _in_a_terminal(a, "status", "--wait", "--device", "bob", "--timeout", "3")
+    assert code == 1
+    assert "Waiting for" in shown, shown
+    assert "shared: bob is not connected" in shown, shown
+    assert "giving up in" in shown, shown
     # One folder: the same; an unknown folder or device is a usage error.
     done = a.run("status", "--wait", "--folder", "shared", "--timeout", "1", check=False)
     assert done.returncode == 1
     assert a.run("status", "--device", "carol", check=False).returncode == 2
     assert a.run("status", "--folder", "nothing", check=False).returncode == 2
+
+
+def _in_a_terminal(device: Device, *args: str) -> tuple[str, int]:
+    """What ``commonsync ARGS`` writes to a terminal (a pty), and its exit code."""
+    main, child = pty.openpty()
+    env = {**ENV, "TERM": "xterm", "COLUMNS": "200", "LINES": "50"}
+    argv = [*command("commonsync"), "--home", str(device.home), *args]
+    process = subprocess.Popen(argv, stdin=child, stdout=child, stderr=child, env=env)
+    os.close(child)
+    out = bytearray()
+    deadline = time.monotonic() + STEP
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([main], [], [], 0.2)
+            if ready:
+                try:
+                    data = os.read(main, 65536)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not data:
+                    break
+                out += data
+            elif process.poll() is not None:
+                break
+    finally:
+        os.close(main)
+        if process.poll() is None:
+            process.kill()
+        code = process.wait(timeout=10)
+    return out.decode(errors="replace"), code
 
 
 def test_a_device_that_refuses_this_one_is_a_problem(devices: tuple[Device, Device]) -> None:
