@@ -165,10 +165,12 @@ def device_problems(
     names: Mapping[DeviceId, str],
     my_id: DeviceId,
 ) -> list[dict[str, str]]:
-    """The whole device's problems: devices (``refused_by``, with their names in ``names``)
-    and relays that refuse this device."""
+    """The whole device's problems: devices (``refused_by``, those still configured, with
+    their names in ``names``) and relays that refuse this device."""
     problems = []
     for device in sorted(refused_by, key=str):
+        if device not in names:
+            continue  # removed from this device since: its refusal is no problem any more
         name = names.get(device) or ""
         who = f"{name} (device {device.short_str})" if name else f"device {device.short_str}"
         problems.append(
