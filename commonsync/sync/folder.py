@@ -1189,11 +1189,11 @@ class Folder:
         # Before fetching: a record may list one chunk thousands of times (a file far larger
         # than what crosses the wire); apply_file checks again before every write.
         await self._ensure_room(record.size, record.path)
-        path = record.path
+        path, size = record.path, record.size
 
         async def read_chunk(chunk: ChunkEntry) -> bytes:
             data = await self._fetch_chunk(chunk)
-            self._in_flight.add(path, len(data))
+            self._in_flight.add(path, len(data), size)
             return data
 
         state = await apply.apply_file(
@@ -1201,7 +1201,7 @@ class Folder:
             record,
             expected=expected,
             read_chunk=read_chunk,
-            held=partial(self._in_flight.add, path),  # chunks an earlier attempt wrote
+            held=lambda chunk: self._in_flight.add(path, chunk, size),  # an earlier attempt's
             chunk_id_key=self._key.chunk_id_key,
             reader_checks=True,  # each chunk it returns matched its ID
             reserve=self.disk_reserve,

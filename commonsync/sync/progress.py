@@ -86,8 +86,11 @@ class InFlight:
 
     by_path: dict[str, int] = field(default_factory=dict)
 
-    def add(self, path: str, size: int) -> None:
-        self.by_path[path] = self.by_path.get(path, 0) + size
+    def add(self, path: str, size: int, limit: int | None = None) -> None:
+        """Count ``size`` more bytes for ``path``, never more than ``limit`` in all (its
+        file's size: a second attempt at the same version counts its chunks again)."""
+        done = self.by_path.get(path, 0) + size
+        self.by_path[path] = done if limit is None else min(done, limit)
 
     def done(self, path: str) -> None:
         self.by_path.pop(path, None)
