@@ -300,3 +300,8 @@ def test_config_edited_by_hand_is_applied_live(two: tuple[Device, Device]) -> No
     wait_for(lambda: "refused" in b.status()["config_error"], "the refusal in status")
     assert "member remove" in b.status()["config_error"]
     assert b.folder_state(LABEL)["devices"] == [a.device_id]
+
+    # A file emptied by accident is not the removal of every folder.
+    file.write_text("")
+    wait_for(lambda: "no folder left" in b.status()["config_error"], "the emptied file refused")
+    assert [f["label"] for f in b.status()["folders"]] == [LABEL]
