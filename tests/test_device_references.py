@@ -18,9 +18,11 @@ def _devices(count: int) -> list[DeviceId]:
 
 def test_a_device_by_name_short_id_full_id_or_prefix() -> None:
     laptop, phone = _devices(2)
-    candidates = [(laptop, ("laptop", "")), (phone, ("", "ada's phone"))]
-    assert resolve("laptop", candidates) == laptop
-    assert resolve("ada's phone", candidates) == phone  # the name it gave itself
+    candidates = [(laptop, ("laptop",)), (phone, ())]
+    reported = {laptop: "ada-thinkpad", phone: "ada's phone"}
+    assert resolve("laptop", candidates, reported=reported) == laptop
+    assert resolve("ada's phone", candidates, reported=reported) == phone  # its own name
+    assert resolve("ada-thinkpad", candidates, reported=reported) == laptop
     assert resolve(phone.short_str, candidates) == phone
     assert resolve(phone.short_str.lower(), candidates) == phone
     assert resolve(str(phone), candidates) == phone
@@ -36,6 +38,8 @@ def test_unknown_ambiguous_and_mistyped_references_are_refused() -> None:
     candidates = [(laptop, ("laptop",)), (phone, ("laptop",))]
     with pytest.raises(RequestConflictError, match="names 2 devices"):
         resolve("laptop", candidates)
+    with pytest.raises(RequestConflictError, match="names 2 devices"):
+        resolve("pixel", [(laptop, ()), (phone, ())], reported={laptop: "pixel", phone: "pixel"})
     with pytest.raises(NotFoundError, match="no device 'tablet'"):
         resolve("tablet", candidates)
     with pytest.raises(NotFoundError, match=stranger.short_str):
@@ -49,11 +53,16 @@ def test_unknown_ambiguous_and_mistyped_references_are_refused() -> None:
     assert not matches("ABC", laptop)  # too short a prefix to mean a device
 
 
-def test_a_name_a_device_chose_cannot_take_another_devices_id() -> None:
+def test_a_name_a_device_gave_itself_cannot_take_another_devices_reference() -> None:
     mine, theirs = _devices(2)
-    # A peer names itself after my device's short ID: the reference is ambiguous, refused.
-    candidates = [(mine, ("",)), (theirs, ("", mine.short_str))]
+    candidates = [(mine, ("laptop",)), (theirs, ())]
+    # A peer calls itself after my device's name, or after its short ID: what I gave and
+    # the IDs come first, so my references still name my device.
+    for name in ("laptop", mine.short_str):
+        assert resolve(name, candidates, reported={theirs: name}) == mine
+    # Two names given here, or a name given here and another device's ID prefix, are on
+    # the same footing: refused, not guessed.
     with pytest.raises(RequestConflictError, match="names 2 devices") as refused:
-        resolve(mine.short_str, candidates)
+        resolve(mine.short_str, [(mine, ()), (theirs, (mine.short_str,))])
     assert refused.value.hint == "give more of its device ID"
     assert resolve(str(mine), candidates) == mine  # the full ID is exact

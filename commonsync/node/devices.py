@@ -5,16 +5,20 @@ of its device ID), it takes the same back: a **name** (the one given here, else 
 device gives itself in its Hello), the **full device ID**, or any **unique prefix** of the ID
 of at least :data:`MIN_PREFIX` characters (any case, dashes ignored; the short ID is one).
 
-Names of other devices are chosen by those devices, so a name never wins over an ID: a
-reference that is a name of one device and a prefix of another's ID, or the name of two
-devices, is refused as ambiguous, with the candidates listed, rather than guessed. A full ID
-is exact (it can be no prefix of another). A reference that has a device ID's length but
-does not check out says so (a mistyped ID is caught by its check characters).
+The name a device gives itself is its own choice, so it never wins over what this device
+knows for sure: a name given here and the device IDs are looked at first, and a name a device
+gave itself counts only when nothing else matches. A device that calls itself "laptop", or
+after another device's short ID, thus cannot take a reference meant for that one. A reference
+that names two devices on the same footing (two names given here, or a name and another
+device's ID prefix, or two devices calling themselves the same) is refused as ambiguous, with
+the candidates listed, rather than guessed. A full ID is exact (it can be no prefix of
+another). A reference that has a device ID's length but does not check out says so (a
+mistyped ID is caught by its check characters).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from ..errors import DeviceIdError, InvalidRequestError, NotFoundError, RequestConflictError
 from ..formats.device_id import DeviceId
@@ -45,17 +49,21 @@ def resolve(
     reference: str,
     candidates: Sequence[tuple[DeviceId, Sequence[str]]],
     *,
+    reported: Mapping[DeviceId, str] | None = None,
     among: str = "known to this device",
     hint: str = "`commonsync device list` shows them",
 ) -> DeviceId:
-    """The one device of ``candidates`` (each a device and its names) that ``reference``
-    names. Raises :class:`~commonsync.errors.NotFoundError` if none does ("no device … is
-    ``among``", with ``hint``), :class:`~commonsync.errors.RequestConflictError` if several
-    do, :class:`~commonsync.errors.InvalidRequestError` for a mistyped full device ID."""
+    """The one device of ``candidates`` (each a device and the names given it here) that
+    ``reference`` names; ``reported`` holds the names devices gave themselves, which count
+    only when no name given here and no ID matches. Raises
+    :class:`~commonsync.errors.NotFoundError` if none does ("no device … is ``among``", with
+    ``hint``), :class:`~commonsync.errors.RequestConflictError` if several do,
+    :class:`~commonsync.errors.InvalidRequestError` for a mistyped full device ID."""
     wanted = reference.strip()
     if not wanted:
         raise InvalidRequestError("no device given", hint=hint)
-    named = any(wanted in names for _, names in candidates)
+    reported = reported or {}
+    named = any(wanted in names for _, names in candidates) or wanted in reported.values()
     if len(_clean(wanted)) >= _FULL_ID_CHARS and not named:
         try:
             full = DeviceId.parse(wanted)
@@ -68,12 +76,14 @@ def resolve(
             return full
         raise NotFoundError(f"device {full.short_str} is not {among}", hint=hint)
     found = list(dict.fromkeys(d for d, names in candidates if matches(wanted, d, names)))
+    if not found:
+        found = [d for d, _ in candidates if reported.get(d) == wanted]
     if len(found) == 1:
         return found[0]
     if not found:
         raise NotFoundError(f"no device {wanted!r} is {among}", hint=hint)
     names = dict(candidates)
-    listed = ", ".join(_shown(d, names.get(d, ())) for d in found)
+    listed = ", ".join(_shown(d, [*names.get(d, ()), reported.get(d, "")]) for d in found)
     raise RequestConflictError(
         f"{wanted!r} names {len(found)} devices ({listed})",
         hint="give more of its device ID",

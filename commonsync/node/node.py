@@ -760,22 +760,31 @@ class Node:
         found = resolve_device(
             reference,
             [(device, self._device_names(device)) for device in owners],
+            reported=self._reported_names(),
             among=f"among the members of folder {label}",
             hint=f"`commonsync member devices {label}` lists them",
         )
         return owners[found]
 
     def _device_names(self, device: DeviceId) -> tuple[str, ...]:
-        """The names a person may call ``device`` by here (see :mod:`.devices`)."""
+        """The names ``device`` was given here (this device: its own), which a person may
+        call it by; the names devices give themselves come second (:meth:`_reported_names`,
+        :mod:`.devices`)."""
         if device == self.device_id:
             return (self.device_name,)
         known = self.config.device(device)
-        return (known.name, known.reported_name) if known is not None else ()
+        return (known.name,) if known is not None and known.name else ()
+
+    def _reported_names(self) -> dict[DeviceId, str]:
+        """The names the known devices give themselves (their Hello)."""
+        return {d.device_id: d.reported_name for d in self.config.devices if d.reported_name}
 
     def _display_name(self, device: DeviceId) -> str:
         """The name shown for ``device``: this device's own, or the one given here, else the
         one it gives itself ("" if none)."""
-        return next((name for name in self._device_names(device) if name), "")
+        known = self.config.device(device)
+        reported = known.reported_name if known is not None else ""
+        return next((name for name in self._device_names(device) if name), reported)
 
     async def _credits(self, config: FolderConfig, member: Member) -> tuple[tuple[bytes, int], ...]:
         """Per device of ``member``, the last of its versions this device holds: what stays
@@ -1457,7 +1466,8 @@ class Node:
         else:
             device_id = resolve_device(
                 device,
-                [(d.device_id, (d.name, d.reported_name)) for d in self.config.devices],
+                [(d.device_id, (d.name,)) for d in self.config.devices],
+                reported=self._reported_names(),
                 hint="`commonsync device list` shows them; add a new one with "
                 "`commonsync device add ID`",
             )

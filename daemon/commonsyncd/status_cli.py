@@ -144,10 +144,11 @@ def select(status: dict[str, Any], folder: str, device: str) -> tuple[list[str],
             str(
                 resolve_device(
                     device,
-                    [
-                        (DeviceId.parse(d["id"]), (d["name"], d.get("reported_name", "")))
+                    [(DeviceId.parse(d["id"]), _given_name(d)) for d in status["devices"]],
+                    reported={
+                        DeviceId.parse(d["id"]): d.get("reported_name", "")
                         for d in status["devices"]
-                    ],
+                    },
                 )
             )
         ]
@@ -155,6 +156,13 @@ def select(status: dict[str, Any], folder: str, device: str) -> tuple[list[str],
         if not folder:  # the folders shared with it
             folders = [f["id"] for f in status["folders"] if found[0] in f["devices"]]
     return folders, devices
+
+
+def _given_name(device: dict[str, Any]) -> tuple[str, ...]:
+    """The name given a device here, as ``/status`` lists it (``name`` is that name, else
+    the one the device gives itself, ``reported_name``)."""
+    name = device["name"]
+    return (name,) if name and name != device.get("reported_name") else ()
 
 
 def awaited(status: dict[str, Any], folders: list[str], devices: list[str]) -> list[str]:
