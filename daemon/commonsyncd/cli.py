@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     daemon = command("daemon", "run the sync daemon in the foreground (as commonsyncd does)")
     add_log_arguments(daemon)
 
-    folder = command("folder", "add, list and accept folders")
+    folder = command("folder", "add, list, accept, pause, move and remove folders")
     folder_commands = folder.add_subparsers(dest="folder_command", required=True, metavar="ACTION")
     add = folder_commands.add_parser("add", help="sync a directory", parents=[common])
     add.add_argument("path", type=Path, help="the directory (created if missing)")
@@ -149,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     confirm.add_argument("folder", help="its label or ID")
     add_folder_parsers(folder_commands, common)  # remove, move, pause, resume
 
-    device = command("device", "add and list devices; remove a lost one from a folder")
+    device = command(
+        "device", "add, list, rename, pause and remove devices; remove a lost one from a folder"
+    )
     device_commands = device.add_subparsers(dest="device_command", required=True, metavar="ACTION")
     device_add = device_commands.add_parser(
         "add", help="accept a device (pairing: each side adds the other)", parents=[common]
