@@ -100,6 +100,16 @@ def test_this_device_ignores_a_directory_and_the_other_sees_no_deletion(
     _barrier(alice, bob, "after-tmp.txt")
     assert not (bob.folder / "scratch.tmp").exists()
 
+    # A rule removed while the daemon was stopped lets go of what it held back.
+    bob.run("ignore", "add", "shared", "videos/", "--this-device")
+    (alice.folder / "videos" / "c.mp4").write_bytes(b"third film\n")
+    _barrier(alice, bob, "after-c.txt")
+    assert not (bob.folder / "videos" / "c.mp4").exists()
+    assert bob.stop() == 0
+    (bob.folder / ".commonsync" / "ignore-local").write_text("")
+    bob.start()
+    wait_for(lambda: (bob.folder / "videos" / "c.mp4").exists(), "c.mp4 after the restart")
+
     # Removing a rule that is not there says which rules there are (exit code 2).
     done = bob.run("ignore", "remove", "shared", "*.pdf", "--this-device", check=False)
     assert done.returncode == 2

@@ -338,7 +338,10 @@ class Folder:
         and left in the index (the index keeps what the peers announced)."""
         if self._local_rules is None:  # the puller runs before the first scan: read them
             loaded = await anyio.to_thread.run_sync(self._rules.load)
-            self._local_rules = loaded.local
+            # As a scan takes them: a rule removed while the folder was closed lets go of
+            # the versions it held back.
+            await self._take_local_rules(loaded.local)
+        assert self._local_rules is not None
         rules = self._local_rules
         if not rules.patterns:
             return []
