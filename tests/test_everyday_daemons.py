@@ -162,7 +162,10 @@ def test_bandwidth_limits_overall_and_per_device_set_live(two: tuple[Device, Dev
     alice, bob = two
     pair_and_share(alice, bob)
     size = 1024 * 1024
-    # Without a limit, as a reference (and the session is warm).
+    refused = alice.run("limit", "--send", "fast", check=False)
+    assert refused.returncode == 2
+    assert "500KiB/s" in refused.stderr  # the hint says how to write a rate
+    # Without a limit first (the session is warm).
     _arrival(alice, bob, "warm.bin", size, 60)
 
     # Alice sends at most 256 KiB/s in all: 1 MiB takes at least ~3.5 s (the bucket lets
