@@ -431,3 +431,28 @@ async def test_an_admin_starts_the_epoch_a_removal_left_missing(tmp_path: Path) 
         assert not owner.members.log.needs_new_epoch()
         await until(lambda: remaining.keyring.current.epoch == 1, "carol takes its key")
         assert not removed.keyring.holds(1)
+
+
+async def test_members_say_when_a_device_was_last_seen(tmp_path: Path) -> None:
+    """A member's device that went away is listed with the time its last session ended
+    (and the command line says how long ago), not only as "not connected"."""
+    from commonsyncd.members_cli import _device_state
+
+    (tmp_path / "scores").mkdir()
+    async with Node.open(tmp_path / "homes" / "alice", loopback()) as alice:
+        async with Node.open(tmp_path / "homes" / "bob", loopback()) as bob:
+            await alice.add_folder(tmp_path / "scores", "scores")
+            await bob.join((await alice.invite("scores", name="Bob"))["link"], tmp_path / "b")
+            await until(lambda: bob.device_id in alice.peers.links, "bob is connected")
+            listed = alice.members("scores")["members"]
+            online = next(m for m in listed if m["name"] == "Bob")["devices"][0]
+            assert online["connected"]
+            assert _device_state(online) == "connected"
+        await until(lambda: bob.device_id not in alice.peers.links, "bob is gone")
+        listed = alice.members("scores")["members"]
+        gone = next(m for m in listed if m["name"] == "Bob")["devices"][0]
+        assert not gone["connected"]
+        assert gone["last_seen"] == pytest.approx(time.time(), abs=60)
+        assert _device_state(gone, now=gone["last_seen"] + 3 * 3600 + 5) == "last seen 3 h ago"
+        mine = next(m for m in listed if m["name"] != "Bob")["devices"][0]
+        assert (mine["last_seen"], _device_state(mine)) == (None, "this device")

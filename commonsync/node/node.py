@@ -565,6 +565,7 @@ class Node:
                         "name": self._display_name(device),
                         "this_device": key == me,
                         "connected": key in connected,
+                        "last_seen": None if key == me else self.peers.last_seen(device),
                     }
                 )
             listed.append(

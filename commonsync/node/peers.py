@@ -152,6 +152,9 @@ class Peers:
         #: The devices whose last answer was a refusal of this device (it does not accept
         #: it), with what they said: a problem status shows until a session runs.
         self.refused_by: dict[DeviceId, str] = {}
+        #: When each device's last session ended (seconds since the epoch), since this node
+        #: started: what "last seen" says of a device not connected now.
+        self._last_session_end: dict[DeviceId, float] = {}
         self.relays = RelayLinks(
             host.identity,
             host.config.relays,
@@ -554,6 +557,7 @@ class Peers:
                 sent + channel.bytes_sent,
                 received + channel.bytes_received,
             )
+            self._last_session_end[peer] = time.time()
             if self.links.get(peer) is link:
                 del self.links[peer]
                 self._host.event_bus.publish("", "peer disconnected", peer=str(peer))
@@ -591,6 +595,13 @@ class Peers:
             channel = link.exchange.session.channel
             sent, received = sent + channel.bytes_sent, received + channel.bytes_received
         return sent, received
+
+    def last_seen(self, device: DeviceId) -> float | None:
+        """When this node last had a session with ``device`` (now, if it has one); None if
+        not since it started."""
+        if device in self.links:
+            return time.time()
+        return self._last_session_end.get(device)
 
     def status(self) -> list[dict[str, Any]]:
         config = self._host.config

@@ -66,7 +66,6 @@ def add_parsers(command: Any, common: argparse.ArgumentParser) -> None:
     device_add.add_argument("member", help="its name, member ID, or a device ID of it")
     device_add.add_argument("device", help="the device's ID, or its name here")
 
-
     invite = command("invite", "invite someone to a folder: prints a link (and its QR code)")
     invite.add_argument("folder", help="its label or ID")
     invite.add_argument("--role", choices=ROLES[:3], default="writer", help="default: writer")
@@ -195,6 +194,25 @@ def members_command(args: argparse.Namespace, client: ControlClient, out: Output
     return 0
 
 
+def _device_state(device: dict[str, Any], now: float | None = None) -> str:
+    """Whether a member's device is connected to this one, else when it last was ("last
+    seen" is what this daemon saw since it started: it keeps no history across restarts)."""
+    if device["this_device"]:
+        return "this device"
+    if device["connected"]:
+        return "connected"
+    seen = device.get("last_seen")
+    if seen is None:
+        return "not seen since this daemon started"
+    ago = max(0, int((time.time() if now is None else now) - seen))
+    for unit, seconds in (("day", 86400), ("h", 3600), ("min", 60)):
+        if ago >= seconds:
+            count = ago // seconds
+            amount = f"{count} {unit}{'s' if unit == 'day' and count != 1 else ''}"
+            return f"last seen {amount} ago"
+    return "last seen just now"
+
+
 def _print_members(answer: dict[str, Any], out: Output) -> None:
     if not answer["has_log"]:
         out.line(
@@ -211,9 +229,7 @@ def _print_members(answer: dict[str, Any], out: Output) -> None:
     rows = []
     for member in answer["members"]:
         for i, device in enumerate(member["devices"]):
-            state = "this device" if device["this_device"] else (
-                "connected" if device["connected"] else "not connected"
-            )  # fmt: skip
+            state = _device_state(device)
             name = device["name"] or device["id"][:7]
             rows.append(
                 (
@@ -253,9 +269,7 @@ def _print_devices(answer: dict[str, Any], out: Output) -> None:
     rows = []
     for member in answer["members"]:
         for device in member["devices"]:
-            state = "this device" if device["this_device"] else (
-                "connected" if device["connected"] else "not connected"
-            )  # fmt: skip
+            state = _device_state(device)
             rows.append((member["name"], device["name"], device["id"], state))
     out.table(f"Devices of folder {answer['folder']}", ["member", "name", "device", "state"], rows)
     if not rows:
