@@ -9,6 +9,7 @@ lost: each is a live file (at its path or as a conflict copy), or a user knowing
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hypothesis import settings
@@ -152,6 +153,30 @@ class Device:
         return record
 
 
+def take_remote(
+    device: Device, remote: Record, contents: dict[bytes, bytes], now: Callable[[], int]
+) -> bool:
+    """What the engine does with one remote record it accepted: :func:`decide`, then the
+    disk made to match (a losing local edit to its conflict copy, authored at ``now()``,
+    anything else replaced to the versions folder). True if anything changed. Shared with
+    the model of roles (tests/test_roles_model.py), which adds the membership checks before
+    it."""
+    local = device.index.get(remote.path)
+    decision = decide(local, remote, me=device.identity.public_key)
+    if decision.action is Action.KEEP:
+        return False
+    current = device.disk.pop(remote.path, None)
+    if decision.conflict_copy is not None and current is not None:
+        # Our losing edit moves to its conflict copy, a new file we publish.
+        device.author(decision.conflict_copy, current, now())
+    elif current is not None:
+        device.versions.append(current)
+    device.index[remote.path] = remote
+    if not remote.deleted:
+        device.disk[remote.path] = contents[remote.chunks[0].id]
+    return True
+
+
 class ThreeDevices(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
@@ -226,20 +251,7 @@ class ThreeDevices(RuleBasedStateMachine):
 
     def receive(self, device: Device, remote: Record) -> bool:
         """What the engine does with one remote record; True if anything changed."""
-        local = device.index.get(remote.path)
-        decision = decide(local, remote, me=device.identity.public_key)
-        if decision.action is Action.KEEP:
-            return False
-        current = device.disk.pop(remote.path, None)
-        if decision.conflict_copy is not None and current is not None:
-            # Our losing edit moves to its conflict copy, a new file we publish.
-            device.author(decision.conflict_copy, current, self.tick(False))
-        elif current is not None:
-            device.versions.append(current)
-        device.index[remote.path] = remote
-        if not remote.deleted:
-            device.disk[remote.path] = self.contents[remote.chunks[0].id]
-        return True
+        return take_remote(device, remote, self.contents, lambda: self.tick(False))
 
     @invariant()
     def disk_matches_index(self) -> None:

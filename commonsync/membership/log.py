@@ -275,21 +275,21 @@ def apply(state: State, entry: Entry) -> State:
                 invitations_[used.id] = replace(used, used=used.used + 1)
                 return replace(state, members=members, invitations=invitations_)
         case SetRole():
-            members[action.member] = replace(members[action.member], role=action.role)
-            credited.update(action.last_sequences)
+            target = members[action.member]
+            members[action.member] = replace(target, role=action.role)
+            credited.update(_credits_taken(target, action.last_sequences))
         case AddDevice():
             target = members[action.member]
             members[target.id] = replace(target, devices=target.devices | {action.device})
         case RemoveDevice():
             target = members[action.member]
             members[target.id] = replace(target, devices=target.devices - {action.device})
-            credited[action.device] = action.last_sequence
+            credited.update(_credits_taken(target, ((action.device, action.last_sequence),)))
             return replace(
                 state, members=members, credited=credited, invitations=_revoke(state, action)
             )
         case RemoveMember():
-            del members[action.member]
-            credited.update(action.last_sequences)
+            credited.update(_credits_taken(members.pop(action.member), action.last_sequences))
             return replace(
                 state, members=members, credited=credited, invitations=_revoke(state, action)
             )
@@ -586,6 +586,17 @@ class MembershipLog:
             ):
                 return "a concurrent removal revokes the invitation it admits with"
         return None
+
+
+def _credits_taken(
+    target: Member, pairs: tuple[tuple[bytes, int], ...]
+) -> tuple[tuple[bytes, int], ...]:
+    """The credits an entry records for ``target``'s devices: none for a reader, which keeps
+    what it was credited when it stopped writing. A reader's records are refused (SPEC.md
+    §15.5), so no removal, demotion or leaving may credit them: else a reader leaving the
+    folder (it may remove itself) would credit itself, and every member would take the
+    changes it was to keep unshared, or any it backdated."""
+    return pairs if target.role >= Role.WRITER else ()
 
 
 def _credits(pairs: tuple[tuple[bytes, int], ...]) -> set[bytes]:
