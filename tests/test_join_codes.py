@@ -115,3 +115,18 @@ async def test_a_code_through_a_relay_the_joiner_is_not_a_member_of(tmp_path: Pa
             assert invited["code"].split("-", 1)[1] not in relay.log.read_text()
     finally:
         relay.kill()
+
+
+async def test_a_code_closes_when_its_invitation_is_used_by_the_link(tmp_path: Path) -> None:
+    """The code and the link are two forms of one invitation: once the link admits someone
+    (one use), the code is listed open no more and holds no nameplate."""
+    (tmp_path / "anna").mkdir()
+    async with nodes(tmp_path, "anna", "ben") as (anna, ben):
+        await anna.add_folder(tmp_path / "anna", "choir")
+        invited = await anna.invite("choir")
+        assert [c["nameplate"] for c in anna.members("choir")["codes"]] == [
+            JoinCode.parse(invited["code"]).nameplate
+        ]
+        await ben.join(invited["link"], tmp_path / "ben")
+        await until(lambda: not anna.members("choir")["codes"], "the code closes")
+        assert anna.codes.listing() == []

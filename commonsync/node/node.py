@@ -307,6 +307,7 @@ class Node:
             self._learn_members(runner, folder)
             self.peers.relays.vouches_changed()
             self._renew_exposed_epoch(folder)
+            await self._close_spent_codes(folder)
             with anyio.move_on_after(30):  # the folder may be reopened meanwhile
                 await folder.members.wait_for_change(version)
 
@@ -919,6 +920,20 @@ class Node:
         return self.codes.open(
             OpenCode(JoinCode.generate(nameplate), link, folder, invitation, expires)
         )
+
+    async def _close_spent_codes(self, folder: Folder) -> None:
+        """Close the codes whose invitation the log says admits nobody any more (used up by
+        its link, revoked, expired), and give their nameplates back: else ``members`` would
+        list them as open, and a relay keep their nameplates claimed."""
+        state = folder.members.state
+        if state is None:
+            return
+        now = int(time.time())
+        for invitation in self.codes.invitations():
+            found = state.invitations.get(invitation)
+            if found is not None and not found.usable(now):
+                self.codes.close_invitation(invitation)
+        await self._release_closed_codes()
 
     async def _release_closed_codes(self) -> None:
         """Give back to their relays the nameplates of codes that closed."""

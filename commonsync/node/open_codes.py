@@ -99,6 +99,11 @@ class OpenCodes:
             raise ValueError(f"unknown outcome {outcome!r}")
         return max(0, opened.attempts_left)
 
+    def invitations(self) -> set[bytes]:
+        """The invitations of the codes open now."""
+        self.sweep()
+        return {c.invitation for c in self._codes.values()}
+
     def close_invitation(self, invitation: bytes) -> None:
         for opened in [c for c in self._codes.values() if c.invitation == invitation]:
             self._close(opened)
