@@ -138,6 +138,41 @@ async def test_a_reader_publishes_nothing_and_forced_records_are_refused(tmp_pat
         assert await alice.store.get(owner.folder_id, "forged.txt") is None
 
 
+async def test_a_reader_made_a_writer_shares_the_changes_it_kept(tmp_path: Path) -> None:
+    """A reader's edit stays on its device (the owner's progress through its index moves past
+    it); made a writer, the reader publishes that edit again, and nothing else: the owner
+    takes it (SPEC.md §15.5). Found by the model of roles (tests/test_roles_model.py)."""
+    scores = tmp_path / "scores"
+    scores.mkdir()
+    (scores / "soprano.pdf").write_bytes(b"soprano part")
+    async with nodes(tmp_path, "alice", "bob") as (alice, bob):
+        await know(alice, bob, "bob")
+        await know(bob, alice)
+        await alice.add_folder(scores, "scores")
+        reader = await share_and_accept(alice, bob, "scores", tmp_path / "bob", Role.READER)
+        await until(lambda: (tmp_path / "bob" / "soprano.pdf").exists(), "a reader receives")
+
+        (tmp_path / "bob" / "mine.txt").write_text("kept while a reader")
+        await bob.rescan("scores")
+        # Alice has seen all of Bob's index: the edit was passed over, not sent.
+        _, highest = await reader.index_state()
+        owner = folder_of(alice, "scores")
+        with anyio.fail_after(10):
+            while (seen := await owner.peer_progress(bob.device_id)) is None or seen[1] < highest:
+                await anyio.sleep(0.05)
+        assert not (scores / "mine.txt").exists()
+        assert reader.unshared_changes == 1
+
+        await alice.set_role("scores", bob.device_id.short_str, Role.WRITER)
+        await until(lambda: (scores / "mine.txt").exists(), "the reader's earlier edit")
+        assert (scores / "mine.txt").read_text() == "kept while a reader"
+        await until(lambda: reader.unshared_changes == 0, "nothing left unshared")
+        # Published again alone: the one version given a new local sequence.
+        again = await bob.store.records_since(reader.folder_id, highest)
+        assert [e.record.path for e in again] == ["mine.txt"]
+        assert not owner.refusals()
+
+
 async def test_entries_and_records_reach_a_member_through_another(tmp_path: Path) -> None:
     """Carol is admitted by Bob (an admin) and knows only Bob: Alice gets the entry that
     admits Carol before Carol's records, so she takes them."""

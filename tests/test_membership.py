@@ -30,6 +30,7 @@ from commonsync.membership.entries import (
     make_entry,
 )
 from commonsync.membership.log import MembershipLog, decode_log
+from commonsync.sync.members import LAST_SEQUENCE, newly_allowed
 
 FOLDER = bytes(range(32))
 T0 = 1_800_000_000
@@ -495,3 +496,31 @@ def test_epochs_voided_by_a_merge_are_not_the_folders_and_call_for_a_new_one(
     right.add([renewal])
     assert not right.needs_new_epoch()
     assert right.epochs() == {1: renewal.action.secret_hash}  # type: ignore[attr-defined]
+
+
+def test_a_device_may_publish_again_what_its_log_held_back_and_now_takes() -> None:
+    """:func:`newly_allowed`: the sequences of a device's records that the log refused before
+    a change and takes after it (what the device publishes again, SPEC.md §15.5)."""
+    log, people, ids = make_choir()
+    reader, writer = people["reader"].public_key, people["writer"].public_key
+    owner = people["owner"]
+    before = log.state
+    log.append(owner, SetRole(ids["reader"], Role.WRITER), T0)
+    assert newly_allowed(before, log.state, reader) == (0, LAST_SEQUENCE)
+    assert newly_allowed(before, log.state, writer) is None  # it could write: none held back
+    # Made a reader again (credited with its records up to 4), then a writer once more: what
+    # it made after 4 was held back; no change of the log: nothing.
+    log.append(owner, SetRole(ids["reader"], Role.READER, ((reader, 4),)), T0)
+    demoted = log.state
+    assert newly_allowed(before, demoted, reader) == (0, 4)
+    assert newly_allowed(demoted, demoted, reader) is None
+    log.append(owner, SetRole(ids["reader"], Role.WRITER), T0)
+    assert newly_allowed(demoted, log.state, reader) == (4, LAST_SEQUENCE)
+    # Removed (as a writer, credited with 6): nothing more is taken; admitted again later as
+    # a writer, what it made after 6 is.
+    removed = log.state
+    log.append(owner, RemoveMember(ids["reader"], ((reader, 6),)), T0)
+    assert newly_allowed(removed, log.state, reader) is None
+    gone = log.state
+    add(log, owner, people["reader"], Role.WRITER, "reader again")
+    assert newly_allowed(gone, log.state, reader) == (6, LAST_SEQUENCE)

@@ -23,6 +23,10 @@ copies of them (the steps around them follow the engine's, which runs them in se
   :func:`decide` and the disk, as in test_decide (:func:`take_remote`).
 - A removal or a demotion to reader credits each device of the member with the highest
   sequence of its versions in the remover's index (``Node._credits``, ``last_authored``).
+- When a device's log changes so that it takes records of that device it refused before (a
+  reader made a writer), the device gives them new places at the end of its index
+  (:func:`newly_allowed`, as ``FolderMembers`` does with the entries' store), so that its
+  peers' progress reaches them again.
 
 Invariants: at every step, every record on a device that another device made was allowed by
 that device's log when it took it (recomputed from the log as it stood then), and a record
@@ -44,8 +48,10 @@ than a slip; :meth:`RolesModel.check_converged` recognises each by exactly what 
 - STRANDED: a writer's record that a device took before the removal or demotion of its author
   reached it, beyond the credits the remover could see, stays on that device alone (every
   other member refuses it, and it may have replaced an edit there).
-- HELD_BACK: a record held back or refused while its author could not write is never sent
-  again once it may (a reader made a writer: its earlier changes stay unshared).
+- HELD_BACK (settled since): a record held back or refused while its author could not write
+  was never sent again once it could (a reader made a writer: its earlier changes stayed
+  unshared). Its author now publishes it again (:func:`newly_allowed`), and a record passed
+  over for that reason (WITHHELD) explains no difference any more.
 - ECHO: a device is never sent its own records back; when it replaced its edit by a deletion
   and then took a concurrent edit over the deletion, its first edit, which wins elsewhere,
   never returns to it (a gap of the engine alone, roles aside; test_decide's model sends
@@ -82,10 +88,10 @@ from commonsync.membership.entries import (
     Role,
     SetRole,
 )
-from commonsync.membership.log import Member, MembershipLog, decode_log
+from commonsync.membership.log import Member, MembershipLog, State, decode_log
 from commonsync.sync.decide import Action as DecideAction
 from commonsync.sync.decide import decide, refusal
-from commonsync.sync.members import FolderMembers
+from commonsync.sync.members import FolderMembers, newly_allowed
 from commonsync.sync.store import IndexStore
 from tests.test_decide import Device, take_remote
 
@@ -223,8 +229,28 @@ class RolesModel(RuleBasedStateMachine):
     def write(self, actor: Replica, action: Action) -> None:
         """``actor`` writes an entry, as ``Node`` does: refused (the CLI says why) when its
         own log would not take it."""
+        before = actor.log.state
         with contextlib.suppress(EntryRefusedError):
             actor.log.append(actor.identity, action, self.seconds)
+        self.publish_again(actor, before)
+
+    def publish_again(self, device: Replica, before: State) -> None:
+        """After ``device``'s log changed from ``before``: its own records that the log held
+        back and takes now (:func:`newly_allowed`) move to the end of its index's order, in
+        their order (``FolderMembers`` stores them so with the entries), for its peers'
+        progress to reach them again."""
+        span = newly_allowed(before, device.log.state, device.key)
+        if span is None:
+            return
+        above, up_to = span
+        again = sorted(
+            (device.positions[path], path)
+            for path, record in device.index.items()
+            if record.author == device.key and above < record.sequence <= up_to
+        )
+        for _position, path in again:
+            device.local += 1  # its row is written again: to the end of the index's order
+            device.positions[path] = device.local
 
     @rule(actor=DEVICE, subject=DEVICE, role=st.sampled_from(Role))
     def set_role(self, actor: int, subject: int, role: Role) -> None:
@@ -263,8 +289,9 @@ class RolesModel(RuleBasedStateMachine):
         True if the destination's log or index changed."""
         if not (source.modified or source.members.is_member(destination.key)):
             return False  # not a member (any more): it is sent nothing of the folder
-        before = len(destination.log)
+        before, state = len(destination.log), destination.log.state
         destination.log.add(source.members.entries_beyond(destination.members.heads))
+        self.publish_again(destination, state)
         changed = len(destination.log) != before
         after = destination.progress.get(source.number, 0)
         # A push from the start (the peer has no progress) sends the peer its own records too.
@@ -279,9 +306,9 @@ class RolesModel(RuleBasedStateMachine):
             if record.author == destination.key and position > send_all_until:
                 self.passed[passed] = ECHO  # the peer's own: it holds it or a newer one
             elif not (source.modified or source.members.may_author(record.author, record.sequence)):
-                self.passed[passed] = HELD_BACK  # no member takes it: kept here, unshared
+                self.passed[passed] = WITHHELD  # no member takes it: kept here, unshared
             elif not self.accepts(destination, record):
-                self.passed[passed] = HELD_BACK  # refused, never to be sent again
+                self.passed[passed] = WITHHELD  # refused: its author sends it again if it may
             else:
                 self.passed[passed] = DELIVERED
                 changed |= self.take(destination, record)
@@ -474,12 +501,16 @@ class RolesModel(RuleBasedStateMachine):
         why = {self.passed.get((h, device, record), "") for h in holders if h != device}
         # Delivered by some, passed over by the others: the device took it or kept what it
         # had then; what it holds now, it took or made since, and nobody sends it again.
-        return set() if "" in why else why - {DELIVERED}
+        # Withheld explains nothing: a record the log held back is published again by its
+        # author once the log takes it (HELD_BACK, a gap no more).
+        return set() if "" in why else why - {WITHHELD, DELIVERED}
 
 
 #: The known gaps (module docstring), as the model names them.
 STRANDED = "a record taken before its author's removal or demotion, beyond its credits"
-HELD_BACK = "a record held back or refused while its author could not write, never resent"
+#: Passed over because a log refused it then (held back by the source, or refused by the
+#: destination): no gap, its author publishes it again once the log takes it.
+WITHHELD = "held back or refused while its author could not write"
 ECHO = "a device's own version, replaced there by one it beats elsewhere, never sent back"
 CYCLE = "the conflict rules go round three versions (a deletion over an edit, an older edit)"
 DELIVERED = "delivered"
@@ -550,15 +581,35 @@ def test_a_record_taken_before_its_authors_demotion_stays_on_one_device() -> Non
     converged_strictly(model, STRANDED)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=HELD_BACK)
 def test_a_reader_made_a_writer_shares_its_earlier_changes() -> None:
     """A reader's edit is held back (its peers' progress moves past it); made a writer, it
-    may write, but nobody asks for that edit again."""
+    publishes that edit again (:func:`newly_allowed`), and every member takes it. (The model
+    found it never sent again: the gap HELD_BACK.)"""
     model = RolesModel()
     model.edit(device=4, path="a.txt", same_second=False)
     model.sync(model.devices)
     model.set_role(actor=0, subject=4, role=Role.WRITER)
-    converged_strictly(model, HELD_BACK)
+    converged_strictly(model)
+    assert all(d.index["a.txt"].author == IDENTITIES[4].public_key for d in model.devices)
+
+
+def test_a_reader_demoted_again_before_sharing_keeps_its_changes() -> None:
+    """Made a writer, the reader publishes its edit again, but is made a reader again (with
+    no credits: the owner never had the edit) before any peer takes it: the edit stays
+    unshared, and is published again when the reader is made a writer once more."""
+    model = RolesModel()
+    model.edit(device=4, path="a.txt", same_second=False)
+    model.sync(model.devices)
+    model.set_role(actor=0, subject=4, role=Role.WRITER)
+    model.exchange(source=0, destination=4, limit=0)  # it hears of it, and publishes again
+    model.set_role(actor=0, subject=4, role=Role.READER)
+    model.sync(model.devices)
+    model.check_converged(strict=True)
+    mine = model.devices[4].index["a.txt"]
+    assert all(d.index.get("a.txt") != mine for d in model.devices[:4])
+    model.set_role(actor=0, subject=4, role=Role.WRITER)
+    converged_strictly(model)
+    assert all(d.index["a.txt"] == mine for d in model.devices)
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=ECHO)

@@ -923,6 +923,44 @@ def test_kill_during_huge_put_keeps_committed_and_nothing_else(tmp_path: Path) -
         conn.close()
 
 
+async def test_entries_that_let_own_records_be_taken_publish_them_again(
+    store: IndexStore,
+) -> None:
+    """``publish_again``: the author's versions in the span get the next local sequences, in
+    their order, with the entries (one transaction); the rest, and their local and pull
+    state, stay as they were."""
+    other = DeviceIdentity.generate()
+    local = LocalFile(7, 1000, 1, 0o100644)
+    mine = [entry(path, sequence=n) for n, path in enumerate(["a", "b", "c"], start=1)]
+    theirs = make_entry(other, FOLDER, make_record(other, "d", sequence=9), on_disk=True)
+    pending = entry("e", sequence=4, on_disk=False)
+    await store.put(FOLDER, [*mine, theirs, pending], local_files=[("b", local)])
+    await store.retry_later(FOLDER, [("e", 5)], now=0.0)
+    highest = (await store.folder(FOLDER)).sequence
+    assert highest == 5
+
+    again = await store.add_membership_entries(
+        FOLDER, [(b"h1", b"first")], publish_again=(AUTHOR.public_key, 1, 2**63 - 1)
+    )
+    assert again == 3
+    moved = await store.records_since(FOLDER, highest)
+    assert [(e.record.path, e.local_sequence) for e in moved] == [("b", 6), ("c", 7), ("e", 8)]
+    assert (await store.folder(FOLDER)).sequence == 8
+    assert (await store.get(FOLDER, "a")).local_sequence == 1  # type: ignore[union-attr]
+    assert await store.local_file(FOLDER, "b") == local
+    (waiting,) = await store.pending(FOLDER, PullPhase.FILES)
+    assert (waiting.path, waiting.local_sequence, waiting.attempts) == ("e", 8, 1)
+    assert await store.membership_entries(FOLDER) == [b"first"]
+    # Nothing in the span: nothing moves.
+    assert (
+        await store.add_membership_entries(
+            FOLDER, [(b"h2", b"second")], publish_again=(AUTHOR.public_key, 4, 4)
+        )
+        == 0
+    )
+    assert (await store.folder(FOLDER)).sequence == 8
+
+
 async def test_membership_entries_are_kept_in_the_order_added_per_folder(tmp_path: Path) -> None:
     async with open_store(tmp_path / "index.db") as store:
         await store.add_folder(FOLDER, "Documents")

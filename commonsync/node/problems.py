@@ -83,7 +83,8 @@ def _refused_author(
         return {
             "problem": f"refused {changes} from {who} of {label}, made while they could not "
             "write (before they became a writer, or after the last version credited to them)",
-            "hint": "they stay on that device; what it changes from now on is taken",
+            "hint": "nothing to do: now that they write, their device sends again those it "
+            "still holds, and they are taken",
         }
     if state is not None and author in state.credited:
         return {

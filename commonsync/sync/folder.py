@@ -604,15 +604,26 @@ class Folder:
     async def take_log_entries(self, entries: Sequence[Entry]) -> list[tuple[Entry, str]]:
         """Add membership entries from a peer (those refused are returned, with why), then
         take any new epoch's key they seal to this device."""
-        _added, refused = await self.members.take(entries)
+        added, refused = await self.members.take(entries)
         await self._open_epochs()
+        if added:
+            await self._role_changed()
         return refused
 
     async def append_log_entry(self, action: Action_, time_: int) -> Entry:
         """Write a membership entry by this device (:meth:`FolderMembers.append`)."""
         entry = await self.members.append(action, time_)
         await self._open_epochs()
+        await self._role_changed()
         return entry
+
+    async def _role_changed(self) -> None:
+        """After the log changed: the changes no member takes from this device, counted
+        again; those it may share now were given new local sequences with the entries
+        (:func:`~commonsync.sync.members.newly_allowed`), and go to the peers as any new
+        change."""
+        await self._count_unshared()
+        self._notify_change()
 
     async def _open_epochs(self) -> None:
         """Take the key of each epoch that took effect and is sealed to this device, unless

@@ -38,9 +38,28 @@ from .store import IndexStore
 
 log = logging.getLogger(__name__)
 
+#: The highest sequence a record may carry: "any" for :meth:`State.may_author`.
+LAST_SEQUENCE = 2**63 - 1
+
 #: What a folder without a log keeps of the entries peers send until they make a log that
 #: names this device (an association's log is some tens of KiB).
 MAX_CANDIDATE_BYTES = 4 * 1024 * 1024
+
+
+def newly_allowed(before: State, after: State, device: bytes) -> tuple[int, int] | None:
+    """The sequences of ``device``'s records that ``before`` refused and ``after`` takes
+    (:meth:`State.may_author`), as ``(above, up_to)``; None if there are none. A device
+    sends no record that its log says no member may take (SPEC.md §15.8), and its peers'
+    progress moves past it: when a change of the log lets such records be taken (a reader
+    made a writer, or a device admitted again), the device publishes its own again
+    (:meth:`FolderMembers.take`), or nobody would ever ask for them."""
+    if before.may_author(device, LAST_SEQUENCE):
+        return None  # it could write: nothing of it was held back
+    above = before.credited.get(device, 0)
+    up_to = (
+        LAST_SEQUENCE if after.may_author(device, LAST_SEQUENCE) else after.credited.get(device, 0)
+    )
+    return (above, up_to) if up_to > above else None
 
 
 class FolderMembers:
@@ -210,10 +229,13 @@ class FolderMembers:
                 raise MembershipError(
                     "the folder has no membership log: it was made before members existed"
                 )
+            before = self.log.state
             entry = self.log.append(self.identity, action, time)
             try:
                 await self.store.add_membership_entries(
-                    self.folder_id, [(entry.hash, entry.encoded)]
+                    self.folder_id,
+                    [(entry.hash, entry.encoded)],
+                    publish_again=self._publish_again(before),
                 )
             except BaseException:
                 await self._reload()
@@ -223,23 +245,36 @@ class FolderMembers:
 
     async def take(self, entries: Sequence[Entry]) -> tuple[list[Entry], list[tuple[Entry, str]]]:
         """Add entries from a peer: those the log took (stored, in order), and those it
-        refused with why."""
+        refused with why. This device's own records that the log held back and takes now
+        get new local sequences with them (:func:`newly_allowed`), as :meth:`append`'s."""
         async with self._lock:
             if self.log is None:
                 return await self._adopt(entries)
-            before = len(self.log)
+            before, state = len(self.log), self.log.state
             refused = self.log.add(entries)
             added = self.log.entries()[before:]
             if added:
                 try:
                     await self.store.add_membership_entries(
-                        self.folder_id, [(e.hash, e.encoded) for e in added]
+                        self.folder_id,
+                        [(e.hash, e.encoded) for e in added],
+                        publish_again=self._publish_again(state),
                     )
                 except BaseException:
                     await self._reload()
                     raise
                 self._notify()
             return added, refused
+
+    def _publish_again(self, before: State) -> tuple[bytes, int, int] | None:
+        """What of this device's own records to publish again, stored with the entries that
+        changed the log from ``before`` (:func:`newly_allowed`): a crash stores both or
+        neither. (A first log, taken without one, holds nothing back: until then, every
+        device holding the key wrote.)"""
+        assert self.log is not None
+        me = self.identity.public_key
+        span = newly_allowed(before, self.log.state, me)
+        return None if span is None else (me, *span)
 
     async def _adopt(self, entries: Sequence[Entry]) -> tuple[list[Entry], list[tuple[Entry, str]]]:
         """Without a log: gather what peers send (it may come in several batches) until it

@@ -905,12 +905,23 @@ class IndexStore:
         return await self._run(entries)
 
     async def add_membership_entries(
-        self, folder_id: bytes, entries: Sequence[tuple[bytes, bytes]]
-    ) -> None:
+        self,
+        folder_id: bytes,
+        entries: Sequence[tuple[bytes, bytes]],
+        *,
+        publish_again: tuple[bytes, int, int] | None = None,
+    ) -> int:
         """Append ``(hash, encoded)`` entries, parents before children (the log checked
-        them: the store keeps what it is given)."""
+        them: the store keeps what it is given).
 
-        def add(conn: sqlite3.Connection) -> None:
+        ``publish_again`` is ``(author, above, up_to)``: the current versions ``author`` made
+        with a sequence in ``above < sequence ≤ up_to`` get new local sequences (the next
+        ones, in their order), in the same transaction. They are versions that the log held
+        back until these entries (a reader's own changes, made a writer: SPEC.md §15.5):
+        the peers whose progress moved past them are sent them as any new change. Returns
+        how many."""
+
+        def add(conn: sqlite3.Connection) -> int:
             row = conn.execute(
                 "SELECT coalesce(max(position), 0) FROM membership_entries WHERE folder_id = ?",
                 (folder_id,),
@@ -920,8 +931,9 @@ class IndexStore:
                 " VALUES (?, ?, ?, ?)",
                 [(folder_id, row[0] + i, h, e) for i, (h, e) in enumerate(entries, 1)],
             )
+            return 0 if publish_again is None else _publish_again(conn, folder_id, *publish_again)
 
-        await self._run(add)
+        return await self._run(add)
 
     # -- local files ------------------------------------------------------------------------
 
@@ -1162,6 +1174,35 @@ def _folder(conn: sqlite3.Connection, folder_id: bytes) -> FolderState:
     if row is None:
         raise StoreError(f"folder {folder_id.hex()[:16]}… is not in the index")
     return FolderState(*row)
+
+
+def _publish_again(
+    conn: sqlite3.Connection, folder_id: bytes, author: bytes, above: int, up_to: int
+) -> int:
+    """Give the current versions ``author`` made with a sequence in ``above < sequence ≤
+    up_to`` the next local sequences, in their order: the records themselves, and their
+    local and pull state, stay as they are."""
+    rows = conn.execute(
+        "SELECT path, local_seq FROM records WHERE folder_id = ? AND author = ?"
+        " AND author_seq > ? AND author_seq <= ? ORDER BY local_seq",
+        (folder_id, author, above, up_to),
+    ).fetchall()
+    if not rows:
+        return 0
+    sequence = _folder(conn, folder_id).sequence
+    for path, old in rows:
+        sequence += 1
+        conn.execute(
+            "UPDATE records SET local_seq = ? WHERE folder_id = ? AND path = ?",
+            (sequence, folder_id, path),
+        )
+        conn.execute(
+            "UPDATE pull_state SET local_seq = ? WHERE folder_id = ? AND path = ?"
+            " AND local_seq = ?",
+            (sequence, folder_id, path, old),
+        )
+    conn.execute("UPDATE folders SET sequence = ? WHERE folder_id = ?", (sequence, folder_id))
+    return len(rows)
 
 
 def _entry(row: tuple[bytes, int, int]) -> IndexEntry:
