@@ -179,7 +179,7 @@ class RolesModel(RuleBasedStateMachine):
         self.superseded: dict[bytes, list[tuple[bytes, int]]] = {}
         self.serial = 0
         #: (source, destination, record) → why the destination's progress moved past a
-        #: record: delivered, held back or refused (HELD_BACK), its own (ECHO).
+        #: record: delivered, held back or refused (WITHHELD), its own (ECHO).
         self.passed: dict[tuple[int, int, Record], str] = {}
         #: Per device: the records it had made (its sequence) when some device's log last
         #: said it could write. Credits may keep those, and no other (a reader's never).
