@@ -58,7 +58,9 @@ async def test_two_nodes_sync_a_folder_both_ways(tmp_path: Path) -> None:
     async with paired(tmp_path) as (alice, bob):
         alice._on_config_change = lambda config: changes.append(len(config.folders))
         await alice.add_folder(photos, "photos")
-        assert changes == [1]  # the tool is told, to keep its configuration
+        # The tool is told, to keep its configuration (also of the name Bob gives himself,
+        # learnt when the session began: that change may come before or after).
+        assert changes[-1] == 1
         await alice.share("photos", "bob")  # by the name it was given
         await until(lambda: bool(bob.offers), "bob is offered the folder")
         await bob.accept_folder("photos", received)
