@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
 import signal
 import subprocess
 import sys
@@ -153,3 +155,39 @@ def pair_and_share(a: Device, b: Device, label: str = "shared") -> None:
     a.run("share", label, b.device_id)
     wait_for(lambda: bool(b.status()["offered_folders"]), f"the offer to reach {b.name}")
     b.run("folder", "accept", label, str(b.folder))
+
+
+def in_a_terminal(
+    device: Device, *args: str, term: str = "xterm", columns: int = 200, timeout: float = STEP
+) -> tuple[bytes, int]:
+    """What ``commonsync ARGS`` writes to a terminal (a pty of ``columns`` columns, ``TERM``
+    set to ``term``), and its exit code; a command still running after ``timeout`` fails the
+    test."""
+    main, child = pty.openpty()
+    env = {**ENV, "TERM": term, "COLUMNS": str(columns), "LINES": "50"}
+    argv = [*command("commonsync"), "--home", str(device.home), *args]
+    process = subprocess.Popen(argv, stdin=child, stdout=child, stderr=child, env=env)
+    os.close(child)
+    out = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([main], [], [], 0.2)
+            if ready:
+                try:
+                    data = os.read(main, 65536)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not data:
+                    break
+                out += data
+            elif process.poll() is not None:
+                break
+        else:
+            raise AssertionError(f"commonsync {' '.join(args)} did not finish in {timeout:g} s")
+    finally:
+        os.close(main)
+        if process.poll() is None:
+            process.kill()
+        code = process.wait(timeout=10)
+    return bytes(out), code

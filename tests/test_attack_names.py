@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import select
 import subprocess
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemons import ENV, Device, command, wait_for
+from tests.daemons import ENV, Device, command, in_a_terminal, wait_for
 from tests.hostile import scene
 
 #: A file name that clears the screen and retitles the window, with markup in it.
@@ -34,36 +33,9 @@ EVIL_LABEL = "[bold]gift[/bold]\x1b]0;pwned\x07\u202eexe.txt"
 SHOWN_LABEL = "[bold]gift[/bold]\\x1b]0;pwned\\x07\\u202eexe.txt"
 
 
-def _in_a_terminal(device: Device, *args: str, timeout: float = 30) -> bytes:
-    """What ``commonsync ARGS`` writes to a terminal (a pty, wide, with no colours)."""
-    main, child = pty.openpty()
-    env = {**ENV, "TERM": "dumb", "COLUMNS": "400", "LINES": "50"}
-    argv = [*command("commonsync"), "--home", str(device.home), *args]
-    process = subprocess.Popen(argv, stdin=child, stdout=child, stderr=child, env=env)
-    os.close(child)
-    out = bytearray()
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([main], [], [], 0.2)
-            if ready:
-                try:
-                    data = os.read(main, 65536)
-                except OSError:  # EIO: the child closed the terminal
-                    break
-                if not data:
-                    break
-                out += data
-            elif process.poll() is not None:
-                break
-        else:
-            raise AssertionError(f"commonsync {' '.join(args)} did not finish in {timeout:g} s")
-    finally:
-        os.close(main)
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10)
-    return bytes(out)
+def _in_a_terminal(device: Device, *args: str) -> bytes:
+    """What ``commonsync ARGS`` writes to a terminal (wide, with no colours)."""
+    return in_a_terminal(device, *args, term="dumb", columns=400, timeout=30)[0]
 
 
 def _events(device: Device, *options: str, until: str, timeout: float = 30) -> bytes:

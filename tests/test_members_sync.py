@@ -103,7 +103,10 @@ async def test_a_new_folder_has_a_log_and_sharing_admits_the_device(tmp_path: Pa
         await until(lambda: (tmp_path / "scores" / "alto.pdf").exists(), "a writer's file")
 
 
-async def test_a_reader_publishes_nothing_and_forced_records_are_refused(tmp_path: Path) -> None:
+@asynccontextmanager
+async def a_reader(tmp_path: Path) -> AsyncIterator[tuple[Node, Node, Folder]]:
+    """Alice's folder ``scores`` (holding soprano.pdf) and Bob, its reader, who received it;
+    yields both nodes and Bob's folder."""
     scores = tmp_path / "scores"
     scores.mkdir()
     (scores / "soprano.pdf").write_bytes(b"soprano part")
@@ -113,6 +116,12 @@ async def test_a_reader_publishes_nothing_and_forced_records_are_refused(tmp_pat
         await alice.add_folder(scores, "scores")
         reader = await share_and_accept(alice, bob, "scores", tmp_path / "bob", Role.READER)
         await until(lambda: (tmp_path / "bob" / "soprano.pdf").exists(), "a reader receives")
+        yield alice, bob, reader
+
+
+async def test_a_reader_publishes_nothing_and_forced_records_are_refused(tmp_path: Path) -> None:
+    scores = tmp_path / "scores"
+    async with a_reader(tmp_path) as (alice, bob, reader):
         assert reader.members.my_role is Role.READER
 
         # An honest reader keeps its edit to itself.
@@ -143,15 +152,7 @@ async def test_a_reader_made_a_writer_shares_the_changes_it_kept(tmp_path: Path)
     it); made a writer, the reader publishes that edit again, and nothing else: the owner
     takes it (SPEC.md §15.5). Found by the model of roles (tests/test_roles_model.py)."""
     scores = tmp_path / "scores"
-    scores.mkdir()
-    (scores / "soprano.pdf").write_bytes(b"soprano part")
-    async with nodes(tmp_path, "alice", "bob") as (alice, bob):
-        await know(alice, bob, "bob")
-        await know(bob, alice)
-        await alice.add_folder(scores, "scores")
-        reader = await share_and_accept(alice, bob, "scores", tmp_path / "bob", Role.READER)
-        await until(lambda: (tmp_path / "bob" / "soprano.pdf").exists(), "a reader receives")
-
+    async with a_reader(tmp_path) as (alice, bob, reader):
         (tmp_path / "bob" / "mine.txt").write_text("kept while a reader")
         await bob.rescan("scores")
         # Alice has seen all of Bob's index: the edit was passed over, not sent.

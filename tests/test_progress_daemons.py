@@ -9,8 +9,6 @@ is one sentence with a hint in ``status``, which exits with 1."""
 from __future__ import annotations
 
 import os
-import pty
-import select
 import signal
 import subprocess
 import sys
@@ -24,9 +22,9 @@ from tests.daemons import (
     ENV,
     LOOPBACK,
     ROOT,
-    STEP,
     Device,
     command,
+    in_a_terminal,
     pair_and_share,
     tree,
     wait_for,
@@ -214,33 +212,8 @@ def test_wait_for_one_device_that_is_not_connected_times_out(
 
 
 def _in_a_terminal(device: Device, *args: str) -> tuple[str, int]:
-    """What ``commonsync ARGS`` writes to a terminal (a pty), and its exit code."""
-    main, child = pty.openpty()
-    env = {**ENV, "TERM": "xterm", "COLUMNS": "200", "LINES": "50"}
-    argv = [*command("commonsync"), "--home", str(device.home), *args]
-    process = subprocess.Popen(argv, stdin=child, stdout=child, stderr=child, env=env)
-    os.close(child)
-    out = bytearray()
-    deadline = time.monotonic() + STEP
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([main], [], [], 0.2)
-            if ready:
-                try:
-                    data = os.read(main, 65536)
-                except OSError:  # EIO: the child closed the terminal
-                    break
-                if not data:
-                    break
-                out += data
-            elif process.poll() is not None:
-                break
-    finally:
-        os.close(main)
-        if process.poll() is None:
-            process.kill()
-        code = process.wait(timeout=10)
-    return out.decode(errors="replace"), code
+    shown, code = in_a_terminal(device, *args)
+    return shown.decode(errors="replace"), code
 
 
 def test_a_device_that_refuses_this_one_is_a_problem(devices: tuple[Device, Device]) -> None:

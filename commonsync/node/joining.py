@@ -118,17 +118,26 @@ async def _ask_directly(
             except CommonsyncError as exc:
                 failures.append(f"{device.short_str} at {address}: {exc}")
                 continue
-            try:
-                answer = await _ask(Session(channel), request)
-            except JoinRefusedError:
-                raise
-            except CommonsyncError as exc:
-                failures.append(f"{device.short_str} at {address}: {exc}")
-                continue
-            finally:
-                await _close(channel)
-            return device, [address], answer
+            answer = await _ask_on(channel, request, failures, f"{device.short_str} at {address}")
+            if answer is not None:
+                return device, [address], answer
     return None
+
+
+async def _ask_on(
+    channel: Channel, request: Join, failures: list[str], where: str
+) -> Joined | None:
+    """Ask for admission on an open channel, closed after: the answer, or None with why
+    added to ``failures`` (the next device may answer); a refusal ends the join."""
+    try:
+        return await _ask(Session(channel), request)
+    except JoinRefusedError:
+        raise
+    except CommonsyncError as exc:
+        failures.append(f"{where}: {exc}")
+        return None
+    finally:
+        await _close(channel)
 
 
 async def _ask_through_relays(
@@ -161,16 +170,9 @@ async def _ask_through_relays(
                     except CommonsyncError as exc:
                         failures.append(f"{where}: {exc}")
                         continue
-                    try:
-                        answer = await _ask(Session(channel), request)
-                    except JoinRefusedError:
-                        raise
-                    except CommonsyncError as exc:
-                        failures.append(f"{where}: {exc}")
-                        continue
-                    finally:
-                        await _close(channel)
-                    return device, [], answer
+                    answer = await _ask_on(channel, request, failures, where)
+                    if answer is not None:
+                        return device, [], answer
         except JoinRefusedError:
             raise
         except CommonsyncError as exc:

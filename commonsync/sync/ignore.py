@@ -325,20 +325,8 @@ class FolderRules:
         """Keep ``data`` as the last good rules, written whole then renamed into place. Best
         effort: without the copy, only a restart with a broken rule file loses them."""
         directory, _, name = LAST_GOOD_FILE.rpartition("/")
-        temp = layout.temp_name(name)
         with contextlib.suppress(OSError), DirectoryChain.at(self.root) as chain:
-            dir_fd = chain.directory(directory)
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600,
-                         dir_fd=dir_fd)  # fmt: skip
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-                os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            except OSError:
-                os.unlink(temp, dir_fd=dir_fd)
-                raise
-            finally:
-                os.close(fd)
+            _replace_whole(chain.directory(directory), name, data, 0o600)
 
 
 # -- editing the rule files (``commonsync ignore add/remove``) -------------------------------
@@ -420,24 +408,29 @@ def write_rule_file(root: Path, path: str, data: bytes) -> None:
     :data:`LOCAL_FILE`): written whole to a temporary file, then renamed into place, never
     following a symlink. Raises :class:`IgnoreFileError` saying what failed. Blocking."""
     directory, _, name = path.rpartition("/")
-    temp = layout.temp_name(name)
     shown = Path(root) / path
     try:
         with DirectoryChain.at(root) as chain:
             if directory:
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(directory, 0o700, dir_fd=chain.directory(""))
-            dir_fd = chain.directory(directory)
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644,
-                         dir_fd=dir_fd)  # fmt: skip
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-                os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            except OSError:
-                os.unlink(temp, dir_fd=dir_fd)
-                raise
-            finally:
-                os.close(fd)
+            _replace_whole(chain.directory(directory), name, data, 0o644)
     except OSError as exc:
         raise IgnoreFileError(f"cannot write {shown}: {exc.strerror or exc}") from exc
+
+
+def _replace_whole(dir_fd: int, name: str, data: bytes, mode: int) -> None:
+    """Put ``data`` at ``name`` in the directory ``dir_fd``: written whole to a temporary
+    file, synced, then renamed into place (never through a symlink), so that a crash leaves
+    the old file or the new one. Blocking."""
+    temp = layout.temp_name(name)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode, dir_fd=dir_fd)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+        os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except OSError:
+        os.unlink(temp, dir_fd=dir_fd)
+        raise
+    finally:
+        os.close(fd)
