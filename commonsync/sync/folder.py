@@ -205,6 +205,9 @@ class Folder:
         #: During a round: the chunks some local file holds (None: ask).
         self._local_sources: dict[bytes, list[ChunkLocation]] | None = None
         self._scan_lock = anyio.Lock()
+        #: One epoch key taken at a time: a key a session hands over and the one this device
+        #: opens from its own new entry may come together (both were written to one file).
+        self._key_lock = anyio.Lock()
         #: The free space kept on the folder's disk (the daemon sets it from ``min_free``).
         self.disk_reserve = DiskReserve()
         #: Why remote versions wait for disk space, for a person ("" if they do not).
@@ -675,11 +678,12 @@ class Folder:
         from a removal: its secret may be a removed device's). False if it is not taken."""
         if key.folder_id != self.folder_id or not self.members.names_epoch(key.epoch, key.secret):
             return False
-        if self._holds_epoch(key.epoch, secret_hash(key.secret)):
-            return True
-        if self._save_key is not None:
-            await anyio.to_thread.run_sync(self._save_key, key)
-        self._keyring.add(key)
+        async with self._key_lock:
+            if self._holds_epoch(key.epoch, secret_hash(key.secret)):
+                return True
+            if self._save_key is not None:
+                await anyio.to_thread.run_sync(self._save_key, key)
+            self._keyring.add(key)
         log.info("%s: now at key epoch %d", self.root, self._keyring.current.epoch)
         return True
 
