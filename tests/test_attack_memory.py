@@ -222,9 +222,10 @@ async def test_records_of_huge_chunk_lists_nobody_serves_do_not_exhaust_the_vict
 ) -> None:
     """Records of 200,000 chunks each whose chunks the member never serves used to stay
     decoded in memory (some 50 MiB each: 700 MiB for 10), one core busy trying them again
-    every second. They wait in the store: once the victim took them (and forwarded them to
-    bob, who waits for their chunks too), its memory does not grow with their number, and it
-    keeps serving bob."""
+    every second; then each took 35 MiB of small objects while it was decoded, and glibc kept
+    the freed buffers (the victim grew by 300-420 MiB). They wait in the store: once the
+    victim took them (and forwarded them to bob, who waits for their chunks too), its memory
+    does not grow with their number, and it keeps serving bob."""
     count = 12
     with scene(tmp_path) as (victim, bob):
         mallory = DeviceIdentity.generate()
@@ -242,7 +243,9 @@ async def test_records_of_huge_chunk_lists_nobody_serves_do_not_exhaust_the_vict
                         await anyio.sleep(0.2)
             await anyio.sleep(3)
             grown = rss_mib(victim) - before
-            assert grown < 400, f"the victim grew by {grown:.0f} MiB"
+            # 125 MiB measured once records are read chunk by chunk, held packed, and the
+            # daemon's allocator returns large buffers (310-420 MiB before).
+            assert grown < 250, f"the victim grew by {grown:.0f} MiB"
             await anyio.to_thread.run_sync(
                 partial(still_syncs, timeout=BEHIND_A_STALL), victim, bob, "during"
             )

@@ -14,6 +14,9 @@ encoding again (see :func:`_check_canonical`).
 
 from __future__ import annotations
 
+import contextlib
+import io
+from collections.abc import Iterator
 from typing import Any
 
 import msgpack
@@ -76,19 +79,55 @@ def unpack(data: bytes, *, max_size: int, what: str = "message") -> Any:
 
     ``what`` names the structure in error messages ("record", "folder key", ...).
     """
+    _check_whole(data, max_size, what)
+    with _decoding(what):
+        return msgpack.unpackb(data, **_OPTIONS)
+
+
+#: How much of the encoded object a :class:`Reader` copies out at a time.
+_READ_SIZE = 64 * 1024
+
+
+class Reader:
+    """One canonical msgpack object of at most ``max_size`` bytes, read a piece at a time.
+
+    A record's chunk list holds up to 400,000 small arrays; decoded at once, they are tens of
+    megabytes of short-lived objects per record. Read item by item, each is gone before the
+    next is made. The whole object is checked (size, canonical form) before anything is read.
+    """
+
+    def __init__(self, data: bytes, *, max_size: int, what: str = "message") -> None:
+        _check_whole(data, max_size, what)
+        self._what = what
+        # Read through a window rather than from a copy of all of ``data``.
+        self._unpacker = msgpack.Unpacker(io.BytesIO(data), read_size=_READ_SIZE, **_OPTIONS)
+
+    def item(self) -> Any:
+        """The next item, whole."""
+        with _decoding(self._what):
+            return self._unpacker.unpack()
+
+    def array(self) -> int | None:
+        """Open the array that comes next: its length, or None if the next item is not an
+        array (the reader is then of no further use)."""
+        try:
+            length: int = self._unpacker.read_array_header()
+        except (ValueError, msgpack.OutOfData):
+            return None
+        return length
+
+
+def _check_whole(data: bytes, max_size: int, what: str) -> None:
     if len(data) > max_size:
         raise EncodingError(f"{what} is {len(data)} bytes, over the limit of {max_size}")
     _check_canonical(data, what)
+
+
+@contextlib.contextmanager
+def _decoding(what: str) -> Iterator[None]:
+    """msgpack's own errors, as :class:`EncodingError` naming ``what``."""
     try:
-        return msgpack.unpackb(
-            data,
-            raw=False,
-            use_list=True,
-            strict_map_key=True,
-            # Only what a commonsync structure may hold: no ext types, no timestamps.
-            ext_hook=_refuse_ext,
-            timestamp=0,
-        )
+        yield
     except EncodingError:
         raise
     except (
@@ -190,3 +229,14 @@ def _refused(marker: int) -> str:
 
 def _refuse_ext(code: int, data: bytes) -> Any:
     raise EncodingError(f"msgpack extension type {code} is not allowed")
+
+
+#: How every commonsync structure is decoded.
+_OPTIONS: dict[str, Any] = {
+    "raw": False,
+    "use_list": True,
+    "strict_map_key": True,
+    # Only what a commonsync structure may hold: no ext types, no timestamps.
+    "ext_hook": _refuse_ext,
+    "timestamp": 0,
+}

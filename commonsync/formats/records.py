@@ -15,9 +15,10 @@ Every layer is decoded under a size limit and validated before anything uses it.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import Any, cast
 
 from nacl.bindings import (
     crypto_aead_xchacha20poly1305_ietf_decrypt,
@@ -27,7 +28,8 @@ from nacl.exceptions import CryptoError
 
 from ..errors import EncodingError, RecordError, RecordTamperedError, SignatureError
 from . import encoding, paths
-from .chunks import CHUNK_ID_SIZE, MAX_CHUNK_SIZE
+from .chunk_list import ChunkEntry as ChunkEntry  # where the rest of the library looks
+from .chunk_list import ChunkList
 from .device_id import DeviceId
 from .hashing import blake2b
 from .identity import DeviceIdentity, verify_signature
@@ -60,14 +62,6 @@ class Kind(IntEnum):
     SYMLINK = 2
 
 
-@dataclass(frozen=True, slots=True)
-class ChunkEntry:
-    """One chunk of a file version: its ID and plaintext size (offsets follow from order)."""
-
-    id: bytes
-    size: int
-
-
 @dataclass(frozen=True)
 class Record:
     """One version of one path in a folder.
@@ -85,7 +79,9 @@ class Record:
     mode: int
     deleted: bool
     version: VersionVector
-    chunks: tuple[ChunkEntry, ...]
+    #: Given as any sequence of entries; held as a :class:`ChunkList` (a record may list
+    #: 400,000 chunks).
+    chunks: Sequence[ChunkEntry]
     symlink_target: str
     author: bytes
     sequence: int
@@ -100,26 +96,31 @@ class Record:
         _check(len(self.author) == 32, "author is not a 32-byte public key")
         _check(1 <= self.sequence <= _I64_MAX, "sequence out of range")
         _check(len(self.previous) in (0, 32), "previous content digest is not 32 bytes")
-        _check(len(self.chunks) <= MAX_CHUNKS, f"more than {MAX_CHUNKS} chunks")
+        if not isinstance(self.chunks, ChunkList):
+            object.__setattr__(self, "chunks", ChunkList(self.chunks))
+        chunks = self.chunk_list
+        _check(len(chunks) <= MAX_CHUNKS, f"more than {MAX_CHUNKS} chunks")
         _check(
             len(self.symlink_target.encode("utf-8", "surrogatepass")) <= paths.MAX_PATH_BYTES,
             "symlink target too long",
         )
         _check("\x00" not in self.symlink_target, "symlink target contains NUL")
-        for chunk in self.chunks:
-            _check(len(chunk.id) == CHUNK_ID_SIZE, "chunk ID is not 32 bytes")
-            _check(1 <= chunk.size <= MAX_CHUNK_SIZE, "chunk size out of range")
         if self.deleted or self.kind is Kind.DIRECTORY:
             _check(
                 self.size == 0 and not self.chunks and not self.symlink_target,
                 "a deleted entry or a directory has no size, chunks or target",
             )
         elif self.kind is Kind.FILE:
-            _check(sum(c.size for c in self.chunks) == self.size, "chunk sizes do not add up")
+            _check(chunks.total_size() == self.size, "chunk sizes do not add up")
             _check(not self.symlink_target, "a file has no symlink target")
         else:
             _check(self.size == 0 and not self.chunks, "a symlink has no size or chunks")
             _check(bool(self.symlink_target), "a symlink needs a target")
+
+    @property
+    def chunk_list(self) -> ChunkList:
+        """:attr:`chunks` as held: packed, whatever sequence the record was made with."""
+        return cast(ChunkList, self.chunks)
 
     @property
     def author_id(self) -> DeviceId:
@@ -135,7 +136,7 @@ class Record:
                 int(self.kind),
                 self.deleted,
                 self.symlink_target,
-                [[c.id, c.size] for c in self.chunks],
+                self.chunk_list.to_wire(),
             ]
             cached = blake2b(_CONTENT_CONTEXT + encoding.pack(content))
             self.__dict__["_content_digest"] = cached
@@ -153,7 +154,7 @@ class Record:
                 self.mode,
                 self.deleted,
                 self.version.to_wire(),
-                [[c.id, c.size] for c in self.chunks],
+                self.chunk_list.to_wire(),
                 self.symlink_target,
                 self.author,
                 self.sequence,
@@ -163,41 +164,23 @@ class Record:
 
     @classmethod
     def decode(cls, data: bytes) -> Record:
-        obj = encoding.unpack(data, max_size=MAX_RECORD_SIZE, what="record")
-        _check(isinstance(obj, list) and len(obj) == 13, "a record is an array of 13 fields")
-        (
-            fmt,
-            path,
-            kind,
-            size,
-            mtime_ns,
-            mode,
-            deleted,
-            version,
-            chunks,
-            target,
-            author,
-            sequence,
-            previous,
-        ) = obj
+        # Read field by field: the chunk list is never held as small objects all at once.
+        reader = encoding.Reader(data, max_size=MAX_RECORD_SIZE, what="record")
+        _check(reader.array() == 13, "a record is an array of 13 fields")
+        fmt, path, kind, size, mtime_ns, mode, deleted, version = (reader.item() for _ in range(8))
         _check(fmt == RECORD_FORMAT and type(fmt) is int, f"unknown record format {fmt!r}")
-        _check(isinstance(path, str) and isinstance(target, str), "path and target are strings")
-        for value in (kind, size, mtime_ns, mode, sequence):
+        _check(isinstance(path, str), "path and target are strings")
+        for value in (kind, size, mtime_ns, mode):
             _check(type(value) is int, "integer field has another type")
         _check(type(deleted) is bool, "deleted flag is not a boolean")
-        _check(isinstance(author, bytes) and isinstance(previous, bytes), "binary field expected")
         _check(kind in Kind._value2member_map_, f"unknown kind {kind}")
-        _check(isinstance(chunks, list), "chunk list is not a list")
-        entries = []
-        for item in chunks:
-            _check(
-                isinstance(item, list)
-                and len(item) == 2
-                and isinstance(item[0], bytes)
-                and type(item[1]) is int,
-                "chunk entry is not [id, size]",
-            )
-            entries.append(ChunkEntry(item[0], item[1]))
+        count = reader.array()
+        _check(count is not None, "chunk list is not a list")
+        entries = ChunkList(reader.item() for _ in range(count or 0))
+        target, author, sequence, previous = (reader.item() for _ in range(4))
+        _check(isinstance(target, str), "path and target are strings")
+        _check(type(sequence) is int, "integer field has another type")
+        _check(isinstance(author, bytes) and isinstance(previous, bytes), "binary field expected")
         try:
             vector = VersionVector.from_wire(version)
         except EncodingError as exc:
@@ -210,7 +193,7 @@ class Record:
             mode,
             deleted,
             vector,
-            tuple(entries),
+            entries,
             target,
             author,
             sequence,

@@ -39,7 +39,8 @@ import hmac
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from array import array
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -475,36 +476,48 @@ async def _assemble(
     """
     fd, have = await target.run(partial(_open_temp, target, temp))
     try:
+        # Indexes into the chunk list rather than entries: a list may hold 400,000 chunks.
         first_offset: dict[bytes, int] = {}
-        missing: list[tuple[int, int, ChunkEntry]] = []
-        repeated: list[tuple[int, int, ChunkEntry]] = []
+        offsets, missing, repeated = array("Q"), array("Q"), array("Q")
         offset = 0
         for index, entry in enumerate(record.chunks):
+            offsets.append(offset)
             held = offset + entry.size <= have and await target.run(
                 partial(_holds, fd, offset, entry, key)
             )
             if not held:
-                wanted = repeated if entry.id in first_offset else missing
-                wanted.append((index, offset, entry))
+                (repeated if entry.id in first_offset else missing).append(index)
             elif held_chunk is not None:
                 held_chunk(entry.size)
             first_offset.setdefault(entry.id, offset)
             offset += entry.size
 
-        async def fetch(index: int, offset: int, entry: ChunkEntry) -> None:
+        async def fetch(index: int) -> None:
+            entry = record.chunks[index]
             data = await read_chunk(entry)
             await target.run(
                 partial(
-                    _write_chunk, fd, offset, entry, data, write_key, record.path, index, reserve
+                    _write_chunk,
+                    fd,
+                    offsets[index],
+                    entry,
+                    data,
+                    write_key,
+                    record.path,
+                    index,
+                    reserve,
                 )
             )
 
         await _fetch_all(missing, fetch)
-        for index, offset, entry in repeated:
+        for index in repeated:
+            entry = record.chunks[index]
             source = first_offset[entry.id]
-            copy = partial(_copy_chunk, fd, source, offset, entry, key, reserve, record.path)
+            copy = partial(
+                _copy_chunk, fd, source, offsets[index], entry, key, reserve, record.path
+            )
             if not await target.run(copy):
-                await fetch(index, offset, entry)
+                await fetch(index)
         await target.run(partial(_finish_temp, fd, record))
     finally:
         with anyio.CancelScope(shield=True):
@@ -519,30 +532,28 @@ def _check_room(target: _Target, temp: str, record: Record, reserve: DiskReserve
     reserve.check(target.fd, record.size - min(have, record.size), record.path)
 
 
-async def _fetch_all(
-    chunks: list[tuple[int, int, ChunkEntry]],
-    fetch: Callable[[int, int, ChunkEntry], Awaitable[None]],
-) -> None:
-    """Run ``fetch`` for every chunk, :data:`FETCH_WINDOW` at a time. The first failure stops
-    the others and is raised as itself (callers catch :class:`MissingChunkError` and
-    :class:`ChunkTamperedError`, not exception groups); chunks already written stay."""
+async def _fetch_all(indexes: Iterable[int], fetch: Callable[[int], Awaitable[None]]) -> None:
+    """Run ``fetch`` for the chunk at every index, :data:`FETCH_WINDOW` at a time. The first
+    failure stops the others and is raised as itself (callers catch
+    :class:`MissingChunkError` and :class:`ChunkTamperedError`, not exception groups); chunks
+    already written stay."""
     window = anyio.Semaphore(FETCH_WINDOW)
     failures: list[Exception] = []
 
     async with anyio.create_task_group() as tasks:
 
-        async def one(index: int, offset: int, entry: ChunkEntry) -> None:
+        async def one(index: int) -> None:
             try:
-                await fetch(index, offset, entry)
+                await fetch(index)
             except Exception as exc:
                 failures.append(exc)
                 tasks.cancel_scope.cancel()
             finally:
                 window.release()
 
-        for chunk in chunks:
+        for index in indexes:
             await window.acquire()
-            tasks.start_soon(one, *chunk)
+            tasks.start_soon(one, index)
     if failures:
         raise failures[0]
 

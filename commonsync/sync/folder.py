@@ -877,8 +877,8 @@ class Folder:
         """Do ``work`` knowing which chunks of ``remotes`` some local file holds, asked once
         rather than once per chunk (not for a chunk list too long to look up at once: its
         chunks are looked up as they are fetched)."""
-        wanted = [c.id for r in remotes for c in r.record.chunks]
-        if len(wanted) <= SOURCES_AT_ONCE:
+        if sum(len(r.record.chunks) for r in remotes) <= SOURCES_AT_ONCE:
+            wanted = [c.id for r in remotes for c in r.record.chunks]
             self._local_sources = await self.store.chunk_sources_many(self.folder_id, wanted)
         try:
             await work()

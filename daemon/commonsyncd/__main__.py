@@ -23,6 +23,7 @@ from . import __version__
 from .daemon import run_daemon
 from .home import Home
 from .logs import LogFileError, LogOptions, add_log_arguments, options_from, setup_logging
+from .memory import return_large_buffers
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ def run_process(main: Callable[[], Awaitable[None]], name: str) -> int:
     0 when it stopped on a signal, 2 when it could not start (a start-up error is one
     sentence, prefixed with ``name``), 130 on Ctrl-C, :data:`EXIT_CRASHED` on a bug. Each is
     logged, so that standard error holds nothing but log lines."""
+    return_large_buffers()
     try:
         trio.run(main)
     except CommonsyncError as exc:
