@@ -17,6 +17,7 @@ from nacl.signing import SigningKey, VerifyKey
 
 from ..errors import IdentityError, InsecureKeyFileError, SignatureError
 from .device_id import DeviceId
+from .whole_files import write_whole
 
 _MAGIC = b"commonsync-identity-v1\n"
 _FILE_SIZE = len(_MAGIC) + 32
@@ -52,21 +53,10 @@ class DeviceIdentity:
     def save(self, path: Path) -> None:
         """Write the key file with owner-only permissions, atomically."""
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            write_whole(path, _MAGIC + self.seed)
         except OSError as exc:
-            raise IdentityError(f"cannot create the key file {path}: {exc.strerror}") from exc
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(_MAGIC + self.seed)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_directory(path.parent)
+            raise IdentityError(f"cannot write the key file {path}: {exc.strerror}") from exc
 
     @classmethod
     def load(cls, path: Path) -> DeviceIdentity:
@@ -112,11 +102,3 @@ def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> Non
         VerifyKey(public_key).verify(message, signature)
     except (CryptoError, ValueError) as exc:
         raise SignatureError("signature does not verify") from exc
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

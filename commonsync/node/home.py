@@ -19,6 +19,7 @@ from pathlib import Path
 from ..errors import CommonsyncError, InsecureKeyFileError
 from ..formats.identity import DeviceIdentity
 from ..formats.keys import MAX_EPOCH, FolderKey
+from ..formats.whole_files import write_whole
 
 #: A folder key file is a few dozen bytes; more is not one.
 _MAX_KEY_FILE = 4096
@@ -65,14 +66,7 @@ class NodeHome:
         the key it was made or shared with in one file, each ``later_epoch``'s in its own."""
         self.keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = self.folder_key_file(key.folder_id, key.epoch if later_epoch else None)
-        temp = path.with_suffix(".tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        try:
-            os.write(fd, key.to_bytes())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, path)
+        write_whole(path, key.to_bytes())
 
     def load_folder_keys(self, folder_id: bytes) -> list[FolderKey]:
         """The key a folder was shared with, then those of the later epochs this device

@@ -17,6 +17,7 @@ import stat
 from pathlib import Path
 
 from ..errors import FolderError, FolderMissingError
+from ..formats.whole_files import write_whole
 from . import layout
 
 __all__ = ["check_folder", "init_folder"]
@@ -38,15 +39,7 @@ def init_folder(root: Path) -> None:
         (root / layout.METADATA_DIR).mkdir(exist_ok=True)
         if marker.is_file():
             return
-        temp = marker.with_name(layout.temp_name(marker.name))
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, _MARKER_TEXT)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, marker)
-        _fsync_directory(marker.parent)
+        write_whole(marker, _MARKER_TEXT, mode=0o644)
     except OSError as exc:
         raise FolderError(f"cannot set up {root} as a commonsync folder: {exc}") from exc
 
@@ -65,11 +58,3 @@ def check_folder(root: Path) -> None:
         ) from exc
     if not stat.S_ISREG(info.st_mode):
         raise FolderMissingError(f"{root} cannot be scanned: {marker} is not a regular file")
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

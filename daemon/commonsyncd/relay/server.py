@@ -61,6 +61,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from commonsync import Channel, DeviceId, DeviceIdentity, accept_channel
 from commonsync.errors import CommonsyncError, IdentityError, RelayProtocolError
+from commonsync.formats.whole_files import write_whole
 from commonsync.node import inbound
 from commonsync.node.inbound import Admission, Ticket
 from commonsync.node.lograte import LogRate
@@ -1075,9 +1076,7 @@ def save_vouched(path: Path, vouched: Mapping[DeviceId, frozenset[DeviceId]]) ->
         "vouched": {str(d): sorted(str(v) for v in devices) for d, devices in vouched.items()},
     }
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    temp = path.with_suffix(".tmp")
-    temp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(temp, path)
+    write_whole(path, (json.dumps(data, indent=1) + "\n").encode())
 
 
 # -- the relay's home and process -----------------------------------------------------------
