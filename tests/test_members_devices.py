@@ -17,7 +17,7 @@ from commonsync.membership.entries import Role
 from commonsync.membership.log import decode_log
 
 from .test_members_sync import folder_of, know, nodes, share_and_accept
-from .test_node import until
+from .test_node import loopback, until
 
 pytestmark = pytest.mark.anyio
 
@@ -182,6 +182,43 @@ async def test_an_older_log_served_by_a_member_is_refused_and_reported(tmp_path:
         bob.peers.restart(alice.device_id)
         await until(lambda: not ours.members.rollbacks, "the problem is gone")
         assert not alice.folder("scores").status()["problems"]
+
+
+async def test_an_older_log_is_recognised_after_this_device_restarts(tmp_path: Path) -> None:
+    """What a peer showed of its log is kept with the index: Bob's invitation reaches Alice,
+    Alice's node stops and starts again, and Bob comes back serving the log he had before
+    his invitation. Alice still sees it for an older log (it lacks 1 entry he showed her)."""
+    scores = tmp_path / "scores"
+    scores.mkdir()
+    async with nodes(tmp_path, "bob") as (bob,):
+        async with Node.open(tmp_path / "homes" / "alice", loopback()) as alice:
+            await know(alice, bob, "bob")
+            await know(bob, alice)
+            await alice.add_folder(scores, "scores")
+            theirs = await share_and_accept(alice, bob, "scores", tmp_path / "bob", Role.ADMIN)
+            assert theirs.members.log is not None
+            before = theirs.members.log.entries()
+            wanted = (await bob.invite("scores", code=False))["invitation"]
+            ours = folder_of(alice, "scores")
+            assert ours.members.log is not None
+            entries = ours.members.log.entries
+            await until(
+                lambda: any(e.hash.hex().startswith(wanted) for e in entries()),
+                "bob's invitation reaches alice",
+            )
+            config = alice.config
+        await until(lambda: not bob.peers.links, "alice is gone")
+        theirs.members.log = decode_log(theirs.folder_id, before)
+        async with Node.open(tmp_path / "homes" / "alice", config) as alice:
+            await until(lambda: alice.folder("scores").folder is not None, "the folder runs")
+            ours = folder_of(alice, "scores")
+            await until(lambda: bool(ours.members.rollbacks), "alice sees an older log")
+            problems = alice.folder("scores").status()["problems"]
+            assert len(problems) == 1
+            assert (
+                "serves an older membership log of scores: it lacks 1 entry"
+                in (problems[0]["problem"])
+            )
 
 
 async def test_a_writer_removes_its_own_lost_device_and_an_admin_starts_the_epoch(

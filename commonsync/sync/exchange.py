@@ -550,7 +550,7 @@ class PeerExchange:
         # what covers the entries it showed before.)
         lacking = 0
         if len(message.heads) < MAX_LOG_HEADS:
-            lacking = members.peer_heads(self.session.channel.peer_public_key, message.heads)
+            lacking = await members.peer_heads(self.session.channel.peer_public_key, message.heads)
         if lacking:
             log.warning(
                 "%s serves an older membership log: it lacks %d entries it held before; its "
@@ -577,9 +577,9 @@ class PeerExchange:
         peer_key = self.session.channel.peer_public_key
         if peer_key in folder.members.rollbacks:
             return  # its log is an older one (a rollback): none of it is taken meanwhile
-        folder.members.peer_sent(peer_key, (e.hash for e in entries))
         for entry, reason in await folder.take_log_entries(entries):
             folder.log_refused(peer, entry, reason)
+        await folder.members.peer_sent(peer_key, [e.hash for e in entries])
 
     async def _on_epoch_keys(self, message: EpochKeys) -> None:
         folder = self._log_folder(message.folder_id)

@@ -77,18 +77,19 @@ class FolderMembers:
         #: Without a log: the entries peers sent so far, until they make one (bounded).
         self._candidates: dict[bytes, Entry] = {}
         self._candidate_bytes = 0
-        #: Per peer device (public key): the entries it showed it holds, by naming them as
-        #: its log's heads or sending them (:meth:`peer_heads`).
+        #: Per peer device (public key): the entries of this log it showed it holds, by
+        #: naming them as its log's heads or sending them (:meth:`peer_heads`).
         self._shown: dict[bytes, set[bytes]] = {}
         #: The peer devices whose last log lacked entries they showed they held before (an
         #: older log: a rollback), with how many; their entries are not taken meanwhile.
         self.rollbacks: dict[bytes, int] = {}
 
     async def load(self) -> None:
-        """Read the log the store holds, if any."""
+        """Read the log the store holds, if any, and what peers showed they hold of it."""
         encoded = await self.store.membership_entries(self.folder_id)
         if not encoded:
             return
+        self._shown = await self.store.membership_shown(self.folder_id)
         try:
             entries = [decode_entry(e) for e in encoded]
             self.log = decode_log(self.folder_id, entries)
@@ -143,13 +144,14 @@ class FolderMembers:
         """What a holder of ``heads`` lacks, parents first."""
         return [] if self.log is None else self.log.entries_beyond(heads)
 
-    def peer_heads(self, peer: bytes, heads: Sequence[bytes]) -> int:
+    async def peer_heads(self, peer: bytes, heads: Sequence[bytes]) -> int:
         """Note the heads a peer names for its log (SPEC.md §15.8), and how many entries it
         showed it held before (named as heads, or sent) its log now lacks: a device's log
         only grows, so such a log is an older one (restored from a backup, or held back on
         purpose to write as if it had not seen them). 0 if none, or if the peer names heads
         this log does not hold yet (they may descend from the others: not judged then).
-        The peer stays in :attr:`rollbacks` until a log of it lacks none."""
+        The peer stays in :attr:`rollbacks` until a log of it lacks none. What each peer
+        showed is kept with the index, so a restart of this device forgets none of it."""
         if self.log is None:
             return 0
         shown = self._shown.setdefault(peer, set())
@@ -161,16 +163,20 @@ class FolderMembers:
                 self.rollbacks[peer] = lacking
             else:
                 self.rollbacks.pop(peer, None)
-        self.peer_sent(peer, heads)
+        await self.peer_sent(peer, heads)
         return lacking
 
-    def peer_sent(self, peer: bytes, hashes: Iterable[bytes]) -> None:
-        """Note entries a peer showed it holds (it named or sent them)."""
+    async def peer_sent(self, peer: bytes, hashes: Iterable[bytes]) -> None:
+        """Note entries a peer showed it holds (it named or sent them); those this log
+        holds are kept with the index."""
+        if self.log is None:
+            return
         shown = self._shown.setdefault(peer, set())
-        shown.update(hashes)
-        if self.log is not None and len(shown) > len(self.log) + 64:
-            # Bounded: the entries it named and we do not hold (never sent, or refused) go.
-            self._shown[peer] = {h for h in shown if h in self.log}
+        held = {h for h in hashes if h in self.log} - shown
+        if not held:
+            return
+        shown.update(held)
+        await self.store.set_membership_shown(self.folder_id, peer, shown)
 
     def was_removed(self, device: bytes) -> bool:
         """Whether the log removed ``device`` (with its member, or alone) at some point: such a

@@ -54,7 +54,7 @@ from ..formats.records import ChunkEntry, Kind, Record, decode_verified
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: Records returned by one :meth:`IndexStore.records_since` call at most.
 MAX_BATCH = 10_000
 #: Free space below which the index's disk counts as full (:meth:`IndexStore.check_writable`):
@@ -93,6 +93,14 @@ _MEMBERSHIP = """CREATE TABLE IF NOT EXISTS membership_entries (
     hash      BLOB NOT NULL,
     entry     BLOB NOT NULL,
     PRIMARY KEY (folder_id, position)
+) WITHOUT ROWID"""
+#: Per peer device, the entries of this log it showed it holds (SPEC.md §15.8), 32 bytes
+#: each: kept across restarts, so that a log rolled back meanwhile is still seen to be one.
+_MEMBERSHIP_SHOWN = """CREATE TABLE IF NOT EXISTS membership_shown (
+    folder_id BLOB NOT NULL REFERENCES folders(folder_id) ON DELETE CASCADE,
+    peer      BLOB NOT NULL,
+    hashes    BLOB NOT NULL,
+    PRIMARY KEY (folder_id, peer)
 ) WITHOUT ROWID"""
 
 _SCHEMA = (
@@ -137,6 +145,7 @@ _SCHEMA = (
     _PULL_STATE,
     _NOT_ON_DISK,
     _MEMBERSHIP,
+    _MEMBERSHIP_SHOWN,
 )
 
 #: From schema version N to N + 1: statements run in the same transaction as the version bump.
@@ -152,6 +161,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     2: (_PULL_STATE.replace("IF NOT EXISTS ", ""), _NOT_ON_DISK.replace("IF NOT EXISTS ", "")),
     3: (_MEMBERSHIP.replace("IF NOT EXISTS ", ""),),
+    4: (_MEMBERSHIP_SHOWN.replace("IF NOT EXISTS ", ""),),
 }
 _I64 = 2**63
 _FOLDER_COLUMNS = "folder_id, label, index_id, sequence, own_sequence"
@@ -935,6 +945,32 @@ class IndexStore:
 
         return await self._run(add)
 
+    async def membership_shown(self, folder_id: bytes) -> dict[bytes, set[bytes]]:
+        """Per peer device (public key): the entry hashes it showed it holds."""
+
+        def shown(conn: sqlite3.Connection) -> dict[bytes, set[bytes]]:
+            rows = conn.execute(
+                "SELECT peer, hashes FROM membership_shown WHERE folder_id = ?", (folder_id,)
+            )
+            return {bytes(peer): _hashes(bytes(hashes)) for peer, hashes in rows}
+
+        return await self._run(shown)
+
+    async def set_membership_shown(
+        self, folder_id: bytes, peer: bytes, hashes: Iterable[bytes]
+    ) -> None:
+        """Keep what ``peer`` showed it holds of the folder's log (replacing what was kept)."""
+        joined = b"".join(sorted(hashes))
+
+        def keep(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR REPLACE INTO membership_shown (folder_id, peer, hashes)"
+                " VALUES (?, ?, ?)",
+                (folder_id, peer, joined),
+            )
+
+        await self._run(keep)
+
     # -- local files ------------------------------------------------------------------------
 
     async def local_file(self, folder_id: bytes, path: str) -> LocalFile | None:
@@ -1165,6 +1201,10 @@ def _prepare_schema(conn: sqlite3.Connection, path: Path) -> None:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def _hashes(joined: bytes) -> set[bytes]:
+    return {joined[n : n + 32] for n in range(0, len(joined) - len(joined) % 32, 32)}
 
 
 def _folder(conn: sqlite3.Connection, folder_id: bytes) -> FolderState:
