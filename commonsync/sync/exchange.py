@@ -465,6 +465,19 @@ class PeerExchange:
 
     async def _on_index(self, message: Index) -> None:
         folder = self._shared(message.folder_id)
+        if not folder.members.is_member(self.session.channel.peer_public_key):
+            # A device the log does not name (removed, or its admission still on its way)
+            # proves the folder with epoch 0's key but hands over no records: a removed
+            # device would otherwise sign new ones under the sequences it was credited
+            # with (SPEC.md §15.5, §15.8). The session ends; the peer comes back later,
+            # a member then or refused again, and is sent its records from where we were.
+            log.warning(
+                "%s sent records of a folder whose members do not include it: ending the "
+                "session",
+                self.peer.short_str,
+            )
+            await self.session.close(CloseReason.NORMAL, "not a member of the folder")
+            return
         # In a worker thread: libsodium releases the GIL, so a batch's decryptions and
         # signature checks run beside the event loop instead of stalling it.
         verified, refused = await anyio.to_thread.run_sync(
