@@ -732,9 +732,10 @@ async def test_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
         assert await store.put(FOLDER, [entry("d")], local_files=[("d", local(2))]) == [4]
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
-        assert {"pull_state", "records_not_on_disk", "membership_entries"} <= tables
+        wanted = {"pull_state", "records_not_on_disk", "membership_entries", "membership_shown"}
+        assert wanted <= tables
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
     finally:
