@@ -214,6 +214,36 @@ def test_a_removal_revokes_the_invitations_of_the_removed(
     assert copy(log).state == log.state
 
 
+def test_an_invitation_admits_only_while_its_maker_may_invite(
+    choir: tuple[MembershipLog, dict[str, DeviceIdentity], dict[str, bytes]],
+) -> None:
+    """An admin demoted to writer keeps the secrets of the invitations it made: none of them
+    admits anyone any more (else it could admit a device of its own as an admin); made an
+    admin again, its invitations admit again. An owner's owner invitation admits an owner
+    only while its maker is an owner."""
+    log, people, ids = choir
+    secret, key = invitations.new_secret(), invitations.invitation_key
+    invite = log.append(people["admin"], Invite(key(secret), Role.ADMIN, T0 + 3600, 5), T0)
+    log.append(people["owner"], SetRole(ids["admin"], Role.WRITER, ()), T0)
+    with pytest.raises(EntryRefusedError, match="no longer an admin"):
+        log.append(
+            people["writer"], admit_with(secret, invite.hash, device(), "Mal", Role.ADMIN), T0
+        )
+    assert copy(log).state == log.state
+    log.append(people["owner"], SetRole(ids["admin"], Role.ADMIN, ()), T0)
+    log.append(people["writer"], admit_with(secret, invite.hash, device(), "Bea"), T0)
+
+    second = device()
+    second_id = add(log, people["owner"], second, Role.OWNER)
+    owners = log.append(second, Invite(key(secret), Role.OWNER, T0 + 3600, 5), T0)
+    log.append(people["owner"], SetRole(second_id, Role.ADMIN, ()), T0)
+    with pytest.raises(EntryRefusedError, match="no longer an owner"):
+        log.append(
+            people["writer"], admit_with(secret, owners.hash, device(), "Cy", Role.OWNER), T0
+        )
+    log.append(people["writer"], admit_with(secret, owners.hash, device(), "Cy", Role.ADMIN), T0)
+
+
 @pytest.mark.parametrize("trial", range(6))
 def test_a_removal_voids_a_concurrent_admission_with_an_invitation_it_revokes(
     trial: int,

@@ -136,6 +136,12 @@ class State:
             },
         }
 
+    def admits_with(self, invitation: Invitation, time: int) -> bool:
+        """Whether ``invitation`` may still admit someone at ``time``: usable, and made by a
+        member who is still an admin or owner (SPEC.md §15.4, add member)."""
+        maker = self.members.get(invitation.by)
+        return invitation.usable(time) and maker is not None and maker.role >= Role.ADMIN
+
     def may_author(self, device: bytes, sequence: int) -> bool:
         """Whether a record by ``device`` with ``sequence`` is to be accepted: the device's
         member writes, or the record is one of those credited to it before it stopped."""
@@ -238,6 +244,13 @@ def _admission(state: State, entry: Entry, action: AddMember) -> str | None:
         return "no such invitation"
     if invitation.revoked:
         return "the invitation was revoked"
+    creator = state.members.get(invitation.by)
+    if creator is None or creator.role < Role.ADMIN:
+        # Demoted since: else a demoted admin who kept an admin invitation's secret could
+        # admit a device of its own as an admin again.
+        return "the member who made the invitation is no longer an admin"
+    if action.role is Role.OWNER and creator.role is not Role.OWNER:
+        return "the member who made the invitation is no longer an owner"
     if entry.time > invitation.expires:
         return "the invitation has expired"
     if invitation.used >= invitation.uses:

@@ -127,6 +127,13 @@ _JOIN_REFUSALS = {
     "the invitation has expired": "this invitation has expired; ask for a new one",
     "the invitation was already used": "this invitation was already used; ask for a new one",
     "the invitation was revoked": "this invitation was revoked",
+    "the member who made the invitation is no longer an admin": (
+        "whoever made this invitation may no longer invite (no longer an admin); ask an admin "
+        "for a new one"
+    ),
+    "the member who made the invitation is no longer an owner": (
+        "whoever made this invitation may no longer admit owners; ask an owner for a new one"
+    ),
     "the joiner did not prove the invitation's secret": (
         "the link's secret does not match the invitation (the link may be mistyped)"
     ),
@@ -586,8 +593,8 @@ class Node:
                 "expires": i.expires,
                 "uses_left": i.uses - i.used,
             }
-            for i in (state.invitations.values() if state else ())
-            if i.usable(now)
+            for i in (state.invitations.values() if state is not None else ())
+            if state is not None and state.admits_with(i, now)
         ]
         label = self._find_folder(reference).label
         return {
@@ -931,7 +938,7 @@ class Node:
         now = int(time.time())
         for invitation in self.codes.invitations():
             found = state.invitations.get(invitation)
-            if found is not None and not found.usable(now):
+            if found is not None and not state.admits_with(found, now):
                 self.codes.close_invitation(invitation)
         await self._release_closed_codes()
 

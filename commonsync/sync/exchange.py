@@ -472,8 +472,7 @@ class PeerExchange:
             # with (SPEC.md §15.5, §15.8). The session ends; the peer comes back later,
             # a member then or refused again, and is sent its records from where we were.
             log.warning(
-                "%s sent records of a folder whose members do not include it: ending the "
-                "session",
+                "%s sent records of a folder whose members do not include it: ending the session",
                 self.peer.short_str,
             )
             await self.session.close(CloseReason.NORMAL, "not a member of the folder")
