@@ -1,10 +1,13 @@
 """The decision rules: unit cases, and a model of three devices that must always converge.
 
-The model keeps, for each simulated device, its index (path → record), its disk (path →
-content) and its versions folder, and plays random edits, deletions, renames and partial
-index exchanges, applying :func:`commonsync.sync.decide.decide` as the engine does. After a final
-full exchange, every device must hold the same records and the same files, and no edit may be
-lost: each is a live file (at its path or as a conflict copy), or a user knowingly replaced it.
+The model keeps, for each simulated device, its index (path → record, in the index's order),
+its disk (path → content) and its versions folder, and plays random edits, deletions, renames
+and sessions, perhaps cut short, that send each record once, as the engine does (the rows of
+the source's index after the destination's progress, never the destination's own records),
+applying :func:`commonsync.sync.decide.decide` and recording merged versions as the engine
+does. After final sessions until nothing changes, every device must hold the same records
+and the same files, and no edit may be lost: each is a live file (at its path or as a
+conflict copy), or a user knowingly replaced it.
 """
 
 from __future__ import annotations
@@ -20,8 +23,7 @@ from commonsync import DeviceIdentity
 from commonsync.formats.hashing import blake2b
 from commonsync.formats.records import ChunkEntry, Kind, Record
 from commonsync.formats.versionvector import VersionVector
-from commonsync.sync.decide import Action, conflict_copy_path, decide, wins
-from commonsync.sync.layout import is_conflict_copy
+from commonsync.sync.decide import Action, conflict_copy_path, decide, merged, wins
 
 DEVICES = [DeviceIdentity.from_seed(bytes([n]) * 32) for n in (1, 2, 3)]
 PATHS = ["a.txt", "b.txt", "dir/c.txt"]
@@ -68,7 +70,7 @@ def test_new_paths_and_newer_versions_are_taken() -> None:
     assert decide(two, two, me=BOB.public_key).action is Action.KEEP
 
 
-def test_a_conflict_keeps_the_losers_copy_on_its_authors_device() -> None:
+def test_a_conflict_keeps_the_losers_copy_on_every_writer_that_resolves_it() -> None:
     base = make(ALICE, "notes.txt", b"base", base=None, mtime=10**9, sequence=1)
     mine = make(ALICE, "notes.txt", b"alice", base=base, mtime=5 * 10**9, sequence=2)
     theirs = make(BOB, "notes.txt", b"bob", base=base, mtime=6 * 10**9, sequence=1)
@@ -76,16 +78,75 @@ def test_a_conflict_keeps_the_losers_copy_on_its_authors_device() -> None:
     on_bob = decide(theirs, mine, me=BOB.public_key)
     assert on_alice.action is Action.TAKE  # bob's is later
     assert on_alice.conflict
+    assert on_alice.resolved
     assert on_alice.conflict_copy is not None
     assert on_alice.conflict_copy.startswith("notes.sync-conflict-19700101-000005-")
-    assert on_alice.conflict_copy.endswith(f"-{ALICE.device_id.short_str}.txt")
+    assert on_alice.conflict_copy == conflict_copy_path(mine)
     assert on_bob.action is Action.KEEP
     assert on_bob.conflict
+    assert on_bob.resolved
     assert on_bob.conflict_copy is None
-    # A third device holding alice's version replaces it, and makes no copy of its own.
+    # Bob's merged version will dominate alice's, which alice may never see lose: bob keeps
+    # it as a copy too, under the same name.
+    assert on_bob.remote_copy == on_alice.conflict_copy
+    # A third device that may write, holding alice's version, keeps it as well.
     on_carol = decide(mine, theirs, me=DEVICES[2].public_key)
     assert on_carol.action is Action.TAKE
-    assert on_carol.conflict_copy is None
+    assert on_carol.conflict_copy == on_alice.conflict_copy
+    # A reader keeps its own losing edits only, and records no outcome (it cannot publish).
+    as_reader = decide(mine, theirs, me=DEVICES[2].public_key, writer=False)
+    assert as_reader.action is Action.TAKE
+    assert as_reader.conflict_copy is None
+    assert not as_reader.resolved
+    assert decide(mine, theirs, me=ALICE.public_key, writer=False).conflict_copy is not None
+    assert decide(theirs, mine, me=BOB.public_key, writer=False).remote_copy is None
+
+
+def test_a_conflict_copy_is_named_for_the_losing_content() -> None:
+    """Several devices keep the same losing version under one name, whoever recorded it."""
+    one = make(ALICE, "a.txt", b"same", base=None, mtime=5 * 10**9, sequence=1)
+    other = make(BOB, "a.txt", b"same", base=None, mtime=5 * 10**9, sequence=7)
+    third = make(BOB, "a.txt", b"different", base=None, mtime=5 * 10**9, sequence=8)
+    assert conflict_copy_path(one) == conflict_copy_path(other)
+    assert conflict_copy_path(one) != conflict_copy_path(third)
+
+
+def test_resolving_concurrent_versions_records_an_outcome_that_dominates_both() -> None:
+    base = make(ALICE, "a", b"base", base=None, mtime=10**9, sequence=1)
+    mine = make(ALICE, "a", b"alice", base=base, mtime=5 * 10**9, sequence=2)
+    theirs = make(BOB, "a", b"bob", base=base, mtime=6 * 10**9, sequence=1)
+    carol = DEVICES[2].public_key
+    outcome = merged(mine, theirs, theirs, author=carol, sequence=9)
+    assert outcome.content_digest() == theirs.content_digest()
+    assert (outcome.author, outcome.sequence, outcome.mtime_ns) == (carol, 9, theirs.mtime_ns)
+    for record in (mine, theirs):
+        assert decide(record, outcome, me=ALICE.public_key).action is Action.TAKE
+        assert decide(outcome, record, me=ALICE.public_key).action is Action.KEEP
+    # Bob, the winner, records the same vector: the two outcomes are EQUAL, and settled by a
+    # total order with nothing new to record (no ping-pong).
+    at_bob = merged(theirs, mine, theirs, author=BOB.public_key, sequence=2)
+    assert at_bob.version == outcome.version
+    one, two = decide(outcome, at_bob, me=carol), decide(at_bob, outcome, me=BOB.public_key)
+    assert {one.action, two.action} == {Action.TAKE, Action.KEEP}
+    assert not one.resolved
+    assert not two.resolved
+    assert not one.conflict
+
+
+def test_three_versions_that_went_round_the_rules_converge_once_resolved() -> None:
+    """A deletion beats the edit it replaced, which beats an older concurrent edit by its
+    mtime, which beats the deletion: the rules alone go round. The outcome a device records
+    when it resolves a pair dominates both, so that neither of them beats it any more."""
+    old = make(ALICE, "a", b"old", base=None, mtime=2 * 10**9, sequence=1)
+    later = make(BOB, "a", b"later", base=None, mtime=3 * 10**9, sequence=1)
+    deletion = make(BOB, "a", None, base=later, mtime=4 * 10**9, sequence=2)
+    me = DEVICES[2].public_key
+    assert decide(later, deletion, me=me).action is Action.TAKE
+    assert decide(old, later, me=me).action is Action.TAKE
+    assert decide(deletion, old, me=me).action is Action.TAKE
+    outcome = merged(deletion, old, old, author=me, sequence=1)
+    for record in (old, later, deletion):
+        assert decide(outcome, record, me=me).action is Action.KEEP
 
 
 def test_a_conflict_lost_by_a_conflict_copy_as_made_makes_no_copy_of_itself() -> None:
@@ -138,14 +199,28 @@ class Device:
     disk: dict[str, bytes] = field(default_factory=dict)
     versions: list[bytes] = field(default_factory=list)
     sequence: int = 0
+    #: Path → the index's local sequence of its row (what ``records_since`` orders by).
+    positions: dict[str, int] = field(default_factory=dict)
+    local: int = 0
+    #: Source device (its key) → the last local sequence of its index this device has seen.
+    seen: dict[bytes, int] = field(default_factory=dict)
+
+    def next_sequence(self) -> int:
+        self.sequence += 1
+        return self.sequence
+
+    def record(self, record: Record) -> None:
+        """Store ``record``: its row moves to the end of the index's order."""
+        self.index[record.path] = record
+        self.local += 1
+        self.positions[record.path] = self.local
 
     def author(self, path: str, content: bytes | None, mtime: int) -> Record:
-        self.sequence += 1
         record = make(
             self.identity, path, content, base=self.index.get(path), mtime=mtime,
-            sequence=self.sequence,
+            sequence=self.next_sequence(),
         )  # fmt: skip
-        self.index[path] = record
+        self.record(record)
         if content is None:
             self.disk.pop(path, None)
         else:
@@ -154,27 +229,58 @@ class Device:
 
 
 def take_remote(
-    device: Device, remote: Record, contents: dict[bytes, bytes], now: Callable[[], int]
+    device: Device,
+    remote: Record,
+    contents: dict[bytes, bytes],
+    now: Callable[[], int],
+    *,
+    writer: bool = True,
 ) -> bool:
     """What the engine does with one remote record it accepted: :func:`decide`, then the
     disk made to match (a losing local edit to its conflict copy, authored at ``now()``,
-    anything else replaced to the versions folder). True if anything changed. Shared with
-    the model of roles (tests/test_roles_model.py), which adds the membership checks before
-    it."""
+    anything else replaced to the versions folder), and on a device that may write
+    (``writer``), two concurrent versions resolved are recorded as a merged version of its
+    own (:func:`merged`), and a remote edit that lost a conflict is kept as a copy too.
+    True if anything changed. Shared with the model of roles (tests/test_roles_model.py),
+    which adds the membership checks before it."""
     local = device.index.get(remote.path)
-    decision = decide(local, remote, me=device.identity.public_key)
+    decision = decide(local, remote, me=device.identity.public_key, writer=writer)
     if decision.action is Action.KEEP:
-        return False
+        if decision.remote_copy is not None:
+            keep_copy(device, decision.remote_copy, remote, contents, now)
+        if not decision.resolved:
+            return False
+        assert local is not None
+        device.record(merged(local, remote, local, author=device.identity.public_key,
+                             sequence=device.next_sequence()))  # fmt: skip
+        return True
     current = device.disk.pop(remote.path, None)
     if decision.conflict_copy is not None and current is not None:
         # Our losing edit moves to its conflict copy, a new file we publish.
         device.author(decision.conflict_copy, current, now())
     elif current is not None:
         device.versions.append(current)
-    device.index[remote.path] = remote
+    taken = remote
+    if decision.resolved:
+        assert local is not None
+        taken = merged(local, remote, remote, author=device.identity.public_key,
+                       sequence=device.next_sequence())  # fmt: skip
+    device.record(taken)
     if not remote.deleted:
         device.disk[remote.path] = contents[remote.chunks[0].id]
     return True
+
+
+def keep_copy(
+    device: Device, copy: str, loser: Record, contents: dict[bytes, bytes], now: Callable[[], int]
+) -> None:
+    """Keep a remote edit that lost a conflict as a conflict copy, unless that copy is there
+    already, or was deleted (knowingly: the deletion replaced that very content)."""
+    there = device.index.get(copy)
+    content = loser.content_digest()
+    if there is not None and (not there.deleted or there.previous == content):
+        return
+    device.author(copy, contents[loser.chunks[0].id], now())
 
 
 class ThreeDevices(RuleBasedStateMachine):
@@ -232,21 +338,26 @@ class ThreeDevices(RuleBasedStateMachine):
     @rule(
         source=st.integers(0, 2),
         destination=st.integers(0, 2),
-        paths=st.sets(st.sampled_from([*PATHS, "conflicts"])),
+        limit=st.none() | st.integers(0, 3),
     )
-    def exchange(self, source: int, destination: int, paths: set[str]) -> None:
-        """A partial exchange: some of the source's records reach the destination."""
+    def exchange(self, source: int, destination: int, limit: int | None) -> None:
+        """A session, perhaps cut short: some of the source's records reach the destination."""
         if source != destination:
-            self.send(self.devices[source], self.devices[destination], paths)
+            self.send(self.devices[source], self.devices[destination], limit)
 
-    def send(self, source: Device, destination: Device, paths: set[str] | None) -> bool:
+    def send(self, source: Device, destination: Device, limit: int | None) -> bool:
+        """What the engine sends (:meth:`PeerExchange._push_index`): the source's index rows
+        after the destination's progress, in the index's order, each once, and not the
+        destination's own records (it holds those or newer ones). True if anything changed."""
+        after = destination.seen.get(source.identity.public_key, 0)
+        rows = sorted((position, path) for path, position in source.positions.items())
+        pending = [(position, path) for position, path in rows if position > after]
         changed = False
-        for path, record in sorted(source.index.items()):
-            wanted = (
-                paths is None or path in paths or ("conflicts" in paths and is_conflict_copy(path))
-            )
-            if wanted and self.receive(destination, record):
-                changed = True
+        for position, path in pending if limit is None else pending[:limit]:
+            destination.seen[source.identity.public_key] = position
+            record = source.index[path]
+            if record.author != destination.identity.public_key:
+                changed |= self.receive(destination, record)
         return changed
 
     def receive(self, device: Device, remote: Record) -> bool:
@@ -286,3 +397,17 @@ class ThreeDevices(RuleBasedStateMachine):
 
 TestThreeDevices = ThreeDevices.TestCase
 TestThreeDevices.settings = settings(max_examples=600, stateful_step_count=40, deadline=None)
+
+
+def test_the_model_converges_where_the_rules_go_round() -> None:
+    """Device 1's edit beats device 0's (later); device 1 then deletes it and takes 0's
+    edit over its deletion; device 2 keeps 1's edit over 0's. Each record is delivered once
+    and device 1 is never sent its own edit back: only the merged versions the devices
+    record when they resolve a pair make them converge."""
+    model = ThreeDevices()
+    model.edit(device=0, path="b.txt", same_second=False)
+    model.edit(device=1, path="b.txt", same_second=False)
+    model.exchange(source=1, destination=2, limit=None)
+    model.delete(device=1, path="b.txt")
+    model.exchange(source=0, destination=1, limit=None)
+    model.teardown()

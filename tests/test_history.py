@@ -163,7 +163,7 @@ def test_conflicts_are_found_but_not_in_the_metadata(root: Path) -> None:
     _conflict(root)
     keep(root, "old.sync-conflict-20260301-120000-ZS5WX2N.txt", b"kept", T0)
     [found] = run(find_conflicts, root)
-    assert (found.path, found.original, found.device, found.size) == (
+    assert (found.path, found.original, found.tag, found.size) == (
         COPY, "notes/plan.txt", "ZS5WX2N", 6,
     )  # fmt: skip
     assert found.original_exists

@@ -40,10 +40,10 @@ The model found that a reader leaving the folder credited itself with its own re
 unshared: credits now take no effect for a reader (SPEC.md §15.4, ``log._credits_taken``;
 :func:`test_a_reader_is_credited_nothing_by_leaving_or_being_removed`).
 
-It also found five gaps that the engine's rules leave open, each a design question rather
-than a slip; :meth:`RolesModel.check_converged` recognises each by exactly what explains it
-(and counts it as a hypothesis event), so that everything else is checked strictly, and
-``xfail`` tests at the end show them on a few steps:
+It also found five gaps that the engine's rules left open, each a design question rather
+than a slip. Two remain, STRANDED and LOST_CONFLICT; :meth:`RolesModel.check_converged`
+recognises each by exactly what explains it (and counts it as a hypothesis event), so that
+everything else is checked strictly, and ``xfail`` tests at the end show them on a few steps:
 
 - STRANDED: a writer's record that a device took before the removal or demotion of its author
   reached it, beyond the credits the remover could see, stays on that device alone (every
@@ -52,17 +52,20 @@ than a slip; :meth:`RolesModel.check_converged` recognises each by exactly what 
   was never sent again once it could (a reader made a writer: its earlier changes stayed
   unshared). Its author now publishes it again (:func:`newly_allowed`), and a record passed
   over for that reason (WITHHELD) explains no difference any more.
-- ECHO: a device is never sent its own records back; when it replaced its edit by a deletion
-  and then took a concurrent edit over the deletion, its first edit, which wins elsewhere,
-  never returns to it (a gap of the engine alone, roles aside; test_decide's model sends
-  everything, so it could not see it).
 - LOST_CONFLICT: a credited edit of a device that may write no more, losing a conflict, is
-  kept by no member: its copy is for its author to make and publish.
-- CYCLE: the conflict rules of :func:`decide` can go round three versions of a path (a
-  deletion beats the edit it replaced, which beats an older concurrent edit by its mtime,
-  which beats the deletion as an edit), so that where each version is delivered once, devices
-  end on different ones (ECHO's scenario is one; test_decide's model, which sends every record
-  again at every exchange, converges anyway).
+  kept by no member. A writer that resolves such a conflict keeps the losing edit as a copy
+  (SPEC.md §13, "Conflict copies"); what is left is a credited edit that reached no writer
+  before its author could write no more: only its author, which cannot publish, keeps it.
+
+Two more are settled (SPEC.md §13, "Recording the outcome": a device that may write records the
+outcome of two concurrent versions it resolved as a merged version of its own, which dominates
+both), and checked strictly: CYCLE, the conflict rules going round three versions of a path (a
+deletion beats the edit it replaced, which beats an older concurrent edit by its mtime, which
+beats the deletion as an edit), so that where each version is delivered once devices ended on
+different ones; and ECHO, a device never sent its own records back, so that its first edit,
+replaced by its deletion and then by a concurrent edit, never returned to it though it won
+elsewhere. A device's current version now dominates every version it ever held, its own
+included, so that nothing it is not sent back could win there.
 """
 
 from __future__ import annotations
@@ -89,8 +92,7 @@ from commonsync.membership.entries import (
     SetRole,
 )
 from commonsync.membership.log import Member, MembershipLog, State, decode_log
-from commonsync.sync.decide import Action as DecideAction
-from commonsync.sync.decide import decide, refusal
+from commonsync.sync.decide import refusal
 from commonsync.sync.members import FolderMembers, newly_allowed
 from commonsync.sync.store import IndexStore
 from tests.test_decide import Device, take_remote
@@ -115,9 +117,6 @@ class Replica(Device):
     number: int = 0
     members: FolderMembers = field(default=cast(FolderMembers, None))
     modified: bool = False
-    #: Path → the index's local sequence of its row (what ``records_since`` orders by).
-    positions: dict[str, int] = field(default_factory=dict)
-    local: int = 0
     #: Source device → the last local sequence of its index this device has seen.
     progress: dict[int, int] = field(default_factory=dict)
     #: Path → how many entries the log held when this device took the path's record.
@@ -131,16 +130,6 @@ class Replica(Device):
     def log(self) -> MembershipLog:
         assert self.members.log is not None
         return self.members.log
-
-    def author(self, path: str, content: bytes | None, mtime: int) -> Record:
-        record = super().author(path, content, mtime)
-        self.note(path)
-        return record
-
-    def note(self, path: str) -> None:
-        """The path's row was written: it moves to the end of the index's order."""
-        self.local += 1
-        self.positions[path] = self.local
 
 
 def replica(number: int, entries: list[Entry]) -> Replica:
@@ -179,13 +168,11 @@ class RolesModel(RuleBasedStateMachine):
         self.superseded: dict[bytes, list[tuple[bytes, int]]] = {}
         self.serial = 0
         #: (source, destination, record) → why the destination's progress moved past a
-        #: record: delivered, held back or refused (WITHHELD), its own (ECHO).
+        #: record: delivered, held back or refused (WITHHELD), its own (OWN).
         self.passed: dict[tuple[int, int, Record], str] = {}
         #: Per device: the records it had made (its sequence) when some device's log last
         #: said it could write. Credits may keep those, and no other (a reader's never).
         self.writable: dict[bytes, int] = {}
-        #: Per path, every record made of it: where the conflict rules go round in a cycle.
-        self.made: dict[str, list[Record]] = {}
         #: (device, record): a record another device made, found allowed when it was taken.
         self.checked: set[tuple[int, Record]] = set()
 
@@ -204,7 +191,6 @@ class RolesModel(RuleBasedStateMachine):
         current = device.disk.get(path)
         record = device.author(path, content, mtime)
         self.note_writers()
-        self.made.setdefault(path, []).append(record)
         if current is not None:
             self.superseded.setdefault(current, []).append((device.key, record.sequence))
         if content is not None:
@@ -304,7 +290,7 @@ class RolesModel(RuleBasedStateMachine):
             # What the destination's progress moves past without taking it.
             passed = (source.number, destination.number, record)
             if record.author == destination.key and position > send_all_until:
-                self.passed[passed] = ECHO  # the peer's own: it holds it or a newer one
+                self.passed[passed] = OWN  # the peer's own: it holds it or a newer one
             elif not (source.modified or source.members.may_author(record.author, record.sequence)):
                 self.passed[passed] = WITHHELD  # no member takes it: kept here, unshared
             elif not self.accepts(destination, record):
@@ -340,11 +326,13 @@ class RolesModel(RuleBasedStateMachine):
                 f"device {device.number} took {record.path} on the credits of a device that "
                 "never made it as a writer"
             )
-        if record not in self.made.setdefault(record.path, []):
-            self.made[record.path].append(record)  # a conflict copy, made as it was taken
-        if not take_remote(device, record, self.contents, lambda: self.tick(False)):
+        writer = device.members.may_author(device.key, 2**63 - 1)
+        changed = take_remote(
+            device, record, self.contents, lambda: self.tick(False), writer=writer
+        )
+        self.note_writers()  # it may have made a merged version, or a conflict copy
+        if not changed:
             return False
-        device.note(record.path)
         device.taken_at[record.path] = len(device.log)
         return True
 
@@ -433,7 +421,6 @@ class RolesModel(RuleBasedStateMachine):
                     if mine == theirs:
                         continue
                     why = self.held_back(path, mine, y) | self.held_back(path, theirs, x)
-                    why |= self.cycle(path, mine, theirs)
                     if not why:
                         raise AssertionError(f"{path}: device {x} has {mine}, {y} {theirs}")
                     assert not strict, f"{path}: device {x} has {mine}, {y} {theirs}"
@@ -474,23 +461,14 @@ class RolesModel(RuleBasedStateMachine):
                 gaps.add(STRANDED)
                 continue
             author = self.devices[NUMBERS[self.edits[content][0]]]
-            # Credited, it lost a conflict: the winner's devices keep no copy of it, since
-            # its author is to publish one, which a reader or removed device cannot do.
+            # Credited, it lost a conflict on its author's device, and no writer resolved that
+            # conflict (one would have kept a copy): its author alone keeps the copy, and a
+            # reader or removed device cannot publish it.
             assert not state.may_author(author.key, 2**63 - 1), f"edit lost: {content!r}"
             assert content in author.disk.values(), f"edit lost everywhere: {content!r}"
             assert not strict, f"edit lost but on its author's device: {content!r}"
             gaps.add(LOST_CONFLICT)
         return gaps
-
-    def cycle(self, path: str, mine: Record | None, theirs: Record | None) -> set[str]:
-        """{CYCLE} if the conflict rules of :func:`decide` go round between the two and a
-        third version of ``path``: each delivered once, devices end on different ones."""
-        if mine is None or theirs is None:
-            return set()
-        for a, b in ((mine, theirs), (theirs, mine)):
-            if beats(a, b) and any(beats(b, c) and beats(c, a) for c in self.made[path]):
-                return {CYCLE}
-        return set()
 
     def held_back(self, path: str, record: Record | None, device: int) -> set[str]:
         """Why ``record`` (of ``path``) never reached ``device``, if every device holding it
@@ -503,7 +481,7 @@ class RolesModel(RuleBasedStateMachine):
         # had then; what it holds now, it took or made since, and nobody sends it again.
         # Withheld explains nothing: a record the log held back is published again by its
         # author once the log takes it (HELD_BACK, a gap no more).
-        return set() if "" in why else why - {WITHHELD, DELIVERED}
+        return set() if "" in why else why - {WITHHELD, DELIVERED, OWN}
 
 
 #: The known gaps (module docstring), as the model names them.
@@ -511,14 +489,8 @@ STRANDED = "a record taken before its author's removal or demotion, beyond its c
 #: Passed over because a log refused it then (held back by the source, or refused by the
 #: destination): no gap, its author publishes it again once the log takes it.
 WITHHELD = "held back or refused while its author could not write"
-ECHO = "a device's own version, replaced there by one it beats elsewhere, never sent back"
-CYCLE = "the conflict rules go round three versions (a deletion over an edit, an older edit)"
 DELIVERED = "delivered"
-
-
-def beats(a: Record, b: Record) -> bool:
-    """Whether a device holding ``b`` takes ``a`` (:func:`decide`)."""
-    return decide(b, a, me=bytes(32)).action is DecideAction.TAKE
+OWN = "its own"
 
 
 LOST_CONFLICT = "a credited edit by a device that may write no more lost a conflict: no copy"
@@ -612,13 +584,12 @@ def test_a_reader_demoted_again_before_sharing_keeps_its_changes() -> None:
     assert all(d.index["a.txt"] == mine for d in model.devices)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=ECHO)
 def test_a_devices_own_version_comes_back_when_it_wins() -> None:
     """Device 2's edit beats device 0's (later); device 2 then deletes it, and takes device
-    0's edit over its deletion (an edit wins over a concurrent deletion). Everyone else takes
-    2's edit over 0's, but 2 is never sent its own edit back: it keeps 0's. (The three
-    versions make a CYCLE of the conflict rules too: sent its edit back, device 2 would take
-    it, and all would agree.)"""
+    0's edit over its deletion (an edit wins over a concurrent deletion). Device 3 takes 2's
+    edit over 0's. The three versions make a cycle of the conflict rules, and device 2 is
+    never sent its own edit back (ECHO, CYCLE): each device that resolves a pair records a
+    merged version that dominates both, and all converge."""
     model = RolesModel()
     model.edit(device=3, path="dir/c.txt", same_second=False)
     model.sync(model.devices)  # every device has pushed to every other: no push from the start
@@ -627,14 +598,16 @@ def test_a_devices_own_version_comes_back_when_it_wins() -> None:
     model.exchange(source=2, destination=3, limit=None)
     model.delete(device=2, path="b.txt")
     model.exchange(source=0, destination=2, limit=None)
-    converged_strictly(model, ECHO, CYCLE)
+    converged_strictly(model)
+    assert len({d.disk.get("b.txt") for d in model.devices}) == 1
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=LOST_CONFLICT)
 def test_a_credited_edit_that_loses_a_conflict_keeps_a_copy() -> None:
     """The admin edits, then leaves, credited with that edit; the owner's later concurrent
-    edit wins the conflict. Its loser's copy is for its author to make and publish, which it
-    no longer can: the credited edit survives only on the device that left."""
+    edit wins the conflict. The admin's edit never reached a writer (that would keep it as a
+    copy), and its author, which keeps the copy, can publish it no more: the credited edit
+    survives only on the device that left."""
     model = RolesModel()
     model.edit(device=1, path="a.txt", same_second=False)
     model.remove(actor=1, subject=1)

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import queue
+import re
 import stat
 import subprocess
 import sys
@@ -32,8 +33,9 @@ from commonsync.formats.messages import (
     Index,
     IndexRequest,
 )
-from commonsync.formats.records import ChunkEntry, Kind, seal_record
+from commonsync.formats.records import ChunkEntry, Kind, Record, seal_record
 from commonsync.formats.versionvector import VersionVector
+from commonsync.sync.decide import conflict_copy_path
 from commonsync.sync.layout import METADATA_DIR, is_conflict_copy, is_internal
 from commonsync.wire.session import folder_proof
 
@@ -321,7 +323,8 @@ def test_concurrent_edits_give_the_same_winner_and_conflict_copy_everywhere(
         wait_until(converged(a, b), what="the first sync")
         b.stop()
         a_file, b_file = a.root / "notes.txt", b.root / "notes.txt"
-        a_file.write_text("edited on a\n")
+        a_edit = b"edited on a\n"
+        a_file.write_bytes(a_edit)
         os.utime(a_file, ns=(1_800_000_000 * 10**9, 1_800_000_000 * 10**9))
         b_file.write_text("edited on b, later\n")
         os.utime(b_file, ns=(1_800_000_100 * 10**9, 1_800_000_100 * 10**9))
@@ -332,8 +335,25 @@ def test_concurrent_edits_give_the_same_winner_and_conflict_copy_everywhere(
             assert (device.root / "notes.txt").read_text() == "edited on b, later\n"
             copies = [p for p in device.root.iterdir() if is_conflict_copy(p.name)]
             assert [p.read_text() for p in copies] == ["edited on a\n"]
+            # Named for the losing content (SPEC.md §13), not for a's device, so that each
+            # device that keeps it (a renames its file, b records a copy of a's edit) names
+            # it alike.
+            assert copies[0].name == conflict_copy_path(_version_of(a, "notes.txt", a_edit))
             assert copies[0].name.startswith("notes.sync-conflict-20270115-")
-            assert copies[0].name.endswith(f"-{a.identity.device_id.short_str}.txt")
+            assert re.fullmatch(
+                r"notes\.sync-conflict-20270115-\d{6}-[A-Z2-7]{7}\.txt", copies[0].name
+            )
+
+
+def _version_of(device: Device, path: str, data: bytes) -> Record:
+    """A version of ``path`` holding ``data`` (one chunk) as ``device`` made it: what its
+    content digest, and so a conflict copy's name, depends on (mtime 1_800_000_000 s)."""
+    chunks = (ChunkEntry(chunk_id(device.key.chunk_id_key, data), len(data)),)
+    return Record(
+        path=path, kind=Kind.FILE, size=len(data), mtime_ns=1_800_000_000 * 10**9, mode=0o644,
+        deleted=False, version=VersionVector(), chunks=chunks, symlink_target="",
+        author=device.identity.public_key, sequence=1,
+    )  # fmt: skip
 
 
 # -- 6. through a middle device -------------------------------------------------------------------

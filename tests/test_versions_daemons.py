@@ -134,9 +134,26 @@ def test_conflicts_resolve_on_both_devices(two: tuple[Device, Device]) -> None:
             f"bob's {name} on alice",
         )
     copies = {c["original"]: c for c in _copies(a)}
-    assert copies["theirs.txt"]["device"] == a.device_id[:7]
     assert content(a.folder / copies["theirs.txt"]["path"]) == b"alice's theirs.txt\n"
-    assert "theirs.txt" in a.run("conflicts", "list", LABEL).stdout
+    # A copy is named for the losing content, not for alice's device (bob, resolving the
+    # conflict, keeps alice's edit too): one name on both devices, and its tag is no device.
+    assert {c["original"]: c["path"] for c in _copies(b)} == {
+        n: c["path"] for n, c in copies.items()
+    }
+    assert len({c["tag"] for c in copies.values()}) == 3
+    for copy in copies.values():
+        assert copy["path"].endswith(f"-{copy['tag']}.txt")
+        assert "device" not in copy
+    # The device the list shows is the one that recorded the copy, from the index: alice,
+    # whose file it was, or bob, who kept her edit when he resolved the conflict.
+    wait_for(lambda: all(c["recorded_by"] for c in _copies(a)), "alice's index to hold the copies")
+    recorded = {c["original"]: c["recorded_by"] for c in _copies(a)}["theirs.txt"]
+    names = {a.device_id[:7]: a.name, b.device_id[:7]: b.name}
+    assert recorded["device"] in names
+    assert recorded["name"].startswith(f"{names[recorded['device']]} (device ")
+    listed = a.run("conflicts", "list", LABEL).stdout
+    assert "theirs.txt" in listed
+    assert f"\t{recorded['name']}\t" in listed  # in the column where the device was
 
     # Resolved on bob, the device whose version won: "theirs" is alice's copy.
     b.run("conflicts", "resolve", LABEL, "mine.txt", "--keep", "mine")

@@ -31,6 +31,8 @@ from ..errors import (
     RequestConflictError,
     UnavailableError,
 )
+from ..formats.device_id import DeviceId
+from ..membership.log import MembershipLog, State
 from ..sync.folder import Folder
 from ..sync.history import (
     ConflictCopy,
@@ -47,6 +49,7 @@ from ..sync.history import (
 from ..sync.retention import plan_pruning
 from ..sync.store import IndexStore
 from .folders import FolderRunner
+from .problems import who
 
 __all__ = [
     "PRUNE_INTERVAL",
@@ -224,9 +227,26 @@ async def prune_periodically(
 
 
 async def conflicts(runner: FolderRunner) -> list[dict[str, Any]]:
-    """The conflict copies in the folder."""
-    _running(runner)
-    return [_conflict(c) for c in await find_conflicts(runner.root)]
+    """The conflict copies in the folder, each with the device that recorded it where the
+    index knows one (``recorded_by``).
+
+    A copy's name carries no device (SPEC.md §13: a tag of the losing content, since the
+    losing version may be another device's recorded outcome), so the only device that is
+    known is the author of the index's current version of the copy: a device that kept the
+    losing edit, the one that made it or one that resolved the conflict (or two concurrent
+    versions of the copy), so not necessarily whose edit it is. None while the copy has no
+    version yet (not scanned), or when its version is a deletion (the file is back, not yet
+    scanned)."""
+    folder = _running(runner)
+    found = await find_conflicts(runner.root)
+    stored = await folder.store.get_many(folder.folder_id, [c.path for c in found])
+    members = folder.members
+    answer = []
+    for copy in found:
+        entry = stored.get(copy.path)
+        author = None if entry is None or entry.record.deleted else entry.record.author
+        answer.append(_conflict(copy, members.state, members.log, author))
+    return answer
 
 
 async def resolve(
@@ -342,11 +362,20 @@ def _version(v: VersionEntry) -> dict[str, Any]:
     }
 
 
-def _conflict(c: ConflictCopy) -> dict[str, Any]:
+def _conflict(
+    c: ConflictCopy, state: State | None, log_: MembershipLog | None, author: bytes | None
+) -> dict[str, Any]:
+    recorded_by = None
+    if author is not None:
+        recorded_by = {
+            "device": DeviceId.from_public_key(author).short_str,
+            "name": who(state, log_, author),
+        }
     return {
         "path": c.path,
         "original": c.original,
-        "device": c.device,
+        "tag": c.tag,
+        "recorded_by": recorded_by,
         "time": c.time_ns // _SECOND_NS,
         "modified_at": _iso(c.time_ns),
         "local_time": _local(c.time_ns),

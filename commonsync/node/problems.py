@@ -55,7 +55,7 @@ def folder_problems(folder: Folder, label: str) -> list[dict[str, str]]:
         short = DeviceId.from_public_key(peer).short_str
         problems.append(
             {
-                "problem": f"{_who(state, log_, peer)} serves an older membership log of {label}: "
+                "problem": f"{who(state, log_, peer)} serves an older membership log of {label}: "
                 f"it lacks {lacking} entr{'y' if lacking == 1 else 'ies'} it held before, so its "
                 "log is refused (this device keeps its own, takes no entry from it and sends "
                 "it what it lacks)",
@@ -70,32 +70,32 @@ def _refused_author(
     state: State | None, log_: MembershipLog | None, author: bytes, count: int, label: str
 ) -> dict[str, str]:
     member = state.member_of(author) if state is not None else None
-    who = _who(state, log_, author)
+    named = who(state, log_, author)
     changes = _changes(count)
     if member is not None and member.role is Role.READER:
         return {
-            "problem": f"refused {changes} from {who} (a reader of {label}): readers' changes "
+            "problem": f"refused {changes} from {named} (a reader of {label}): readers' changes "
             "are not shared",
             "hint": f"if {member.name} should write, an admin makes them a writer: `commonsync "
             f"member role {label} {DeviceId.from_public_key(author).short_str} writer`",
         }
     if member is not None:
         return {
-            "problem": f"refused {changes} from {who} of {label}, made while they could not "
+            "problem": f"refused {changes} from {named} of {label}, made while they could not "
             "write (before they became a writer, or after the last version credited to them)",
             "hint": "nothing to do: now that they write, their device sends again those it "
             "still holds, and they are taken",
         }
     if state is not None and author in state.credited:
         return {
-            "problem": f"refused {changes} from {who}, which was removed from {label}: what it "
+            "problem": f"refused {changes} from {named}, which was removed from {label}: what it "
             f"made after version {state.credited[author]} (the last credited at its removal) "
             "is not taken",
             "hint": "nothing to do: the removal holds. If it should write again, an admin "
             "shares the folder with it again",
         }
     return {
-        "problem": f"refused {changes} from {who}, which is not a member of {label}",
+        "problem": f"refused {changes} from {named}, which is not a member of {label}",
         "hint": "if it should write, an admin shares the folder with it (`commonsync share`)",
     }
 
@@ -104,9 +104,9 @@ def _changes(count: int) -> str:
     return "1 change" if count == 1 else f"{count} changes"
 
 
-def _who(state: State | None, log_: MembershipLog | None, device: bytes) -> str:
+def who(state: State | None, log_: MembershipLog | None, device: bytes) -> str:
     """A device as its member's name and its short ID (also a removed device's former
-    member, from the log)."""
+    member, from the log); also how ``conflicts list`` names the device that recorded a copy."""
     short = DeviceId.from_public_key(device).short_str
     member = state.member_of(device) if state is not None else None
     name = member.name if member is not None else _former_member(log_, device)

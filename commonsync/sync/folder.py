@@ -15,6 +15,7 @@ outcomes come out of :meth:`Folder.events` as an async iterator.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import logging
 import os
@@ -43,20 +44,22 @@ from ..errors import (
     RecordError,
     RecordKindError,
     UnrepresentableNameError,
+    VersionVectorError,
 )
 from ..formats.chunks import chunk_id
 from ..formats.device_id import DeviceId
 from ..formats.identity import DeviceIdentity
 from ..formats.keys import FolderKey, FolderKeyring
 from ..formats.messages import MAX_BATCH_BYTES
-from ..formats.records import ChunkEntry, Kind, Record
+from ..formats.records import ChunkEntry, Kind, Record, sign_record
+from ..formats.versionvector import VersionVector
 from ..membership.entries import Action as Action_
 from ..membership.entries import Entry, NewEpoch
 from ..membership.epochs import open_secret, secret_hash
 from ..wire.session import Session
 from . import apply, layout, scanner
 from .beneath import DirectoryChain
-from .decide import REFUSED_INTERNAL, Action, decide, refusal
+from .decide import REFUSED_INTERNAL, Action, decide, merged, refusal
 from .exchange import PeerExchange, RemoteRecord
 from .ignore import IGNORE_FILE, FolderRules, IgnoreRules
 from .layout import conflict_name
@@ -86,6 +89,21 @@ TEMP_GRACE = 60.0
 #: Why a remote version is not written: a rule of this device ignores its path. It stays in
 #: the index, and is pending again when this device's rules change.
 IGNORED_HERE = "ignored on this device"
+
+
+@dataclass
+class _Taken:
+    """What a batch of remote versions leaves us holding of one path (:meth:`Folder._take`)."""
+
+    record: Record
+    signed: bytes
+    #: The file on disk is this version's (an outcome that kept our version).
+    on_disk: bool
+    #: Where our losing file goes before the new version is written.
+    copy: str | None
+    reason: str
+    #: The disk is to change: a version for the puller to write.
+    fetch: bool
 
 
 class EventKind(enum.Enum):
@@ -524,55 +542,93 @@ class Folder:
     async def _take(self, peer: str, remotes: Sequence[RemoteRecord]) -> None:
         """Decide on ``remotes`` against the stored versions and store those we take, in one
         transaction that is refused if the index moved since it was read (then decide again:
-        a local change scanned meanwhile must not be overwritten unseen)."""
+        a local change scanned meanwhile must not be overwritten unseen).
+
+        Two concurrent versions resolved (rules 3-6) are recorded, on a device that may
+        write, as a merged version of its own that dominates both (:func:`merged`), and a
+        remote edit that lost a conflict is kept as a conflict copy here too (SPEC.md §13,
+        "Decisions")."""
+        me = self.identity.public_key
+        writer = self.members.may_author(me, 2**63 - 1)
         paths = list(dict.fromkeys(r.record.path for r in remotes))
         while True:
             stored = await self.store.get_many(self.folder_id, paths)
-            taken: dict[str, tuple[RemoteRecord, str | None, str]] = {}
+            # Path → what we now hold: its record and signed bytes, whether its file is the
+            # one on disk, the conflict copy to make of our file, why, and whether the disk
+            # is to change (a remote version to write).
+            taken: dict[str, _Taken] = {}
             again: list[str] = []
             conflicts: list[tuple[str, str]] = []
+            remote_copies: dict[str, Record] = {}
             for remote in remotes:
                 path = remote.record.path
                 entry = stored.get(path)
-                if path in taken:
-                    local: Record | None = taken[path][0].record
-                else:
-                    local = entry.record if entry is not None else None
-                decision = decide(local, remote.record, me=self.identity.public_key)
-                if decision.action is Action.KEEP:
-                    if entry is not None and not entry.on_disk and entry.record == remote.record:
-                        again.append(path)  # announced again: its chunks may be there now
-                    continue
+                held = taken.get(path)
+                local = held.record if held is not None else (entry.record if entry else None)
+                decision = decide(local, remote.record, me=me, writer=writer)
                 if decision.conflict:
                     conflicts.append((path, decision.reason))
+                if decision.remote_copy is not None:
+                    remote_copies.setdefault(decision.remote_copy, remote.record)
+                if decision.action is Action.KEEP:
+                    if decision.resolved and local is not None:
+                        outcome = await self._merged(local, remote.record, local)
+                        on_disk = held.on_disk if held else entry is not None and entry.on_disk
+                        copy = held.copy if held else None
+                        fetch = held.fetch if held else False
+                        taken[path] = _Taken(*outcome, on_disk, copy, decision.reason, fetch)
+                    elif entry is not None and not entry.on_disk and entry.record == remote.record:
+                        again.append(path)  # announced again: its chunks may be there now
+                    continue
+                record, signed = remote.record, remote.signed
+                if decision.resolved and local is not None:
+                    record, signed = await self._merged(local, remote.record, remote.record)
                 # A second version of the path in the batch keeps the copy the first decided.
-                copy = decision.conflict_copy or (taken[path][1] if path in taken else None)
-                taken[path] = (remote, copy, decision.reason)
-            if not taken:
+                copy = decision.conflict_copy or (held.copy if held else None)
+                on_disk = held.on_disk if held else entry is not None and entry.on_disk
+                if on_disk and local is not None and _same_file(local, record):
+                    # Another outcome of the same versions: our file is that one already.
+                    taken[path] = _Taken(record, signed, True, None, decision.reason, False)
+                    continue
+                taken[path] = _Taken(record, signed, False, copy, decision.reason, True)
+            copies = await self._remote_copies(remote_copies, taken)
+            if not taken and not copies:
                 break
             expected = {p: stored[p].local_sequence if p in stored else 0 for p in taken}
-            entries = [IndexEntry(r.record, r.signed, on_disk=False) for r, _, _ in taken.values()]
+            expected.update({p: sequence for p, (_, sequence) in copies.items()})
+            kept = [p for p, t in taken.items() if t.on_disk]
+            local_files = await self.store.local_files_of(self.folder_id, kept)
+            entries = [IndexEntry(t.record, t.signed, on_disk=t.on_disk) for t in taken.values()]
+            entries += [entry for entry, _ in copies.values()]
             try:
-                sequences = await self.store.put(self.folder_id, entries, expected=expected)
+                sequences = await self.store.put(
+                    self.folder_id,
+                    entries,
+                    local_files=[(p, local_files.get(p)) for p in kept],
+                    expected=expected,
+                )
             except IndexChangedError:
                 continue
-            copies = [
-                (path, sequence, copy)
-                for (path, (_, copy, _)), sequence in zip(taken.items(), sequences, strict=True)
-                if copy is not None
+            made = [
+                (path, sequence, t.copy)
+                for (path, t), sequence in zip(taken.items(), sequences, strict=False)
+                if t.copy is not None
             ]
-            if copies:
-                await self.store.set_conflict_copies(self.folder_id, copies)
-            for path, (remote, _copy, reason) in taken.items():
+            if made:
+                await self.store.set_conflict_copies(self.folder_id, made)
+            written = [(p, t.record) for p, t in taken.items() if t.fetch]
+            written += [(entry.record.path, entry.record) for entry, _ in copies.values()]
+            for path, record in written:
                 entry = stored.get(path)
                 replaced = entry is not None and not entry.on_disk
-                if entry is not None and replaced and _may_leave_temp(entry.record, remote.record):
+                if entry is not None and replaced and _may_leave_temp(entry.record, record):
                     self._superseded.append(apply.temp_path(entry.record))
                 self._left = Progress(
                     self._left.files + (0 if replaced else 1),
-                    max(0, self._left.bytes + _bytes(remote.record)
+                    max(0, self._left.bytes + _bytes(record)
                         - (_bytes(entry.record) if entry is not None and replaced else 0)),
                 )  # fmt: skip
+                reason = taken[path].reason if path in taken else "a conflict copy"
                 self._emit(EventKind.REMOTE_CHANGE, path, reason, peer)
             self.stats.conflicts += len(conflicts)
             for path, reason in conflicts:
@@ -583,6 +639,54 @@ class Folder:
         if again:
             await self.store.retry_now(self.folder_id, again)
             self._pending_changed.set()
+
+    async def _merged(self, local: Record, remote: Record, winner: Record) -> tuple[Record, bytes]:
+        """The outcome of two concurrent versions resolved, made and signed by this device."""
+        (sequence,) = await self.store.next_own_sequences(self.folder_id, 1)
+        record = merged(local, remote, winner, author=self.identity.public_key, sequence=sequence)
+        return record, sign_record(self.identity, self.folder_id, record)
+
+    async def _remote_copies(
+        self, losers: dict[str, Record], taken: dict[str, _Taken]
+    ) -> dict[str, tuple[IndexEntry, int]]:
+        """New versions, by this device, of the conflict copies of remote edits that lost a
+        conflict here (path → the entry, and the local sequence its path must still have):
+        not written yet, so that the puller fetches their content. None where the copy is
+        there already, or was deleted (knowingly: the deletion replaced that content)."""
+        wanted = {p: r for p, r in losers.items() if p not in taken}
+        if not wanted:
+            return {}
+        stored = await self.store.get_many(self.folder_id, wanted)
+        me = self.identity.public_key
+        now = int(time.time())
+        copies: dict[str, tuple[IndexEntry, int]] = {}
+        for path, loser in wanted.items():
+            entry = stored.get(path)
+            base = entry.record if entry is not None else None
+            if base is not None and (not base.deleted or base.previous == loser.content_digest()):
+                continue
+            try:
+                version = (base.version if base else VersionVector()).bump(
+                    self.identity.device_id.short, now
+                )
+                (sequence,) = await self.store.next_own_sequences(self.folder_id, 1)
+                record = dataclasses.replace(
+                    loser,
+                    path=path,
+                    version=version,
+                    author=me,
+                    sequence=sequence,
+                    previous=b"",
+                )
+            except (RecordError, VersionVectorError) as exc:
+                log.warning("%s: no conflict copy %r: %s", self.root, path, exc)
+                continue
+            signed = sign_record(self.identity, self.folder_id, record)
+            copies[path] = (
+                IndexEntry(record, signed, on_disk=False),
+                entry.local_sequence if entry is not None else 0,
+            )
+        return copies
 
     def _refused(self, device: str, reason: str, path: str) -> None:
         """Count a refused version; say so when it is the first of its kind from ``device``,
@@ -1415,6 +1519,12 @@ def _windows(versions: list[PendingVersion]) -> Iterator[list[PendingVersion]]:
         size += version.signed_size
     if window:
         yield window
+
+
+def _same_file(a: Record, b: Record) -> bool:
+    """Whether the file of version ``a`` is the file of version ``b``: same content, mode and
+    mtime (the same winner, recorded by two devices)."""
+    return (a.content_digest(), a.mode, a.mtime_ns) == (b.content_digest(), b.mode, b.mtime_ns)
 
 
 def _may_leave_temp(old: Record, new: Record) -> bool:

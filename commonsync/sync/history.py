@@ -102,13 +102,19 @@ class VersionEntry:
 
 @dataclass(frozen=True)
 class ConflictCopy:
-    """A conflict copy on disk: its path, the path of the file it is a copy of, the device
-    whose version lost (the first 7 characters of its ID), when that version was written, its
-    size, and whether the file it conflicts with is still there."""
+    """A conflict copy on disk: its path, the path of the file it is a copy of, the tag its
+    name carries, when the losing version was written, its size, and whether the file it
+    conflicts with is still there.
+
+    The tag is 7 base32 characters of the losing content (SPEC.md §13, "Conflict names"), or,
+    for a copy this implementation made of a local change caught while a remote version was
+    written over it, or one named before tags, a device's short ID: the name alone does not
+    say which, so it is no device. (The device that recorded the copy is in the index, not
+    in the name: :func:`commonsync.node.history.conflicts`.)"""
 
     path: str
     original: str
-    device: str
+    tag: str
     time_ns: int
     size: int
     original_exists: bool
@@ -360,8 +366,9 @@ def _exists(root_fd: int, root: Path, name: str) -> bool:
 
 
 def conflict_original(path: str) -> tuple[str, str, int] | None:
-    """For a conflict copy's path: the path of its file, the losing device's short ID and
-    the losing version's mtime (ns); None if ``path`` is no conflict copy."""
+    """For a conflict copy's path: the path of its file, the tag its name carries (see
+    :class:`ConflictCopy`) and the losing version's mtime (ns); None if ``path`` is no
+    conflict copy."""
     parent, _, leaf = path.rpartition("/")
     match = _COPY.match(leaf)
     if match is None:
@@ -395,9 +402,9 @@ def _find_conflicts(root: Path) -> list[ConflictCopy]:
             st = _lstat(dir_fd, leaf)
             if st is None or stat.S_ISDIR(st.st_mode):
                 continue
-            original, device, when = about
+            original, tag, when = about
             exists = _lstat(dir_fd, original.rpartition("/")[2]) is not None
-            found.append(ConflictCopy(path, original, device, when, st.st_size, exists))
+            found.append(ConflictCopy(path, original, tag, when, st.st_size, exists))
     found.sort(key=lambda c: (c.original, c.path))
     return found
 
@@ -405,16 +412,18 @@ def _find_conflicts(root: Path) -> list[ConflictCopy]:
 def both_name(copy: str, taken: set[str] | None = None, attempt: int = 1) -> str:
     """The plain name a conflict copy gets when both versions are kept: ``report (ZS5WX2N
     2026-12-07 10-30-00).pdf`` for ``report.sync-conflict-20261207-103000-ZS5WX2N.pdf``, the
-    device and time the copy's name carried, without the mark that makes it a conflict copy
-    (then ``... 2``, ``... 3`` if that is taken)."""
+    tag and time the copy's name carried, without the mark that makes it a conflict copy
+    (then ``... 2``, ``... 3`` if that is taken). The tag stays: it is of the losing content,
+    so that two copies made in the same second keep apart, and two devices that keep both of
+    the same conflict give the copy one name."""
     parent, _, leaf = copy.rpartition("/")
     match = _COPY.match(leaf)
     if match is None:
         raise ValueError(f"{copy!r} is not a conflict copy")
-    stem, day, clock, device, ext = match.groups()
+    stem, day, clock, tag, ext = match.groups()
     when = f"{day[:4]}-{day[4:6]}-{day[6:]} {clock[:2]}-{clock[2:4]}-{clock[4:]}"
     suffix = "" if attempt == 1 else f" {attempt}"
-    name = layout.fit(f"{stem} ({device} {when}{suffix}){ext}", 0)
+    name = layout.fit(f"{stem} ({tag} {when}{suffix}){ext}", 0)
     return f"{parent}/{name}" if parent else name
 
 

@@ -11,8 +11,9 @@ file system and is atomic). The scanner skips both; :func:`is_internal` is the o
 - ``<dir>/.<name>.cs-tmp-<hex>``   a file being assembled, renamed over ``<dir>/<name>`` when
   whole; ``<hex>`` comes from the target version's content digest, so that an interrupted
   transfer finds its partial file again and fetches only what is missing
-- ``<stem>.sync-conflict-YYYYMMDD-HHMMSS-<device>.<ext>``   the losing side of a conflict
-  (an ordinary file, synced like any other)
+- ``<stem>.sync-conflict-YYYYMMDD-HHMMSS-<tag>.<ext>``   the losing side of a conflict (an
+  ordinary file, synced like any other); ``<tag>`` is 7 base32 characters, of the losing
+  version's content (:func:`commonsync.sync.decide.conflict_copy_path`), not of a device
 
 A name too long to take a mark within one path component is shortened first (:func:`fit`).
 """
@@ -97,14 +98,15 @@ def _split_extension(name: str) -> tuple[str, str]:
     return stem, f".{ext}"
 
 
-def conflict_name(path: str, mtime_ns: int, device_short: str) -> str:
-    """The path of the conflict copy of ``path`` for the losing version (its mtime and its
-    author's short device ID), the same on every device. A conflict of a conflict copy does not
-    nest: the earlier mark is replaced."""
+def conflict_name(path: str, mtime_ns: int, tag: str) -> str:
+    """The path of the conflict copy of ``path`` for the losing version: its mtime, and
+    ``tag``, 7 characters of base32 (SPEC.md §13, "Conflict names": of the losing content, so
+    that every device that keeps the copy names it alike). A conflict of a conflict copy does
+    not nest: the earlier mark is replaced."""
     parent, _, name = path.rpartition("/")
     stem, ext = _split_extension(name)
     stem = _CONFLICT.sub("", stem)
-    copy = f"{stem}{CONFLICT_MARK}{_stamp(mtime_ns)}-{device_short}{ext}"
+    copy = f"{stem}{CONFLICT_MARK}{_stamp(mtime_ns)}-{tag}{ext}"
     return f"{parent}/{copy}" if parent else copy
 
 

@@ -15,7 +15,8 @@
     GET  /relays                      the community relays, connected or not (and why not)
     POST /relays                      {"relay"}: use a relay, given as RELAYID@HOST:PORT
     GET  /conflicts                   conflict copies on disk, per folder
-    GET  /conflicts?folder=F          a folder's conflict copies: path, file, device, time, size
+    GET  /conflicts?folder=F          a folder's conflict copies: path, file, tag, recorded_by,
+                                      time, size
     POST /conflicts/resolve           {"folder", "path", "keep", "cwd"}: resolve a conflict,
                                       keeping "mine", "theirs" or "both" (published as an edit)
     GET  /versions?folder=F&path=P&cwd=D  the kept versions of a folder (of P in it, if given)

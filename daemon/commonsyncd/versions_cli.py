@@ -62,8 +62,9 @@ def add_parsers(command: Any, common: argparse.ArgumentParser) -> None:
         description="Resolve the conflict of PATH (a file with conflict copies, or a copy). "
         "mine: the file stays, its conflict copies go to the versions folder; theirs: the "
         "conflict copy replaces the file, which goes to the versions folder; both: each copy "
-        "is renamed to a plain name beside the file, 'NAME (DEVICE DATE TIME).EXT'. Sent to "
-        "the other devices as an edit.",
+        "is renamed to a plain name beside the file, 'NAME (TAG DATE TIME).EXT' (TAG: the 7 "
+        "characters of the copy's name after its date, a tag of its content). Sent to the "
+        "other devices as an edit.",
         parents=[common],
     )
     resolve.add_argument("folder", help="its label or ID")
@@ -165,12 +166,13 @@ def _conflicts(args: argparse.Namespace, client: ControlClient, out: Output) -> 
     out.table(
         f"Conflict copies in folder {answer['folder']} "
         "(`commonsync conflicts resolve FOLDER PATH --keep mine|theirs|both`)",
-        ["file", "conflict copy", "from device", "edited at", "size"],
+        ["file", "conflict copy", "recorded by", "edited at", "size"],
         [
             (
                 c["original"] if c["original_exists"] else f"{c['original']} (gone)",
                 c["path"],
-                c["device"],
+                # Not the copy's name: it carries a tag of the content, not a device.
+                c["recorded_by"]["name"] if c["recorded_by"] else "(not recorded yet)",
                 c["local_time"],
                 _size(c["size"]),
             )
