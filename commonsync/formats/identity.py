@@ -56,7 +56,7 @@ class DeviceIdentity:
         try:
             write_whole(path, _MAGIC + self.seed)
         except OSError as exc:
-            raise IdentityError(f"cannot write the key file {path}: {exc.strerror}") from exc
+            raise IdentityError(f"cannot create the key file {path}: {exc.strerror}") from exc
 
     @classmethod
     def load(cls, path: Path) -> DeviceIdentity:
