@@ -184,6 +184,45 @@ async def test_an_older_log_served_by_a_member_is_refused_and_reported(tmp_path:
         assert not alice.folder("scores").status()["problems"]
 
 
+async def test_a_member_leaving_with_changes_nobody_took_is_told_so(tmp_path: Path) -> None:
+    """Bob writes while cut off from Alice, then leaves the folder: refused, since nobody
+    would ever take that change (once he has left, no member syncs with him). Together again,
+    once Alice's progress says she took it, he leaves; with --force he could have at once."""
+    scores = tmp_path / "scores"
+    scores.mkdir()
+    async with nodes(tmp_path, "alice", "bob") as (alice, bob):
+        await know(alice, bob, "bob")
+        await know(bob, alice)
+        await alice.add_folder(scores, "scores")
+        await share_and_accept(alice, bob, "scores", tmp_path / "bob")
+        kept = await apart(bob, alice)
+        (tmp_path / "bob" / "late.txt").write_text("written while apart")
+        await bob.rescan("scores")
+        with pytest.raises(RequestConflictError, match="1 change of yours in folder scores has"):
+            await bob.remove_member("scores", "bob")
+        assert "bob" in {m["name"] for m in bob.members("scores")["members"]}
+
+        together(bob, alice, kept)
+        await until(lambda: (scores / "late.txt").exists(), "bob's change reaches alice")
+        with anyio.fail_after(30):
+            while True:
+                try:
+                    await bob.remove_member("scores", "bob")
+                    break
+                except RequestConflictError:
+                    await anyio.sleep(0.2)  # until alice's progress report says she has it
+        ours = folder_of(alice, "scores")
+        await until(
+            lambda: (
+                "bob" not in {m.name for m in ours.members.state.members.values()}
+                if ours.members.state is not None
+                else False
+            ),
+            "bob's leaving reaches alice",
+        )
+        assert (scores / "late.txt").read_text() == "written while apart"
+
+
 async def test_an_older_log_is_recognised_after_this_device_restarts(tmp_path: Path) -> None:
     """What a peer showed of its log is kept with the index: Bob's invitation reaches Alice,
     Alice's node stops and starts again, and Bob comes back serving the log he had before

@@ -270,7 +270,7 @@ async def test_a_removed_writer_reads_nothing_new_and_its_new_versions_are_refus
         await until(lambda: (tmp_path / "carol" / "before.txt").exists(), "bob's file")
         owner = folder_of(alice, "scores")
         answer = await alice.remove_member("scores", "bob")
-        assert answer == {"folder": "scores", "removed": "bob", "epoch": 1}
+        assert answer == {"folder": "scores", "removed": "bob", "left": False, "epoch": 1}
         await until(lambda: remaining.keyring.current.epoch == 1, "carol gets the new key")
         await until(lambda: remaining.members.role(bob.identity.public_key) is None, "removal")
         assert owner.members.state is not None

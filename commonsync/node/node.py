@@ -608,18 +608,30 @@ class Node:
             "epoch": folder.keyring.current.epoch,
         }
 
-    async def remove_member(self, reference: str, member: str) -> dict[str, Any]:
+    async def remove_member(
+        self, reference: str, member: str, *, force: bool = False
+    ) -> dict[str, Any]:
         """Remove a member (by name, member ID prefix, or one of its devices' IDs) from a
         folder: its devices are credited with the versions this device has of them, and a new
         key epoch begins, sealed to the devices that remain. What the removed member had
-        stays with it; it can read nothing new, and its new versions are refused."""
+        stays with it; it can read nothing new, and its new versions are refused.
+
+        A member leaving (this device is one of its) with changes that no other member's
+        device is known to have taken is refused unless ``force``: once it has left, no
+        member syncs with it, and those changes would stay on this device alone."""
         async with self._lock:
             config = self._find_folder(reference)
             folder = self._running_folder(reference)
             found = self._find_member(folder, member)
+            if self.identity.public_key in found.devices and not force:
+                await self._refuse_leaving_with_unshared(config.label, folder, found)
             credits = await self._credits(config, found)
             await self._append(folder, RemoveMember(found.id, credits))
-            await self._append(folder, self._new_epoch(folder))
+            leaving = self.identity.public_key in found.devices
+            if not leaving:
+                await self._append(folder, self._new_epoch(folder))
+            # else this device is no member any more: the first admin device that sees the
+            # removal starts the epoch (SPEC.md §15.7, a missing epoch).
             gone = {DeviceId.from_public_key(d) for d in found.devices}
             config.devices = [d for d in config.devices if d not in gone]
             self._changed()
@@ -628,8 +640,38 @@ class Node:
         return {
             "folder": config.label,
             "removed": found.name,
+            "left": leaving,
             "epoch": folder.keyring.current.epoch,
         }
+
+    async def _refuse_leaving_with_unshared(
+        self, label: str, folder: Folder, leaving: Member
+    ) -> None:
+        """Raise :class:`RequestConflictError` if this device holds versions of its own that
+        no device of another member has taken yet (as far as their progress reports tell)."""
+        state = folder.members.state
+        if state is None or leaving.role < Role.WRITER:
+            return  # a reader's changes are shared with nobody anyway
+        others = {
+            DeviceId.from_public_key(device)
+            for other in state.members.values()
+            if other.id != leaving.id
+            for device in other.devices
+        }
+        seen = max(
+            (view.seen for device, view in folder.peer_views.items() if device in others),
+            default=0,
+        )
+        unshared = await self.store.authored_after(folder.folder_id, self.identity.public_key, seen)
+        if unshared:
+            changes = "1 change" if unshared == 1 else f"{unshared} changes"
+            raise RequestConflictError(
+                f"{changes} of yours in folder {label} "
+                f"{'has' if unshared == 1 else 'have'} not reached another member yet: once "
+                "you have left, nobody would take them",
+                hint=f"wait until `commonsync status --wait --folder {label}` returns with "
+                "another member connected, or leave anyway with --force",
+            )
 
     async def set_role(self, reference: str, member: str, role: Role) -> dict[str, Any]:
         """Change a member's role; a writer (or more) made a reader is credited with the

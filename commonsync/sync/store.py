@@ -854,6 +854,18 @@ class IndexStore:
 
         return await self._run(last)
 
+    async def authored_after(self, folder_id: bytes, author: bytes, after: int) -> int:
+        """How many current versions ``author`` made sit after local sequence ``after``."""
+
+        def count(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT count(*) FROM records WHERE folder_id = ? AND author = ? AND local_seq > ?",
+                (folder_id, author, after),
+            ).fetchone()
+            return int(row[0])
+
+        return await self._run(count)
+
     async def files_after(
         self, folder_id: bytes, after: int, not_author: bytes
     ) -> tuple[int, int, int]:

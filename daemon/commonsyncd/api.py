@@ -26,7 +26,7 @@
                                       "cwd" when that directory is inside the folder
     POST /versions/prune              {"folder"}: apply the folder's retention policy now
     GET  /members?folder=F            a folder's members, their roles and devices
-    POST /members/remove              {"folder", "member"}: remove a member (a new key epoch)
+    POST /members/remove              {"folder", "member", "force"?}: remove a member (new epoch)
     POST /members/role                {"folder", "member", "role"}: change a member's role
     GET  /members/devices?folder=F[&member=M]  the devices of the members (or of one)
     POST /members/devices             {"folder", "member", "device"}: share the folder with a
@@ -142,7 +142,9 @@ class ControlApi:
             case ("GET", "/members"):
                 return node.members(_text(dict(request.query), "folder"))
             case ("POST", "/members/remove"):
-                return await node.remove_member(_text(body, "folder"), _text(body, "member"))
+                return await node.remove_member(
+                    _text(body, "folder"), _text(body, "member"), force=body.get("force") is True
+                )
             case ("POST", "/invites"):
                 return await node.invite(
                     _text(body, "folder"),

@@ -44,6 +44,12 @@ def add_parsers(command: Any, common: argparse.ArgumentParser) -> None:
     )
     remove.add_argument("folder", help="its label or ID")
     remove.add_argument("member", help="its name, member ID, or a device ID of it")
+    remove.add_argument(
+        "--force",
+        action="store_true",
+        help="leave even though changes of yours have not reached another member yet (they "
+        "then stay on this device alone)",
+    )
     role = actions.add_parser("role", help="change a member's role", parents=[common])
     role.add_argument("folder", help="its label or ID")
     role.add_argument("member", help="its name, member ID, or a device ID of it")
@@ -171,10 +177,18 @@ def members_command(args: argparse.Namespace, client: ControlClient, out: Output
         return 0
     if args.member_command == "remove":
         answer = client.request(
-            "POST", "/members/remove", {"folder": args.folder, "member": args.member}
+            "POST",
+            "/members/remove",
+            {"folder": args.folder, "member": args.member, "force": args.force},
         )
         if out.json:
             out.data(answer)
+        elif answer.get("left"):
+            out.line(
+                f"you ({answer['removed']}) left folder {answer['folder']}: its members sync "
+                "with this device no more, and an admin's device starts a new key epoch. "
+                "What you had stays here."
+            )
         else:
             out.line(
                 f"removed {answer['removed']} from folder {answer['folder']}; the folder is "
