@@ -187,6 +187,9 @@ def test_bandwidth_limits_overall_and_per_device_set_live(two: tuple[Device, Dev
     table = bob.run("limit").stdout
     assert "alice" in table
     assert "128 KiB/s" in table
+    # The limits in force, where people look (a table: tab-separated rows in a pipe).
+    assert "alice\tnone\t128 KiB/s" in bob.run("status").stdout
+    assert "all devices" not in alice.run("status").stdout  # none set there now
     config = tomllib.loads((bob.home / "config.toml").read_text())
     assert [d.get("max_receive_rate") for d in config["devices"]] == ["128 KiB/s"]
 

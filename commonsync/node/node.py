@@ -1611,6 +1611,7 @@ class Node:
             "devices": self.peers.status(),
             "relays": self.peers.relays.status(),
             "pending_devices": self.peers.pending_status(),
+            "limits": self.limits_status(),
             # Devices and relays that refuse this device, a sentence and a hint each (a
             # folder's own are in its "problems"): `commonsync status` exits with 1.
             "problems": device_problems(

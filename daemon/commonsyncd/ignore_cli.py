@@ -112,10 +112,16 @@ def _limit(args: argparse.Namespace, client: ControlClient, out: Output) -> int:
     if out.json:
         out.data(answer)
         return 0
-    rows = [("all devices", format_rate(answer["send"]), format_rate(answer["receive"]))]
+    out.table("Bandwidth limits (applied at once)", ["for", "send", "receive"], limit_rows(answer))
+    return 0
+
+
+def limit_rows(limits: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The rows of a limits table (``GET /limits``, or ``limits`` in the status): overall,
+    then per device that has a limit of its own."""
+    rows = [("all devices", format_rate(limits["send"]), format_rate(limits["receive"]))]
     rows += [
         (d["name"] or d["id"][:7], format_rate(d["send"]), format_rate(d["receive"]))
-        for d in answer["devices"]
+        for d in limits["devices"]
     ]
-    out.table("Bandwidth limits (applied at once)", ["for", "send", "receive"], rows)
-    return 0
+    return rows

@@ -39,6 +39,7 @@ from commonsync.node.devices import resolve as resolve_device
 from commonsync.sync.progress import duration
 
 from .control import ControlClient
+from .ignore_cli import limit_rows
 from .logs import describe
 from .output import Output
 from .terminal import visible
@@ -319,6 +320,9 @@ def show_status(status: dict[str, Any], out: Output) -> None:
             f"folder {offer['label']} is offered to this device; accept it with "
             f"`commonsync folder accept {offer['label']} PATH`"
         )
+    limits = status.get("limits")
+    if limits and (limits["send"] or limits["receive"] or limits["devices"]):
+        out.table("Bandwidth limits", ["for", "send", "receive"], limit_rows(limits))
     for notice in status.get("notices", []):
         out.line(notice)
     if status.get("log"):
