@@ -6,6 +6,8 @@ Real Nodes on loopback, driven through their API, as in ``test_members_sync``.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -15,6 +17,7 @@ from commonsync import Node
 from commonsync.errors import NotFoundError, RequestConflictError
 from commonsync.membership.entries import Role
 from commonsync.membership.log import decode_log
+from commonsync.sync.folder import Folder
 
 from .test_members_sync import folder_of, know, nodes, share_and_accept
 from .test_node import loopback, until
@@ -138,18 +141,28 @@ async def test_a_lost_device_is_removed_and_its_member_keeps_syncing(tmp_path: P
         assert not (tmp_path / "carol" / "late.txt").exists()
 
 
-async def test_an_older_log_served_by_a_member_is_refused_and_reported(tmp_path: Path) -> None:
-    """Bob, an admin, writes an invitation, then serves the log he had before it (a modified
-    client, or a restored backup): Alice refuses his log and takes none of his entries while
-    his log lacks what he showed her, says so in her folder's problems, and keeps syncing;
-    once his log holds it again (he takes what she sends him), the problem is gone."""
+@asynccontextmanager
+async def alice_shares_with_bob(
+    tmp_path: Path, role: Role = Role.WRITER
+) -> AsyncIterator[tuple[Node, Node, Folder]]:
+    """Alice's folder ``scores`` (at ``tmp_path/scores``) shared with Bob in ``role``; his
+    copy at ``tmp_path/bob``, and his Folder."""
     scores = tmp_path / "scores"
     scores.mkdir()
     async with nodes(tmp_path, "alice", "bob") as (alice, bob):
         await know(alice, bob, "bob")
         await know(bob, alice)
         await alice.add_folder(scores, "scores")
-        theirs = await share_and_accept(alice, bob, "scores", tmp_path / "bob", Role.ADMIN)
+        yield alice, bob, await share_and_accept(alice, bob, "scores", tmp_path / "bob", role)
+
+
+async def test_an_older_log_served_by_a_member_is_refused_and_reported(tmp_path: Path) -> None:
+    """Bob, an admin, writes an invitation, then serves the log he had before it (a modified
+    client, or a restored backup): Alice refuses his log and takes none of his entries while
+    his log lacks what he showed her, says so in her folder's problems, and keeps syncing;
+    once his log holds it again (he takes what she sends him), the problem is gone."""
+    scores = tmp_path / "scores"
+    async with alice_shares_with_bob(tmp_path, Role.ADMIN) as (alice, bob, theirs):
         ours = folder_of(alice, "scores")
         assert theirs.members.log is not None
         before = theirs.members.log.entries()
@@ -189,12 +202,7 @@ async def test_a_member_leaving_with_changes_nobody_took_is_told_so(tmp_path: Pa
     would ever take that change (once he has left, no member syncs with him). Together again,
     once Alice's progress says she took it, he leaves; with --force he could have at once."""
     scores = tmp_path / "scores"
-    scores.mkdir()
-    async with nodes(tmp_path, "alice", "bob") as (alice, bob):
-        await know(alice, bob, "bob")
-        await know(bob, alice)
-        await alice.add_folder(scores, "scores")
-        await share_and_accept(alice, bob, "scores", tmp_path / "bob")
+    async with alice_shares_with_bob(tmp_path) as (alice, bob, _theirs):
         kept = await apart(bob, alice)
         (tmp_path / "bob" / "late.txt").write_text("written while apart")
         await bob.rescan("scores")
