@@ -408,8 +408,10 @@ async def test_a_slow_link_is_slow_never_stuck(tmp_path: Path, anyio_backend: st
             await anyio.to_thread.run_sync(
                 partial(wait_until, converged(a, b), 100, "the files through the slow link")
             )
-        breaks = [e for e in b.events if e.get("event") == "peer error"]
-        assert not breaks, breaks
+            # Checked while the link still stands: closing it ends the session mid-stream,
+            # which b rightly reports (that report made this test fail now and then).
+            breaks = [e for e in b.events if e.get("event") == "peer error"]
+            assert not breaks, breaks
 
 
 # -- 7. a file being written ----------------------------------------------------------------------
