@@ -26,7 +26,10 @@ copies of them (the steps around them follow the engine's, which runs them in se
 - When a device's log changes so that it takes records of that device it refused before (a
   reader made a writer), the device gives them new places at the end of its index
   (:func:`newly_allowed`, as ``FolderMembers`` does with the entries' store), so that its
-  peers' progress reaches them again.
+  peers' progress reaches them again; when it changes so that the device refuses a record
+  of another device it holds, the device sets it aside (``IndexStore.add_membership_entries``
+  with ``highest_taken``, then ``Folder._took_set_aside``).
+- A member leaves only once another member took its changes (``Node.remove_member``).
 
 Invariants: at every step, every record on a device that another device made was allowed by
 that device's log when it took it (recomputed from the log as it stood then), and a record
@@ -41,31 +44,33 @@ unshared: credits now take no effect for a reader (SPEC.md §15.4, ``log._credit
 :func:`test_a_reader_is_credited_nothing_by_leaving_or_being_removed`).
 
 It also found five gaps that the engine's rules left open, each a design question rather
-than a slip. Two remain, STRANDED and LOST_CONFLICT; :meth:`RolesModel.check_converged`
-recognises each by exactly what explains it (and counts it as a hypothesis event), so that
-everything else is checked strictly, and ``xfail`` tests at the end show them on a few steps:
+than a slip, all settled now and checked strictly; a test at the end shows each on a few
+steps:
 
 - STRANDED: a writer's record that a device took before the removal or demotion of its author
-  reached it, beyond the credits the remover could see, stays on that device alone (every
-  other member refuses it, and it may have replaced an edit there).
-- HELD_BACK (settled since): a record held back or refused while its author could not write
-  was never sent again once it could (a reader made a writer: its earlier changes stayed
-  unshared). Its author now publishes it again (:func:`newly_allowed`), and a record passed
-  over for that reason (WITHHELD) explains no difference any more.
-- LOST_CONFLICT: a credited edit of a device that may write no more, losing a conflict, is
-  kept by no member. A writer that resolves such a conflict keeps the losing edit as a copy
-  (SPEC.md §13, "Conflict copies"); what is left is a credited edit that reached no writer
-  before its author could write no more: only its author, which cannot publish, keeps it.
-
-Two more are settled (SPEC.md §13, "Recording the outcome": a device that may write records the
-outcome of two concurrent versions it resolved as a merged version of its own, which dominates
-both), and checked strictly: CYCLE, the conflict rules going round three versions of a path (a
-deletion beats the edit it replaced, which beats an older concurrent edit by its mtime, which
-beats the deletion as an edit), so that where each version is delivered once devices ended on
-different ones; and ECHO, a device never sent its own records back, so that its first edit,
-replaced by its deletion and then by a concurrent edit, never returned to it though it won
-elsewhere. A device's current version now dominates every version it ever held, its own
-included, so that nothing it is not sent back could win there.
+  reached it, beyond the credits the remover could see, stayed on that device alone (every
+  other member refuses it). The device now sets it aside when its log changes (SPEC.md
+  §15.5, "Versions set aside"; :meth:`RolesModel.set_aside`): the file to the versions
+  folder, and every peer asked for its whole index again, so that a version the log takes
+  comes back; the file stays, published again, where it holds the device's own last edit of
+  the path. What a version set aside had replaced comes back only if some device holds it;
+  an edit whose last versions were set aside is in a versions folder
+  (:attr:`RolesModel.set_aside_contents`), and is no loss.
+- HELD_BACK: a record held back or refused while its author could not write was never sent
+  again once it could (a reader made a writer: its earlier changes stayed unshared). Its
+  author now publishes it again (:func:`newly_allowed`).
+- LOST_CONFLICT: a credited edit of a device that may write no more, losing a conflict, was
+  kept by no member: a member leaving before any member took its edits. A member no longer
+  leaves while its changes reached no other member (``Node.remove_member`` without
+  ``--force``, mirrored by :meth:`RolesModel.remove`); a writer that resolves such a conflict
+  keeps the losing edit as a copy (SPEC.md §13, "Conflict copies").
+- CYCLE, the conflict rules going round three versions of a path (a deletion beats the edit
+  it replaced, which beats an older concurrent edit by its mtime, which beats the deletion
+  as an edit), so that where each version is delivered once devices ended on different ones;
+  and ECHO, a device never sent its own records back, so that its first edit, replaced by
+  its deletion and then by a concurrent edit, never returned to it though it won elsewhere.
+  A device that may write now records the outcome of two concurrent versions it resolved as
+  a merged version of its own, which dominates both (SPEC.md §13, "Recording the outcome").
 """
 
 from __future__ import annotations
@@ -121,6 +126,8 @@ class Replica(Device):
     progress: dict[int, int] = field(default_factory=dict)
     #: Path → how many entries the log held when this device took the path's record.
     taken_at: dict[str, int] = field(default_factory=dict)
+    #: Path → the content its user last wrote there (what the scanner last published).
+    own: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def key(self) -> bytes:
@@ -175,6 +182,8 @@ class RolesModel(RuleBasedStateMachine):
         self.writable: dict[bytes, int] = {}
         #: (device, record): a record another device made, found allowed when it was taken.
         self.checked: set[tuple[int, Record]] = set()
+        #: The contents of the versions set aside and moved to a versions folder.
+        self.set_aside_contents: set[bytes] = set()
 
     @property
     def seconds(self) -> int:
@@ -190,6 +199,10 @@ class RolesModel(RuleBasedStateMachine):
     def user_changes(self, device: Replica, path: str, content: bytes | None, mtime: int) -> None:
         current = device.disk.get(path)
         record = device.author(path, content, mtime)
+        if content is None:
+            device.own.pop(path, None)
+        else:
+            device.own[path] = content
         self.note_writers()
         if current is not None:
             self.superseded.setdefault(current, []).append((device.key, record.sequence))
@@ -219,6 +232,7 @@ class RolesModel(RuleBasedStateMachine):
         with contextlib.suppress(EntryRefusedError):
             actor.log.append(actor.identity, action, self.seconds)
         self.publish_again(actor, before)
+        self.set_aside(actor)
 
     def publish_again(self, device: Replica, before: State) -> None:
         """After ``device``'s log changed from ``before``: its own records that the log held
@@ -238,6 +252,34 @@ class RolesModel(RuleBasedStateMachine):
             device.local += 1  # its row is written again: to the end of the index's order
             device.positions[path] = device.local
 
+    def set_aside(self, device: Replica) -> None:
+        """After ``device``'s log changed: the records of other devices it holds and its log
+        refuses now (taken before it heard of their author's removal or demotion, beyond the
+        credits) are set aside, as ``FolderMembers`` does in one transaction with the
+        entries: the row goes, the file moves to the versions folder, and every peer is
+        asked for its whole index again (its progress forgotten: the sessions start again),
+        so that a version the log takes comes back (SPEC.md §15.5, "Set aside")."""
+        refused = [
+            path
+            for path, record in device.index.items()
+            if record.author != device.key
+            and not device.members.may_author(record.author, record.sequence)
+        ]
+        for path in refused:
+            del device.index[path]
+            del device.positions[path]
+            device.taken_at.pop(path, None)
+            content = device.disk.pop(path, None)
+            if content is not None and content == device.own.get(path):
+                # What its own user wrote there last (an outcome that kept it, or the same
+                # edit made twice): published again as its own.
+                device.author(path, content, self.tick(False))
+            elif content is not None:
+                device.versions.append(content)
+                self.set_aside_contents.add(content)
+        if refused:
+            device.progress.clear()
+
     @rule(actor=DEVICE, subject=DEVICE, role=st.sampled_from(Role))
     def set_role(self, actor: int, subject: int, role: Role) -> None:
         """``Node.set_role``: a writer (or more) made a reader is credited with the versions
@@ -253,11 +295,27 @@ class RolesModel(RuleBasedStateMachine):
 
     @rule(actor=DEVICE, subject=DEVICE)
     def remove(self, actor: int, subject: int) -> None:
-        """``Node.remove_member`` (a member may remove itself: it leaves)."""
+        """``Node.remove_member`` (a member may remove itself: it leaves, unless some of its
+        own changes reached no other member yet: ``_refuse_leaving_with_unshared``)."""
         me = self.devices[actor]
         member = me.log.state.member_of(IDENTITIES[subject].public_key)
-        if member is not None:
-            self.write(me, RemoveMember(member.id, credits(me.index, member)))
+        if member is None or (actor == subject and self.unshared(me)):
+            return
+        self.write(me, RemoveMember(member.id, credits(me.index, member)))
+
+    def unshared(self, device: Replica) -> bool:
+        """Whether ``device``, a writer, holds versions of its own that no other member's
+        device took yet, as their progress tells (the progress reports of SPEC.md §13)."""
+        state = device.log.state
+        member = state.member_of(device.key)
+        if member is None or member.role < Role.WRITER:
+            return False
+        others = [d for d in self.devices if state.member_of(d.key) not in (None, member)]
+        seen = max((d.progress.get(device.number, 0) for d in others), default=0)
+        return any(
+            record.author == device.key and device.positions[path] > seen
+            for path, record in device.index.items()
+        )
 
     @rule(actor=DEVICE, subject=DEVICE, role=st.sampled_from([Role.READER, Role.WRITER]))
     def readmit(self, actor: int, subject: int, role: Role) -> None:
@@ -278,6 +336,7 @@ class RolesModel(RuleBasedStateMachine):
         before, state = len(destination.log), destination.log.state
         destination.log.add(source.members.entries_beyond(destination.members.heads))
         self.publish_again(destination, state)
+        self.set_aside(destination)
         changed = len(destination.log) != before
         after = destination.progress.get(source.number, 0)
         # A push from the start (the peer has no progress) sends the peer its own records too.
@@ -407,13 +466,10 @@ class RolesModel(RuleBasedStateMachine):
             for device in members:
                 record = device.index.get(path)
                 if record is not None and not state.may_author(record.author, record.sequence):
-                    if record.author == device.key:
-                        continue  # its own change, that no member takes: a reader's, unshared
-                    # Taken while its author could write (the invariant checked that), by a
-                    # device that learned only later of a removal or demotion crediting less.
-                    assert record.sequence > state.credited.get(record.author, 0), path
-                    assert not strict, f"device {device.number} holds a refused {path}"
-                    gaps.add(STRANDED)
+                    # Its own change, that no member takes (a reader's, unshared); another
+                    # device's, taken before a removal or demotion crediting less, was set
+                    # aside when the log said so (STRANDED, settled).
+                    assert record.author == device.key, f"device {device.number} holds {path}"
                     continue
                 held[device.number] = record
             for x, mine in held.items():
@@ -445,20 +501,12 @@ class RolesModel(RuleBasedStateMachine):
                 for a, s in self.superseded.get(content, ())
             )
         ]
-        stranded = {
-            (r.author, r.sequence)
-            for d in members
-            for r in d.index.values()
-            if r.author != d.key
-            and not state.may_author(r.author, r.sequence)
-            and r.sequence > state.credited.get(r.author, 0)
-        }
         for content in lost:
-            if any(change in stranded for change in self.superseded.get(content, ())):
-                # Replaced by a stranded record on the devices that took that (it is in their
-                # versions folder), and refused by the others, which hold nothing newer.
-                assert not strict, f"edit lost to a stranded record: {content!r}"
-                gaps.add(STRANDED)
+            if content in self.set_aside_contents:
+                # Its last versions were set aside (a conflict copy or an outcome recorded
+                # by a device the log refuses now, credited with none of it): it is in the
+                # versions folders of the devices that set them aside.
+                assert any(content in d.versions for d in self.devices), content
                 continue
             author = self.devices[NUMBERS[self.edits[content][0]]]
             # Credited, it lost a conflict on its author's device, and no writer resolved that
@@ -542,15 +590,26 @@ def converged_strictly(model: RolesModel, *gaps: str) -> None:
     model.check_converged(strict=True)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=STRANDED)
-def test_a_record_taken_before_its_authors_demotion_stays_on_one_device() -> None:
-    """Device 0 took writer 2's edit; the admin, who never saw it, made 2 a reader crediting
-    none: every other member refuses that edit, device 0 keeps it, and nobody converges."""
+def test_a_record_taken_before_its_authors_demotion_is_set_aside() -> None:
+    """Device 0 took writer 2's edit of its file; the admin, who never saw that edit, made 2
+    a reader crediting none, so every other member refuses it. When device 0 hears of the
+    demotion it sets the edit aside (into its versions folder, published as nothing), asks
+    its peers for their whole indexes again, and takes back its own first version, which
+    they hold: all converge on it. (Before, device 0 kept the edit: the gap STRANDED.)"""
     model = RolesModel()
+    model.edit(device=0, path="a.txt", same_second=False)
+    model.sync(model.devices)
+    first = model.devices[0].index["a.txt"]
     model.edit(device=2, path="a.txt", same_second=False)
+    edited = model.devices[2].disk["a.txt"]
     model.exchange(source=2, destination=0, limit=None)
+    assert model.devices[0].disk["a.txt"] == edited
     model.set_role(actor=1, subject=2, role=Role.READER)
-    converged_strictly(model, STRANDED)
+    model.exchange(source=1, destination=0, limit=None)
+    assert model.devices[0].index["a.txt"] == first
+    assert edited in model.devices[0].versions
+    converged_strictly(model)
+    assert all(d.index["a.txt"] == first for d in model.devices if d.number != 2)
 
 
 def test_a_reader_made_a_writer_shares_its_earlier_changes() -> None:
@@ -602,14 +661,19 @@ def test_a_devices_own_version_comes_back_when_it_wins() -> None:
     assert len({d.disk.get("b.txt") for d in model.devices}) == 1
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=LOST_CONFLICT)
-def test_a_credited_edit_that_loses_a_conflict_keeps_a_copy() -> None:
-    """The admin edits, then leaves, credited with that edit; the owner's later concurrent
-    edit wins the conflict. The admin's edit never reached a writer (that would keep it as a
-    copy), and its author, which keeps the copy, can publish it no more: the credited edit
-    survives only on the device that left."""
+def test_a_member_with_changes_nobody_took_does_not_leave() -> None:
+    """The admin edits, then tries to leave: refused, since its edit reached no other member
+    (``Node.remove_member`` without ``--force``), which would keep it alone once its
+    sessions end. Once a member took it, the admin leaves, credited with it, and the owner's
+    later concurrent edit wins the conflict: a writer kept the admin's edit as a copy. (The
+    model found the edit kept by its author alone: the gap LOST_CONFLICT.)"""
     model = RolesModel()
     model.edit(device=1, path="a.txt", same_second=False)
+    admin = IDENTITIES[1].public_key
     model.remove(actor=1, subject=1)
+    assert model.devices[1].log.state.member_of(admin) is not None
+    model.exchange(source=1, destination=2, limit=None)
+    model.remove(actor=1, subject=1)
+    assert model.devices[1].log.state.member_of(admin) is None
     model.edit(device=0, path="a.txt", same_second=False)
-    converged_strictly(model, LOST_CONFLICT)
+    converged_strictly(model)

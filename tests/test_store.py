@@ -6,6 +6,7 @@ smoke test of the other backend.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import selectors
@@ -24,6 +25,7 @@ import pytest
 import trio
 
 from commonsync.errors import IndexChangedError, StoreError
+from commonsync.formats.device_id import DeviceId
 from commonsync.formats.identity import DeviceIdentity
 from commonsync.formats.records import ChunkEntry, Kind, verify_record
 from commonsync.sync.store import (
@@ -36,6 +38,7 @@ from commonsync.sync.store import (
     PathState,
     PeerProgress,
     PullPhase,
+    SetAside,
     open_store,
 )
 
@@ -732,9 +735,10 @@ async def test_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
         assert await store.put(FOLDER, [entry("d")], local_files=[("d", local(2))]) == [4]
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
         wanted = {"pull_state", "records_not_on_disk", "membership_entries", "membership_shown"}
+        wanted |= {"set_aside", "own_edits"}
         assert wanted <= tables
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
@@ -940,10 +944,9 @@ async def test_entries_that_let_own_records_be_taken_publish_them_again(
     highest = (await store.folder(FOLDER)).sequence
     assert highest == 5
 
-    again = await store.add_membership_entries(
+    await store.add_membership_entries(
         FOLDER, [(b"h1", b"first")], publish_again=(AUTHOR.public_key, 1, 2**63 - 1)
     )
-    assert again == 3
     moved = await store.records_since(FOLDER, highest)
     assert [(e.record.path, e.local_sequence) for e in moved] == [("b", 6), ("c", 7), ("e", 8)]
     assert (await store.folder(FOLDER)).sequence == 8
@@ -953,13 +956,64 @@ async def test_entries_that_let_own_records_be_taken_publish_them_again(
     assert (waiting.path, waiting.local_sequence, waiting.attempts) == ("e", 8, 1)
     assert await store.membership_entries(FOLDER) == [b"first"]
     # Nothing in the span: nothing moves.
-    assert (
-        await store.add_membership_entries(
-            FOLDER, [(b"h2", b"second")], publish_again=(AUTHOR.public_key, 4, 4)
-        )
-        == 0
+    await store.add_membership_entries(
+        FOLDER, [(b"h2", b"second")], publish_again=(AUTHOR.public_key, 4, 4)
     )
     assert (await store.folder(FOLDER)).sequence == 8
+
+
+async def test_entries_that_refuse_versions_taken_set_them_aside(store: IndexStore) -> None:
+    """``highest_taken``: the current versions an author made beyond what the log takes from
+    it now are set aside with the entries (one transaction): their rows, local and pull
+    state go, their paths are noted until their files are moved, and every peer's progress
+    is forgotten. A version whose file holds this device's own last edit of the path is
+    published again instead (its local state goes: the next scan publishes it)."""
+    other = DeviceIdentity.generate()
+    local = LocalFile(7, 1000, 1, 0o100644)
+    mine = chunk()
+    await store.put(FOLDER, [dataclasses.replace(entry("g", (mine,)), edited_here=True)])
+
+    def theirs(path: str, sequence: int, chunks: tuple[ChunkEntry, ...] | None = None,
+               on_disk: bool = True) -> IndexEntry:  # fmt: skip
+        record = make_record(other, path, chunks, sequence=sequence)
+        return make_entry(other, FOLDER, record, on_disk=on_disk)
+
+    await store.put(
+        FOLDER,
+        [theirs("d", 3), theirs("e", 9), theirs("f", 10, on_disk=False), theirs("g", 11, (mine,))],
+        local_files=[("e", local), ("g", local)],
+    )
+    await store.put(FOLDER, [entry("h")], local_files=[("h", local)])
+    await store.retry_later(FOLDER, [("f", 4)], now=0.0)
+    peer = DeviceId.from_public_key(other.public_key)
+    await store.set_peer_progress(FOLDER, peer, PeerProgress(b"i" * 16, 42))
+
+    set_aside = await store.add_membership_entries(
+        FOLDER,
+        [(b"h1", b"first")],
+        highest_taken=lambda author: 3 if author == other.public_key else None,
+    )
+    assert set_aside == SetAside(moved=["e", "f"], published_again=["g"])
+    assert await store.set_aside_paths(FOLDER) == ["e", "f"]
+    assert set((await store.get_many(FOLDER, "defgh")).keys()) == {"d", "h"}
+    assert await store.local_files_of(FOLDER, "egh") == {"h": local}
+    assert await store.pending(FOLDER, PullPhase.FILES) == []
+    assert await store.chunk_sources(FOLDER, mine.id) == []
+    assert await store.peer_progress(FOLDER, peer) is None
+    assert await store.membership_entries(FOLDER) == [b"first"]
+
+    # The files moved: the notes go, with any local state written meanwhile.
+    await store.set_local_files(FOLDER, [("e", local)])
+    await store.done_setting_aside(FOLDER, ["e"])
+    assert await store.set_aside_paths(FOLDER) == ["f"]
+    assert await store.local_file(FOLDER, "e") is None
+    # Nothing beyond: nothing is set aside, and the progress stays.
+    await store.set_peer_progress(FOLDER, peer, PeerProgress(b"i" * 16, 42))
+    again = await store.add_membership_entries(
+        FOLDER, [(b"h2", b"second")], highest_taken=lambda author: 3
+    )
+    assert again == SetAside([], [])
+    assert await store.peer_progress(FOLDER, peer) == PeerProgress(b"i" * 16, 42)
 
 
 async def test_membership_entries_are_kept_in_the_order_added_per_folder(tmp_path: Path) -> None:

@@ -88,6 +88,7 @@ from .target import reported as _reported
 from .target import run as _run
 from .target import same as _same
 from .versions import DELETED as _DELETED
+from .versions import SET_ASIDE as _SET_ASIDE
 from .versions import keep_version as _keep_version
 
 __all__ = [
@@ -117,6 +118,7 @@ __all__ = [
     "discard_partial",
     "discard_temp",
     "safe_path",
+    "set_aside",
     "temp_path",
 ]
 
@@ -311,6 +313,23 @@ async def apply_deletion(
         return
     try:
         await target.run(partial(_delete, target, expected, versions, clock_ns))
+    finally:
+        target.close()
+
+
+async def set_aside(
+    root: Path, path: str, *, clock_ns: Callable[[], int] = time.time_ns
+) -> str | None:
+    """Move what is at ``root / path`` into the versions folder, whatever it holds: its
+    version was set aside (SPEC.md §15.5, its author may not have made it), and the file
+    must neither stay nor be lost. A directory is removed only if empty (what it holds is
+    synced on its own). Returns the kept name, None if nothing was kept."""
+    _refuse_internal(path)
+    target = await _open_existing(root, path)
+    if target is None:
+        return None
+    try:
+        return await target.run(partial(_set_aside, target, clock_ns))
     finally:
         target.close()
 
@@ -953,6 +972,21 @@ def _delete(
     else:
         os.unlink(target.name, dir_fd=target.fd)
     os.fsync(target.fd)
+
+
+def _set_aside(target: _Target, clock_ns: Callable[[], int]) -> str | None:
+    with _naming(target.path):
+        st = _lstat(target.fd, target.name)
+    kept = None
+    if st is None:
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        with contextlib.suppress(DirectoryNotEmptyError):
+            _remove_directory(target)
+    else:
+        kept = _keep_version(target, LocalFile.from_stat(st), clock_ns(), move=True, why=_SET_ASIDE)
+    os.fsync(target.fd)
+    return kept
 
 
 def _move_to_copy(source: _Target, copy: _Target, expected: LocalState) -> LocalState:

@@ -50,7 +50,7 @@ from ..formats.chunks import chunk_id
 from ..formats.device_id import DeviceId
 from ..formats.identity import DeviceIdentity
 from ..formats.keys import FolderKey, FolderKeyring
-from ..formats.messages import MAX_BATCH_BYTES
+from ..formats.messages import MAX_BATCH_BYTES, CloseReason
 from ..formats.records import ChunkEntry, Kind, Record, sign_record
 from ..formats.versionvector import VersionVector
 from ..membership.entries import Action as Action_
@@ -77,6 +77,7 @@ from .store import (
     PeerProgress,
     PendingVersion,
     PullPhase,
+    SetAside,
     SignedRow,
 )
 
@@ -118,6 +119,9 @@ class EventKind(enum.Enum):
     PEER_DISCONNECTED = "peer disconnected"
     #: Remote versions wait for disk space (see :attr:`Folder.waiting_for_space`).
     WAITING = "waiting"
+    #: A version taken before its author's removal or demotion, beyond its credits, moved
+    #: to the versions folder (:meth:`Folder.take_log_entries`).
+    SET_ASIDE = "set aside"
 
 
 @dataclass(frozen=True)
@@ -204,6 +208,15 @@ class Folder:
         #: written (an attempt at one, stopped mid-write, left it): the puller removes them
         #: between windows, when nothing is being written.
         self._superseded: list[str] = []
+        #: The paths whose versions the log set aside and whose files the puller is still
+        #: to move to the versions folder: the scan leaves them alone meanwhile.
+        self._set_aside: set[str] = set()
+        #: Versions set aside left files holding this device's own edits: a scan is due.
+        self._scan_set_aside = False
+        #: The peers whose sessions began before versions were set aside: what they send
+        #: until their next session moves their progress no more (it was forgotten, so
+        #: that they send their whole index again).
+        self._asking_again: set[DeviceId] = set()
         self._pending_changed = anyio.Event()
         #: When to make every waiting version due again (a peer connected), if pending.
         self._retry_all_at: float | None = None
@@ -325,7 +338,7 @@ class Folder:
                 self._key,
                 self.identity,
                 ignore=rules.rules,
-                skip=set(self._window),
+                skip=set(self._window) | self._set_aside,
                 max_deleted_share=None if confirm_deletions else self.max_deleted_share,
                 published=self._notify_change,
             )
@@ -427,9 +440,12 @@ class Folder:
         return None if progress is None else (progress.index_id, progress.sequence)
 
     async def set_peer_progress(self, peer: DeviceId, index_id: bytes, sequence: int) -> None:
+        if peer in self._asking_again:
+            return  # its next session asks for its whole index (see _took_set_aside)
         await self.store.set_peer_progress(self.folder_id, peer, PeerProgress(index_id, sequence))
 
     def attach(self, peer: PeerExchange) -> None:
+        self._asking_again.discard(peer.peer)
         self._peers.append(peer)
         self._emit(EventKind.PEER_CONNECTED, peer=peer.peer.short_str)
         # It may hold the chunks that versions wait for: try them all again soon (at most
@@ -715,6 +731,7 @@ class Folder:
         await self._open_epochs()
         if added:
             await self._role_changed()
+        await self._took_set_aside()
         return refused
 
     async def append_log_entry(self, action: Action_, time_: int) -> Entry:
@@ -722,7 +739,63 @@ class Folder:
         entry = await self.members.append(action, time_)
         await self._open_epochs()
         await self._role_changed()
+        await self._took_set_aside()
         return entry
+
+    async def _took_set_aside(self) -> None:
+        """After the log changed: versions taken before this device heard of their
+        author's removal or demotion, beyond what the log credits it with, were set aside
+        with the entries (SPEC.md §15.5): every other member refuses them. The puller moves
+        their files to the versions folder, and the sessions start again, asking every peer
+        for its whole index (their progress was forgotten), so that a version of those paths
+        that the log takes comes back."""
+        taken, self.members.set_aside = self.members.set_aside, SetAside([], [])
+        paths = taken.moved + taken.published_again
+        if not paths:
+            return
+        self._set_aside.update(taken.moved)
+        log.warning(
+            "%s: set aside %d %s taken before the membership log refused %s author (for "
+            "example %r); asking the peers for their indexes again",
+            self.root, len(paths), "version" if len(paths) == 1 else "versions",
+            "its" if len(paths) == 1 else "their", paths[0],
+        )  # fmt: skip
+        for path in taken.published_again:
+            # Its file holds this device's own last edit there: published again as such.
+            self._emit(EventKind.SET_ASIDE, path, "this device's own edit: published again")
+        self._scan_set_aside |= bool(taken.published_again)  # by the puller, next
+        self._pending_changed.set()
+        self._notify_change()
+        sessions = list(self._peers)
+        self._asking_again.update(peer.peer for peer in sessions)
+        for peer in sessions:
+            await peer.close(CloseReason.NORMAL, "asking for the index again")
+
+    async def _finish_setting_aside(self) -> None:
+        """Move the files of the versions set aside to the versions folder (a restart
+        finishes it before any scan); one that cannot be moved now is tried again at the
+        puller's next window, and the scan leaves it alone meanwhile. Then the files left
+        in place (this device's own edits) are published again, by a scan."""
+        if self._scan_set_aside:
+            self._scan_set_aside = False
+            try:
+                await self.scan()
+            except CommonsyncError as exc:  # the folder's own scans say it again
+                log.warning("%s: cannot publish the edits set aside yet: %s", self.root, exc)
+        if not self._set_aside:
+            return
+        moved = []
+        for path in sorted(self._set_aside):
+            try:
+                kept = await apply.set_aside(self.root, path)
+            except (CommonsyncError, OSError) as exc:
+                log.warning("%s: cannot set %r aside yet: %s", self.root, path, exc)
+                continue
+            moved.append(path)
+            detail = f"kept as {layout.VERSIONS_DIR}/{kept}" if kept else "nothing was there"
+            self._emit(EventKind.SET_ASIDE, path, detail)
+        await self.store.done_setting_aside(self.folder_id, moved)
+        self._set_aside.difference_update(moved)
 
     async def _role_changed(self) -> None:
         """After the log changed: the changes no member takes from this device, counted
@@ -913,6 +986,7 @@ class Folder:
         batch = _AppliedBatch()
         due = time.time()
         await self._discard_superseded()
+        await self._finish_setting_aside()
         for phase in PullPhase:
             after: str | None = None
             while True:
@@ -935,6 +1009,7 @@ class Folder:
         applied (one transaction, and one fsync of the index, per batch instead of per
         file), and when to try again what was not."""
         await self._discard_superseded()
+        await self._finish_setting_aside()
         entries = await self.store.get_many(self.folder_id, [v.path for v in versions])
         self._window = {v.path: v for v in versions}
         self._conflict_copies = {v.path: v.conflict_copy for v in versions if v.conflict_copy}
@@ -945,6 +1020,7 @@ class Folder:
                 if (entry := entries.get(v.path)) is not None
                 and not entry.on_disk
                 and entry.local_sequence == v.local_sequence  # else: changed since paged
+                and v.path not in self._set_aside  # its file is to be moved first
             ]
             del entries
             if ignored := await self._ignored_here(remotes):
@@ -1667,6 +1743,9 @@ async def open_folder(
     )
     await folder.members.load()
     await folder._open_epochs()
+    # Before anything scans: a file whose version was set aside before a stop is moved now.
+    folder._set_aside.update(await store.set_aside_paths(key.folder_id))
+    await folder._finish_setting_aside()
     await folder._resume_pending()
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(folder.run_puller)

@@ -15,7 +15,7 @@ learns who the folder's members are.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import anyio
 
@@ -34,7 +34,7 @@ from ..membership.entries import (
 )
 from ..membership.epochs import secret_hash
 from ..membership.log import MembershipLog, State, decode_log
-from .store import IndexStore
+from .store import IndexStore, SetAside
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,9 @@ class FolderMembers:
         #: The peer devices whose last log lacked entries they showed they held before (an
         #: older log: a rollback), with how many; their entries are not taken meanwhile.
         self.rollbacks: dict[bytes, int] = {}
+        #: What the last changes of the log set aside (the store's
+        #: :meth:`~IndexStore.add_membership_entries`), until the folder takes it.
+        self.set_aside = SetAside([], [])
 
     async def load(self) -> None:
         """Read the log the store holds, if any, and what peers showed they hold of it."""
@@ -238,10 +241,13 @@ class FolderMembers:
             before = self.log.state
             entry = self.log.append(self.identity, action, time)
             try:
-                await self.store.add_membership_entries(
-                    self.folder_id,
-                    [(entry.hash, entry.encoded)],
-                    publish_again=self._publish_again(before),
+                self._took(
+                    await self.store.add_membership_entries(
+                        self.folder_id,
+                        [(entry.hash, entry.encoded)],
+                        publish_again=self._publish_again(before),
+                        highest_taken=self._highest_taken(self.log.state),
+                    )
                 )
             except BaseException:
                 await self._reload()
@@ -261,10 +267,13 @@ class FolderMembers:
             added = self.log.entries()[before:]
             if added:
                 try:
-                    await self.store.add_membership_entries(
-                        self.folder_id,
-                        [(e.hash, e.encoded) for e in added],
-                        publish_again=self._publish_again(state),
+                    self._took(
+                        await self.store.add_membership_entries(
+                            self.folder_id,
+                            [(e.hash, e.encoded) for e in added],
+                            publish_again=self._publish_again(state),
+                            highest_taken=self._highest_taken(self.log.state),
+                        )
                     )
                 except BaseException:
                     await self._reload()
@@ -281,6 +290,24 @@ class FolderMembers:
         me = self.identity.public_key
         span = newly_allowed(before, self.log.state, me)
         return None if span is None else (me, *span)
+
+    def _took(self, set_aside: SetAside) -> None:
+        self.set_aside.moved.extend(set_aside.moved)
+        self.set_aside.published_again.extend(set_aside.published_again)
+
+    def _highest_taken(self, state: State) -> Callable[[bytes], int | None]:
+        """Per author, the highest sequence the log takes from it now (None: any), for the
+        store to set aside the versions taken beyond it before this device knew (SPEC.md
+        §15.5). This device's own versions are never set aside: those no member takes are
+        its unshared changes (:meth:`Folder._count_unshared`)."""
+        me = self.identity.public_key
+
+        def highest_taken(author: bytes) -> int | None:
+            if author == me or state.may_author(author, LAST_SEQUENCE):
+                return None
+            return state.credited.get(author, 0)
+
+        return highest_taken
 
     async def _adopt(self, entries: Sequence[Entry]) -> tuple[list[Entry], list[tuple[Entry, str]]]:
         """Without a log: gather what peers send (it may come in several batches) until it
@@ -302,8 +329,14 @@ class FolderMembers:
         if candidate.state.member_of(self.identity.public_key) is None:
             return [], []  # not yet: the entry that admits this device may come next
         taken = candidate.entries()
-        await self.store.add_membership_entries(
-            self.folder_id, [(e.hash, e.encoded) for e in taken]
+        # Versions taken before the log came (every device holding the key wrote until
+        # then) that it refuses are set aside too.
+        self._took(
+            await self.store.add_membership_entries(
+                self.folder_id,
+                [(e.hash, e.encoded) for e in taken],
+                highest_taken=self._highest_taken(candidate.state),
+            )
         )
         self.log = candidate
         self._candidates, self._candidate_bytes = {}, 0

@@ -970,7 +970,8 @@ class _Scan:
         return vector.bump(self.identity.device_id.short, self.clock_ns() // 10**9)
 
     def _signed(self, record: Record) -> IndexEntry:
-        return IndexEntry(record, sign_record(self.identity, self.folder_id, record), on_disk=True)
+        signed = sign_record(self.identity, self.folder_id, record)
+        return IndexEntry(record, signed, on_disk=True, edited_here=True)
 
 
 async def scan(

@@ -54,7 +54,7 @@ from ..formats.records import ChunkEntry, Kind, Record, decode_verified
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 #: Records returned by one :meth:`IndexStore.records_since` call at most.
 MAX_BATCH = 10_000
 #: Free space below which the index's disk counts as full (:meth:`IndexStore.check_writable`):
@@ -103,6 +103,26 @@ _MEMBERSHIP_SHOWN = """CREATE TABLE IF NOT EXISTS membership_shown (
     PRIMARY KEY (folder_id, peer)
 ) WITHOUT ROWID"""
 
+#: The paths whose record this device set aside (its author may not write it, the log says
+#: now: SPEC.md §15.5) and whose file is still to be moved to the versions folder; until it
+#: is, the scanner leaves the path alone, so that the file is never published as this
+#: device's own (an addition) nor its absence as a deletion.
+_SET_ASIDE = """CREATE TABLE IF NOT EXISTS set_aside (
+    folder_id BLOB NOT NULL REFERENCES folders(folder_id) ON DELETE CASCADE,
+    path      TEXT NOT NULL,
+    PRIMARY KEY (folder_id, path)
+) WITHOUT ROWID"""
+
+#: Per path, the content digest of the last version this device's scanner published there
+#: (a person's edit here): a version set aside that holds exactly that is this device's own
+#: edit, kept by an outcome another device recorded, and is published again.
+_OWN_EDITS = """CREATE TABLE IF NOT EXISTS own_edits (
+    folder_id BLOB NOT NULL REFERENCES folders(folder_id) ON DELETE CASCADE,
+    path      TEXT NOT NULL,
+    digest    BLOB NOT NULL,
+    PRIMARY KEY (folder_id, path)
+) WITHOUT ROWID"""
+
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS folders (
         folder_id    BLOB PRIMARY KEY,
@@ -146,6 +166,8 @@ _SCHEMA = (
     _NOT_ON_DISK,
     _MEMBERSHIP,
     _MEMBERSHIP_SHOWN,
+    _SET_ASIDE,
+    _OWN_EDITS,
 )
 
 #: From schema version N to N + 1: statements run in the same transaction as the version bump.
@@ -162,6 +184,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: (_PULL_STATE.replace("IF NOT EXISTS ", ""), _NOT_ON_DISK.replace("IF NOT EXISTS ", "")),
     3: (_MEMBERSHIP.replace("IF NOT EXISTS ", ""),),
     4: (_MEMBERSHIP_SHOWN.replace("IF NOT EXISTS ", ""),),
+    5: (_SET_ASIDE.replace("IF NOT EXISTS ", ""), _OWN_EDITS.replace("IF NOT EXISTS ", "")),
 }
 _I64 = 2**63
 _FOLDER_COLUMNS = "folder_id, label, index_id, sequence, own_sequence"
@@ -192,6 +215,19 @@ class IndexEntry:
     signed: bytes
     on_disk: bool
     local_sequence: int = 0
+    #: A version this device's scanner made of a person's edit here (kept as the path's
+    #: last own edit: see :meth:`IndexStore.add_membership_entries`).
+    edited_here: bool = False
+
+
+class SetAside(NamedTuple):
+    """The versions a change of the membership log set aside, by path (see
+    :meth:`IndexStore.add_membership_entries`)."""
+
+    #: Their files are to be moved to the versions folder.
+    moved: list[str]
+    #: Their files hold this device's own last edit: the next scan publishes them again.
+    published_again: list[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -486,6 +522,8 @@ class IndexStore:
                 if entry.on_disk:
                     _replace_locations(conn, folder_id, record.path, _file_chunks(record))
                     _set_local(conn, folder_id, record.path, None)
+                if entry.edited_here:
+                    _note_own_edit(conn, folder_id, record)
                 assigned.append(sequence)
             for path, local in local_files:
                 _set_local(conn, folder_id, path, local)
@@ -932,18 +970,30 @@ class IndexStore:
         entries: Sequence[tuple[bytes, bytes]],
         *,
         publish_again: tuple[bytes, int, int] | None = None,
-    ) -> int:
+        highest_taken: Callable[[bytes], int | None] | None = None,
+    ) -> SetAside:
         """Append ``(hash, encoded)`` entries, parents before children (the log checked
-        them: the store keeps what it is given).
+        them: the store keeps what it is given), and what follows from them for the
+        records, all in one transaction. Returns what was set aside.
 
         ``publish_again`` is ``(author, above, up_to)``: the current versions ``author`` made
         with a sequence in ``above < sequence ≤ up_to`` get new local sequences (the next
-        ones, in their order), in the same transaction. They are versions that the log held
-        back until these entries (a reader's own changes, made a writer: SPEC.md §15.5):
-        the peers whose progress moved past them are sent them as any new change. Returns
-        how many."""
+        ones, in their order). They are versions that the log held back until these entries
+        (a reader's own changes, made a writer: SPEC.md §15.5): the peers whose progress
+        moved past them are sent them as any new change.
 
-        def add(conn: sqlite3.Connection) -> int:
+        ``highest_taken`` tells, per author (public key), the highest sequence the log now
+        takes from it (None: any). The current versions beyond it were taken before this
+        device heard of their author's removal or demotion: they are *set aside*. Their
+        rows, local and pull state go, their paths are noted (:meth:`set_aside_paths`: the
+        files are still to be moved to the versions folder) and every peer's progress is
+        forgotten, so that each sends its whole index again and a version the log takes
+        comes back. A version set aside whose file holds exactly this device's own last
+        edit of the path (an outcome of a conflict that kept it, recorded by the author
+        set aside) is not moved: its local state goes, and the next scan publishes it again
+        as this device's (:attr:`SetAside.published_again`)."""
+
+        def add(conn: sqlite3.Connection) -> SetAside:
             row = conn.execute(
                 "SELECT coalesce(max(position), 0) FROM membership_entries WHERE folder_id = ?",
                 (folder_id,),
@@ -953,9 +1003,43 @@ class IndexStore:
                 " VALUES (?, ?, ?, ?)",
                 [(folder_id, row[0] + i, h, e) for i, (h, e) in enumerate(entries, 1)],
             )
-            return 0 if publish_again is None else _publish_again(conn, folder_id, *publish_again)
+            if publish_again is not None:
+                _publish_again(conn, folder_id, *publish_again)
+            if highest_taken is None:
+                return SetAside([], [])
+            return _set_aside(conn, folder_id, highest_taken)
 
         return await self._run(add)
+
+    async def set_aside_paths(self, folder_id: bytes) -> list[str]:
+        """The paths set aside whose files are still to be moved (see
+        :meth:`add_membership_entries`)."""
+
+        def paths(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT path FROM set_aside WHERE folder_id = ? ORDER BY path", (folder_id,)
+            )
+            return [row[0] for row in rows]
+
+        return await self._run(paths)
+
+    async def done_setting_aside(self, folder_id: bytes, paths: Sequence[str]) -> None:
+        """The files of ``paths`` were moved away: forget the notes, and any local state
+        written for them meanwhile (by a write of the version that was under way)."""
+
+        def done(conn: sqlite3.Connection) -> None:
+            for path in paths:
+                conn.execute(
+                    "DELETE FROM set_aside WHERE folder_id = ? AND path = ?", (folder_id, path)
+                )
+                held = conn.execute(
+                    "SELECT 1 FROM records WHERE folder_id = ? AND path = ?", (folder_id, path)
+                ).fetchone()
+                if held is None:
+                    _set_local(conn, folder_id, path, None)
+                    _replace_locations(conn, folder_id, path, ())
+
+        await self._run(done)
 
     async def membership_shown(self, folder_id: bytes) -> dict[bytes, set[bytes]]:
         """Per peer device (public key): the entry hashes it showed it holds."""
@@ -1255,6 +1339,61 @@ def _publish_again(
         )
     conn.execute("UPDATE folders SET sequence = ? WHERE folder_id = ?", (sequence, folder_id))
     return len(rows)
+
+
+def _note_own_edit(conn: sqlite3.Connection, folder_id: bytes, record: Record) -> None:
+    if record.deleted:
+        conn.execute(
+            "DELETE FROM own_edits WHERE folder_id = ? AND path = ?", (folder_id, record.path)
+        )
+    else:
+        conn.execute(
+            "INSERT OR REPLACE INTO own_edits (folder_id, path, digest) VALUES (?, ?, ?)",
+            (folder_id, record.path, record.content_digest()),
+        )
+
+
+def _set_aside(
+    conn: sqlite3.Connection, folder_id: bytes, highest_taken: Callable[[bytes], int | None]
+) -> SetAside:
+    """Set aside the current versions beyond what ``highest_taken`` says each author may
+    have made (see :meth:`IndexStore.add_membership_entries`)."""
+    authors = conn.execute(
+        "SELECT author, max(author_seq) FROM records WHERE folder_id = ? GROUP BY author",
+        (folder_id,),
+    ).fetchall()
+    paths: list[str] = []
+    for author, highest in authors:
+        limit = highest_taken(bytes(author))
+        if limit is None or highest <= limit:
+            continue
+        rows = conn.execute(
+            "SELECT path FROM records WHERE folder_id = ? AND author = ? AND author_seq > ?",
+            (folder_id, author, limit),
+        ).fetchall()
+        paths += [row[0] for row in rows]
+    result = SetAside([], [])
+    for path in sorted(paths):
+        signed, on_disk = conn.execute(
+            "SELECT signed, on_disk FROM records WHERE folder_id = ? AND path = ?",
+            (folder_id, path),
+        ).fetchone()
+        own = conn.execute(
+            "SELECT digest FROM own_edits WHERE folder_id = ? AND path = ?", (folder_id, path)
+        ).fetchone()
+        for table in ("records", "pull_state", "local_files"):
+            conn.execute(f"DELETE FROM {table} WHERE folder_id = ? AND path = ?", (folder_id, path))
+        _replace_locations(conn, folder_id, path, ())
+        if on_disk and own is not None and decode_verified(signed).content_digest() == own[0]:
+            result.published_again.append(path)
+            continue
+        conn.execute(
+            "INSERT OR IGNORE INTO set_aside (folder_id, path) VALUES (?, ?)", (folder_id, path)
+        )
+        result.moved.append(path)
+    if paths:
+        conn.execute("DELETE FROM peer_progress WHERE folder_id = ?", (folder_id,))
+    return result
 
 
 def _entry(row: tuple[bytes, int, int]) -> IndexEntry:

@@ -42,12 +42,24 @@ from .target import changed as _changed
 from .target import run as _run
 from .target import same as _same
 
-__all__ = ["DELETED", "REPLACED", "WHY_FILE", "keep_version", "prune_versions", "read_why"]
+__all__ = [
+    "DELETED",
+    "REPLACED",
+    "SET_ASIDE",
+    "WHY_FILE",
+    "keep_version",
+    "prune_versions",
+    "read_why",
+]
 
 #: Why a version was kept, as :func:`keep_version` notes it in :data:`WHY_FILE` (for
 #: ``commonsync versions list``); :mod:`commonsync.sync.history` adds its own reasons.
 REPLACED = "replaced by another device's version"
 DELETED = "deleted by another device"
+SET_ASIDE = (
+    "set aside: its author was removed or made a reader before it made it, as this device "
+    "learnt later"
+)
 #: One JSON object per line, ``{"name": <name under the versions folder>, "why": ...}``:
 #: beside the versions folder, never synced (it is under the metadata directory), rewritten
 #: without the lines of deleted versions when they are pruned.
