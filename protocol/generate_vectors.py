@@ -1174,6 +1174,8 @@ def _membership_revocation() -> dict[str, Any]:
         )
     ], no_effect
     return {
+        # First, so that the keys before it (and the file's lines) stay as they were.
+        "demotion": _membership_demotion(),
         "folder_id": folder_id.hex(),
         "device_seeds": {name: ident.seed.hex() for name, ident in ids.items()},
         "invitation_secrets": {name: secret.hex() for name, secret in secrets.items()},
@@ -1195,6 +1197,84 @@ def _membership_revocation() -> dict[str, Any]:
                 "encoded": written[labels[refused]].encoded.hex(),
                 "hash": refused.hex(),
                 "reason": "the invitation was revoked",
+            }
+        ],
+    }
+
+
+def _membership_demotion() -> dict[str, Any]:
+    """An invitation admits only while its maker may invite (SPEC.md §15.3, add member; §15.6).
+    Bea (admin) invites admins (3 uses); Cy, a writer, admits Dee with it. Ada (owner) makes
+    Bea a writer: Bea, who keeps the secret, admitting a device of her own as an admin with it
+    is refused, and nothing is revoked. Ada makes Bea an admin again and Cy admits Eve with
+    the same invitation. Bea's admission is still refused in the final log: whether a log
+    takes an entry depends on the state of its ancestors, where Bea is a writer."""
+    me = membership_entries
+    folder_id = seed("membership demotion folder id", 32)
+    names = ["ada", "bea", "bea spare", "cy", "dee", "eve"]
+    ids = {n: DeviceIdentity.from_seed(seed(f"membership demotion device {n}", 32)) for n in names}
+    secret = seed("membership demotion invitation secret", 16)
+    day = MEMBERSHIP_T0 + 86400
+    times = iter(range(MEMBERSHIP_T0, day, 60))
+    written: dict[str, me.Entry] = {}
+
+    def write(label: str, by: str, after: list[str], action: Any) -> bytes:
+        parents = sorted(written[p].hash for p in after)
+        written[label] = me.make_entry(ids[by], folder_id, parents, next(times), action)
+        return written[label].hash
+
+    def admit(name: str, shown: str, role: me.Role, invitation: bytes) -> me.AddMember:
+        key = ids[name].public_key
+        proof = invitations.sign_admission(secret, folder_id, invitation, shown, [key])
+        return me.AddMember(shown, role, (key,), invitation, proof)
+
+    write("genesis: Ada", "ada", [], me.Genesis("Ada"))
+    bea_added = me.AddMember("Bea", me.Role.ADMIN, (ids["bea"].public_key,))
+    bea = write("Ada adds Bea (admin)", "ada", ["genesis: Ada"], bea_added)
+    cy_added = me.AddMember("Cy", me.Role.WRITER, (ids["cy"].public_key,))
+    write("Ada adds Cy (writer)", "ada", ["Ada adds Bea (admin)"], cy_added)
+    invite_admins = me.Invite(invitations.invitation_key(secret), me.Role.ADMIN, day, 3)
+    invite = write("Bea invites admins (3 uses)", "bea", ["Ada adds Cy (writer)"], invite_admins)
+    dee = admit("dee", "Dee", me.Role.WRITER, invite)
+    write("Cy admits Dee with it", "cy", ["Bea invites admins (3 uses)"], dee)
+    demote = me.SetRole(bea, me.Role.WRITER)
+    write("Ada makes Bea a writer", "ada", ["Cy admits Dee with it"], demote)
+    own = admit("bea spare", "Spare", me.Role.ADMIN, invite)
+    label_refused = "Bea admits a device of her own as an admin"
+    refused = write(label_refused, "bea", ["Ada makes Bea a writer"], own)
+    promote = me.SetRole(bea, me.Role.ADMIN)
+    write("Ada makes Bea an admin again", "ada", ["Ada makes Bea a writer"], promote)
+    eve = admit("eve", "Eve", me.Role.WRITER, invite)
+    write("Cy admits Eve with it", "cy", ["Ada makes Bea an admin again"], eve)
+    reason = "the member who made the invitation is no longer an admin"
+    kept = [e for e in written.values() if e.hash != refused]
+    before_demotion = MembershipLog(folder_id, kept[0])
+    assert before_demotion.add(kept[1:5]) == []
+    before_demotion.append(ids["bea"], own, MEMBERSHIP_T0)  # only the demotion refuses it
+    log = MembershipLog(folder_id, kept[0])
+    assert log.add(kept[1:]) == []
+    assert [(e.hash, r) for e, r in log.add([written[label_refused]])] == [(refused, reason)]
+    assert not log.state.invitations[invite].revoked
+    labels = {e.hash: label for label, e in written.items()}
+    effects = log.effects()
+    assert all(r is None for _, r in effects), effects
+    return {
+        "folder_id": folder_id.hex(),
+        "device_seeds": {name: ident.seed.hex() for name, ident in ids.items()},
+        "invitation_secret": secret.hex(),
+        "entries": [
+            {"label": labels[e.hash], "encoded": e.encoded.hex(), "hash": e.hash.hex()}
+            for e in kept
+        ],
+        "effect_order": [e.hash.hex() for e, _ in effects],
+        "no_effect": [],
+        "state": log.state.as_json(),
+        "refused": [
+            {
+                "label": label_refused,
+                "encoded": written[label_refused].encoded.hex(),
+                "hash": refused.hex(),
+                "reason": reason,
             }
         ],
     }

@@ -298,6 +298,64 @@ def test_removals_revoke_the_invitations_of_the_removed(seed: int) -> None:
     ]
 
 
+DEMOTION = REVOCATION["demotion"]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_an_invitation_admits_only_while_its_maker_is_an_admin(seed: int) -> None:
+    """SPEC.md §15.3 (add member), §15.6: Bea's invitation admits Dee while she is an admin;
+    demoted to writer, she keeps its secret, and her admission of a device of her own as an
+    admin with it is refused. Nothing was revoked: made an admin again, her invitation admits
+    Eve, while her admission stays refused (a log takes an entry by its ancestors' state)."""
+    entries = [decode_entry(bytes.fromhex(e["encoded"])) for e in DEMOTION["entries"]]
+    assert [e.hash.hex() for e in entries] == [e["hash"] for e in DEMOTION["entries"]]
+    genesis, rest = entries[0], entries[1:]
+    log = MembershipLog(genesis.folder_id, genesis)
+    for entry in topological_shuffle(rest, genesis, random.Random(seed)):
+        assert log.add([entry]) == []
+    assert [e.hash.hex() for e, _ in log.effects()] == DEMOTION["effect_order"]
+    assert [why for _, why in log.effects() if why is not None] == DEMOTION["no_effect"] == []
+    assert log.state.as_json() == DEMOTION["state"]
+    names = {m.name: m for m in log.state.members.values()}
+    assert set(names) == {"Ada", "Bea", "Cy", "Dee", "Eve"}
+    [invitation] = log.state.invitations.values()
+    assert (invitation.by, invitation.used, invitation.revoked) == (names["Bea"].id, 2, False)
+
+    # Bea's admission: by her device, with her invitation's secret, within its role and time.
+    [vector] = DEMOTION["refused"]
+    refused = decode_entry(bytes.fromhex(vector["encoded"]))
+    assert refused.hash.hex() == vector["hash"]
+    seeds = {
+        n: DeviceIdentity.from_seed(bytes.fromhex(s)) for n, s in DEMOTION["device_seeds"].items()
+    }
+    assert refused.author == seeds["bea"].public_key
+    action = refused.action
+    assert isinstance(action, AddMember)
+    assert action.devices == (seeds["bea spare"].public_key,)
+    assert (action.invitation, action.role) == (invitation.id, Role.ADMIN)
+    secret = bytes.fromhex(DEMOTION["invitation_secret"])
+    assert invitations.invitation_key(secret) == invitation.key
+    assert action.invitation_signature == invitations.sign_admission(
+        secret, refused.folder_id, invitation.id, action.name, list(action.devices)
+    )
+    assert refused.time <= invitation.expires
+    assert log.add([refused]) == [(refused, vector["reason"])]
+    assert log.state.member_of(seeds["bea spare"].public_key) is None
+    assert log.state.admits_with(invitation, refused.time)  # Bea is an admin again
+
+    # The log of its ancestors only, where Bea is a writer, refuses it too.
+    ancestry = set(refused.parents)  # the entries are listed parents first
+    for entry in reversed(entries):
+        if entry.hash in ancestry:
+            ancestry.update(entry.parents)
+    then = MembershipLog(genesis.folder_id, genesis)
+    assert then.add([e for e in rest if e.hash in ancestry]) == []
+    assert then.state.members[names["Bea"].id].role is Role.WRITER
+    assert not then.state.invitations[invitation.id].revoked
+    assert not then.state.admits_with(then.state.invitations[invitation.id], refused.time)
+    assert then.add([refused]) == [(refused, vector["reason"])]
+
+
 def test_the_invitation_key_and_admission() -> None:
     v = VECTORS["invitation"]
     secret = bytes.fromhex(v["secret"])
