@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,6 +36,23 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary_one(tmp_path: Path)
         write_whole(tmp_path / "in-the-way", b"new")
     assert path.read_bytes() == b"old"
     assert sorted(os.listdir(tmp_path)) == ["in-the-way", "state"]
+
+
+def test_the_next_write_removes_what_an_interrupted_one_left(tmp_path: Path) -> None:
+    """A writer killed between ``mkstemp`` and the rename leaves ``.NAME.XXXXXXXX.tmp``:
+    the next write of the same file removes it once it is an hour old (a younger one may
+    be a running writer's), and leaves every other file alone."""
+    path = tmp_path / "device.key"
+    stale = tmp_path / ".device.key.k3j_9zqa.tmp"
+    young = tmp_path / ".device.key.a1b2c3d4.tmp"
+    others = [tmp_path / ".other.key.k3j_9zqa.tmp", tmp_path / ".device.key.toolong12.tmp"]
+    for leftover in (stale, young, *others):
+        leftover.write_bytes(b"half a key")
+    hour_ago = time.time() - 3700
+    for old in (stale, *others):
+        os.utime(old, (hour_ago, hour_ago))
+    write_whole(path, b"the key")
+    assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in (path, young, *others))
 
 
 def run_at_once(count: int, work: Callable[[], None]) -> list[BaseException]:

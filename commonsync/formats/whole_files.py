@@ -5,15 +5,21 @@ is renamed over the target; then the directory is flushed, so that the rename su
 crash. Each writer gets a temporary name of its own: two writers of the same file at once
 (a folder key handed over by a session while the device writes it too) each rename a
 complete file, and the last rename wins, instead of one renaming the other's half-written
-file or finding it gone.
+file or finding it gone. A writer killed mid-write leaves its temporary file: the next write
+of the same file removes it, once it is old enough to be no running writer's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
+import time
 from pathlib import Path
+
+#: A temporary file untouched for this long (seconds) is an interrupted writer's.
+STALE_TEMP_SECONDS = 3600.0
 
 
 def write_whole(path: Path, data: bytes, *, mode: int = 0o600) -> None:
@@ -32,6 +38,28 @@ def write_whole(path: Path, data: bytes, *, mode: int = 0o600) -> None:
             os.unlink(temp)
         raise
     fsync_directory(path.parent)
+    remove_stale_temps(path)
+
+
+def remove_stale_temps(path: Path, *, older_than: float = STALE_TEMP_SECONDS) -> int:
+    """Remove the temporary files that interrupted writes of ``path`` left beside it (their
+    names are ``mkstemp``'s: ``.NAME.XXXXXXXX.tmp``), untouched for ``older_than`` seconds;
+    returns how many. Best effort: one that cannot be removed stays."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[A-Za-z0-9_]{{8}}\.tmp")
+    removed = 0
+    deadline = time.time() - older_than
+    with contextlib.suppress(OSError), os.scandir(path.parent) as entries:
+        for entry in entries:
+            if not pattern.fullmatch(entry.name):
+                continue
+            with contextlib.suppress(OSError):
+                if (
+                    entry.is_file(follow_symlinks=False)
+                    and entry.stat(follow_symlinks=False).st_mtime < deadline
+                ):
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
 
 
 def fsync_directory(directory: Path) -> None:
