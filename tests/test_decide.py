@@ -93,13 +93,20 @@ def test_a_conflict_keeps_the_losers_copy_on_every_writer_that_resolves_it() -> 
     on_carol = decide(mine, theirs, me=DEVICES[2].public_key)
     assert on_carol.action is Action.TAKE
     assert on_carol.conflict_copy == on_alice.conflict_copy
-    # A reader keeps its own losing edits only, and records no outcome (it cannot publish).
+    # A reader keeps its own losing edits only, and records no outcome where another
+    # device's version wins (it cannot publish) ...
     as_reader = decide(mine, theirs, me=DEVICES[2].public_key, writer=False)
     assert as_reader.action is Action.TAKE
     assert as_reader.conflict_copy is None
     assert not as_reader.resolved
     assert decide(mine, theirs, me=ALICE.public_key, writer=False).conflict_copy is not None
-    assert decide(theirs, mine, me=BOB.public_key, writer=False).remote_copy is None
+    as_bob_reader = decide(theirs, mine, me=BOB.public_key, writer=False)
+    assert as_bob_reader.remote_copy is None
+    # ... except where its own version wins: that outcome, unshared like its edit, keeps it
+    # from taking later a version older than the one it kept its edit against (the roles
+    # model found a reader ending on such a one).
+    assert as_bob_reader.action is Action.KEEP
+    assert as_bob_reader.resolved
 
 
 def test_a_conflict_copy_is_named_for_the_losing_content() -> None:

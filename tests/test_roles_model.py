@@ -304,13 +304,19 @@ class RolesModel(RuleBasedStateMachine):
         self.write(me, RemoveMember(member.id, credits(me.index, member)))
 
     def unshared(self, device: Replica) -> bool:
-        """Whether ``device``, a writer, holds versions of its own that no other member's
-        device took yet, as their progress tells (the progress reports of SPEC.md §13)."""
+        """Whether ``device``, a writer, holds versions of its own that no device of another
+        member that may write took yet, as their progress tells (the progress reports of
+        SPEC.md §13)."""
         state = device.log.state
         member = state.member_of(device.key)
         if member is None or member.role < Role.WRITER:
             return False
-        others = [d for d in self.devices if state.member_of(d.key) not in (None, member)]
+        others = [
+            d
+            for d in self.devices
+            if (other := state.member_of(d.key)) not in (None, member)
+            and other.role >= Role.WRITER  # a reader keeps no copy of an edit that lost
+        ]
         seen = max((d.progress.get(device.number, 0) for d in others), default=0)
         return any(
             record.author == device.key and device.positions[path] > seen

@@ -648,14 +648,16 @@ class Node:
         self, label: str, folder: Folder, leaving: Member
     ) -> None:
         """Raise :class:`RequestConflictError` if this device holds versions of its own that
-        no device of another member has taken yet (as far as their progress reports tell)."""
+        no device of another member that may write has taken yet (as far as their progress
+        reports tell): a reader that took them would keep no copy of one that loses a
+        conflict, and would pass it on to nobody once it lost."""
         state = folder.members.state
         if state is None or leaving.role < Role.WRITER:
             return  # a reader's changes are shared with nobody anyway
         others = {
             DeviceId.from_public_key(device)
             for other in state.members.values()
-            if other.id != leaving.id
+            if other.id != leaving.id and other.role >= Role.WRITER
             for device in other.devices
         }
         seen = max(

@@ -92,7 +92,10 @@ def decide(local: Record | None, remote: Record, *, me: bytes, writer: bool = Tr
     ``me`` is this device's public key (to know whose edit a losing local version is).
     ``writer`` says whether this device may write the folder (SPEC.md §15.3): only a writer
     records outcomes (``resolved``) and keeps another device's losing edit as a copy, since
-    every member refuses the records of a device that may not write.
+    every member refuses the records of a device that may not write. A device that may not
+    write still records the outcome where its own version wins (kept unshared, with its
+    other own changes): no member ever sees that version to resolve the pair, and without
+    the outcome's vector it would take a version older than the one it passed over.
     """
     if local is None:
         return Decision(Action.TAKE, reason="new path")
@@ -111,19 +114,28 @@ def decide(local: Record | None, remote: Record, *, me: bytes, writer: bool = Tr
         action = Action.TAKE if _tie_rank(remote) > _tie_rank(local) else Action.KEEP
         return Decision(action, reason="same version vector, another outcome")
 
+    keeps_own = writer or local.author == me  # records the outcome if its own version wins
     if remote.deleted != local.deleted:
         action = Action.KEEP if remote.deleted else Action.TAKE
-        return Decision(action, resolved=writer, reason="an edit wins over a concurrent deletion")
+        return Decision(
+            action,
+            resolved=writer or (keeps_own and action is Action.KEEP),
+            reason="an edit wins over a concurrent deletion",
+        )
     local_content, remote_content = local.content_digest(), remote.content_digest()
     if remote.previous == local_content and local.previous != remote_content:
         return Decision(Action.TAKE, resolved=writer, reason="remote replaced exactly our content")
     if local.previous == remote_content and remote.previous != local_content:
         return Decision(
-            Action.KEEP, resolved=writer, reason="local replaced exactly the remote content"
+            Action.KEEP, resolved=keeps_own, reason="local replaced exactly the remote content"
         )
     if local_content == remote_content:
         action = Action.TAKE if wins(remote, local) else Action.KEEP
-        return Decision(action, resolved=writer, reason="same content, concurrent versions")
+        return Decision(
+            action,
+            resolved=writer or (keeps_own and action is Action.KEEP),
+            reason="same content, concurrent versions",
+        )
 
     if not wins(remote, local):
         remote_copy = None
@@ -132,7 +144,7 @@ def decide(local: Record | None, remote: Record, *, me: bytes, writer: bool = Tr
         return Decision(
             Action.KEEP,
             conflict=True,
-            resolved=writer,
+            resolved=keeps_own,
             remote_copy=remote_copy,
             reason="conflict: local version wins",
         )
