@@ -100,13 +100,15 @@ def test_a_conflict_keeps_the_losers_copy_on_every_writer_that_resolves_it() -> 
     assert as_reader.conflict_copy is None
     assert not as_reader.resolved
     assert decide(mine, theirs, me=ALICE.public_key, writer=False).conflict_copy is not None
-    as_bob_reader = decide(theirs, mine, me=BOB.public_key, writer=False)
-    assert as_bob_reader.remote_copy is None
     # ... except where its own version wins: that outcome, unshared like its edit, keeps it
     # from taking later a version older than the one it kept its edit against (the roles
-    # model found a reader ending on such a one).
+    # model found a reader ending on such a one); and it keeps the losing edit as a copy,
+    # which the outcome dominates, for when it may publish both.
+    as_bob_reader = decide(theirs, mine, me=BOB.public_key, writer=False)
     assert as_bob_reader.action is Action.KEEP
     assert as_bob_reader.resolved
+    assert as_bob_reader.remote_copy == on_bob.remote_copy
+    assert decide(theirs, mine, me=DEVICES[2].public_key, writer=False).remote_copy is None
 
 
 def test_a_conflict_copy_is_named_for_the_losing_content() -> None:

@@ -231,6 +231,26 @@ async def test_a_member_leaving_with_changes_nobody_took_is_told_so(tmp_path: Pa
         assert (scores / "late.txt").read_text() == "written while apart"
 
 
+async def test_an_admin_making_itself_a_reader_with_changes_nobody_took_is_told_so(
+    tmp_path: Path,
+) -> None:
+    """As for leaving: Bob, an admin, writes while cut off from Alice, then makes himself a
+    reader: refused, since once a reader he keeps no copy of that change if it loses a
+    conflict. With --force he is a reader, credited with the change, which Alice takes when
+    they meet again (had it lost a conflict meanwhile, it would stay on his device alone)."""
+    async with alice_shares_with_bob(tmp_path, Role.ADMIN) as (alice, bob, theirs):
+        kept = await apart(bob, alice)
+        (tmp_path / "bob" / "late.txt").write_text("written while apart")
+        await bob.rescan("scores")
+        with pytest.raises(RequestConflictError, match="once you are a reader, one that loses"):
+            await bob.set_role("scores", "bob", Role.READER)
+        assert theirs.members.my_role is Role.ADMIN
+        await bob.set_role("scores", "bob", Role.READER, force=True)
+        assert theirs.members.my_role is Role.READER
+        together(bob, alice, kept)
+        await until(lambda: (tmp_path / "scores" / "late.txt").exists(), "alice takes it")
+
+
 async def test_an_older_log_is_recognised_after_this_device_restarts(tmp_path: Path) -> None:
     """What a peer showed of its log is kept with the index: Bob's invitation reaches Alice,
     Alice's node stops and starts again, and Bob comes back serving the log he had before

@@ -29,7 +29,8 @@ copies of them (the steps around them follow the engine's, which runs them in se
   peers' progress reaches them again; when it changes so that the device refuses a record
   of another device it holds, the device sets it aside (``IndexStore.add_membership_entries``
   with ``highest_taken``, then ``Folder._took_set_aside``).
-- A member leaves only once another member took its changes (``Node.remove_member``).
+- A member leaves, or makes itself a reader, only once a writer of another member took its
+  changes (``Node.remove_member``, ``Node.set_role``).
 
 Invariants: at every step, every record on a device that another device made was allowed by
 that device's log when it took it (recomputed from the log as it stood then), and a record
@@ -283,13 +284,16 @@ class RolesModel(RuleBasedStateMachine):
     @rule(actor=DEVICE, subject=DEVICE, role=st.sampled_from(Role))
     def set_role(self, actor: int, subject: int, role: Role) -> None:
         """``Node.set_role``: a writer (or more) made a reader is credited with the versions
-        the actor's index holds of it."""
+        the actor's index holds of it (an admin making itself a reader meets the guard a
+        member leaving meets)."""
         me = self.devices[actor]
         member = me.log.state.member_of(IDENTITIES[subject].public_key)
         if member is None:
             return
         credited: tuple[tuple[bytes, int], ...] = ()
         if role is Role.READER and member.role >= Role.WRITER:
+            if actor == subject and self.unshared(me):
+                return  # refused, as leaving is (unless --force)
             credited = credits(me.index, member)
         self.write(me, SetRole(member.id, role, credited))
 

@@ -645,12 +645,18 @@ class Node:
         }
 
     async def _refuse_leaving_with_unshared(
-        self, label: str, folder: Folder, leaving: Member
+        self,
+        label: str,
+        folder: Folder,
+        leaving: Member,
+        *,
+        after: str = "once you have left, nobody would take them",
     ) -> None:
         """Raise :class:`RequestConflictError` if this device holds versions of its own that
         no device of another member that may write has taken yet (as far as their progress
         reports tell): a reader that took them would keep no copy of one that loses a
-        conflict, and would pass it on to nobody once it lost."""
+        conflict, and would pass it on to nobody once it lost. ``after`` says what would
+        become of them."""
         state = folder.members.state
         if state is None or leaving.role < Role.WRITER:
             return  # a reader's changes are shared with nobody anyway
@@ -669,21 +675,33 @@ class Node:
             changes = "1 change" if unshared == 1 else f"{unshared} changes"
             raise RequestConflictError(
                 f"{changes} of yours in folder {label} "
-                f"{'has' if unshared == 1 else 'have'} not reached another member yet: once "
-                "you have left, nobody would take them",
+                f"{'has' if unshared == 1 else 'have'} not reached another member that may "
+                f"write yet: {after}",
                 hint=f"wait until `commonsync status --wait --folder {label}` returns with "
-                "another member connected, or leave anyway with --force",
+                "a writer connected, or go on anyway with --force",
             )
 
-    async def set_role(self, reference: str, member: str, role: Role) -> dict[str, Any]:
+    async def set_role(
+        self, reference: str, member: str, role: Role, *, force: bool = False
+    ) -> dict[str, Any]:
         """Change a member's role; a writer (or more) made a reader is credited with the
-        versions this device has of it, as for a removal."""
+        versions this device has of it, as for a removal. An admin making its own member a
+        reader is refused, as a member leaving is, while changes of its own reached no other
+        member that may write, unless ``force``."""
         async with self._lock:
             config = self._find_folder(reference)
             folder = self._running_folder(reference)
             found = self._find_member(folder, member)
             credits: tuple[tuple[bytes, int], ...] = ()
             if role is Role.READER and found.role >= Role.WRITER:
+                if self.identity.public_key in found.devices and not force:
+                    await self._refuse_leaving_with_unshared(
+                        config.label,
+                        folder,
+                        found,
+                        after="once you are a reader, one that loses a conflict would stay "
+                        "on this device alone",
+                    )
                 credits = await self._credits(config, found)
             await self._append(folder, SetRole(found.id, role, credits))
         return {"folder": config.label, "member": found.name, "role": role.name.lower()}

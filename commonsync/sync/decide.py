@@ -93,9 +93,10 @@ def decide(local: Record | None, remote: Record, *, me: bytes, writer: bool = Tr
     ``writer`` says whether this device may write the folder (SPEC.md §15.3): only a writer
     records outcomes (``resolved``) and keeps another device's losing edit as a copy, since
     every member refuses the records of a device that may not write. A device that may not
-    write still records the outcome where its own version wins (kept unshared, with its
-    other own changes): no member ever sees that version to resolve the pair, and without
-    the outcome's vector it would take a version older than the one it passed over.
+    write still records the outcome where its own version wins, and keeps the losing edit as
+    a copy, both unshared with its other own changes: no member ever sees that version to
+    resolve the pair, and without the outcome's vector it would take a version older than
+    the one it passed over.
     """
     if local is None:
         return Decision(Action.TAKE, reason="new path")
@@ -139,7 +140,9 @@ def decide(local: Record | None, remote: Record, *, me: bytes, writer: bool = Tr
 
     if not wins(remote, local):
         remote_copy = None
-        if writer and remote.kind is Kind.FILE and conflict_copy_path(remote) != remote.path:
+        # Kept by whoever records the outcome: the outcome dominates the losing edit, which
+        # no device would see lose otherwise (a reader's copy is unshared with its outcome).
+        if keeps_own and remote.kind is Kind.FILE and conflict_copy_path(remote) != remote.path:
             remote_copy = conflict_copy_path(remote)
         return Decision(
             Action.KEEP,

@@ -27,7 +27,8 @@
     POST /versions/prune              {"folder"}: apply the folder's retention policy now
     GET  /members?folder=F            a folder's members, their roles and devices
     POST /members/remove              {"folder", "member", "force"?}: remove a member (new epoch)
-    POST /members/role                {"folder", "member", "role"}: change a member's role
+    POST /members/role                {"folder", "member", "role", "force"?}: change a member's
+                                      role
     GET  /members/devices?folder=F[&member=M]  the devices of the members (or of one)
     POST /members/devices             {"folder", "member", "device"}: share the folder with a
                                       known device as another device of that member
@@ -178,7 +179,10 @@ class ControlApi:
                 return await node.device_lost(_text(body, "folder"), _text(body, "device"))
             case ("POST", "/members/role"):
                 return await node.set_role(
-                    _text(body, "folder"), _text(body, "member"), _role(body.get("role"))
+                    _text(body, "folder"),
+                    _text(body, "member"),
+                    _role(body.get("role")),
+                    force=body.get("force") is True,
                 )
             case ("POST", "/folders/rescan"):
                 reference = _text(body, "folder")

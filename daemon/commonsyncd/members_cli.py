@@ -54,6 +54,12 @@ def add_parsers(command: Any, common: argparse.ArgumentParser) -> None:
     role.add_argument("folder", help="its label or ID")
     role.add_argument("member", help="its name, member ID, or a device ID of it")
     role.add_argument("role", choices=ROLES, help="the new role")
+    role.add_argument(
+        "--force",
+        action="store_true",
+        help="make yourself a reader even though changes of yours have not reached another "
+        "member yet (they then stay on this device alone)",
+    )
     devices = actions.add_parser(
         "devices", help="the devices of a folder's members (or of one member)", parents=[common]
     )
@@ -199,7 +205,7 @@ def members_command(args: argparse.Namespace, client: ControlClient, out: Output
     answer = client.request(
         "POST",
         "/members/role",
-        {"folder": args.folder, "member": args.member, "role": args.role},
+        {"folder": args.folder, "member": args.member, "role": args.role, "force": args.force},
     )
     if out.json:
         out.data(answer)
