@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -1090,6 +1091,24 @@ def _membership_log() -> dict[str, Any]:
     }
 
 
+def _entry_writer(
+    ids: dict[str, DeviceIdentity], folder_id: bytes
+) -> tuple[dict[str, membership_entries.Entry], Callable[[str, str, list[str], Any], bytes]]:
+    """The entries a vector's log writes, by label, and the function that writes one: by
+    the device named ``by``, after the entries labelled ``after``, a minute after the last."""
+    times = iter(range(MEMBERSHIP_T0, MEMBERSHIP_T0 + 86400, 60))
+    written: dict[str, membership_entries.Entry] = {}
+
+    def write(label: str, by: str, after: list[str], action: Any) -> bytes:
+        parents = sorted(written[p].hash for p in after)
+        written[label] = membership_entries.make_entry(
+            ids[by], folder_id, parents, next(times), action
+        )
+        return written[label].hash
+
+    return written, write
+
+
 def _membership_revocation() -> dict[str, Any]:
     """Removals revoke invitations (SPEC.md §15.6). Ada (owner) invites a group (5 uses);
     Bea joins with it, becomes an admin, adds her phone, and invites from the phone and from
@@ -1107,13 +1126,7 @@ def _membership_revocation() -> dict[str, Any]:
         n: seed(f"membership revocation secret {n}", 16) for n in ("group", "phone", "laptop")
     }
     day = MEMBERSHIP_T0 + 86400
-    times = iter(range(MEMBERSHIP_T0, day, 60))
-    written: dict[str, me.Entry] = {}
-
-    def write(label: str, by: str, after: list[str], action: Any) -> bytes:
-        parents = sorted(written[p].hash for p in after)
-        written[label] = me.make_entry(ids[by], folder_id, parents, next(times), action)
-        return written[label].hash
+    written, write = _entry_writer(ids, folder_id)
 
     def admit(name: str, shown: str, secret: str, invitation: bytes) -> me.AddMember:
         key = ids[name].public_key
@@ -1215,13 +1228,7 @@ def _membership_demotion() -> dict[str, Any]:
     ids = {n: DeviceIdentity.from_seed(seed(f"membership demotion device {n}", 32)) for n in names}
     secret = seed("membership demotion invitation secret", 16)
     day = MEMBERSHIP_T0 + 86400
-    times = iter(range(MEMBERSHIP_T0, day, 60))
-    written: dict[str, me.Entry] = {}
-
-    def write(label: str, by: str, after: list[str], action: Any) -> bytes:
-        parents = sorted(written[p].hash for p in after)
-        written[label] = me.make_entry(ids[by], folder_id, parents, next(times), action)
-        return written[label].hash
+    written, write = _entry_writer(ids, folder_id)
 
     def admit(name: str, shown: str, role: me.Role, invitation: bytes) -> me.AddMember:
         key = ids[name].public_key
