@@ -37,7 +37,9 @@ that device's log when it took it (recomputed from the log as it stood then), an
 taken on its author's credits only was made or taken somewhere while its author could write
 (a reader's records are refused by every member). After a final exchange between all devices:
 the members' logs are one log; members agree on every record a member may take (a reader
-keeps its own changes, unshared); and no edit that the final log allows is lost.
+keeps its own changes, unshared); and no edit that the final log allows is lost (it is a
+file on every device that may write, unless a person replaced it knowingly, its last versions
+were set aside, or it reached only devices that may write no more).
 
 The model found that a reader leaving the folder credited itself with its own records
 (``Node._credits`` on its own index), so that every member took the changes it had kept
@@ -64,7 +66,9 @@ steps:
   kept by no member: a member leaving before any member took its edits. A member no longer
   leaves while its changes reached no other member (``Node.remove_member`` without
   ``--force``, mirrored by :meth:`RolesModel.remove`); a writer that resolves such a conflict
-  keeps the losing edit as a copy (SPEC.md §13, "Conflict copies").
+  keeps the losing edit as a copy (SPEC.md §13, "Conflict copies"). What no command can
+  prevent is checked exactly: an edit that reached only devices that may write no more
+  (:attr:`RolesModel.holders`) stays theirs, as what a removed member had does.
 - A reader (or a removed device) kept its own unshared edit against a concurrent deletion,
   passed the deletion over, and later took an edit the deletion had replaced: it ended on an
   older version than everyone's. Where its own version wins, it now records the outcome too,
@@ -186,6 +190,8 @@ class RolesModel(RuleBasedStateMachine):
         self.checked: set[tuple[int, Record]] = set()
         #: The contents of the versions set aside and moved to a versions folder.
         self.set_aside_contents: set[bytes] = set()
+        #: Each content → the devices that ever had it as a file.
+        self.holders: dict[bytes, set[int]] = {}
 
     @property
     def seconds(self) -> int:
@@ -201,6 +207,7 @@ class RolesModel(RuleBasedStateMachine):
     def user_changes(self, device: Replica, path: str, content: bytes | None, mtime: int) -> None:
         current = device.disk.get(path)
         record = device.author(path, content, mtime)
+        self.note_holders(device)
         if content is None:
             device.own.pop(path, None)
         else:
@@ -400,7 +407,12 @@ class RolesModel(RuleBasedStateMachine):
         if not changed:
             return False
         device.taken_at[record.path] = len(device.log)
+        self.note_holders(device)
         return True
+
+    def note_holders(self, device: Replica) -> None:
+        for content in device.disk.values():
+            self.holders.setdefault(content, set()).add(device.number)
 
     @rule(source=DEVICE, destination=DEVICE, limit=st.none() | st.integers(0, 3))
     def exchange(self, source: int, destination: int, limit: int | None) -> None:
@@ -504,6 +516,14 @@ class RolesModel(RuleBasedStateMachine):
                 # by a device the log refuses now, credited with none of it): it is in the
                 # versions folders of the devices that set them aside.
                 assert any(content in d.versions for d in self.devices), content
+                continue
+            if not any(state.may_author(IDENTITIES[n].public_key, 2**63 - 1)
+                       for n in self.holders[content]):  # fmt: skip
+                # It never reached a device that may write now: it reached only devices that
+                # were removed or made readers since (with what they had, it stays theirs),
+                # and lost a conflict on one of those, which keeps no copy of another's
+                # edit (a credited edit of a removed writer that reached only an admin
+                # demoted before it passed it on).
                 continue
             author = NUMBERS[self.edits[content][0]]
             raise AssertionError(f"edit lost: {content!r} (on device {author}'s disk: "
@@ -671,3 +691,22 @@ def test_a_reader_made_a_writer_publishes_the_edit_its_own_beat() -> None:
     model.set_role(actor=0, subject=4, role=Role.WRITER)
     converged(model)
     assert all(lost in d.disk.values() for d in model.devices)
+
+
+def test_an_edit_that_reached_only_devices_that_may_write_no_more_stays_theirs() -> None:
+    """Admin 1 took writer 2's edit and removed 2, crediting it; the owner, who never saw
+    that edit, made a concurrent one, and made 1 a reader. On 1, a reader now, the owner's
+    edit wins and 1 keeps no copy of another device's edit: the credited edit stays with the
+    devices that had it, none of which may write any more. No command could have kept it:
+    the owner could not know that 1 held its only other copy."""
+    model = RolesModel()
+    model.edit(device=2, path="a.txt", same_second=False)
+    edit = model.devices[2].disk["a.txt"]
+    model.exchange(source=2, destination=1, limit=None)
+    model.remove(actor=1, subject=2)
+    model.edit(device=0, path="a.txt", same_second=False)
+    model.set_role(actor=0, subject=1, role=Role.READER)
+    converged(model)
+    assert model.holders[edit] == {1, 2}
+    assert edit in model.devices[1].versions
+    assert not any(edit in d.disk.values() for d in model.devices[:2] + model.devices[3:])
