@@ -977,9 +977,9 @@ def _delete(
 def _set_aside(target: _Target, clock_ns: Callable[[], int]) -> str | None:
     with _naming(target.path):
         st = _lstat(target.fd, target.name)
-    kept = None
     if st is None:
         return None
+    kept = None
     if stat.S_ISDIR(st.st_mode):
         with contextlib.suppress(DirectoryNotEmptyError):
             _remove_directory(target)
