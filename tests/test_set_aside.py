@@ -98,6 +98,9 @@ async def test_an_edit_taken_before_its_authors_demotion_is_set_aside(tmp_path: 
             "the version the log takes comes back to alice",
         )
         assert b"second, by carol" in kept_versions(scores).values()
+        (event,) = [e for e in alice.event_bus.recent if e["kind"] == "set aside"]
+        assert event["path"] == "part.txt"
+        assert event["detail"].startswith("kept as .commonsync/versions/part~")
         assert (tmp_path / "b" / "part.txt").read_bytes() == b"first, by alice"
         entry = await alice.store.get(ours.folder_id, "part.txt")
         assert entry is not None
