@@ -386,15 +386,20 @@ class Folder:
         written: left by a crash, or by a version superseded or already in place. One that
         changed in the last :attr:`temp_grace` seconds is left alone (it may be one being
         written right now, for a version that has just arrived)."""
-        by_target = {_temp_target(path): (path, ctime) for path, ctime in temps}
-        entries = await self.store.get_many(self.folder_id, by_target)
         now = time.time_ns()
+        by_target = {
+            _temp_target(path): path
+            for path, ctime in temps
+            if now - ctime >= self.temp_grace * 1e9
+        }
+        # A path with a version still to be written keeps its temporary files: the puller
+        # resumes them, and removes those of versions superseded meanwhile itself. Asked
+        # without decoding any record: a pending one may hold 200,000 chunks, and a scan
+        # runs often.
+        pending = await self.store.not_on_disk(self.folder_id, by_target)
         removed = 0
-        for target, (path, ctime) in by_target.items():
-            entry = entries.get(target)
-            if entry is not None and not entry.on_disk and apply.temp_path(entry.record) == path:
-                continue  # the temporary file of a version still to be written: resumed later
-            if now - ctime < self.temp_grace * 1e9:
+        for target, path in by_target.items():
+            if target in pending:
                 continue
             with contextlib.suppress(CommonsyncError):
                 removed += await apply.discard_temp(self.root, path)
@@ -982,22 +987,31 @@ class Folder:
         from the store a page at a time and decoded a window at a time
         (:data:`WINDOW_BYTES` of records at most, or one larger record), so that memory
         stays bounded however many versions wait and however large their chunk lists.
+
+        In each phase the versions never tried come first, then those tried before (their
+        chunks were missing: a retry). A retry may cost seconds (a record of 200,000 chunks
+        nobody serves, decoded again), so once other versions are due the round ends
+        between two windows of retries, and the next one starts with those: no version
+        waits behind retries of versions that may never come.
         """
         batch = _AppliedBatch()
         due = time.time()
         await self._discard_superseded()
         await self._finish_setting_aside()
         for phase in PullPhase:
-            after: str | None = None
-            while True:
-                page = await self.store.pending(
-                    self.folder_id, phase, after=after, due=due, limit=PULL_PAGE
-                )
-                for window in _windows(page):
-                    await self._pull_window(phase, window, batch)
-                if len(page) < PULL_PAGE:
-                    break
-                after = page[-1].path
+            for tried in (False, True):
+                after: str | None = None
+                while True:
+                    page = await self.store.pending(
+                        self.folder_id, phase, after=after, due=due, tried=tried, limit=PULL_PAGE
+                    )
+                    for window in _windows(page):
+                        if tried and self._pending_changed.is_set():
+                            return batch.progress
+                        await self._pull_window(phase, window, batch)
+                    if len(page) < PULL_PAGE:
+                        break
+                    after = page[-1].path
         return batch.progress
 
     async def _pull_window(

@@ -678,17 +678,21 @@ class IndexStore:
         *,
         after: str | None = None,
         due: float | None = None,
+        tried: bool | None = None,
         limit: int = 1000,
     ) -> list[PendingVersion]:
         """A page of the remote versions taken but not written yet (``on_disk=False``) and
         not refused, in ``phase``'s order, starting after path ``after``; with ``due``, only
         those whose next try is at or before it (a time in seconds, as given to
-        :meth:`retry_later`). Versions taken before a stop are here too: their peers will
-        not send them again."""
+        :meth:`retry_later`); with ``tried``, only those tried before (True) or never
+        (False). Versions taken before a stop are here too: their peers will not send them
+        again."""
         limit = max(1, min(limit, MAX_BATCH))
         descending = phase is PullPhase.DELETIONS
         cursor = "" if after is None else ("AND r.path < ?" if descending else "AND r.path > ?")
         due_clause = "" if due is None else "AND coalesce(p.retry_at, 0) <= ?"
+        if tried is not None:
+            due_clause += f" AND coalesce(p.attempts, 0) {'>' if tried else '='} 0"
         query = (
             "SELECT r.path, r.local_seq, r.kind, r.deleted, r.size, length(r.signed),"
             " coalesce(p.attempts, 0), p.conflict_copy"
@@ -834,6 +838,23 @@ class IndexStore:
             return None if row is None else row[0]
 
         return await self._run(refused)
+
+    async def not_on_disk(self, folder_id: bytes, paths: Iterable[str]) -> set[str]:
+        """Which of ``paths`` have a version still to be written (no record is decoded)."""
+        wanted = list(paths)
+
+        def pending(conn: sqlite3.Connection) -> set[str]:
+            found = set()
+            for path in wanted:
+                row = conn.execute(
+                    "SELECT on_disk FROM records WHERE folder_id = ? AND path = ?",
+                    (folder_id, path),
+                ).fetchone()
+                if row is not None and not row[0]:
+                    found.add(path)
+            return found
+
+        return await self._run(pending)
 
     async def signed_sizes(self, folder_id: bytes, paths: Iterable[str]) -> dict[str, int]:
         """The length of the stored signed record of each of ``paths`` that has one: what
