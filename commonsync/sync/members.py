@@ -62,6 +62,13 @@ def newly_allowed(before: State, after: State, device: bytes) -> tuple[int, int]
     return (above, up_to) if up_to > above else None
 
 
+def _limit(state: State, device: bytes) -> int:
+    """The highest sequence of ``device``'s records that ``state`` takes."""
+    return (
+        LAST_SEQUENCE if state.may_author(device, LAST_SEQUENCE) else state.credited.get(device, 0)
+    )
+
+
 class FolderMembers:
     """One folder's membership log on this device (None until it has one)."""
 
@@ -246,7 +253,7 @@ class FolderMembers:
                         self.folder_id,
                         [(entry.hash, entry.encoded)],
                         publish_again=self._publish_again(before),
-                        highest_taken=self._highest_taken(self.log.state),
+                        highest_taken=self._highest_taken(self.log.state, before),
                     )
                 )
             except BaseException:
@@ -272,7 +279,7 @@ class FolderMembers:
                             self.folder_id,
                             [(e.hash, e.encoded) for e in added],
                             publish_again=self._publish_again(state),
-                            highest_taken=self._highest_taken(self.log.state),
+                            highest_taken=self._highest_taken(self.log.state, state),
                         )
                     )
                 except BaseException:
@@ -295,11 +302,14 @@ class FolderMembers:
         self.set_aside.moved.extend(set_aside.moved)
         self.set_aside.published_again.extend(set_aside.published_again)
 
-    def _highest_taken(self, state: State) -> Callable[[bytes], int | None]:
+    def _highest_taken(
+        self, state: State, before: State | None = None
+    ) -> Callable[[bytes], int | None] | None:
         """Per author, the highest sequence the log takes from it now (None: any), for the
         store to set aside the versions taken beyond it before this device knew (SPEC.md
-        §15.5). This device's own versions are never set aside: those no member takes are
-        its unshared changes (:meth:`Folder._count_unshared`)."""
+        §15.5); None if the change from ``before`` lets no device write less (most entries:
+        nothing to look for in the index). This device's own versions are never set aside:
+        those no member takes are its unshared changes (:meth:`Folder._count_unshared`)."""
         me = self.identity.public_key
 
         def highest_taken(author: bytes) -> int | None:
@@ -307,6 +317,12 @@ class FolderMembers:
                 return None
             return state.credited.get(author, 0)
 
+        if before is not None:
+            could_write = set(before.credited) | {
+                device for member in before.members.values() for device in member.devices
+            }
+            if all(_limit(before, d) <= _limit(state, d) for d in could_write):
+                return None
         return highest_taken
 
     async def _adopt(self, entries: Sequence[Entry]) -> tuple[list[Entry], list[tuple[Entry, str]]]:

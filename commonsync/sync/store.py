@@ -690,15 +690,15 @@ class IndexStore:
         limit = max(1, min(limit, MAX_BATCH))
         descending = phase is PullPhase.DELETIONS
         cursor = "" if after is None else ("AND r.path < ?" if descending else "AND r.path > ?")
-        due_clause = "" if due is None else "AND coalesce(p.retry_at, 0) <= ?"
+        filters = "" if due is None else "AND coalesce(p.retry_at, 0) <= ?"
         if tried is not None:
-            due_clause += f" AND coalesce(p.attempts, 0) {'>' if tried else '='} 0"
+            filters += f" AND coalesce(p.attempts, 0) {'>' if tried else '='} 0"
         query = (
             "SELECT r.path, r.local_seq, r.kind, r.deleted, r.size, length(r.signed),"
             " coalesce(p.attempts, 0), p.conflict_copy"
             f" FROM records r INDEXED BY records_not_on_disk {_PULL_JOIN}"
             f" WHERE r.folder_id = ? AND r.on_disk = 0 AND p.refused IS NULL AND {phase.value}"
-            f" {cursor} {due_clause}"
+            f" {cursor} {filters}"
             f" ORDER BY r.path {'DESC' if descending else 'ASC'} LIMIT ?"
         )
         parameters: list[object] = [folder_id]
